@@ -1,0 +1,193 @@
+//! The logical content of mdext's metadata: what an array is and what each
+//! member holds. No bytes here: [`crate::format`] turns these values into the
+//! on-disk form and back; the monitor and the assembly reason about them.
+
+use crate::sysfs::{Checkpoint, Level};
+use crate::units::{Bytes, Sectors};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Most entries a member table can hold (raid members plus spares).
+pub const MAX_MEMBERS: usize = 64;
+
+/// Longest array name, in bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// How a rebuilding member is being rebuilt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RebuildKind {
+    /// Only the chunks whose bitmap bit is set (the member was away briefly
+    /// and the bitmap has been kept since it left).
+    Bitmap,
+    /// Every sector.
+    Full,
+}
+
+/// A member table entry's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum MemberState {
+    /// An unused table entry (no device belongs here).
+    Empty,
+    /// The member holds good data for its slot.
+    InSync,
+    /// Being rebuilt; everything below `checkpoint` is already good.
+    Rebuilding {
+        /// Bitmap-based or full.
+        kind: RebuildKind,
+        /// Sectors (of the member's data area) already rebuilt.
+        checkpoint: Sectors,
+    },
+    /// Failed: its data is not to be trusted for this slot.
+    Failed,
+    /// A spare with no slot.
+    Spare,
+    /// The slot has no device (its member was removed, or never present).
+    Missing,
+}
+
+impl MemberState {
+    /// Whether the member holds good data.
+    pub fn is_in_sync(self) -> bool {
+        matches!(self, MemberState::InSync)
+    }
+}
+
+/// One entry of the member table. For index `i < raid_disks` the entry
+/// describes slot `i`; entries from `raid_disks` on are spares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemberEntry {
+    /// The member device's UUID (nil for an empty or missing slot with no
+    /// known device).
+    pub uuid: Uuid,
+    /// Its state.
+    pub state: MemberState,
+    /// The array event count at which this state was recorded.
+    pub events: u64,
+}
+
+/// RAID geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Geometry {
+    /// RAID level.
+    pub level: Level,
+    /// md `layout` (0 for raid1; e.g. 258 = near-2 for raid10, 2 =
+    /// left-symmetric for raid5/6).
+    pub layout: u32,
+    /// Stripe chunk in bytes (0 for raid1).
+    pub chunk_size: Bytes,
+    /// Number of active slots.
+    pub raid_disks: u32,
+    /// Data each member contributes (md's `component_size`), in sectors.
+    pub component_size: Sectors,
+}
+
+/// The external write-intent bitmap's settings and its clearing state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BitmapInfo {
+    /// Where the bits start, in sectors from the member's sector 0
+    /// (md's `bitmap/location`).
+    pub offset: Sectors,
+    /// Bytes reserved for the bits (a multiple of 4096).
+    pub size: Bytes,
+    /// Bytes of array (raid1/raid10) or member (raid5/6) data per bit.
+    pub chunk: Bytes,
+    /// md's `bitmap/time_base`, seconds.
+    pub time_base: u32,
+    /// The event count at which the kernel was last allowed to clear bits
+    /// (`bitmap/can_clear=true` written after all members were recorded in
+    /// sync). A member whose own metadata has events at or above this value
+    /// missed no cleared bit and can be rebuilt from the bitmap.
+    pub events_cleared: u64,
+}
+
+/// What every member of an array records identically.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArrayMeta {
+    /// The array's UUID.
+    pub uuid: Uuid,
+    /// Its name (at most [`MAX_NAME_LEN`] bytes, no NUL).
+    pub name: String,
+    /// Creation time, seconds since the epoch.
+    pub ctime: u64,
+    /// Last update time, seconds since the epoch.
+    pub utime: u64,
+    /// Geometry.
+    pub geometry: Geometry,
+    /// Event count: bumped on every metadata change.
+    pub events: u64,
+    /// Whether the array was clean (no writes in flight) when recorded.
+    pub clean: bool,
+    /// Resync owed: `None` when the mirrors/parity are known consistent,
+    /// otherwise the sector from which a resync must run.
+    pub resync: Checkpoint,
+    /// Bitmap.
+    pub bitmap: BitmapInfo,
+    /// Member table: `raid_disks` slots, then spares.
+    pub members: Vec<MemberEntry>,
+}
+
+/// What differs between members: this device's identity and data area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DeviceMeta {
+    /// This device's UUID (matches one member table entry).
+    pub uuid: Uuid,
+    /// Where the data starts on this device (a multiple of 1 MiB).
+    pub data_offset: Sectors,
+    /// Data sectors available on this device from `data_offset`.
+    pub data_size: Sectors,
+}
+
+/// The whole record one member carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Superblock {
+    /// Shared part.
+    pub array: ArrayMeta,
+    /// This device's part.
+    pub device: DeviceMeta,
+}
+
+impl ArrayMeta {
+    /// The table index of the member with this UUID.
+    pub fn index_of(&self, uuid: &Uuid) -> Option<usize> {
+        if uuid.is_nil() {
+            return None;
+        }
+        self.members.iter().position(|m| &m.uuid == uuid)
+    }
+
+    /// Whether every slot is recorded in sync.
+    pub fn all_in_sync(&self) -> bool {
+        let n = self.geometry.raid_disks as usize;
+        self.members.len() >= n && self.members[..n].iter().all(|m| m.state.is_in_sync())
+    }
+
+    /// Number of bitmap chunks that cover the array's data.
+    pub fn bitmap_chunks(&self) -> u64 {
+        bitmap_chunks(self.geometry.bitmap_span(), self.bitmap.chunk)
+    }
+}
+
+impl Geometry {
+    /// The span the bitmap covers: md counts raid1/raid10 bitmap chunks in
+    /// array sectors and raid5/raid6 chunks in member sectors.
+    pub fn bitmap_span(&self) -> Sectors {
+        match self.level {
+            Level::Raid1 | Level::Raid5 | Level::Raid6 => self.component_size,
+            Level::Raid10 => {
+                let near = (self.layout & 0xff).max(1) as u64;
+                let far = ((self.layout >> 8) & 0xff).max(1) as u64;
+                Sectors(self.component_size.0 * self.raid_disks as u64 / (near * far))
+            }
+        }
+    }
+}
+
+/// Chunks needed to cover `size` with chunks of `chunk` bytes.
+pub fn bitmap_chunks(size: Sectors, chunk: Bytes) -> u64 {
+    if chunk.0 == 0 {
+        return 0;
+    }
+    size.bytes().0.div_ceil(chunk.0)
+}

@@ -1,0 +1,1264 @@
+//! Typed access to md's sysfs interface.
+//!
+//! Everything mdext does to the kernel goes through the files under
+//! `/sys/block/mdX/md/` and `/sys/module/md_mod/parameters/new_array`. The root
+//! of the tree is a parameter ([`Sysfs::new`]) so unit tests can run against a
+//! fake tree of regular files.
+//!
+//! Writes are single `write(2)` calls, as sysfs requires. The kernel's errno is
+//! kept and the error names the attribute and the value written, so a refusal
+//! reads like "md127/bitmap/location: writing '+16' refused: invalid argument
+//! (EINVAL)".
+//!
+//! Notifications: [`AttrWatch`] keeps an attribute open; [`poll_watches`] waits
+//! with `POLLPRI | POLLERR` and the caller re-reads from offset 0 after a wake.
+
+use crate::units::{Bytes, KiB, Sectors};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Errors from sysfs access. Each names the attribute (relative to the sysfs
+/// root) and, for writes, the value that was written.
+#[derive(Debug, thiserror::Error)]
+pub enum SysfsError {
+    /// The kernel refused a write.
+    #[error("{attr}: writing '{value}' refused: {}", describe_errno(*.errno))]
+    Write {
+        /// The attribute, e.g. `block/md127/md/bitmap/location`.
+        attr: String,
+        /// What was written.
+        value: String,
+        /// The kernel's errno.
+        errno: Errno,
+    },
+    /// An attribute could not be read.
+    #[error("{attr}: cannot read: {}", describe_errno(*.errno))]
+    Read {
+        /// The attribute.
+        attr: String,
+        /// The errno.
+        errno: Errno,
+    },
+    /// An attribute held something this code does not understand.
+    #[error("{attr}: unexpected value '{value}'")]
+    Parse {
+        /// The attribute.
+        attr: String,
+        /// What it held.
+        value: String,
+    },
+    /// A value to be written failed validation before reaching the kernel.
+    #[error("{attr}: refusing to write '{value}': {why}")]
+    Invalid {
+        /// The attribute.
+        attr: String,
+        /// The value.
+        value: String,
+        /// Why.
+        why: String,
+    },
+    /// Poll failed.
+    #[error("waiting for md notifications: {0}")]
+    Poll(Errno),
+}
+
+impl SysfsError {
+    /// The kernel errno behind the error, when there is one.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            SysfsError::Write { errno, .. } | SysfsError::Read { errno, .. } => Some(*errno),
+            SysfsError::Poll(e) => Some(*e),
+            _ => None,
+        }
+    }
+}
+
+fn describe_errno(e: Errno) -> String {
+    let what = match e {
+        Errno::EBUSY => "device or resource busy",
+        Errno::EINVAL => "invalid argument",
+        Errno::ENOENT => "no such file or attribute",
+        Errno::EIO => "I/O error",
+        Errno::EROFS => "read-only while the array runs",
+        Errno::EEXIST => "already exists",
+        Errno::EACCES | Errno::EPERM => "permission denied",
+        Errno::ENODEV | Errno::ENXIO => "no such device",
+        _ => e.desc(),
+    };
+    format!("{what} ({e:?})")
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
+}
+
+/// A block device number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DevNum {
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+}
+
+impl DevNum {
+    /// From a raw `st_rdev`.
+    pub fn from_raw(rdev: u64) -> Self {
+        DevNum {
+            major: nix::sys::stat::major(rdev) as u32,
+            minor: nix::sys::stat::minor(rdev) as u32,
+        }
+    }
+}
+
+impl fmt::Display for DevNum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+impl FromStr for DevNum {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| format!("'{s}' is not MAJOR:MINOR"))?;
+        Ok(DevNum {
+            major: a.parse().map_err(|_| format!("'{s}' is not MAJOR:MINOR"))?,
+            minor: b.parse().map_err(|_| format!("'{s}' is not MAJOR:MINOR"))?,
+        })
+    }
+}
+
+/// The sysfs tree (normally `/sys`).
+#[derive(Clone, Debug)]
+pub struct Sysfs {
+    root: PathBuf,
+}
+
+impl Default for Sysfs {
+    fn default() -> Self {
+        Sysfs::new("/sys")
+    }
+}
+
+impl Sysfs {
+    /// A sysfs tree rooted at `root` (`/sys` on a real system).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Sysfs { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn rel(&self, p: &Path) -> String {
+        p.strip_prefix(&self.root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Read an attribute, trimmed of the trailing newline.
+    pub fn read_path(&self, p: &Path) -> Result<String, SysfsError> {
+        let mut s = String::new();
+        File::open(p)
+            .and_then(|mut f| f.read_to_string(&mut s))
+            .map_err(|e| SysfsError::Read {
+                attr: self.rel(p),
+                errno: io_errno(&e),
+            })?;
+        Ok(s.trim_end_matches('\n').to_string())
+    }
+
+    /// Write an attribute in one `write(2)`.
+    pub fn write_path(&self, p: &Path, value: &str) -> Result<(), SysfsError> {
+        let err = |errno| SysfsError::Write {
+            attr: self.rel(p),
+            value: value.to_string(),
+            errno,
+        };
+        // O_TRUNC, as a shell redirect does: harmless on sysfs, and it keeps a
+        // fake tree of regular files holding exactly the last value written.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(p)
+            .map_err(|e| err(io_errno(&e)))?;
+        let n = f.write(value.as_bytes()).map_err(|e| err(io_errno(&e)))?;
+        if n != value.len() {
+            return Err(err(Errno::EIO));
+        }
+        Ok(())
+    }
+
+    /// `/sys/module/md_mod/parameters/new_array`: create an (empty, inactive)
+    /// md device named `name` (`md127`, or `md_NAME`).
+    pub fn new_array(&self, name: &str) -> Result<MdDev, SysfsError> {
+        if !valid_md_name(name) {
+            return Err(SysfsError::Invalid {
+                attr: "module/md_mod/parameters/new_array".into(),
+                value: name.into(),
+                why: "an md device name is 'md' followed by digits, or 'md_' and a name".into(),
+            });
+        }
+        let p = self.root.join("module/md_mod/parameters/new_array");
+        self.write_path(&p, name)?;
+        Ok(self.md(name))
+    }
+
+    /// A handle on an existing md device (no I/O).
+    pub fn md(&self, name: &str) -> MdDev {
+        MdDev {
+            sysfs: self.clone(),
+            name: name.to_string(),
+            dir: self.root.join("block").join(name).join("md"),
+        }
+    }
+
+    /// Whether `/sys/block/<name>` exists.
+    pub fn md_exists(&self, name: &str) -> bool {
+        self.root.join("block").join(name).join("md").is_dir()
+    }
+
+    /// Names of every md device (`/sys/block/md*` with an `md` directory).
+    pub fn list_md(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.root.join("block"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("md") && self.md_exists(n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A free md device name, counting down from md127 as mdadm does.
+    pub fn free_md_name(&self) -> Option<String> {
+        (0..=127u32)
+            .rev()
+            .map(|n| format!("md{n}"))
+            .find(|n| !self.root.join("block").join(n).exists())
+    }
+
+    /// The kernel name of a block device (`loop0`, `vda`) from its number,
+    /// through `/sys/dev/block/MAJ:MIN`.
+    pub fn block_name(&self, dev: DevNum) -> Result<String, SysfsError> {
+        let p = self.root.join("dev/block").join(dev.to_string());
+        let target = std::fs::read_link(&p).map_err(|e| SysfsError::Read {
+            attr: self.rel(&p),
+            errno: io_errno(&e),
+        })?;
+        target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| SysfsError::Parse {
+                attr: self.rel(&p),
+                value: target.to_string_lossy().into_owned(),
+            })
+    }
+
+    /// `/sys/block/<dev>/stat` of any block device.
+    pub fn block_stat(&self, kname: &str) -> Result<BlockStat, SysfsError> {
+        let p = self.root.join("block").join(kname).join("stat");
+        let p = if p.exists() {
+            p
+        } else {
+            // A partition lives under its disk; /sys/class/block has both.
+            self.root.join("class/block").join(kname).join("stat")
+        };
+        let s = self.read_path(&p)?;
+        let f: Vec<u64> = s
+            .split_whitespace()
+            .map(|x| x.parse::<u64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| SysfsError::Parse {
+                attr: self.rel(&p),
+                value: s.clone(),
+            })?;
+        if f.len() < 7 {
+            return Err(SysfsError::Parse {
+                attr: self.rel(&p),
+                value: s,
+            });
+        }
+        Ok(BlockStat {
+            read_sectors: Sectors(f[2]),
+            write_sectors: Sectors(f[6]),
+        })
+    }
+}
+
+/// Sector counters of a block device (`/sys/block/X/stat` fields 3 and 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockStat {
+    /// Sectors read since boot.
+    pub read_sectors: Sectors,
+    /// Sectors written since boot.
+    pub write_sectors: Sectors,
+}
+
+fn valid_md_name(name: &str) -> bool {
+    if let Some(rest) = name.strip_prefix("md_") {
+        !rest.is_empty()
+            && rest.len() <= 28
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    } else if let Some(rest) = name.strip_prefix("md") {
+        !rest.is_empty() && rest.len() <= 9 && rest.bytes().all(|b| b.is_ascii_digit())
+    } else {
+        false
+    }
+}
+
+/// `md/array_state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArrayState {
+    /// No devices, no configuration.
+    Clear,
+    /// Configured, not running.
+    Inactive,
+    /// Running, I/O suspended.
+    Suspended,
+    /// Running read-only.
+    Readonly,
+    /// Read-only until the first write.
+    ReadAuto,
+    /// Running, no writes since metadata was marked clean.
+    Clean,
+    /// Running, writes in flight or recent.
+    Active,
+    /// A write waits for userspace to record "dirty" and write `active`.
+    WritePending,
+    /// Active, but idle for `safe_mode_delay`: userspace may mark clean.
+    ActiveIdle,
+    /// Failed (raid0/linear missing a member).
+    Broken,
+}
+
+impl ArrayState {
+    /// The sysfs spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArrayState::Clear => "clear",
+            ArrayState::Inactive => "inactive",
+            ArrayState::Suspended => "suspended",
+            ArrayState::Readonly => "readonly",
+            ArrayState::ReadAuto => "read-auto",
+            ArrayState::Clean => "clean",
+            ArrayState::Active => "active",
+            ArrayState::WritePending => "write-pending",
+            ArrayState::ActiveIdle => "active-idle",
+            ArrayState::Broken => "broken",
+        }
+    }
+
+    /// Whether the array is running (has a personality).
+    pub fn is_running(self) -> bool {
+        !matches!(self, ArrayState::Clear | ArrayState::Inactive)
+    }
+}
+
+impl fmt::Display for ArrayState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ArrayState {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Ok(match s.trim() {
+            "clear" => ArrayState::Clear,
+            "inactive" => ArrayState::Inactive,
+            "suspended" => ArrayState::Suspended,
+            "readonly" => ArrayState::Readonly,
+            "read-auto" => ArrayState::ReadAuto,
+            "clean" => ArrayState::Clean,
+            "active" => ArrayState::Active,
+            "write-pending" => ArrayState::WritePending,
+            "active-idle" => ArrayState::ActiveIdle,
+            "broken" => ArrayState::Broken,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// `md/sync_action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncAction {
+    /// Nothing running.
+    Idle,
+    /// Recovery blocked from starting.
+    Frozen,
+    /// Resync (mirrors made equal) running.
+    Resync,
+    /// Recovery (a member rebuilt) running.
+    Recover,
+    /// Scrub that counts mismatches.
+    Check,
+    /// Scrub that repairs mismatches.
+    Repair,
+    /// Reshape.
+    Reshape,
+}
+
+impl SyncAction {
+    /// The sysfs spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncAction::Idle => "idle",
+            SyncAction::Frozen => "frozen",
+            SyncAction::Resync => "resync",
+            SyncAction::Recover => "recover",
+            SyncAction::Check => "check",
+            SyncAction::Repair => "repair",
+            SyncAction::Reshape => "reshape",
+        }
+    }
+}
+
+impl fmt::Display for SyncAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SyncAction {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Ok(match s.trim() {
+            "idle" => SyncAction::Idle,
+            "frozen" => SyncAction::Frozen,
+            "resync" => SyncAction::Resync,
+            "recover" => SyncAction::Recover,
+            "check" => SyncAction::Check,
+            "repair" => SyncAction::Repair,
+            "reshape" => SyncAction::Reshape,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// `md/sync_completed`: progress of a running resync/recovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncCompleted {
+    /// Nothing running (`none`).
+    None,
+    /// Queued behind another array on the same devices (`delayed`).
+    Delayed,
+    /// `done / total` sectors.
+    Progress {
+        /// Sectors done.
+        done: Sectors,
+        /// Sectors in all.
+        total: Sectors,
+    },
+}
+
+impl FromStr for SyncCompleted {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let s = s.trim();
+        match s {
+            "none" => return Ok(SyncCompleted::None),
+            "delayed" => return Ok(SyncCompleted::Delayed),
+            _ => {}
+        }
+        let (a, b) = s.split_once('/').ok_or(())?;
+        Ok(SyncCompleted::Progress {
+            done: Sectors(a.trim().parse().map_err(|_| ())?),
+            total: Sectors(b.trim().parse().map_err(|_| ())?),
+        })
+    }
+}
+
+/// A resync checkpoint: `resync_start` and `recovery_start` take a sector or
+/// `none` (nothing owed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Checkpoint {
+    /// Nothing owed.
+    None,
+    /// Everything from this sector on is owed.
+    At(Sectors),
+}
+
+impl fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Checkpoint::None => f.write_str("none"),
+            Checkpoint::At(s) => write!(f, "{}", s.0),
+        }
+    }
+}
+
+impl FromStr for Checkpoint {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let s = s.trim();
+        if s == "none" {
+            Ok(Checkpoint::None)
+        } else {
+            s.parse()
+                .map(|n| Checkpoint::At(Sectors(n)))
+                .map_err(|_| ())
+        }
+    }
+}
+
+/// RAID level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Mirror.
+    Raid1,
+    /// Striped mirrors.
+    Raid10,
+    /// Single parity.
+    Raid5,
+    /// Double parity.
+    Raid6,
+}
+
+impl Level {
+    /// The sysfs spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Raid1 => "raid1",
+            Level::Raid10 => "raid10",
+            Level::Raid5 => "raid5",
+            Level::Raid6 => "raid6",
+        }
+    }
+    /// The number (1, 10, 5, 6).
+    pub fn number(self) -> u32 {
+        match self {
+            Level::Raid1 => 1,
+            Level::Raid10 => 10,
+            Level::Raid5 => 5,
+            Level::Raid6 => 6,
+        }
+    }
+    /// From the number.
+    pub fn from_number(n: u32) -> Option<Level> {
+        Some(match n {
+            1 => Level::Raid1,
+            10 => Level::Raid10,
+            5 => Level::Raid5,
+            6 => Level::Raid6,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Level {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let t = t.strip_prefix("raid").unwrap_or(&t);
+        t.parse::<u32>()
+            .ok()
+            .and_then(Level::from_number)
+            .ok_or_else(|| {
+                format!("unknown RAID level '{s}' (mdext knows raid1, raid10, raid5, raid6)")
+            })
+    }
+}
+
+/// Flags in `md/dev-X/state` (a comma-separated list).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberFlags {
+    /// `faulty`.
+    pub faulty: bool,
+    /// `in_sync`.
+    pub in_sync: bool,
+    /// `spare`.
+    pub spare: bool,
+    /// `blocked`: writes held until userspace acknowledges the failure.
+    pub blocked: bool,
+    /// `write_mostly`.
+    pub write_mostly: bool,
+    /// `want_replacement`.
+    pub want_replacement: bool,
+    /// `replacement`.
+    pub replacement: bool,
+    /// Anything else the kernel printed.
+    pub other: Vec<String>,
+}
+
+impl FromStr for MemberFlags {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut f = MemberFlags::default();
+        for w in s.trim().split(',').filter(|w| !w.is_empty()) {
+            match w {
+                "faulty" => f.faulty = true,
+                "in_sync" => f.in_sync = true,
+                "spare" => f.spare = true,
+                "blocked" => f.blocked = true,
+                "write_mostly" => f.write_mostly = true,
+                "want_replacement" => f.want_replacement = true,
+                "replacement" => f.replacement = true,
+                o => f.other.push(o.to_string()),
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// A command written to `md/dev-X/state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberCommand {
+    /// `faulty`: fail the member.
+    Faulty,
+    /// `-blocked`: acknowledge a failure; writes may proceed.
+    Unblock,
+    /// `remove`: detach a faulty or spare member.
+    Remove,
+    /// `insync`: before `slot`, makes a hot-add bitmap-based.
+    InSync,
+    /// `re-add`: put a faulty member back, bitmap-based.
+    ReAdd,
+    /// `writemostly`.
+    WriteMostly,
+    /// `-writemostly`.
+    NotWriteMostly,
+}
+
+impl MemberCommand {
+    /// The sysfs spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberCommand::Faulty => "faulty",
+            MemberCommand::Unblock => "-blocked",
+            MemberCommand::Remove => "remove",
+            MemberCommand::InSync => "insync",
+            MemberCommand::ReAdd => "re-add",
+            MemberCommand::WriteMostly => "writemostly",
+            MemberCommand::NotWriteMostly => "-writemostly",
+        }
+    }
+}
+
+/// A handle on one md device's `md/` directory.
+#[derive(Clone, Debug)]
+pub struct MdDev {
+    sysfs: Sysfs,
+    name: String,
+    dir: PathBuf,
+}
+
+/// A member of an md device (`md/dev-<kname>/`).
+#[derive(Clone, Debug)]
+pub struct Member<'a> {
+    md: &'a MdDev,
+    kname: String,
+}
+
+impl MdDev {
+    /// The device name (`md127`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/dev/<name>`.
+    pub fn dev_path(&self) -> PathBuf {
+        PathBuf::from("/dev").join(&self.name)
+    }
+
+    /// The sysfs tree this device lives in.
+    pub fn sysfs(&self) -> &Sysfs {
+        &self.sysfs
+    }
+
+    /// Full path of an attribute under `md/`.
+    pub fn attr_path(&self, attr: &str) -> PathBuf {
+        self.dir.join(attr)
+    }
+
+    /// Whether an attribute exists (e.g. `bitmap/metadata`, which 6.18+
+    /// kernels no longer offer before start).
+    pub fn has_attr(&self, attr: &str) -> bool {
+        self.dir.join(attr).exists()
+    }
+
+    /// Read an attribute under `md/`.
+    pub fn read(&self, attr: &str) -> Result<String, SysfsError> {
+        self.sysfs.read_path(&self.dir.join(attr))
+    }
+
+    /// Write an attribute under `md/`.
+    pub fn write(&self, attr: &str, value: &str) -> Result<(), SysfsError> {
+        self.sysfs.write_path(&self.dir.join(attr), value)
+    }
+
+    fn parse<T: FromStr>(&self, attr: &str) -> Result<T, SysfsError> {
+        let v = self.read(attr)?;
+        v.trim().parse().map_err(|_| SysfsError::Parse {
+            attr: self.sysfs.rel(&self.dir.join(attr)),
+            value: v,
+        })
+    }
+
+    /// `metadata_version=external:<tag>`. Must come before any member is added:
+    /// afterwards the kernel answers EBUSY.
+    pub fn set_external_metadata(&self, tag: &str) -> Result<(), SysfsError> {
+        if tag.is_empty() || tag.contains(char::is_whitespace) {
+            return Err(SysfsError::Invalid {
+                attr: "metadata_version".into(),
+                value: format!("external:{tag}"),
+                why: "the tag after 'external:' must be non-empty, without spaces".into(),
+            });
+        }
+        self.write("metadata_version", &format!("external:{tag}"))
+    }
+
+    /// `metadata_version`.
+    pub fn metadata_version(&self) -> Result<String, SysfsError> {
+        self.read("metadata_version")
+    }
+
+    /// `level`.
+    pub fn set_level(&self, l: Level) -> Result<(), SysfsError> {
+        self.write("level", l.as_str())
+    }
+
+    /// `layout`.
+    pub fn set_layout(&self, layout: u32) -> Result<(), SysfsError> {
+        self.write("layout", &layout.to_string())
+    }
+
+    /// `raid_disks`.
+    pub fn set_raid_disks(&self, n: u32) -> Result<(), SysfsError> {
+        self.write("raid_disks", &n.to_string())
+    }
+
+    /// `raid_disks`.
+    pub fn raid_disks(&self) -> Result<u32, SysfsError> {
+        self.parse("raid_disks")
+    }
+
+    /// `chunk_size` (bytes).
+    pub fn set_chunk_size(&self, b: Bytes) -> Result<(), SysfsError> {
+        self.write("chunk_size", &b.0.to_string())
+    }
+
+    /// `component_size` (KiB per member).
+    pub fn set_component_size(&self, k: KiB) -> Result<(), SysfsError> {
+        self.write("component_size", &k.0.to_string())
+    }
+
+    /// `component_size` (KiB per member).
+    pub fn component_size(&self) -> Result<KiB, SysfsError> {
+        self.parse("component_size").map(KiB)
+    }
+
+    /// `new_dev`: add a block device; returns the member's handle name
+    /// (`dev-<kname>`).
+    pub fn add_member(&self, dev: DevNum) -> Result<String, SysfsError> {
+        let kname = self.sysfs.block_name(dev)?;
+        self.write("new_dev", &dev.to_string())?;
+        Ok(kname)
+    }
+
+    /// A member handle by kernel name (`loop0`).
+    pub fn member(&self, kname: &str) -> Member<'_> {
+        Member {
+            md: self,
+            kname: kname.to_string(),
+        }
+    }
+
+    /// Kernel names of the current members (`md/dev-*`).
+    pub fn members(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|n| n.strip_prefix("dev-").map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `array_state`.
+    pub fn array_state(&self) -> Result<ArrayState, SysfsError> {
+        self.parse("array_state")
+    }
+
+    /// `array_state`.
+    pub fn set_array_state(&self, s: ArrayState) -> Result<(), SysfsError> {
+        self.write("array_state", s.as_str())
+    }
+
+    /// `degraded` (number of missing members).
+    pub fn degraded(&self) -> Result<u32, SysfsError> {
+        self.parse("degraded")
+    }
+
+    /// `sync_action`.
+    pub fn sync_action(&self) -> Result<SyncAction, SysfsError> {
+        self.parse("sync_action")
+    }
+
+    /// `sync_action`.
+    pub fn set_sync_action(&self, a: SyncAction) -> Result<(), SysfsError> {
+        self.write("sync_action", a.as_str())
+    }
+
+    /// `sync_completed`.
+    pub fn sync_completed(&self) -> Result<SyncCompleted, SysfsError> {
+        self.parse("sync_completed")
+    }
+
+    /// `resync_start`.
+    pub fn resync_start(&self) -> Result<Checkpoint, SysfsError> {
+        self.parse("resync_start")
+    }
+
+    /// `resync_start`: where the resync starts (`none`: array in sync).
+    pub fn set_resync_start(&self, c: Checkpoint) -> Result<(), SysfsError> {
+        self.write("resync_start", &c.to_string())
+    }
+
+    /// `mismatch_cnt` (sectors found different by the last check).
+    pub fn mismatch_cnt(&self) -> Result<u64, SysfsError> {
+        self.parse("mismatch_cnt")
+    }
+
+    /// `bitmap/metadata=external`. Must come before `bitmap/location`.
+    pub fn set_bitmap_external(&self) -> Result<(), SysfsError> {
+        self.write("bitmap/metadata", "external")
+    }
+
+    /// `bitmap/chunksize` (bytes; a power of two, at least 512).
+    pub fn set_bitmap_chunksize(&self, b: Bytes) -> Result<(), SysfsError> {
+        if b.0 < 512 || !b.0.is_power_of_two() {
+            return Err(SysfsError::Invalid {
+                attr: "bitmap/chunksize".into(),
+                value: b.0.to_string(),
+                why: "the bitmap chunk must be a power of two of at least 512 bytes".into(),
+            });
+        }
+        self.write("bitmap/chunksize", &b.0.to_string())
+    }
+
+    /// `bitmap/time_base` (seconds): how often the bitmap daemon runs.
+    pub fn set_bitmap_time_base(&self, secs: u32) -> Result<(), SysfsError> {
+        self.write("bitmap/time_base", &secs.to_string())
+    }
+
+    /// `bitmap/location`: sectors from the member's sector 0 (for external
+    /// metadata). Written as `+N`.
+    pub fn set_bitmap_location(&self, s: Sectors) -> Result<(), SysfsError> {
+        if s.0 == 0 {
+            return Err(SysfsError::Invalid {
+                attr: "bitmap/location".into(),
+                value: "+0".into(),
+                why: "the bitmap cannot start at sector 0".into(),
+            });
+        }
+        self.write("bitmap/location", &format!("+{}", s.0))
+    }
+
+    /// `bitmap/location` as read back (`+N`, or `none`).
+    pub fn bitmap_location(&self) -> Result<Option<Sectors>, SysfsError> {
+        let v = self.read("bitmap/location")?;
+        if v.trim() == "none" {
+            return Ok(None);
+        }
+        v.trim()
+            .trim_start_matches('+')
+            .parse()
+            .map(|n| Some(Sectors(n)))
+            .map_err(|_| SysfsError::Parse {
+                attr: "bitmap/location".into(),
+                value: v,
+            })
+    }
+
+    /// `bitmap/can_clear`: `None` when there is no bitmap (it reads empty).
+    pub fn can_clear(&self) -> Result<Option<bool>, SysfsError> {
+        let v = self.read("bitmap/can_clear")?;
+        match v.trim() {
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            "" => Ok(None),
+            _ => Err(SysfsError::Parse {
+                attr: "bitmap/can_clear".into(),
+                value: v,
+            }),
+        }
+    }
+
+    /// `bitmap/can_clear`. The kernel refuses `true` with EBUSY while degraded.
+    pub fn set_can_clear(&self, b: bool) -> Result<(), SysfsError> {
+        self.write("bitmap/can_clear", if b { "true" } else { "false" })
+    }
+
+    /// `md/bitmap_set_bits`: mark chunks dirty and needing sync. The kernel
+    /// accepts anything silently, so the list is formatted here as
+    /// space-separated decimal chunk numbers and ranges, and every chunk must
+    /// be below `nchunks`.
+    pub fn bitmap_set_bits(&self, ranges: &[(u64, u64)], nchunks: u64) -> Result<(), SysfsError> {
+        let mut s = String::new();
+        for &(a, b) in ranges {
+            if a > b || b >= nchunks {
+                return Err(SysfsError::Invalid {
+                    attr: "bitmap_set_bits".into(),
+                    value: format!("{a}-{b}"),
+                    why: format!("chunk range outside 0..{nchunks}"),
+                });
+            }
+            if !s.is_empty() {
+                s.push(' ');
+            }
+            if a == b {
+                s.push_str(&a.to_string());
+            } else {
+                s.push_str(&format!("{a}-{b}"));
+            }
+        }
+        if s.is_empty() {
+            return Ok(());
+        }
+        self.write("bitmap_set_bits", &s)
+    }
+
+    /// Open an attribute for notification waits.
+    pub fn watch(&self, attr: &str) -> Result<AttrWatch, SysfsError> {
+        AttrWatch::open(&self.sysfs, &self.dir.join(attr))
+    }
+}
+
+impl Member<'_> {
+    /// Kernel name (`loop0`).
+    pub fn kname(&self) -> &str {
+        &self.kname
+    }
+
+    fn attr(&self, a: &str) -> String {
+        format!("dev-{}/{a}", self.kname)
+    }
+
+    /// Whether the member directory exists.
+    pub fn exists(&self) -> bool {
+        self.md.has_attr(&format!("dev-{}", self.kname))
+    }
+
+    /// `dev-X/offset`: where the data starts on the member. Only before start.
+    pub fn set_offset(&self, s: Sectors) -> Result<(), SysfsError> {
+        self.md.write(&self.attr("offset"), &s.0.to_string())
+    }
+
+    /// `dev-X/size`: usable data on the member (KiB).
+    pub fn set_size(&self, k: KiB) -> Result<(), SysfsError> {
+        self.md.write(&self.attr("size"), &k.0.to_string())
+    }
+
+    /// `dev-X/slot` (role), or `none`.
+    pub fn set_slot(&self, slot: Option<u32>) -> Result<(), SysfsError> {
+        let v = slot.map(|s| s.to_string()).unwrap_or_else(|| "none".into());
+        self.md.write(&self.attr("slot"), &v)
+    }
+
+    /// `dev-X/slot`.
+    pub fn slot(&self) -> Result<Option<u32>, SysfsError> {
+        let v = self.md.read(&self.attr("slot"))?;
+        if v.trim() == "none" {
+            return Ok(None);
+        }
+        v.trim().parse().map(Some).map_err(|_| SysfsError::Parse {
+            attr: self.attr("slot"),
+            value: v,
+        })
+    }
+
+    /// `dev-X/state` flags.
+    pub fn flags(&self) -> Result<MemberFlags, SysfsError> {
+        self.md.parse(&self.attr("state"))
+    }
+
+    /// Write a command to `dev-X/state`.
+    pub fn command(&self, c: MemberCommand) -> Result<(), SysfsError> {
+        self.md.write(&self.attr("state"), c.as_str())
+    }
+
+    /// `dev-X/recovery_start`.
+    pub fn recovery_start(&self) -> Result<Checkpoint, SysfsError> {
+        self.md.parse(&self.attr("recovery_start"))
+    }
+
+    /// `dev-X/recovery_start`: resume a rebuild from a checkpoint.
+    pub fn set_recovery_start(&self, c: Checkpoint) -> Result<(), SysfsError> {
+        self.md.write(&self.attr("recovery_start"), &c.to_string())
+    }
+
+    /// Watch `dev-X/state`.
+    pub fn watch_state(&self) -> Result<AttrWatch, SysfsError> {
+        self.md.watch(&self.attr("state"))
+    }
+}
+
+/// An attribute kept open for POLLPRI notification.
+#[derive(Debug)]
+pub struct AttrWatch {
+    file: File,
+    attr: String,
+}
+
+impl AttrWatch {
+    /// Open an attribute and read it once (sysfs arms the notification on
+    /// read).
+    pub fn open(sysfs: &Sysfs, p: &Path) -> Result<AttrWatch, SysfsError> {
+        let attr = sysfs.rel(p);
+        let file = File::open(p).map_err(|e| SysfsError::Read {
+            attr: attr.clone(),
+            errno: io_errno(&e),
+        })?;
+        let w = AttrWatch { file, attr };
+        w.read_fresh()?;
+        Ok(w)
+    }
+
+    /// The attribute's name.
+    pub fn attr(&self) -> &str {
+        &self.attr
+    }
+
+    /// Re-read from offset 0 (this also re-arms the notification).
+    pub fn read_fresh(&self) -> Result<String, SysfsError> {
+        let mut buf = [0u8; 4096];
+        let n = self
+            .file
+            .read_at(&mut buf, 0)
+            .map_err(|e| SysfsError::Read {
+                attr: self.attr.clone(),
+                errno: io_errno(&e),
+            })?;
+        Ok(String::from_utf8_lossy(&buf[..n])
+            .trim_end_matches('\n')
+            .to_string())
+    }
+}
+
+/// Wait until any watched attribute is notified (`POLLPRI | POLLERR`), or
+/// the timeout passes (`None`: forever). Returns the indices that woke; the
+/// caller re-reads them with [`AttrWatch::read_fresh`].
+pub fn poll_watches(
+    ws: &[&AttrWatch],
+    timeout: Option<Duration>,
+) -> Result<Vec<usize>, SysfsError> {
+    let mut fds: Vec<PollFd> = ws
+        .iter()
+        .map(|w| PollFd::new(w.file.as_fd(), PollFlags::POLLPRI | PollFlags::POLLERR))
+        .collect();
+    let t = match timeout {
+        None => PollTimeout::NONE,
+        Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
+    };
+    loop {
+        match nix::poll::poll(&mut fds, t) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(SysfsError::Poll(e)),
+        }
+    }
+    Ok(fds
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.revents().is_some_and(|r| !r.is_empty()))
+        .map(|(i, _)| i)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake() -> (tempfile::TempDir, Sysfs) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = Sysfs::new(d.path());
+        let md = d.path().join("block/md127/md");
+        std::fs::create_dir_all(md.join("bitmap")).expect("mkdir");
+        std::fs::create_dir_all(md.join("dev-loop0")).expect("mkdir");
+        std::fs::create_dir_all(d.path().join("module/md_mod/parameters")).expect("mkdir");
+        std::fs::create_dir_all(d.path().join("dev/block")).expect("mkdir");
+        std::fs::create_dir_all(d.path().join("devices/virtual/block/loop0")).expect("mkdir");
+        std::os::unix::fs::symlink(
+            d.path().join("devices/virtual/block/loop0"),
+            d.path().join("dev/block/7:0"),
+        )
+        .expect("symlink");
+        for (f, v) in [
+            ("array_state", "clean\n"),
+            ("sync_action", "idle\n"),
+            ("sync_completed", "none\n"),
+            ("resync_start", "none\n"),
+            ("degraded", "0\n"),
+            ("bitmap/can_clear", "true\n"),
+            ("bitmap/location", "+16\n"),
+            ("dev-loop0/state", "in_sync\n"),
+            ("dev-loop0/slot", "0\n"),
+            ("new_dev", ""),
+            ("bitmap_set_bits", ""),
+        ] {
+            std::fs::write(md.join(f), v).expect("write");
+        }
+        std::fs::write(d.path().join("module/md_mod/parameters/new_array"), "").expect("write");
+        (d, s)
+    }
+
+    #[test]
+    fn reads_typed_values() {
+        let (_d, s) = fake();
+        let md = s.md("md127");
+        assert_eq!(md.array_state().expect("state"), ArrayState::Clean);
+        assert_eq!(md.sync_action().expect("action"), SyncAction::Idle);
+        assert_eq!(md.sync_completed().expect("sc"), SyncCompleted::None);
+        assert_eq!(md.resync_start().expect("rs"), Checkpoint::None);
+        assert_eq!(md.degraded().expect("deg"), 0);
+        assert_eq!(md.can_clear().expect("cc"), Some(true));
+        assert_eq!(md.bitmap_location().expect("loc"), Some(Sectors(16)));
+        let m = md.member("loop0");
+        assert!(m.flags().expect("flags").in_sync);
+        assert_eq!(m.slot().expect("slot"), Some(0));
+        assert_eq!(md.members(), vec!["loop0".to_string()]);
+        assert_eq!(s.list_md(), vec!["md127".to_string()]);
+    }
+
+    #[test]
+    fn writes_land_whole() {
+        let (d, s) = fake();
+        let md = s.md("md127");
+        md.set_array_state(ArrayState::ActiveIdle).expect("w");
+        md.set_array_state(ArrayState::Clean).expect("w");
+        assert_eq!(md.array_state().expect("r"), ArrayState::Clean);
+        md.set_bitmap_location(Sectors(16)).expect("w");
+        let loc =
+            std::fs::read_to_string(d.path().join("block/md127/md/bitmap/location")).expect("r");
+        assert_eq!(loc, "+16");
+        md.set_resync_start(Checkpoint::At(Sectors(256)))
+            .expect("w");
+        assert_eq!(md.resync_start().expect("r"), Checkpoint::At(Sectors(256)));
+        md.member("loop0")
+            .command(MemberCommand::Unblock)
+            .expect("w");
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("block/md127/md/dev-loop0/state")).expect("r"),
+            "-blocked"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_attribute_and_value() {
+        let (_d, s) = fake();
+        let md = s.md("md127");
+        let e = md.write("no_such_attr", "7").expect_err("must fail");
+        assert_eq!(e.errno(), Some(Errno::ENOENT));
+        let m = e.to_string();
+        assert!(m.contains("block/md127/md/no_such_attr"), "{m}");
+        assert!(m.contains("'7'"), "{m}");
+        assert!(m.contains("ENOENT"), "{m}");
+        let e = md
+            .set_bitmap_chunksize(Bytes(1000))
+            .expect_err("not a power of two");
+        assert!(e.to_string().contains("bitmap/chunksize"));
+        let e = md.set_bitmap_location(Sectors(0)).expect_err("zero");
+        assert!(e.to_string().contains("bitmap/location"));
+    }
+
+    #[test]
+    fn block_name_resolves() {
+        let (_d, s) = fake();
+        assert_eq!(
+            s.block_name(DevNum { major: 7, minor: 0 }).expect("name"),
+            "loop0"
+        );
+        assert!(s.block_name(DevNum { major: 7, minor: 9 }).is_err());
+        let md = s.md("md127");
+        assert_eq!(
+            md.add_member(DevNum { major: 7, minor: 0 }).expect("add"),
+            "loop0"
+        );
+    }
+
+    #[test]
+    fn set_bits_formats_and_masks() {
+        let (d, s) = fake();
+        let md = s.md("md127");
+        md.bitmap_set_bits(&[(2, 2), (50, 51), (150, 150)], 188)
+            .expect("w");
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("block/md127/md/bitmap_set_bits")).expect("r"),
+            "2 50-51 150"
+        );
+        assert!(md.bitmap_set_bits(&[(187, 188)], 188).is_err());
+        assert!(md.bitmap_set_bits(&[(5, 4)], 188).is_err());
+    }
+
+    #[test]
+    fn parses_kernel_spellings() {
+        assert_eq!("write-pending".parse(), Ok(ArrayState::WritePending));
+        assert_eq!("active-idle\n".parse(), Ok(ArrayState::ActiveIdle));
+        assert!("bogus".parse::<ArrayState>().is_err());
+        assert_eq!(
+            "128 / 24000".parse(),
+            Ok(SyncCompleted::Progress {
+                done: Sectors(128),
+                total: Sectors(24000)
+            })
+        );
+        let f: MemberFlags = "faulty,blocked".parse().expect("flags");
+        assert!(f.faulty && f.blocked && !f.in_sync);
+        assert_eq!("raid1".parse::<Level>(), Ok(Level::Raid1));
+        assert_eq!("10".parse::<Level>(), Ok(Level::Raid10));
+        assert!("raid7".parse::<Level>().is_err());
+        assert!(valid_md_name("md127"));
+        assert!(valid_md_name("md_home"));
+        assert!(!valid_md_name("md"));
+        assert!(!valid_md_name("sda"));
+        assert!(!valid_md_name("md1x"));
+    }
+
+    #[test]
+    fn new_array_validates_name() {
+        let (_d, s) = fake();
+        assert!(s.new_array("../etc").is_err());
+        assert!(s.new_array("md126").is_ok());
+    }
+
+    #[test]
+    fn poll_times_out_on_quiet_file() {
+        let (d, s) = fake();
+        // Regular files always report readable, never POLLPRI; a bounded wait
+        // returns without a wake.
+        let w = AttrWatch::open(&s, &d.path().join("block/md127/md/array_state")).expect("open");
+        assert_eq!(w.read_fresh().expect("read"), "clean");
+        let woke = poll_watches(&[&w], Some(Duration::from_millis(10))).expect("poll");
+        assert!(woke.is_empty(), "{woke:?}");
+    }
+}
