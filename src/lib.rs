@@ -5,9 +5,11 @@
 //! Modules, one per concept:
 //! - [`units`]: `Bytes`, `Sectors`, `KiB` newtypes (md's sysfs mixes all three).
 //! - [`sysfs`]: typed access to `/sys/block/mdX/md/...`, errno mapping, POLLPRI waits.
+//! - [`assembly`]: the activation sequence (sysfs writes in the kernel's order).
 //! - [`meta`]: the logical metadata (what an array and its members are).
 //! - [`format`]: the on-disk metadata format (bytes <-> typed values, nothing else).
 
+pub mod assembly;
 pub mod meta;
 pub mod sysfs;
 pub mod units;

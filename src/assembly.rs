@@ -1,0 +1,449 @@
+//! The activation sequence: how an external-metadata array with an external
+//! bitmap is put together through sysfs.
+//!
+//! The order is the kernel's contract (observed on 6.1 and 6.12, see
+//! `man mdext(5)` and the project notes):
+//! 1. `new_array` creates the md device;
+//! 2. `metadata_version=external:...` **before any member** (a member added
+//!    first is imported as non-persistent, and the later write fails EBUSY);
+//! 3. `level`, `layout`, `chunk_size`, `raid_disks`, `component_size`;
+//! 4. each member: `new_dev`, `dev-X/offset`, `dev-X/size`, `dev-X/slot`;
+//! 5. `bitmap/metadata=external` **before** `bitmap/location` (EINVAL
+//!    otherwise), then `bitmap/chunksize` and `bitmap/time_base` (6.12 wants
+//!    both before `location`), then `bitmap/location`;
+//! 6. `resync_start`;
+//! 7. `array_state=readonly` starts the array; `clean` or `active` makes it
+//!    writable later (the daemon does that once it manages the array).
+//!
+//! [`plan`] produces the steps in that order; [`execute`] runs them and, if
+//! one fails, takes the half-built array apart again so nothing is left
+//! behind, and reports the step that failed.
+
+use crate::sysfs::{ArrayState, Checkpoint, DevNum, Level, MdDev, Sysfs, SysfsError};
+use crate::units::{Bytes, KiB, Sectors};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// A member to add.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberSpec {
+    /// Its device number.
+    pub dev: DevNum,
+    /// Where its data starts (`dev-X/offset`).
+    pub data_offset: Sectors,
+    /// Its data size (`dev-X/size`).
+    pub size: KiB,
+    /// Its slot; `None` adds it as a spare.
+    pub slot: Option<u32>,
+}
+
+/// The external bitmap's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BitmapSpec {
+    /// `bitmap/chunksize`.
+    pub chunk: Bytes,
+    /// `bitmap/time_base`, seconds.
+    pub time_base: u32,
+    /// `bitmap/location`: sectors from each member's sector 0.
+    pub location: Sectors,
+}
+
+/// How to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartMode {
+    /// Configure only; leave the array inactive.
+    NoStart,
+    /// Start read-only (`readonly`). The daemon makes it writable.
+    Readonly,
+}
+
+/// Everything needed to activate an array.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArraySpec {
+    /// md device name (`md127`); `None` picks a free one.
+    pub md_name: Option<String>,
+    /// What follows `external:` in `metadata_version`.
+    pub metadata_tag: String,
+    /// RAID level.
+    pub level: Level,
+    /// md layout (written only when non-zero).
+    pub layout: u32,
+    /// Stripe chunk (written only when non-zero).
+    pub chunk_size: Bytes,
+    /// Slots.
+    pub raid_disks: u32,
+    /// Per-member data size used by the array.
+    pub component_size: KiB,
+    /// Members.
+    pub members: Vec<MemberSpec>,
+    /// External bitmap, if any.
+    pub bitmap: Option<BitmapSpec>,
+    /// `resync_start`.
+    pub resync_start: Checkpoint,
+    /// Whether to start.
+    pub start: StartMode,
+}
+
+/// One sysfs write of the sequence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// `new_array`.
+    NewArray,
+    /// `metadata_version=external:TAG`.
+    MetadataVersion(String),
+    /// `level`.
+    Level(Level),
+    /// `layout`.
+    Layout(u32),
+    /// `chunk_size`.
+    ChunkSize(Bytes),
+    /// `raid_disks`.
+    RaidDisks(u32),
+    /// `component_size`.
+    ComponentSize(KiB),
+    /// `new_dev`.
+    NewDev(DevNum),
+    /// `dev-X/offset`.
+    Offset(DevNum, Sectors),
+    /// `dev-X/size`.
+    Size(DevNum, KiB),
+    /// `dev-X/slot`.
+    Slot(DevNum, u32),
+    /// `bitmap/metadata=external`.
+    BitmapExternal,
+    /// `bitmap/chunksize`.
+    BitmapChunk(Bytes),
+    /// `bitmap/time_base`.
+    BitmapTimeBase(u32),
+    /// `bitmap/location`.
+    BitmapLocation(Sectors),
+    /// `resync_start`.
+    ResyncStart(Checkpoint),
+    /// `array_state`.
+    ArrayState(ArrayState),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::NewArray => write!(f, "new_array"),
+            Step::MetadataVersion(t) => write!(f, "metadata_version=external:{t}"),
+            Step::Level(l) => write!(f, "level={l}"),
+            Step::Layout(l) => write!(f, "layout={l}"),
+            Step::ChunkSize(c) => write!(f, "chunk_size={}", c.0),
+            Step::RaidDisks(n) => write!(f, "raid_disks={n}"),
+            Step::ComponentSize(k) => write!(f, "component_size={}", k.0),
+            Step::NewDev(d) => write!(f, "new_dev={d}"),
+            Step::Offset(d, s) => write!(f, "dev({d})/offset={}", s.0),
+            Step::Size(d, k) => write!(f, "dev({d})/size={}", k.0),
+            Step::Slot(d, s) => write!(f, "dev({d})/slot={s}"),
+            Step::BitmapExternal => write!(f, "bitmap/metadata=external"),
+            Step::BitmapChunk(c) => write!(f, "bitmap/chunksize={}", c.0),
+            Step::BitmapTimeBase(t) => write!(f, "bitmap/time_base={t}"),
+            Step::BitmapLocation(s) => write!(f, "bitmap/location=+{}", s.0),
+            Step::ResyncStart(c) => write!(f, "resync_start={c}"),
+            Step::ArrayState(s) => write!(f, "array_state={s}"),
+        }
+    }
+}
+
+/// Activation errors.
+#[derive(Debug, thiserror::Error)]
+pub enum AssemblyError {
+    /// The spec is inconsistent; nothing was written.
+    #[error("invalid array: {0}")]
+    Spec(String),
+    /// No free md device name.
+    #[error("no free md device name (md0..md127 all exist)")]
+    NoFreeName,
+    /// A step failed; the half-built array was taken apart.
+    #[error("{md}: step '{step}' failed: {cause}{}", rollback.as_ref().map(|r| format!("; rollback also failed: {r}")).unwrap_or_default())]
+    Step {
+        /// The md device.
+        md: String,
+        /// The step.
+        step: Step,
+        /// The kernel's answer.
+        cause: Box<SysfsError>,
+        /// A failure while taking the array apart, if any.
+        rollback: Option<String>,
+    },
+    /// A sysfs failure outside the step list (e.g. while stopping).
+    #[error(transparent)]
+    Sysfs(#[from] SysfsError),
+    /// The md device did not go away after stopping.
+    #[error("{0}: still present {1:?} after stopping")]
+    StillPresent(String, Duration),
+}
+
+/// Check the spec and produce the steps in the kernel's order.
+pub fn plan(spec: &ArraySpec) -> Result<Vec<Step>, AssemblyError> {
+    if spec.raid_disks == 0 {
+        return Err(AssemblyError::Spec("raid_disks is 0".into()));
+    }
+    if spec.members.is_empty() {
+        return Err(AssemblyError::Spec("no members".into()));
+    }
+    if spec.component_size.0 == 0 {
+        return Err(AssemblyError::Spec("component size is 0".into()));
+    }
+    for (i, m) in spec.members.iter().enumerate() {
+        if spec.members[..i].iter().any(|o| o.dev == m.dev) {
+            return Err(AssemblyError::Spec(format!("device {} given twice", m.dev)));
+        }
+        if let Some(s) = m.slot {
+            if s >= spec.raid_disks {
+                return Err(AssemblyError::Spec(format!(
+                    "device {} has slot {s}, but the array has {} slots",
+                    m.dev, spec.raid_disks
+                )));
+            }
+            if spec.members[..i].iter().any(|o| o.slot == Some(s)) {
+                return Err(AssemblyError::Spec(format!("two devices for slot {s}")));
+            }
+        }
+        if m.size.0 < spec.component_size.0 {
+            return Err(AssemblyError::Spec(format!(
+                "device {} has {} of data, less than the component size {}",
+                m.dev, m.size, spec.component_size
+            )));
+        }
+        if let Some(b) = &spec.bitmap {
+            // The kernel accepts a bitmap that overlaps the data and then
+            // silently writes no bits: check it here.
+            let chunks = crate::meta::bitmap_chunks(spec.component_size.sectors(), b.chunk);
+            let end = b.location.bytes().0 + chunks.div_ceil(8);
+            if end > m.data_offset.bytes().0 {
+                return Err(AssemblyError::Spec(format!(
+                    "bitmap at sector {} ({} bytes of bits) runs into the data of {} at sector {}",
+                    b.location.0,
+                    chunks.div_ceil(8),
+                    m.dev,
+                    m.data_offset.0
+                )));
+            }
+        }
+    }
+    if let Some(b) = &spec.bitmap {
+        if b.chunk.0 < 512 || !b.chunk.0.is_power_of_two() {
+            return Err(AssemblyError::Spec(format!(
+                "bitmap chunk {} is not a power of two of at least 512 bytes",
+                b.chunk.0
+            )));
+        }
+        if b.location.0 == 0 {
+            return Err(AssemblyError::Spec("bitmap location 0".into()));
+        }
+    }
+    let mut v = vec![
+        Step::NewArray,
+        Step::MetadataVersion(spec.metadata_tag.clone()),
+        Step::Level(spec.level),
+    ];
+    if spec.layout != 0 {
+        v.push(Step::Layout(spec.layout));
+    }
+    if spec.chunk_size.0 != 0 {
+        v.push(Step::ChunkSize(spec.chunk_size));
+    }
+    v.push(Step::RaidDisks(spec.raid_disks));
+    v.push(Step::ComponentSize(spec.component_size));
+    for m in &spec.members {
+        v.push(Step::NewDev(m.dev));
+        v.push(Step::Offset(m.dev, m.data_offset));
+        v.push(Step::Size(m.dev, m.size));
+        if let Some(s) = m.slot {
+            v.push(Step::Slot(m.dev, s));
+        }
+    }
+    if let Some(b) = &spec.bitmap {
+        v.push(Step::BitmapExternal);
+        v.push(Step::BitmapChunk(b.chunk));
+        v.push(Step::BitmapTimeBase(b.time_base));
+        v.push(Step::BitmapLocation(b.location));
+    }
+    v.push(Step::ResyncStart(spec.resync_start));
+    if spec.start == StartMode::Readonly {
+        v.push(Step::ArrayState(ArrayState::Readonly));
+    }
+    Ok(v)
+}
+
+fn run_step(sysfs: &Sysfs, md: &MdDev, step: &Step) -> Result<(), SysfsError> {
+    let member = |d: &DevNum| sysfs.block_name(*d);
+    match step {
+        Step::NewArray => sysfs.new_array(md.name()).map(|_| ()),
+        Step::MetadataVersion(t) => md.set_external_metadata(t),
+        Step::Level(l) => md.set_level(*l),
+        Step::Layout(l) => md.set_layout(*l),
+        Step::ChunkSize(c) => md.set_chunk_size(*c),
+        Step::RaidDisks(n) => md.set_raid_disks(*n),
+        Step::ComponentSize(k) => md.set_component_size(*k),
+        Step::NewDev(d) => md.add_member(*d).map(|_| ()),
+        Step::Offset(d, s) => md.member(&member(d)?).set_offset(*s),
+        Step::Size(d, k) => md.member(&member(d)?).set_size(*k),
+        Step::Slot(d, s) => md.member(&member(d)?).set_slot(Some(*s)),
+        Step::BitmapExternal => md.set_bitmap_external(),
+        Step::BitmapChunk(c) => md.set_bitmap_chunksize(*c),
+        Step::BitmapTimeBase(t) => md.set_bitmap_time_base(*t),
+        Step::BitmapLocation(s) => md.set_bitmap_location(*s),
+        Step::ResyncStart(c) => md.set_resync_start(*c),
+        Step::ArrayState(s) => md.set_array_state(*s),
+    }
+}
+
+/// Run the steps against `sysfs` on md device `md_name` (or a free one).
+/// On failure the array is stopped and cleared, so no half-built array is
+/// left, and the error names the failing step and the kernel's errno.
+pub fn execute(
+    sysfs: &Sysfs,
+    md_name: Option<&str>,
+    steps: &[Step],
+) -> Result<MdDev, AssemblyError> {
+    let name = match md_name {
+        Some(n) => n.to_string(),
+        None => sysfs.free_md_name().ok_or(AssemblyError::NoFreeName)?,
+    };
+    let md = sysfs.md(&name);
+    let mut created = false;
+    for step in steps {
+        if let Err(cause) = run_step(sysfs, &md, step) {
+            let rollback = if created || *step != Step::NewArray {
+                teardown(sysfs, &md).err().map(|e| e.to_string())
+            } else {
+                None
+            };
+            return Err(AssemblyError::Step {
+                md: name,
+                step: step.clone(),
+                cause: Box::new(cause),
+                rollback,
+            });
+        }
+        if *step == Step::NewArray {
+            created = true;
+        }
+    }
+    Ok(md)
+}
+
+/// Build and (per `spec.start`) start an array: [`plan`] then [`execute`].
+pub fn activate(sysfs: &Sysfs, spec: &ArraySpec) -> Result<MdDev, AssemblyError> {
+    let steps = plan(spec)?;
+    execute(sysfs, spec.md_name.as_deref(), &steps)
+}
+
+/// Take an array apart: `inactive` (stops it) then `clear`, and wait for the
+/// md device to disappear from sysfs.
+pub fn teardown(sysfs: &Sysfs, md: &MdDev) -> Result<(), AssemblyError> {
+    if !sysfs.md_exists(md.name()) {
+        return Ok(());
+    }
+    let state = md.array_state().ok();
+    if state.is_some_and(|s| s.is_running()) {
+        md.set_array_state(ArrayState::Inactive)?;
+    }
+    if state != Some(ArrayState::Clear) {
+        md.set_array_state(ArrayState::Clear)?;
+    }
+    wait_gone(sysfs, md.name(), Duration::from_secs(5))
+}
+
+fn wait_gone(sysfs: &Sysfs, name: &str, limit: Duration) -> Result<(), AssemblyError> {
+    let t0 = Instant::now();
+    // The kernel deletes the gendisk asynchronously after the last close;
+    // there is no notification for it, so check a few times.
+    while sysfs.md_exists(name) {
+        if t0.elapsed() > limit {
+            return Err(AssemblyError::StillPresent(name.to_string(), limit));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ArraySpec {
+        ArraySpec {
+            md_name: Some("md127".into()),
+            metadata_tag: "mdext:test".into(),
+            level: Level::Raid1,
+            layout: 0,
+            chunk_size: Bytes(0),
+            raid_disks: 2,
+            component_size: KiB(62 * 1024),
+            members: vec![
+                MemberSpec {
+                    dev: DevNum { major: 7, minor: 0 },
+                    data_offset: Sectors(2048),
+                    size: KiB(63 * 1024),
+                    slot: Some(0),
+                },
+                MemberSpec {
+                    dev: DevNum { major: 7, minor: 1 },
+                    data_offset: Sectors(2048),
+                    size: KiB(63 * 1024),
+                    slot: Some(1),
+                },
+            ],
+            bitmap: Some(BitmapSpec {
+                chunk: Bytes(65536),
+                time_base: 5,
+                location: Sectors(16),
+            }),
+            resync_start: Checkpoint::None,
+            start: StartMode::Readonly,
+        }
+    }
+
+    fn pos(v: &[Step], f: impl Fn(&Step) -> bool) -> usize {
+        v.iter().position(f).expect("step present")
+    }
+
+    #[test]
+    fn order_is_the_kernels() {
+        let v = plan(&spec()).expect("plan");
+        assert_eq!(v[0], Step::NewArray);
+        let meta = pos(&v, |s| matches!(s, Step::MetadataVersion(_)));
+        let first_dev = pos(&v, |s| matches!(s, Step::NewDev(_)));
+        let bm = pos(&v, |s| *s == Step::BitmapExternal);
+        let chunk = pos(&v, |s| matches!(s, Step::BitmapChunk(_)));
+        let tb = pos(&v, |s| matches!(s, Step::BitmapTimeBase(_)));
+        let loc = pos(&v, |s| matches!(s, Step::BitmapLocation(_)));
+        let rs = pos(&v, |s| matches!(s, Step::ResyncStart(_)));
+        let start = pos(&v, |s| matches!(s, Step::ArrayState(_)));
+        assert!(meta < first_dev);
+        assert!(bm < chunk && chunk < loc && tb < loc);
+        assert!(loc < rs && rs < start);
+        assert_eq!(start, v.len() - 1);
+    }
+
+    #[test]
+    fn bad_specs_are_refused() {
+        let mut s = spec();
+        s.members[1].slot = Some(0);
+        assert!(plan(&s).unwrap_err().to_string().contains("slot 0"));
+        let mut s = spec();
+        s.members[1].dev = s.members[0].dev;
+        assert!(plan(&s).unwrap_err().to_string().contains("twice"));
+        let mut s = spec();
+        s.bitmap = Some(BitmapSpec {
+            chunk: Bytes(4096),
+            time_base: 5,
+            location: Sectors(2040),
+        });
+        assert!(plan(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("runs into the data"));
+        let mut s = spec();
+        s.members[0].size = KiB(1);
+        assert!(plan(&s).is_err());
+        let mut s = spec();
+        s.members[0].slot = Some(2);
+        assert!(plan(&s).is_err());
+    }
+}

@@ -1,0 +1,234 @@
+//! In-guest helpers for scenarios.
+
+use anyhow::{bail, Context, Result};
+use mdext::sysfs::{poll_watches, ArrayState, DevNum, MdDev, Sysfs};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Run a shell command; its stdout, or an error with its stderr.
+pub fn sh(cmd: &str) -> Result<String> {
+    let o = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .with_context(|| format!("sh -c {cmd}"))?;
+    if !o.status.success() {
+        bail!(
+            "`{cmd}` failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// A loop device over a fresh file in the guest's tmpfs.
+pub struct Loop {
+    pub path: PathBuf,
+    pub dev: DevNum,
+}
+
+/// `n` fresh loop devices of `mib` MiB each.
+pub fn loop_devices(n: usize, mib: u64) -> Result<Vec<Loop>> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        let img = format!("/tmp/disk{i}.img");
+        let f = File::create(&img)?;
+        f.set_len(mib << 20)?;
+        drop(f);
+        let path = PathBuf::from(format!("/dev/loop{i}"));
+        sh(&format!("losetup {} {img}", path.display()))?;
+        v.push(Loop {
+            dev: devnum(&path)?,
+            path,
+        });
+    }
+    Ok(v)
+}
+
+/// The device number of a block device node.
+pub fn devnum(p: &Path) -> Result<DevNum> {
+    let m = std::fs::metadata(p).with_context(|| p.display().to_string())?;
+    if !m.file_type().is_block_device() {
+        bail!("{} is not a block device", p.display());
+    }
+    Ok(DevNum::from_raw(m.rdev()))
+}
+
+/// A 4096-aligned buffer for O_DIRECT.
+struct Aligned {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Aligned {
+        let len = len.div_ceil(4096).max(1) * 4096;
+        let layout = std::alloc::Layout::from_size_align(len, 4096).expect("layout");
+        // SAFETY: layout has non-zero size; the memory is zeroed and owned by
+        // this value until drop.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null(), "out of memory");
+        Aligned { ptr, len }
+    }
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: ptr points to len initialised bytes owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len, 4096).expect("layout");
+        // SAFETY: allocated in new() with this same layout.
+        unsafe { std::alloc::dealloc(self.ptr, layout) }
+    }
+}
+
+/// Read `len` bytes at `off` (both multiples of 512... rounded to 4096 here)
+/// with O_DIRECT, bypassing the page cache.
+pub fn read_direct(p: &Path, off: u64, len: usize) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let start = off & !4095;
+    let skip = (off - start) as usize;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_direct())
+        .open(p)
+        .with_context(|| format!("open {} O_DIRECT", p.display()))?;
+    let mut b = Aligned::new(skip + len);
+    let buf = b.as_mut();
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.read_at(&mut buf[done..], start + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(buf[skip..skip + len].to_vec())
+}
+
+/// Write with O_DIRECT (offset and data length multiples of 4096).
+pub fn write_direct(p: &Path, off: u64, data: &[u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    if off % 4096 != 0 || data.len() % 4096 != 0 {
+        bail!("unaligned direct write");
+    }
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc_o_direct())
+        .open(p)
+        .with_context(|| format!("open {} O_DIRECT", p.display()))?;
+    let mut b = Aligned::new(data.len());
+    b.as_mut()[..data.len()].copy_from_slice(data);
+    f.write_all_at(&b.as_mut()[..data.len()], off)?;
+    Ok(())
+}
+
+fn libc_o_direct() -> i32 {
+    nix::fcntl::OFlag::O_DIRECT.bits()
+}
+
+/// Deterministic test data: `len` bytes for (seed, position).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Chunk numbers whose bit is set in a bitmap area.
+pub fn set_bits(bytes: &[u8]) -> Vec<u64> {
+    let mut v = Vec::new();
+    for (i, b) in bytes.iter().enumerate() {
+        for k in 0..8 {
+            if b & (1 << k) != 0 {
+                v.push(i as u64 * 8 + k);
+            }
+        }
+    }
+    v
+}
+
+/// Poll until `f` returns Some, or fail after `limit`.
+pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if t0.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal write-pending responder (the experiments' "monitor lite"): a
+/// thread that waits on array_state notifications and answers
+/// `write-pending` with `active`. Stands in for mdextmon in tests of the
+/// sysfs layer alone.
+pub struct Responder {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<u64>>>,
+}
+
+impl Responder {
+    pub fn start(md: &MdDev) -> Result<Responder> {
+        let md = md.clone();
+        let w = md.watch("array_state")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let handle = std::thread::spawn(move || -> Result<u64> {
+            let mut answered = 0;
+            while !s2.load(Ordering::Relaxed) {
+                poll_watches(&[&w], Some(Duration::from_millis(200)))?;
+                if w.read_fresh()?.trim() == "write-pending" {
+                    md.set_array_state(ArrayState::Active)?;
+                    answered += 1;
+                }
+            }
+            Ok(answered)
+        });
+        Ok(Responder {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stop; returns how many write-pending states were answered.
+    pub fn stop(mut self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => bail!("responder thread panicked"),
+            None => Ok(0),
+        }
+    }
+}
+
+/// Print what helps debug a failure: /proc/mdstat and the kernel log tail.
+pub fn dump_state() {
+    for c in ["cat /proc/mdstat", "dmesg | tail -40"] {
+        if let Ok(o) = sh(c) {
+            println!("--- {c}\n{o}");
+        }
+    }
+}
+
+/// The real sysfs.
+pub fn sysfs() -> Sysfs {
+    Sysfs::default()
+}
