@@ -433,7 +433,7 @@ mod tests {
         s.bitmap = Some(BitmapSpec {
             chunk: Bytes(4096),
             time_base: 5,
-            location: Sectors(2040),
+            location: Sectors(2046),
         });
         assert!(plan(&s)
             .unwrap_err()
