@@ -403,6 +403,105 @@ mod tests {
         v.iter().position(f).expect("step present")
     }
 
+    fn sb(events: u64, me: u8, states: [crate::meta::MemberState; 2]) -> Candidate {
+        use crate::meta::*;
+        let uuid = |n: u8| uuid::Uuid::from_bytes([n; 16]);
+        Candidate {
+            path: format!("/dev/loop{me}").into(),
+            dev: DevNum {
+                major: 7,
+                minor: me as u32,
+            },
+            sb: Superblock {
+                array: ArrayMeta {
+                    uuid: uuid(9),
+                    name: "a".into(),
+                    ctime: 0,
+                    utime: 0,
+                    geometry: Geometry {
+                        level: Level::Raid1,
+                        layout: 0,
+                        chunk_size: Bytes(0),
+                        raid_disks: 2,
+                        component_size: Sectors(1 << 17),
+                    },
+                    events,
+                    clean: true,
+                    resync: Checkpoint::None,
+                    bitmap: BitmapInfo {
+                        offset: Sectors(16),
+                        size: Bytes(4096),
+                        chunk: Bytes(65536),
+                        time_base: 5,
+                        events_cleared: 1,
+                    },
+                    members: (0..2)
+                        .map(|i| MemberEntry {
+                            uuid: uuid(i as u8 + 1),
+                            state: states[i],
+                            events,
+                        })
+                        .collect(),
+                },
+                device: DeviceMeta {
+                    uuid: uuid(me + 1),
+                    data_offset: Sectors(2048),
+                    data_size: Sectors(1 << 17),
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn choose_uses_newest_and_leaves_stale_out() {
+        use crate::meta::MemberState::*;
+        // Both current and in sync.
+        let c = choose(
+            vec![sb(5, 0, [InSync, InSync]), sb(5, 1, [InSync, InSync])],
+            false,
+        )
+        .expect("choose");
+        assert_eq!(c.members.len(), 2);
+        assert!(!c.degraded());
+        assert_eq!(c.resync_start(), Checkpoint::None);
+        // Member 1 failed at event 7 and stayed behind at event 6: left out,
+        // and the array needs --run.
+        let found = || vec![sb(6, 1, [InSync, InSync]), sb(7, 0, [InSync, Failed])];
+        let e = choose(found(), false).expect_err("degraded without --run");
+        assert!(e.to_string().contains("--run"), "{e}");
+        let c = choose(found(), true).expect("run degraded");
+        assert_eq!(c.members.len(), 1);
+        assert_eq!(c.members[0].0, 0);
+        assert_eq!(c.missing_slots, vec![1]);
+        assert!(c.left_out[0].reason.contains("stale"), "{:?}", c.left_out);
+        // A member one event behind but recorded in sync by the newest copy
+        // (a crash between member writes) is used.
+        let c = choose(
+            vec![sb(8, 0, [InSync, InSync]), sb(7, 1, [InSync, InSync])],
+            false,
+        )
+        .expect("choose");
+        assert_eq!(c.members.len(), 2);
+    }
+
+    #[test]
+    fn resync_start_follows_the_metadata() {
+        use crate::meta::MemberState::*;
+        let mut a = sb(5, 0, [InSync, InSync]);
+        a.sb.array.clean = false;
+        let mut b = sb(5, 1, [InSync, InSync]);
+        b.sb.array.clean = false;
+        let c2 = choose(vec![a.clone(), b], false).expect("choose");
+        assert_eq!(c2.resync_start(), Checkpoint::At(Sectors(0)));
+        a.sb.array.resync = Checkpoint::At(Sectors(4096));
+        let c3 = choose(vec![a], true).expect("choose");
+        assert_eq!(c3.resync_start(), Checkpoint::At(Sectors(4096)));
+        let spec = c3.spec(None, StartMode::Readonly, Some(3600));
+        assert_eq!(spec.bitmap.map(|b| b.time_base), Some(3600));
+        assert_eq!(spec.resync_start, Checkpoint::At(Sectors(4096)));
+        assert!(plan(&spec).is_ok());
+    }
+
     #[test]
     fn order_is_the_kernels() {
         let v = plan(&spec()).expect("plan");
@@ -445,5 +544,174 @@ mod tests {
         let mut s = spec();
         s.members[0].slot = Some(2);
         assert!(plan(&s).is_err());
+    }
+}
+
+/// A device found with mdext metadata, as read by the caller.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// Its path.
+    pub path: std::path::PathBuf,
+    /// Its device number.
+    pub dev: DevNum,
+    /// Its newest valid metadata.
+    pub sb: crate::meta::Superblock,
+}
+
+/// Why a candidate is not used.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LeftOut {
+    /// The device.
+    pub path: std::path::PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
+/// The outcome of [`choose`]: what to activate and what was left out.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    /// The newest metadata (the array's truth).
+    pub meta: crate::meta::ArrayMeta,
+    /// Members to add, with their table index (slot) and metadata.
+    pub members: Vec<(usize, Candidate)>,
+    /// Devices not used, and why.
+    pub left_out: Vec<LeftOut>,
+    /// Slots with no usable member.
+    pub missing_slots: Vec<u32>,
+}
+
+impl Choice {
+    /// Whether the array runs degraded.
+    pub fn degraded(&self) -> bool {
+        !self.missing_slots.is_empty()
+    }
+
+    /// `resync_start` for the activation: `none` when the array was clean;
+    /// the recorded checkpoint after an interrupted resync; 0 after an
+    /// unclean shutdown (the bitmap then limits the resync to dirty chunks).
+    pub fn resync_start(&self) -> Checkpoint {
+        match (self.meta.clean, self.meta.resync) {
+            (_, Checkpoint::At(s)) => Checkpoint::At(s),
+            (true, Checkpoint::None) => Checkpoint::None,
+            (false, Checkpoint::None) => Checkpoint::At(Sectors(0)),
+        }
+    }
+
+    /// The activation spec.
+    pub fn spec(
+        &self,
+        md_name: Option<String>,
+        start: StartMode,
+        time_base: Option<u32>,
+    ) -> ArraySpec {
+        let g = &self.meta.geometry;
+        ArraySpec {
+            md_name,
+            metadata_tag: format!("mdext:{}", self.meta.uuid.simple()),
+            level: g.level,
+            layout: g.layout,
+            chunk_size: g.chunk_size,
+            raid_disks: g.raid_disks,
+            component_size: g.component_size.kib_floor(),
+            members: self
+                .members
+                .iter()
+                .map(|(slot, c)| MemberSpec {
+                    dev: c.dev,
+                    data_offset: c.sb.device.data_offset,
+                    size: c.sb.device.data_size.kib_floor(),
+                    slot: Some(*slot as u32),
+                })
+                .collect(),
+            bitmap: Some(BitmapSpec {
+                chunk: self.meta.bitmap.chunk,
+                time_base: time_base.unwrap_or(self.meta.bitmap.time_base),
+                location: self.meta.bitmap.offset,
+            }),
+            resync_start: self.resync_start(),
+            start,
+        }
+    }
+}
+
+/// Decide which of `found` (all of one array, by UUID) to activate.
+///
+/// The member with the highest event count carries the array's truth. A
+/// device is used when that record lists it as in sync in a slot; a device
+/// the record lists as failed, missing or rebuilding, or does not list at
+/// all, is left out and reported (never silently used). Degraded assembly
+/// needs `run`, like `mdadm --run`.
+pub fn choose(found: Vec<Candidate>, run: bool) -> Result<Choice, AssemblyError> {
+    let newest = found
+        .iter()
+        .max_by_key(|c| c.sb.array.events)
+        .ok_or_else(|| AssemblyError::Spec("no devices with mdext metadata".into()))?;
+    let meta = newest.sb.array.clone();
+    if found.iter().any(|c| c.sb.array.uuid != meta.uuid) {
+        return Err(AssemblyError::Spec(
+            "devices of different arrays given together".into(),
+        ));
+    }
+    let n = meta.geometry.raid_disks as usize;
+    let mut members: Vec<(usize, Candidate)> = Vec::new();
+    let mut left_out = Vec::new();
+    for c in found {
+        let idx = meta.index_of(&c.sb.device.uuid);
+        let why = match idx.map(|i| (i, meta.members[i].state)) {
+            None => Some("not a member in the newest metadata".to_string()),
+            Some((i, _)) if i >= n => Some("a spare".to_string()),
+            Some((i, s)) if !s.is_in_sync() => Some(format!(
+                "stale: recorded as {} at event {} (its own metadata is at event {}, the array's at {})",
+                state_word(s),
+                meta.members[i].events,
+                c.sb.array.events,
+                meta.events
+            )),
+            Some((i, _)) if members.iter().any(|(j, _)| *j == i) => {
+                Some(format!("a second device claiming slot {i}"))
+            }
+            Some(_) => None,
+        };
+        match (why, idx) {
+            (None, Some(i)) => members.push((i, c)),
+            (why, _) => left_out.push(LeftOut {
+                path: c.path,
+                reason: why.unwrap_or_else(|| "not a member".into()),
+            }),
+        }
+    }
+    members.sort_by_key(|(i, _)| *i);
+    let missing_slots: Vec<u32> = (0..n as u32)
+        .filter(|s| !members.iter().any(|(i, _)| *i == *s as usize))
+        .collect();
+    if members.is_empty() {
+        return Err(AssemblyError::Spec("no usable member".into()));
+    }
+    let choice = Choice {
+        meta,
+        members,
+        left_out,
+        missing_slots,
+    };
+    if choice.degraded() && !run {
+        return Err(AssemblyError::Spec(format!(
+            "{} of {} members present (slots {:?} missing); use --run to start degraded",
+            choice.members.len(),
+            n,
+            choice.missing_slots
+        )));
+    }
+    Ok(choice)
+}
+
+fn state_word(s: crate::meta::MemberState) -> &'static str {
+    use crate::meta::MemberState as M;
+    match s {
+        M::Empty => "empty",
+        M::InSync => "in sync",
+        M::Rebuilding { .. } => "rebuilding",
+        M::Failed => "failed",
+        M::Spare => "spare",
+        M::Missing => "missing",
     }
 }

@@ -6,10 +6,12 @@
 //! - [`units`]: `Bytes`, `Sectors`, `KiB` newtypes (md's sysfs mixes all three).
 //! - [`sysfs`]: typed access to `/sys/block/mdX/md/...`, errno mapping, POLLPRI waits.
 //! - [`assembly`]: the activation sequence (sysfs writes in the kernel's order).
+//! - [`control`]: the control socket protocol (JSON lines, root only).
 //! - [`meta`]: the logical metadata (what an array and its members are).
 //! - [`format`]: the on-disk metadata format (bytes <-> typed values, nothing else).
 
 pub mod assembly;
+pub mod control;
 pub mod meta;
 pub mod sysfs;
 pub mod units;
