@@ -7,7 +7,10 @@
 //! - [`sysfs`]: typed access to `/sys/block/mdX/md/...`, errno mapping, POLLPRI waits.
 //! - [`meta`]: the logical metadata (what an array and its members are).
 //! - [`format`]: the on-disk metadata format (bytes <-> typed values, nothing else).
+//! - [`bitmap`]: pure helpers over the external bitmap area's bytes.
 
+pub mod bitmap;
+pub mod format;
 pub mod meta;
 pub mod sysfs;
 pub mod units;
