@@ -10,7 +10,9 @@
 //! - [`bitmap`]: pure helpers over the external bitmap area's bytes.
 
 pub mod bitmap;
+pub mod device;
 pub mod format;
 pub mod meta;
+pub mod probe;
 pub mod sysfs;
 pub mod units;
