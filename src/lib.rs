@@ -9,9 +9,18 @@
 //! - [`control`]: the control socket protocol (JSON lines, root only).
 //! - [`meta`]: the logical metadata (what an array and its members are).
 //! - [`format`]: the on-disk metadata format (bytes <-> typed values, nothing else).
+//! - [`bitmap`]: pure helpers over the external bitmap area's bytes.
+//! - [`device`]: member I/O (O_DIRECT, exclusive open); [`probe`]: foreign signatures.
+//! - [`daemon`]: mdextmon's I/O loop; [`managed`]: one managed array.
 
 pub mod assembly;
+pub mod bitmap;
 pub mod control;
+pub mod daemon;
+pub mod device;
+pub mod format;
+pub mod managed;
 pub mod meta;
+pub mod probe;
 pub mod sysfs;
 pub mod units;

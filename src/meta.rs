@@ -191,3 +191,40 @@ pub fn bitmap_chunks(size: Sectors, chunk: Bytes) -> u64 {
     }
     size.bytes().0.div_ceil(chunk.0)
 }
+
+/// What a device is in its array, from its own superblock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// It holds slot `n` (its table entry index is below `raid_disks`).
+    Slot(u32),
+    /// A spare: its entry is from `raid_disks` on, or it is not in the
+    /// table yet.
+    Spare,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::Slot(n) => write!(f, "{n}"),
+            Role::Spare => f.write_str("spare"),
+        }
+    }
+}
+
+impl Superblock {
+    /// This device's role according to its own member table.
+    pub fn role(&self) -> Role {
+        match self.array.index_of(&self.device.uuid) {
+            Some(i) if i < self.array.geometry.raid_disks as usize => Role::Slot(i as u32),
+            _ => Role::Spare,
+        }
+    }
+
+    /// This device's own table entry, if it has one.
+    pub fn own_entry(&self) -> Option<&MemberEntry> {
+        self.array
+            .index_of(&self.device.uuid)
+            .and_then(|i| self.array.members.get(i))
+    }
+}

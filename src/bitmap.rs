@@ -1,0 +1,157 @@
+//! The external write-intent bitmap area: pure helpers over its bytes.
+//!
+//! md's bit order (kernel-md-external.md section 2): chunk `n` is bit
+//! `n % 8` of byte `n / 8`, starting at `bitmap/location`. There is no
+//! header. md loads whatever bits are set at activation as dirty, and never
+//! clears bits beyond the last chunk, so those must always be zero.
+
+use crate::units::Bytes;
+
+/// Whether chunk `n`'s bit is set (false beyond the buffer).
+pub fn is_set(bits: &[u8], n: u64) -> bool {
+    usize::try_from(n / 8)
+        .ok()
+        .and_then(|i| bits.get(i))
+        .is_some_and(|b| b & (1 << (n % 8)) != 0)
+}
+
+/// The initial bitmap area of `size` bytes for `chunks` chunks: every
+/// chunk bit set when `dirty` (the first assembly resyncs them), or all
+/// zero (`--assume-clean`). Bits from `chunks` on are always zero. If the
+/// area is too small for `chunks`, only the bits that fit are set.
+pub fn initial(chunks: u64, size: Bytes, dirty: bool) -> Vec<u8> {
+    let len = usize::try_from(size.0).unwrap_or(usize::MAX);
+    let mut v = vec![0u8; len];
+    if dirty {
+        let chunks = chunks.min(size.0.saturating_mul(8));
+        // Both bounded by `len` since chunks <= 8 * len.
+        let full = (chunks / 8) as usize;
+        v[..full].fill(0xff);
+        let rem = chunks % 8;
+        if rem != 0 {
+            v[full] = (1u8 << rem) - 1;
+        }
+    }
+    v
+}
+
+/// The set chunk numbers below `chunks`, ascending (bits at or beyond
+/// `chunks` are ignored).
+pub fn dirty_chunks(bits: &[u8], chunks: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for (i, &b) in bits.iter().enumerate() {
+        if b == 0 {
+            continue;
+        }
+        for bit in 0..8u64 {
+            let n = i as u64 * 8 + bit;
+            if n >= chunks {
+                return out;
+            }
+            if b & (1 << bit) != 0 {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+/// The set chunks below `chunks` as inclusive ranges `(first, last)`,
+/// ascending and maximal (adjacent chunks merge).
+pub fn dirty_ranges(bits: &[u8], chunks: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for n in dirty_chunks(bits, chunks) {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == n => *last = n,
+            _ => out.push((n, n)),
+        }
+    }
+    out
+}
+
+/// Number of set chunks below `chunks`.
+pub fn count_dirty(bits: &[u8], chunks: u64) -> u64 {
+    let full = usize::try_from(chunks / 8)
+        .unwrap_or(usize::MAX)
+        .min(bits.len());
+    let mut n: u64 = bits[..full].iter().map(|b| u64::from(b.count_ones())).sum();
+    let rem = chunks % 8;
+    if rem != 0 {
+        if let Some(b) = bits.get(full) {
+            n += u64::from((b & ((1u8 << rem) - 1)).count_ones());
+        }
+    }
+    n
+}
+
+/// Whether any bit at or beyond `chunks` is set (md would never clear it).
+pub fn has_stray_bits(bits: &[u8], chunks: u64) -> bool {
+    let total = bits.iter().map(|b| u64::from(b.count_ones())).sum::<u64>();
+    total != count_dirty(bits, chunks)
+}
+
+/// Ranges in the syntax md's `bitmap_set_bits` takes: space-separated
+/// `N` or `N-M` (inclusive).
+pub fn ranges_to_set_bits(ranges: &[(u64, u64)]) -> String {
+    ranges
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_dirty_sets_exactly_the_chunks() {
+        let v = initial(13, Bytes(4096), true);
+        assert_eq!(v.len(), 4096);
+        assert_eq!(v[0], 0xff);
+        assert_eq!(v[1], 0b0001_1111);
+        assert!(v[2..].iter().all(|&b| b == 0));
+        assert_eq!(count_dirty(&v, 13), 13);
+        assert!(!has_stray_bits(&v, 13));
+        let v = initial(16, Bytes(4096), true);
+        assert_eq!(&v[..3], &[0xff, 0xff, 0]);
+        let v = initial(13, Bytes(4096), false);
+        assert!(v.iter().all(|&b| b == 0));
+        // Too small: clamp, never panic.
+        let v = initial(100_000, Bytes(4), true);
+        assert_eq!(v, vec![0xff; 4]);
+    }
+
+    #[test]
+    fn bit_order_matches_md() {
+        // kernel notes: chunk 10 -> 0x04 in byte 1; chunks 171,172 -> 0x18 in byte 21.
+        let mut v = vec![0u8; 32];
+        v[1] = 0x04;
+        v[21] = 0x18;
+        assert_eq!(dirty_chunks(&v, 256), vec![10, 171, 172]);
+        assert_eq!(dirty_ranges(&v, 256), vec![(10, 10), (171, 172)]);
+        assert!(is_set(&v, 10) && !is_set(&v, 11) && !is_set(&v, 10_000));
+        assert_eq!(ranges_to_set_bits(&dirty_ranges(&v, 256)), "10 171-172");
+    }
+
+    #[test]
+    fn masked_beyond_chunks() {
+        let v = vec![0xffu8; 4];
+        assert_eq!(dirty_chunks(&v, 5), vec![0, 1, 2, 3, 4]);
+        assert_eq!(dirty_ranges(&v, 5), vec![(0, 4)]);
+        assert_eq!(count_dirty(&v, 5), 5);
+        assert_eq!(count_dirty(&v, 100), 32);
+        assert!(has_stray_bits(&v, 5));
+        assert_eq!(
+            dirty_ranges(&[0b1010_0101], 8),
+            vec![(0, 0), (2, 2), (5, 5), (7, 7)]
+        );
+        assert_eq!(count_dirty(&[], 10), 0);
+    }
+}
