@@ -33,6 +33,9 @@ pub enum Request {
     Manage {
         /// md device name.
         md: String,
+        /// Leave it read-only (otherwise a read-only array is made writable).
+        #[serde(default)]
+        readonly: bool,
     },
     /// Stop managing `md` (it stays running; metadata left clean if possible).
     Release {
@@ -223,7 +226,10 @@ mod tests {
     fn requests_round_trip() {
         for r in [
             Request::Ping,
-            Request::Manage { md: "md127".into() },
+            Request::Manage {
+                md: "md127".into(),
+                readonly: false,
+            },
             Request::Fail {
                 md: "md127".into(),
                 device: "/dev/loop1".into(),
@@ -236,7 +242,10 @@ mod tests {
         }
         assert_eq!(
             parse_request(r#"{"cmd":"manage","md":"md1"}"#).expect("parse"),
-            Request::Manage { md: "md1".into() }
+            Request::Manage {
+                md: "md1".into(),
+                readonly: false
+            }
         );
     }
 

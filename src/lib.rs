@@ -11,11 +11,13 @@
 //! - [`format`]: the on-disk metadata format (bytes <-> typed values, nothing else).
 //! - [`bitmap`]: pure helpers over the external bitmap area's bytes.
 //! - [`device`]: member I/O (O_DIRECT, exclusive open); [`probe`]: foreign signatures.
+//! - [`ctl`]: mdextctl's assemble/stop/detail/status.
 //! - [`daemon`]: mdextmon's I/O loop; [`managed`]: one managed array.
 
 pub mod assembly;
 pub mod bitmap;
 pub mod control;
+pub mod ctl;
 pub mod daemon;
 pub mod device;
 pub mod format;

@@ -1030,6 +1030,12 @@ pub struct AttrWatch {
     attr: String,
 }
 
+impl std::os::fd::AsFd for AttrWatch {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
 impl AttrWatch {
     /// Open an attribute and read it once (sysfs arms the notification on
     /// read).

@@ -1,0 +1,558 @@
+//! What `mdextctl` does beyond create/examine: assemble, stop, detail,
+//! status. Library code so the binary stays a thin argument parser.
+
+use crate::assembly::{self, Candidate, Choice, StartMode};
+use crate::control::{self, Request, Response};
+use crate::device::{self, Access, Device};
+use crate::managed::Managed;
+use crate::sysfs::{ArrayState, DevNum, MdDev, Sysfs};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Errors of mdextctl operations; each message is one line naming the
+/// device or array and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// A device problem.
+    #[error("{0}: {1}")]
+    Device(PathBuf, String),
+    /// An array-level problem.
+    #[error("{0}")]
+    Array(String),
+    /// Assembly failed.
+    #[error(transparent)]
+    Assembly(#[from] assembly::AssemblyError),
+    /// The daemon.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+}
+
+/// Assemble options.
+#[derive(Clone, Debug, Default)]
+pub struct AssembleOptions {
+    /// Array name or UUID to pick (required with several arrays found).
+    pub array: Option<String>,
+    /// Devices; empty with `scan`.
+    pub devices: Vec<PathBuf>,
+    /// Find members through udev.
+    pub scan: bool,
+    /// Start degraded if members are missing.
+    pub run: bool,
+    /// Leave the array read-only.
+    pub readonly: bool,
+    /// md device name to use.
+    pub md_name: Option<String>,
+    /// Where the daemon's socket lives.
+    pub run_dir: PathBuf,
+    /// The mdextmon binary to start if none runs.
+    pub mdextmon: PathBuf,
+}
+
+/// What an assembly did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AssembleReport {
+    /// md device.
+    pub md: String,
+    /// Array name.
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// Devices used.
+    pub members: Vec<PathBuf>,
+    /// Devices not used and why.
+    pub left_out: Vec<assembly::LeftOut>,
+    /// Missing slots.
+    pub missing_slots: Vec<u32>,
+    /// Dirty chunks re-armed with `bitmap_set_bits` (degraded start).
+    pub rearmed_chunks: u64,
+}
+
+fn devnum_of(p: &Path) -> Result<DevNum, CtlError> {
+    let m = std::fs::metadata(p).map_err(|e| CtlError::Device(p.into(), e.to_string()))?;
+    if !m.file_type().is_block_device() {
+        return Err(CtlError::Device(
+            p.into(),
+            "not a block device (md members must be block devices; use a loop device for an image)"
+                .into(),
+        ));
+    }
+    Ok(DevNum::from_raw(m.rdev()))
+}
+
+/// Block devices udev knows (for `--scan`), excluding md devices.
+pub fn scan_block_devices() -> Result<Vec<PathBuf>, CtlError> {
+    let mut e = udev::Enumerator::new().map_err(|e| CtlError::Array(format!("udev: {e}")))?;
+    e.match_subsystem("block")
+        .map_err(|e| CtlError::Array(format!("udev: {e}")))?;
+    let mut v = Vec::new();
+    for d in e
+        .scan_devices()
+        .map_err(|e| CtlError::Array(format!("udev: {e}")))?
+    {
+        if d.sysname().to_string_lossy().starts_with("md") {
+            continue;
+        }
+        if let Some(n) = d.devnode() {
+            v.push(n.to_path_buf());
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Read the candidates among `paths`. With `strict`, a device without
+/// metadata is an error; otherwise it is skipped (scan).
+fn read_candidates(
+    sysfs: &Sysfs,
+    paths: &[PathBuf],
+    strict: bool,
+) -> Result<Vec<Candidate>, CtlError> {
+    let mut v: Vec<Candidate> = Vec::new();
+    for p in paths {
+        let dev = match devnum_of(p) {
+            Ok(d) => d,
+            Err(e) if strict => return Err(e),
+            Err(_) => continue,
+        };
+        if let Some(c) = v.iter().find(|c| c.dev == dev) {
+            return Err(CtlError::Device(
+                p.clone(),
+                format!("given twice (same device as {})", c.path.display()),
+            ));
+        }
+        let sb = match device::read_superblock(p) {
+            Ok(r) => r.superblock,
+            Err(e) if strict => return Err(CtlError::Device(p.clone(), e.to_string())),
+            Err(_) => continue,
+        };
+        if let Ok(k) = sysfs.block_name(dev) {
+            if let Some(holder) = holder_md(sysfs, &k) {
+                if strict {
+                    return Err(CtlError::Device(
+                        p.clone(),
+                        format!("already in use by {holder}"),
+                    ));
+                }
+                continue;
+            }
+        }
+        v.push(Candidate {
+            path: p.clone(),
+            dev,
+            sb,
+        });
+    }
+    Ok(v)
+}
+
+fn holder_md(sysfs: &Sysfs, kname: &str) -> Option<String> {
+    let dir = sysfs.root().join("class/block").join(kname).join("holders");
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .next()
+}
+
+/// The md device running the array with this UUID, if any.
+pub fn running_md(sysfs: &Sysfs, uuid: &uuid::Uuid) -> Option<String> {
+    let tag = format!("external:mdext:{}", uuid.simple());
+    sysfs
+        .list_md()
+        .into_iter()
+        .find(|n| sysfs.md(n).metadata_version().ok().as_deref() == Some(tag.as_str()))
+}
+
+/// Pick the array's devices among the candidates.
+fn select(cands: Vec<Candidate>, want: Option<&str>) -> Result<Vec<Candidate>, CtlError> {
+    let mut uuids: Vec<(uuid::Uuid, String)> = Vec::new();
+    for c in &cands {
+        if !uuids.iter().any(|(u, _)| *u == c.sb.array.uuid) {
+            uuids.push((c.sb.array.uuid, c.sb.array.name.clone()));
+        }
+    }
+    let pick = match want {
+        Some(w) => {
+            let m: Vec<_> = uuids
+                .iter()
+                .filter(|(u, n)| n == w || u.to_string() == w || u.simple().to_string() == w)
+                .collect();
+            match m.as_slice() {
+                [one] => one.0,
+                [] => {
+                    return Err(CtlError::Array(format!(
+                        "no array named or with UUID '{w}' among the devices"
+                    )))
+                }
+                _ => {
+                    return Err(CtlError::Array(format!(
+                        "several arrays are named '{w}'; give the UUID"
+                    )))
+                }
+            }
+        }
+        None => match uuids.as_slice() {
+            [one] => one.0,
+            [] => return Err(CtlError::Array("no mdext devices found".into())),
+            _ => {
+                let names: Vec<String> = uuids.iter().map(|(u, n)| format!("{n} ({u})")).collect();
+                return Err(CtlError::Array(format!(
+                    "devices of several arrays: {}; name the array to assemble",
+                    names.join(", ")
+                )));
+            }
+        },
+    };
+    Ok(cands
+        .into_iter()
+        .filter(|c| c.sb.array.uuid == pick)
+        .collect())
+}
+
+/// Assemble an array and hand it to mdextmon.
+pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, CtlError> {
+    let paths = if o.scan {
+        scan_block_devices()?
+    } else {
+        if o.devices.is_empty() {
+            return Err(CtlError::Array("no devices given (or use --scan)".into()));
+        }
+        o.devices.clone()
+    };
+    let cands = read_candidates(sysfs, &paths, !o.scan)?;
+    let cands = select(cands, o.array.as_deref())?;
+    let uuid = cands
+        .first()
+        .map(|c| c.sb.array.uuid)
+        .ok_or_else(|| CtlError::Array("no mdext devices found".into()))?;
+    if let Some(md) = running_md(sysfs, &uuid) {
+        return Err(CtlError::Array(format!(
+            "array {uuid} is already running as {md}"
+        )));
+    }
+    let choice = assembly::choose(cands, o.run)?;
+    if choice.members.len() < min_members(&choice) {
+        return Err(CtlError::Array(format!(
+            "only {} of {} members usable; the array cannot run",
+            choice.members.len(),
+            choice.meta.geometry.raid_disks
+        )));
+    }
+    // Make sure a daemon is there before the array exists: without one, the
+    // first write would hang.
+    ensure_daemon(&o.run_dir, &o.mdextmon)?;
+    let rearmed = activate_choice(sysfs, &choice, o.md_name.clone())?;
+    let md = rearmed.0;
+    let r = control::call(
+        &o.run_dir,
+        &Request::Manage {
+            md: md.name().to_string(),
+            readonly: o.readonly,
+        },
+        Duration::from_secs(10),
+    )?;
+    if let Response::Error { message } = r {
+        return Err(CtlError::Array(format!(
+            "{}: mdextmon refused it: {message}",
+            md.name()
+        )));
+    }
+    Ok(AssembleReport {
+        md: md.name().to_string(),
+        name: choice.meta.name.clone(),
+        uuid: choice.meta.uuid.to_string(),
+        members: choice.members.iter().map(|(_, c)| c.path.clone()).collect(),
+        left_out: choice.left_out.clone(),
+        missing_slots: choice.missing_slots.clone(),
+        rearmed_chunks: rearmed.1,
+    })
+}
+
+fn min_members(c: &Choice) -> usize {
+    use crate::sysfs::Level;
+    let n = c.meta.geometry.raid_disks as usize;
+    match c.meta.geometry.level {
+        Level::Raid1 => 1,
+        Level::Raid5 => n.saturating_sub(1),
+        Level::Raid6 => n.saturating_sub(2),
+        Level::Raid10 => n / 2,
+    }
+}
+
+/// Activate; for a degraded start, keep the bits of the missing members
+/// (the degraded-restart trap): read the dirty chunks before activation,
+/// start with a time_base the bitmap daemon cannot reach, write
+/// `can_clear=false` and re-arm the chunks with `bitmap_set_bits`, then
+/// restore the real time_base. Returns the md device and the re-armed count.
+fn activate_choice(
+    sysfs: &Sysfs,
+    choice: &Choice,
+    md_name: Option<String>,
+) -> Result<(MdDev, u64), CtlError> {
+    if !choice.degraded() {
+        let md = assembly::activate(sysfs, &choice.spec(md_name, StartMode::Readonly, None))?;
+        return Ok((md, 0));
+    }
+    let nchunks = choice.meta.bitmap_chunks();
+    // The union of every present member's bits (they are mirrors of each
+    // other's bitmap; a member may have missed the last page write).
+    let mut ranges: Vec<u64> = Vec::new();
+    for (_, c) in &choice.members {
+        let d = Device::open(&c.path, Access::Read)
+            .map_err(|e| CtlError::Device(c.path.clone(), e.to_string()))?;
+        let bits = d
+            .read_bitmap(&choice.meta.bitmap)
+            .map_err(|e| CtlError::Device(c.path.clone(), e.to_string()))?;
+        ranges.extend(crate::bitmap::dirty_chunks(&bits, nchunks));
+    }
+    ranges.sort_unstable();
+    ranges.dedup();
+    let md = assembly::activate(
+        sysfs,
+        &choice.spec(md_name, StartMode::Readonly, Some(3600)),
+    )?;
+    let fail = |e: crate::sysfs::SysfsError, md: &MdDev| {
+        let _ = assembly::teardown(sysfs, md);
+        CtlError::Array(format!("{}: degraded start: {e}", md.name()))
+    };
+    md.set_can_clear(false).map_err(|e| fail(e, &md))?;
+    let runs = to_ranges(&ranges);
+    md.bitmap_set_bits(&runs, nchunks)
+        .map_err(|e| fail(e, &md))?;
+    md.set_bitmap_time_base(choice.meta.bitmap.time_base)
+        .map_err(|e| fail(e, &md))?;
+    Ok((md, ranges.len() as u64))
+}
+
+fn to_ranges(sorted: &[u64]) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = Vec::new();
+    for &c in sorted {
+        match v.last_mut() {
+            Some((_, e)) if *e + 1 == c => *e = c,
+            _ => v.push((c, c)),
+        }
+    }
+    v
+}
+
+/// Ping the daemon; start it if none answers, and wait for its socket.
+pub fn ensure_daemon(run_dir: &Path, mdextmon: &Path) -> Result<(), CtlError> {
+    if control::call(run_dir, &Request::Ping, Duration::from_secs(5)).is_ok() {
+        return Ok(());
+    }
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.with_file_name("mdextmon.log"))
+        .or_else(|_| std::fs::File::create("/dev/null"))
+        .map_err(|e| CtlError::Array(format!("starting mdextmon: {e}")))?;
+    let mut cmd = std::process::Command::new(mdextmon);
+    cmd.arg("--run-dir")
+        .arg(run_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    // SAFETY: setsid() is async-signal-safe and touches no memory of the
+    // parent; it detaches the daemon from our session before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| CtlError::Array(format!("starting {}: {e}", mdextmon.display())))?;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if control::call(run_dir, &Request::Ping, Duration::from_secs(2)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(CtlError::Array(format!(
+        "started {} but it does not answer on {}",
+        mdextmon.display(),
+        control::socket_path(run_dir).display()
+    )))
+}
+
+/// Resolve an array argument (`md127`, `/dev/md127`, a name or a UUID) to
+/// a running md device.
+pub fn resolve_md(sysfs: &Sysfs, arg: &str) -> Result<String, CtlError> {
+    let base = arg.trim_start_matches("/dev/").trim_start_matches("md/");
+    if sysfs.md_exists(base) {
+        let v = sysfs.md(base).metadata_version().unwrap_or_default();
+        if !v.starts_with("external:mdext:") {
+            return Err(CtlError::Array(format!(
+                "{base} is not an mdext array (metadata {v})"
+            )));
+        }
+        return Ok(base.to_string());
+    }
+    for n in sysfs.list_md() {
+        let md = sysfs.md(&n);
+        let v = md.metadata_version().unwrap_or_default();
+        if let Some(u) = v.strip_prefix("external:mdext:") {
+            if u == base
+                || uuid::Uuid::parse_str(base)
+                    .map(|x| x.simple().to_string())
+                    .ok()
+                    .as_deref()
+                    == Some(u)
+            {
+                return Ok(n);
+            }
+            if let Ok(m) = Managed::take_over(sysfs, &n) {
+                if m.name() == base {
+                    return Ok(n);
+                }
+            }
+        }
+    }
+    Err(CtlError::Array(format!("no running mdext array '{arg}'")))
+}
+
+/// Stop an array: through the daemon when it runs (it owns the metadata),
+/// otherwise directly.
+pub fn stop(sysfs: &Sysfs, run_dir: &Path, arg: &str) -> Result<String, CtlError> {
+    let md = resolve_md(sysfs, arg)?;
+    match control::call(
+        run_dir,
+        &Request::Stop { md: md.clone() },
+        Duration::from_secs(30),
+    ) {
+        Ok(Response::Ok { .. }) => Ok(md),
+        Ok(Response::Error { message }) if message.contains("not managed") => stop_here(sysfs, &md),
+        Ok(Response::Error { message }) => Err(CtlError::Array(message)),
+        Err(control::ControlError::NotRunning(_)) => stop_here(sysfs, &md),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn stop_here(sysfs: &Sysfs, md: &str) -> Result<String, CtlError> {
+    let mut m = Managed::take_over(sysfs, md).map_err(|e| CtlError::Array(e.to_string()))?;
+    m.stop().map_err(CtlError::Array)?;
+    Ok(md.to_string())
+}
+
+/// Detail of one running array (from the daemon when it manages it).
+pub fn detail(sysfs: &Sysfs, run_dir: &Path, arg: &str) -> Result<serde_json::Value, CtlError> {
+    let md = resolve_md(sysfs, arg)?;
+    let managed = matches!(
+        control::call(
+            run_dir,
+            &Request::Detail { md: md.clone() },
+            Duration::from_secs(5)
+        ),
+        Ok(Response::Ok { .. })
+    );
+    let m = Managed::take_over(sysfs, &md).map_err(|e| CtlError::Array(e.to_string()))?;
+    let mut v = m.status();
+    v["managed"] = serde_json::Value::Bool(managed);
+    Ok(v)
+}
+
+/// Every running mdext array.
+pub fn status(sysfs: &Sysfs, run_dir: &Path) -> Result<Vec<serde_json::Value>, CtlError> {
+    let mut v = Vec::new();
+    for n in sysfs.list_md() {
+        if sysfs
+            .md(&n)
+            .metadata_version()
+            .is_ok_and(|m| m.starts_with("external:mdext:"))
+        {
+            v.push(detail(sysfs, run_dir, &n)?);
+        }
+    }
+    Ok(v)
+}
+
+/// Render `detail` for humans, modelled on `mdadm --detail`.
+pub fn render_detail(v: &serde_json::Value) -> String {
+    let s = |k: &str| {
+        v[k].as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v[k].to_string())
+    };
+    let mut out = String::new();
+    out.push_str(&format!("/dev/{}:\n", s("md")));
+    let rows = [
+        ("Name", s("name")),
+        ("UUID", s("uuid")),
+        ("Raid Level", s("level")),
+        ("Raid Devices", s("raid_disks")),
+        (
+            "Component Size",
+            format!(
+                "{} sectors ({})",
+                s("component_size_sectors"),
+                crate::units::human(
+                    crate::units::Sectors(v["component_size_sectors"].as_u64().unwrap_or(0))
+                        .bytes()
+                )
+            ),
+        ),
+        ("State", s("array_state")),
+        ("Degraded", s("degraded")),
+        ("Sync Action", s("sync_action")),
+        ("Sync Completed", s("sync_completed")),
+        ("Events", s("events")),
+        (
+            "Metadata",
+            if v["clean"].as_bool() == Some(true) {
+                "clean".into()
+            } else {
+                "dirty".into()
+            },
+        ),
+        ("Resync Owed", s("resync")),
+        (
+            "Bitmap",
+            format!(
+                "+{} sectors, chunk {}, time_base {} s, events_cleared {}",
+                v["bitmap"]["offset_sectors"],
+                crate::units::human(crate::units::Bytes(
+                    v["bitmap"]["chunk_bytes"].as_u64().unwrap_or(0)
+                )),
+                v["bitmap"]["time_base"],
+                v["bitmap"]["events_cleared"]
+            ),
+        ),
+        ("Can Clear", s("can_clear")),
+        (
+            "Managed",
+            if v["managed"].as_bool() == Some(true) {
+                "by mdextmon".into()
+            } else {
+                "NO (writes will hang; run mdextctl assemble or start mdextmon)".into()
+            },
+        ),
+    ];
+    for (k, val) in rows {
+        out.push_str(&format!("{k:>16} : {val}\n"));
+    }
+    out.push_str("\n    Slot  State        Events  Device        UUID\n");
+    for m in v["members"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "    {:>4}  {:<11}  {:>6}  {:<12}  {}\n",
+            m["slot"],
+            m["state"]["state"].as_str().unwrap_or("?"),
+            m["events"],
+            m["device"].as_str().unwrap_or("-"),
+            m["uuid"].as_str().unwrap_or("?"),
+        ));
+    }
+    out
+}
+
+/// The state an array must reach before `stop` returns (for tests).
+pub fn is_stopped(sysfs: &Sysfs, md: &str) -> bool {
+    !sysfs.md_exists(md)
+        || sysfs
+            .md(md)
+            .array_state()
+            .is_ok_and(|s| s == ArrayState::Clear)
+}
