@@ -10,6 +10,7 @@
 //! - [`bitmap`]: pure helpers over the external bitmap area's bytes.
 
 pub mod bitmap;
+pub mod create;
 pub mod device;
 pub mod format;
 pub mod meta;
