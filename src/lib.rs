@@ -17,6 +17,7 @@
 pub mod assembly;
 pub mod bitmap;
 pub mod control;
+pub mod create;
 pub mod ctl;
 pub mod daemon;
 pub mod device;

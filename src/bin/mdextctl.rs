@@ -1,1 +1,559 @@
-fn main() {}
+//! mdextctl: administer md arrays with mdext external metadata.
+//!
+//! Thin: argument parsing and output; the work is in the library.
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mdext::create::{self, CreateOptions};
+use mdext::device;
+use mdext::format::{self, FormatError, ReadOutcome};
+use mdext::meta::{MemberState, RebuildKind, Role, Superblock};
+use mdext::sysfs::{Checkpoint, Level};
+use mdext::units::{human, parse_size, Bytes};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mdextctl",
+    version,
+    about = "Manage Linux md RAID arrays with mdext external metadata",
+    long_about = "Manage Linux md RAID arrays whose metadata (and write-intent bitmap) \
+                  are kept by userspace in the mdext format (see mdext(5)). md itself \
+                  runs the array with metadata_version=external; mdextctl creates and \
+                  inspects the metadata on the member devices."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Write new mdext metadata on the given devices (destroys what they hold).
+    Create(CreateArgs),
+    /// Print the mdext metadata found on member devices.
+    Examine(ExamineArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LevelArg {
+    #[value(name = "1", alias = "raid1", alias = "mirror")]
+    Raid1,
+    #[value(name = "10", alias = "raid10")]
+    Raid10,
+    #[value(name = "5", alias = "raid5")]
+    Raid5,
+    #[value(name = "6", alias = "raid6")]
+    Raid6,
+}
+
+impl From<LevelArg> for Level {
+    fn from(l: LevelArg) -> Level {
+        match l {
+            LevelArg::Raid1 => Level::Raid1,
+            LevelArg::Raid10 => Level::Raid10,
+            LevelArg::Raid5 => Level::Raid5,
+            LevelArg::Raid6 => Level::Raid6,
+        }
+    }
+}
+
+fn size_arg(s: &str) -> Result<Bytes, String> {
+    parse_size(s)
+}
+
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Write new mdext metadata on DEV...: two superblock copies at bytes 0 and 4096, \
+                  a write-intent bitmap at byte 8192, data from a 1 MiB boundary after it. \
+                  Every check (devices exist, are unused, distinct, large enough, carry no \
+                  other signature) runs before anything is written; if one fails, no device \
+                  is modified. Without --assume-clean every bitmap bit is set and the first \
+                  assembly resyncs the whole array."
+)]
+struct CreateArgs {
+    /// RAID level: 1 (mirror), 10, 5 or 6.
+    #[arg(short, long, value_enum)]
+    level: LevelArg,
+    /// Number of active devices; must equal the number of DEVs given.
+    #[arg(short = 'n', long = "raid-devices")]
+    raid_devices: u32,
+    /// Array name: 1-32 characters of A-Z a-z 0-9 . _ : - (default: "mdext").
+    #[arg(short = 'N', long, default_value = "mdext")]
+    name: String,
+    /// Bytes of array data per bitmap bit; K/M/G suffixes (default 64M).
+    /// A power of two, at least 512.
+    #[arg(long = "bitmap-chunk", value_parser = size_arg)]
+    bitmap_chunk: Option<Bytes>,
+    /// Stripe chunk for levels 10, 5 and 6; K/M/G suffixes (default 512K).
+    #[arg(short, long, value_parser = size_arg)]
+    chunk: Option<Bytes>,
+    /// Seconds between bitmap flushes by md (bitmap/time_base), 1-3600.
+    #[arg(long = "time-base", default_value_t = create::DEFAULT_TIME_BASE)]
+    time_base: u32,
+    /// The devices are already identical: zero bitmap, mark clean, no
+    /// initial resync. Wrong use leaves mirrors or parity inconsistent.
+    #[arg(long = "assume-clean")]
+    assume_clean: bool,
+    /// Overwrite devices that carry another signature (filesystem,
+    /// partition table, mdadm or mdext metadata...); those signatures are
+    /// wiped.
+    #[arg(short, long)]
+    force: bool,
+    /// Member devices (block devices, or image files), in slot order.
+    #[arg(required = true, value_name = "DEV")]
+    devices: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Read both superblock copies of each DEV, take the valid one with the \
+                  higher event count, and print it. A damaged copy is reported on its own \
+                  line. Exits non-zero if any DEV has no usable mdext metadata."
+)]
+struct ExamineArgs {
+    /// Print a JSON array with one object per device (keys documented in
+    /// mdext(5), stable across versions).
+    #[arg(long, conflicts_with = "export")]
+    json: bool,
+    /// Print KEY=value lines for udev (IMPORT{program}): MDEXT_UUID,
+    /// MDEXT_NAME, MDEXT_LEVEL, MDEXT_RAID_DISKS, MDEXT_MEMBER_UUID,
+    /// MDEXT_MEMBER_ROLE, MDEXT_EVENTS, MDEXT_STATE.
+    #[arg(long)]
+    export: bool,
+    /// Member devices or image files.
+    #[arg(required = true, value_name = "DEV")]
+    devices: Vec<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Create(a) => run_create(a),
+        Cmd::Examine(a) => run_examine(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mdextctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_create(a: CreateArgs) -> Result<ExitCode> {
+    let opts = CreateOptions {
+        level: a.level.into(),
+        raid_devices: a.raid_devices,
+        name: a.name,
+        bitmap_chunk: a.bitmap_chunk,
+        chunk: a.chunk,
+        time_base: a.time_base,
+        assume_clean: a.assume_clean,
+        force: a.force,
+    };
+    let plan = create::plan(&opts, &a.devices)?;
+    for m in &plan.members {
+        for f in &m.found {
+            eprintln!(
+                "mdextctl: {}: overwriting {f} (--force)",
+                m.device.path().display()
+            );
+        }
+    }
+    let sbs = plan.execute()?;
+    if let Some(sb) = sbs.first() {
+        eprintln!(
+            "mdextctl: created {} array {} ({}) on {} devices, {} per device{}",
+            sb.array.geometry.level,
+            sb.array.name,
+            sb.array.uuid,
+            sbs.len(),
+            human(sb.array.geometry.component_size.bytes()),
+            if opts.assume_clean {
+                ", clean"
+            } else {
+                "; the first assembly resyncs it"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_examine(a: ExamineArgs) -> Result<ExitCode> {
+    let mut failed = false;
+    let mut json = Vec::new();
+    for (i, p) in a.devices.iter().enumerate() {
+        let r = match device::read_superblock(p) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("mdextctl: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        if a.json {
+            json.push(JsonExamine::new(p, &r));
+        } else if a.export {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", export(&r.superblock));
+        } else {
+            print!("{}", human_examine(p, &r));
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    if failed {
+        if a.devices.len() == 1 {
+            return Ok(ExitCode::FAILURE);
+        }
+        bail!("some devices have no usable mdext metadata");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn state_word(sb: &Superblock) -> &'static str {
+    if sb.array.clean {
+        "clean"
+    } else {
+        "dirty"
+    }
+}
+
+fn export(sb: &Superblock) -> String {
+    let a = &sb.array;
+    // Names are restricted to [A-Za-z0-9._:-] by create; any other
+    // character (the format allows more) is replaced for udev's parser.
+    let name: String = a
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._:-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "MDEXT_UUID={}\nMDEXT_NAME={}\nMDEXT_LEVEL={}\nMDEXT_RAID_DISKS={}\n\
+         MDEXT_MEMBER_UUID={}\nMDEXT_MEMBER_ROLE={}\nMDEXT_EVENTS={}\nMDEXT_STATE={}\n",
+        a.uuid,
+        name,
+        a.geometry.level,
+        a.geometry.raid_disks,
+        sb.device.uuid,
+        sb.role(),
+        a.events,
+        state_word(sb)
+    )
+}
+
+fn state_name(s: MemberState) -> &'static str {
+    match s {
+        MemberState::Empty => "empty",
+        MemberState::InSync => "in-sync",
+        MemberState::Rebuilding { .. } => "rebuilding",
+        MemberState::Failed => "failed",
+        MemberState::Spare => "spare",
+        MemberState::Missing => "missing",
+    }
+}
+
+fn state_char(s: MemberState) -> char {
+    match s {
+        MemberState::InSync => 'A',
+        MemberState::Rebuilding { .. } => 'R',
+        MemberState::Failed => 'F',
+        MemberState::Spare => 'S',
+        MemberState::Missing | MemberState::Empty => '.',
+    }
+}
+
+/// UTC time from epoch seconds (civil-from-days, H. Hinnant's algorithm).
+fn utc(t: u64) -> String {
+    let days = (t / 86400) as i64;
+    let secs = t % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn copy_lines(r: &ReadOutcome) -> String {
+    let mut s = String::new();
+    for (i, e) in r.copy_errors.iter().enumerate() {
+        if let Some(e) = e {
+            s.push_str(&format!(
+                "  copy {i}: {e}; using copy {} (events {})\n",
+                r.copy, r.superblock.array.events
+            ));
+        }
+    }
+    s
+}
+
+fn human_examine(p: &Path, r: &ReadOutcome) -> String {
+    let sb = &r.superblock;
+    let a = &sb.array;
+    let g = &a.geometry;
+    let b = &a.bitmap;
+    let mut o = format!("{}:\n", p.display());
+    let mut kv = |k: &str, v: String| o.push_str(&format!("{k:>17} : {v}\n"));
+    kv("Magic", "MDEXT\\0SB".into());
+    kv("Version", format!("{}", format::VERSION));
+    kv("Array UUID", a.uuid.to_string());
+    kv("Name", a.name.clone());
+    kv("Creation Time", utc(a.ctime));
+    kv("Raid Level", g.level.to_string());
+    kv("Raid Devices", g.raid_disks.to_string());
+    if g.chunk_size.0 != 0 {
+        kv("Chunk Size", human(g.chunk_size));
+        kv("Layout", g.layout.to_string());
+    }
+    kv(
+        "Avail Dev Size",
+        format!(
+            "{} ({})",
+            sb.device.data_size,
+            human(sb.device.data_size.bytes())
+        ),
+    );
+    kv(
+        "Used Dev Size",
+        format!("{} ({})", g.component_size, human(g.component_size.bytes())),
+    );
+    kv("Data Offset", sb.device.data_offset.to_string());
+    kv("Device UUID", sb.device.uuid.to_string());
+    kv("Update Time", utc(a.utime));
+    kv("Events", a.events.to_string());
+    kv("State", state_word(sb).into());
+    kv(
+        "Resync",
+        match a.resync {
+            Checkpoint::None => "none".into(),
+            Checkpoint::At(s) => format!("owed from sector {}", s.0),
+        },
+    );
+    kv("Bitmap Offset", b.offset.to_string());
+    kv("Bitmap Size", b.size.to_string());
+    kv(
+        "Bitmap Chunk",
+        format!("{} ({} chunks)", human(b.chunk), a.bitmap_chunks()),
+    );
+    kv("Bitmap Time Base", format!("{} s", b.time_base));
+    kv("Events Cleared", b.events_cleared.to_string());
+    kv(
+        "Device Role",
+        match sb.role() {
+            Role::Slot(n) => format!("Active device {n}"),
+            Role::Spare => "spare".into(),
+        },
+    );
+    let chars: String = a.members[..g.raid_disks as usize]
+        .iter()
+        .map(|m| state_char(m.state))
+        .collect();
+    kv(
+        "Array State",
+        format!("{chars} ('A' in sync, 'R' rebuilding, 'F' failed, '.' missing)"),
+    );
+    kv(
+        "Metadata Copy",
+        match r.other_events {
+            Some(e) => format!("{} (other copy: events {e})", r.copy),
+            None => format!("{} (other copy unusable)", r.copy),
+        },
+    );
+    for (i, m) in a.members.iter().enumerate() {
+        let role = if i < g.raid_disks as usize {
+            format!("slot {i}")
+        } else {
+            format!("entry {i}")
+        };
+        let extra = match m.state {
+            MemberState::Rebuilding { kind, checkpoint } => format!(
+                " ({} rebuild, at sector {})",
+                match kind {
+                    RebuildKind::Bitmap => "bitmap",
+                    RebuildKind::Full => "full",
+                },
+                checkpoint.0
+            ),
+            _ => String::new(),
+        };
+        let me = if m.uuid == sb.device.uuid {
+            " (this device)"
+        } else {
+            ""
+        };
+        o.push_str(&format!(
+            "{:>17} : {} {}{} events {}{}\n",
+            role,
+            m.uuid,
+            state_name(m.state),
+            extra,
+            m.events,
+            me
+        ));
+    }
+    o.push_str(&copy_lines(r));
+    o
+}
+
+/// `examine --json` output, one object per device. Keys are stable.
+#[derive(Serialize)]
+struct JsonExamine {
+    device: String,
+    version: u32,
+    array_uuid: String,
+    name: String,
+    ctime: u64,
+    utime: u64,
+    level: String,
+    layout: u32,
+    chunk_size_bytes: u64,
+    raid_disks: u32,
+    component_size_sectors: u64,
+    device_uuid: String,
+    data_offset_sectors: u64,
+    data_size_sectors: u64,
+    events: u64,
+    state: &'static str,
+    resync_sector: Option<u64>,
+    bitmap: JsonBitmap,
+    role: String,
+    members: Vec<JsonMember>,
+    copy: usize,
+    copies: Vec<JsonCopy>,
+}
+
+#[derive(Serialize)]
+struct JsonBitmap {
+    offset_sectors: u64,
+    size_bytes: u64,
+    chunk_bytes: u64,
+    chunks: u64,
+    time_base: u32,
+    events_cleared: u64,
+}
+
+#[derive(Serialize)]
+struct JsonMember {
+    index: usize,
+    uuid: String,
+    state: &'static str,
+    rebuild_kind: Option<&'static str>,
+    rebuild_checkpoint_sectors: Option<u64>,
+    events: u64,
+}
+
+#[derive(Serialize)]
+struct JsonCopy {
+    index: usize,
+    valid: bool,
+    error: Option<String>,
+}
+
+impl JsonExamine {
+    fn new(p: &Path, r: &ReadOutcome) -> JsonExamine {
+        let sb = &r.superblock;
+        let a = &sb.array;
+        let g = &a.geometry;
+        JsonExamine {
+            device: p.display().to_string(),
+            version: format::VERSION,
+            array_uuid: a.uuid.to_string(),
+            name: a.name.clone(),
+            ctime: a.ctime,
+            utime: a.utime,
+            level: g.level.to_string(),
+            layout: g.layout,
+            chunk_size_bytes: g.chunk_size.0,
+            raid_disks: g.raid_disks,
+            component_size_sectors: g.component_size.0,
+            device_uuid: sb.device.uuid.to_string(),
+            data_offset_sectors: sb.device.data_offset.0,
+            data_size_sectors: sb.device.data_size.0,
+            events: a.events,
+            state: state_word(sb),
+            resync_sector: match a.resync {
+                Checkpoint::None => None,
+                Checkpoint::At(s) => Some(s.0),
+            },
+            bitmap: JsonBitmap {
+                offset_sectors: a.bitmap.offset.0,
+                size_bytes: a.bitmap.size.0,
+                chunk_bytes: a.bitmap.chunk.0,
+                chunks: a.bitmap_chunks(),
+                time_base: a.bitmap.time_base,
+                events_cleared: a.bitmap.events_cleared,
+            },
+            role: sb.role().to_string(),
+            members: a
+                .members
+                .iter()
+                .enumerate()
+                .map(|(index, m)| {
+                    let (kind, cp) = match m.state {
+                        MemberState::Rebuilding { kind, checkpoint } => (
+                            Some(match kind {
+                                RebuildKind::Bitmap => "bitmap",
+                                RebuildKind::Full => "full",
+                            }),
+                            Some(checkpoint.0),
+                        ),
+                        _ => (None, None),
+                    };
+                    JsonMember {
+                        index,
+                        uuid: m.uuid.to_string(),
+                        state: state_name(m.state),
+                        rebuild_kind: kind,
+                        rebuild_checkpoint_sectors: cp,
+                        events: m.events,
+                    }
+                })
+                .collect(),
+            copy: r.copy,
+            copies: r
+                .copy_errors
+                .iter()
+                .enumerate()
+                .map(|(index, e): (usize, &Option<FormatError>)| JsonCopy {
+                    index,
+                    valid: e.is_none(),
+                    error: e.as_ref().map(|e| e.to_string()),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+}

@@ -1,0 +1,497 @@
+//! Creating an array: [`plan`] checks everything and writes nothing;
+//! [`Plan::execute`] writes.
+//!
+//! What create writes on each member, in this order:
+//! 1. zeros over everything before the data (`0..data_offset`: both
+//!    copies, the bitmap area, the gap), which also wipes every foreign
+//!    signature that lives there (mdadm 1.1/1.2, filesystems, swap, LUKS,
+//!    LVM2, GPT, MBR, iso9660);
+//! 2. with `force`, zeros over each 4 KiB block holding a foreign
+//!    signature found in the data area (mdadm 0.90/1.0, the GPT backup),
+//!    so that nothing (mdadm's udev rules in particular) finds the old
+//!    metadata again; nothing else in the data area is touched;
+//! 3. the initial bitmap: every chunk bit set (the first assembly resyncs
+//!    from sector 0), or all zero with `assume_clean`;
+//! 4. copy 1 with events 1, then copy 0 with events 2 (the same content
+//!    otherwise), so both copies are valid and the reader takes events 2;
+//! 5. fdatasync.
+//!
+//! Steps 1-3 run on every member and are synced before any superblock is
+//! written, so an interrupted create leaves either no mdext metadata or
+//! metadata whose bitmap is already in place.
+
+use crate::bitmap;
+use crate::device::{Access, DevId, Device, DeviceError, ALIGN};
+use crate::format::{self, FormatError, Layout};
+use crate::meta::{
+    ArrayMeta, BitmapInfo, DeviceMeta, Geometry, MemberEntry, MemberState, Superblock,
+};
+use crate::probe::{self, Found};
+use crate::sysfs::{Checkpoint, Level};
+use crate::units::{human, Bytes, Sectors};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+use uuid::Uuid;
+
+/// Default bitmap chunk (mdadm's default for large arrays).
+pub const DEFAULT_BITMAP_CHUNK: Bytes = Bytes(64 << 20);
+/// Default `time_base`, seconds.
+pub const DEFAULT_TIME_BASE: u32 = 5;
+/// Largest `time_base` create accepts, seconds.
+pub const MAX_CREATE_TIME_BASE: u32 = 3600;
+/// Default raid chunk for striped levels.
+pub const DEFAULT_CHUNK: Bytes = Bytes(512 << 10);
+/// Smallest data area per member: below this an array is pointless and
+/// most likely a mistake (a wrong device name).
+pub const MIN_DATA_SIZE: Bytes = Bytes(4 << 20);
+/// raid1 component sizes are rounded down to this.
+pub const RAID1_ROUND: Bytes = Bytes(64 << 10);
+
+/// What to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// RAID level.
+    pub level: Level,
+    /// Number of slots; must equal the number of devices.
+    pub raid_devices: u32,
+    /// Array name.
+    pub name: String,
+    /// Bitmap chunk ([`DEFAULT_BITMAP_CHUNK`] when `None`).
+    pub bitmap_chunk: Option<Bytes>,
+    /// Raid chunk for raid10/5/6 ([`DEFAULT_CHUNK`] when `None`).
+    pub chunk: Option<Bytes>,
+    /// Bitmap time base, seconds.
+    pub time_base: u32,
+    /// Skip the initial resync (zeroed bitmap, clean, nothing owed).
+    pub assume_clean: bool,
+    /// Overwrite foreign signatures.
+    pub force: bool,
+}
+
+impl CreateOptions {
+    /// Options with the defaults for everything but level, count and name.
+    pub fn new(level: Level, raid_devices: u32, name: &str) -> CreateOptions {
+        CreateOptions {
+            level,
+            raid_devices,
+            name: name.to_string(),
+            bitmap_chunk: None,
+            chunk: None,
+            time_base: DEFAULT_TIME_BASE,
+            assume_clean: false,
+            force: false,
+        }
+    }
+}
+
+/// Why a create was refused or failed.
+#[derive(Debug, Error)]
+pub enum CreateError {
+    /// Opening or reading a device failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A device carries a foreign signature.
+    #[error("{path}: contains {} (use --force to overwrite)", list(.found))]
+    Signature {
+        /// The device.
+        path: PathBuf,
+        /// What was found.
+        found: Vec<Found>,
+    },
+    /// A device is too small.
+    #[error("{path}: too small: {size} bytes, need at least {need} bytes ({})", human(Bytes(*.need)))]
+    TooSmall {
+        /// The device.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The minimum.
+        need: u64,
+    },
+    /// The same device given twice.
+    #[error("{second}: same device as {first}")]
+    Duplicate {
+        /// First mention.
+        first: PathBuf,
+        /// Second mention.
+        second: PathBuf,
+    },
+    /// Wrong number of devices.
+    #[error("--raid-devices is {raid_devices} but {given} devices were given")]
+    DeviceCount {
+        /// Requested slots.
+        raid_devices: u32,
+        /// Devices given.
+        given: usize,
+    },
+    /// An option out of range.
+    #[error("{option} {value}: {reason}")]
+    Option {
+        /// The option.
+        option: &'static str,
+        /// Its value.
+        value: String,
+        /// What is required.
+        reason: String,
+    },
+    /// The resulting metadata would be invalid (a bug, or absurd sizes).
+    #[error("metadata: {0}")]
+    Format(#[from] FormatError),
+}
+
+fn list(found: &[Found]) -> String {
+    found
+        .iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn opt_err(option: &'static str, value: impl ToString, reason: impl Into<String>) -> CreateError {
+    CreateError::Option {
+        option,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Array names create accepts: 1-32 bytes of `[A-Za-z0-9._:-]`, not
+/// starting with `-` or `.` (they end up in device names and udev
+/// properties).
+pub fn check_name(name: &str) -> Result<(), CreateError> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+    if name.is_empty()
+        || name.len() > crate::meta::MAX_NAME_LEN
+        || !ok_chars
+        || name.starts_with(['-', '.'])
+    {
+        return Err(opt_err(
+            "--name",
+            format!("{name:?}"),
+            "must be 1-32 characters of A-Z a-z 0-9 . _ : - and not start with - or .",
+        ));
+    }
+    Ok(())
+}
+
+/// One member as planned.
+#[derive(Debug)]
+pub struct PlannedMember {
+    /// The open (exclusive) device.
+    pub device: Device,
+    /// Foreign signatures found (only nonempty with `force`).
+    pub found: Vec<Found>,
+    /// Its metadata (the events-2 copy).
+    pub superblock: Superblock,
+}
+
+/// A checked create, ready to write.
+#[derive(Debug)]
+pub struct Plan {
+    /// Members in slot order.
+    pub members: Vec<PlannedMember>,
+    /// Where things go.
+    pub layout: Layout,
+    /// The initial bitmap bytes (identical on every member).
+    pub bitmap: Vec<u8>,
+}
+
+fn default_layout(level: Level) -> u32 {
+    match level {
+        Level::Raid1 => 0,
+        Level::Raid10 => 0x102,           // near=2
+        Level::Raid5 | Level::Raid6 => 2, // left-symmetric
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Check everything and build the plan. Opens every device exclusively
+/// (kept open in the plan) and reads it; writes nothing.
+pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan, CreateError> {
+    check_name(&opts.name)?;
+    if devices.len() != opts.raid_devices as usize {
+        return Err(CreateError::DeviceCount {
+            raid_devices: opts.raid_devices,
+            given: devices.len(),
+        });
+    }
+    let min = match opts.level {
+        Level::Raid1 | Level::Raid10 => 2,
+        Level::Raid5 => 3,
+        Level::Raid6 => 4,
+    };
+    if opts.raid_devices < min || opts.raid_devices as usize > crate::meta::MAX_MEMBERS {
+        return Err(opt_err(
+            "--raid-devices",
+            opts.raid_devices,
+            format!(
+                "{} needs {min}..={} devices",
+                opts.level.as_str(),
+                crate::meta::MAX_MEMBERS
+            ),
+        ));
+    }
+    let bitmap_chunk = opts.bitmap_chunk.unwrap_or(DEFAULT_BITMAP_CHUNK);
+    format::check_bitmap_chunk(bitmap_chunk).map_err(|_| {
+        opt_err(
+            "--bitmap-chunk",
+            bitmap_chunk.0,
+            "must be a power of two from 512 bytes to 2 GiB",
+        )
+    })?;
+    if opts.time_base == 0 || opts.time_base > MAX_CREATE_TIME_BASE {
+        return Err(opt_err(
+            "--time-base",
+            opts.time_base,
+            format!("must be 1..={MAX_CREATE_TIME_BASE} seconds"),
+        ));
+    }
+    let chunk = match opts.level {
+        Level::Raid1 => {
+            if let Some(c) = opts.chunk {
+                return Err(opt_err("--chunk", c.0, "raid1 has no chunk"));
+            }
+            Bytes(0)
+        }
+        _ => {
+            let c = opts.chunk.unwrap_or(DEFAULT_CHUNK);
+            if !c.0.is_power_of_two() || !(4096..=(1 << 30)).contains(&c.0) {
+                return Err(opt_err(
+                    "--chunk",
+                    c.0,
+                    "must be a power of two from 4 KiB to 1 GiB",
+                ));
+            }
+            c
+        }
+    };
+
+    // Open everything and reject duplicates.
+    let mut opened: Vec<(PathBuf, Device)> = Vec::new();
+    for p in devices {
+        let p = p.as_ref();
+        let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if let Some((first, _)) = opened.iter().find(|(c, _)| *c == canon) {
+            return Err(CreateError::Duplicate {
+                first: first.clone(),
+                second: p.to_path_buf(),
+            });
+        }
+        let dev = Device::open(p, Access::ExclusiveWrite).map_err(|e| match e {
+            // Our own exclusive open of a file given under another name
+            // (hard link, bind mount) makes the second open busy.
+            DeviceError::Busy(_) if is_dup_file(&opened, p) => CreateError::Duplicate {
+                first: dup_of(&opened, p).unwrap_or_default(),
+                second: p.to_path_buf(),
+            },
+            e => e.into(),
+        })?;
+        if let Some((first, _)) = opened.iter().find(|(_, d)| same(d.id(), dev.id())) {
+            return Err(CreateError::Duplicate {
+                first: first.clone(),
+                second: p.to_path_buf(),
+            });
+        }
+        opened.push((canon, dev));
+    }
+
+    // Signatures and sizes.
+    let mut found_all = Vec::new();
+    for (_, dev) in &opened {
+        let found = probe::probe(dev)?;
+        if !found.is_empty() && !opts.force {
+            return Err(CreateError::Signature {
+                path: dev.path().to_path_buf(),
+                found,
+            });
+        }
+        found_all.push(found);
+    }
+    let min_size = opened
+        .iter()
+        .map(|(_, d)| d.size().sectors_floor())
+        .min()
+        .unwrap_or(Sectors(0))
+        .min(format::MAX_DEVICE_SECTORS);
+    let round = match opts.level {
+        Level::Raid1 => RAID1_ROUND,
+        _ => chunk,
+    }
+    .sectors_floor();
+    let mut geometry = Geometry {
+        level: opts.level,
+        layout: default_layout(opts.level),
+        chunk_size: chunk,
+        raid_disks: opts.raid_devices,
+        // An upper bound for the layout; the real value follows.
+        component_size: min_size,
+    };
+    let layout = format::layout(&geometry, bitmap_chunk)?;
+    let need = layout.data_offset.bytes().0 + MIN_DATA_SIZE.0;
+    for (_, dev) in &opened {
+        if dev.size().0 < need {
+            return Err(CreateError::TooSmall {
+                path: dev.path().to_path_buf(),
+                size: dev.size().0,
+                need,
+            });
+        }
+    }
+    let data_size = |d: &Device| {
+        Sectors(d.size().sectors_floor().0.min(format::MAX_DEVICE_SECTORS.0) - layout.data_offset.0)
+    };
+    let min_data = opened
+        .iter()
+        .map(|(_, d)| data_size(d))
+        .min()
+        .unwrap_or(Sectors(0));
+    geometry.component_size = Sectors(min_data.0 / round.0 * round.0);
+    if geometry.component_size.0 == 0 {
+        return Err(CreateError::TooSmall {
+            path: opened
+                .first()
+                .map(|(_, d)| d.path().to_path_buf())
+                .unwrap_or_default(),
+            size: min_size.bytes().0,
+            need,
+        });
+    }
+
+    let t = now();
+    let array_uuid = Uuid::new_v4();
+    let uuids: Vec<Uuid> = opened.iter().map(|_| Uuid::new_v4()).collect();
+    let events = 2;
+    let members: Vec<MemberEntry> = uuids
+        .iter()
+        .map(|&uuid| MemberEntry {
+            uuid,
+            state: MemberState::InSync,
+            events,
+        })
+        .collect();
+    let array = ArrayMeta {
+        uuid: array_uuid,
+        name: opts.name.clone(),
+        ctime: t,
+        utime: t,
+        geometry,
+        events,
+        clean: opts.assume_clean,
+        resync: if opts.assume_clean {
+            Checkpoint::None
+        } else {
+            Checkpoint::At(Sectors(0))
+        },
+        bitmap: BitmapInfo {
+            offset: layout.bitmap_offset,
+            size: layout.bitmap_size,
+            chunk: bitmap_chunk,
+            time_base: opts.time_base,
+            events_cleared: events,
+        },
+        members,
+    };
+    let bits = bitmap::initial(
+        array.bitmap_chunks(),
+        layout.bitmap_size,
+        !opts.assume_clean,
+    );
+    let mut planned = Vec::new();
+    for (((_, device), found), uuid) in opened.into_iter().zip(found_all).zip(uuids) {
+        let superblock = Superblock {
+            array: array.clone(),
+            device: DeviceMeta {
+                uuid,
+                data_offset: layout.data_offset,
+                data_size: data_size(&device),
+            },
+        };
+        // Catch any inconsistency now, before anything is written.
+        format::encode(&superblock)?;
+        format::encode(&first_copy(&superblock))?;
+        planned.push(PlannedMember {
+            device,
+            found,
+            superblock,
+        });
+    }
+    Ok(Plan {
+        members: planned,
+        layout,
+        bitmap: bits,
+    })
+}
+
+fn same(a: DevId, b: DevId) -> bool {
+    a == b
+}
+
+fn is_dup_file(opened: &[(PathBuf, Device)], p: &Path) -> bool {
+    dup_of(opened, p).is_some()
+}
+
+fn dup_of(opened: &[(PathBuf, Device)], p: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(p).ok()?;
+    let id = if md.file_type().is_file() {
+        DevId::File(md.dev(), md.ino())
+    } else {
+        use std::os::unix::fs::FileTypeExt;
+        if !md.file_type().is_block_device() {
+            return None;
+        }
+        DevId::Block(md.rdev())
+    };
+    opened
+        .iter()
+        .find(|(_, d)| d.id() == id)
+        .map(|(c, _)| c.clone())
+}
+
+/// The events-1 copy written first: identical but for the event counts.
+fn first_copy(sb: &Superblock) -> Superblock {
+    let mut s = sb.clone();
+    s.array.events = 1;
+    s.array.bitmap.events_cleared = 1;
+    for m in &mut s.array.members {
+        m.events = 1;
+    }
+    s
+}
+
+impl Plan {
+    /// Write every member (see the module documentation) and return the
+    /// superblocks written (the events-2 copies, slot order).
+    pub fn execute(self) -> Result<Vec<Superblock>, CreateError> {
+        let align = ALIGN as u64;
+        for m in &self.members {
+            let d = &m.device;
+            let data_start = self.layout.data_offset.bytes().0;
+            d.zero(0, data_start)?;
+            for f in &m.found {
+                let block = f.offset & !(align - 1);
+                if block >= data_start && block + align <= d.size().0 {
+                    d.zero(block, align)?;
+                }
+            }
+            d.write_bitmap(&m.superblock.array.bitmap, &self.bitmap)?;
+        }
+        for m in &self.members {
+            m.device.write_superblock(&first_copy(&m.superblock))?;
+            m.device.write_superblock(&m.superblock)?;
+        }
+        Ok(self.members.into_iter().map(|m| m.superblock).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

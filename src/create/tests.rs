@@ -1,0 +1,306 @@
+use super::*;
+use crate::format::{read_area, META_AREA};
+use crate::probe::SIGNATURES;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use tempfile::TempDir;
+
+const MIB: u64 = 1 << 20;
+
+fn images(n: usize, size: u64) -> (TempDir, Vec<PathBuf>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = (0..n)
+        .map(|i| {
+            let p = dir.path().join(format!("d{i}.img"));
+            let f = std::fs::File::create(&p).expect("create");
+            f.set_len(size).expect("set_len");
+            p
+        })
+        .collect();
+    (dir, paths)
+}
+
+fn digest(p: &Path) -> u64 {
+    let mut h = DefaultHasher::new();
+    std::fs::read(p).expect("read").hash(&mut h);
+    h.finish()
+}
+
+fn raid1(n: u32) -> CreateOptions {
+    CreateOptions::new(Level::Raid1, n, "test")
+}
+
+#[test]
+fn create_raid1_writes_both_copies_and_bitmap() {
+    let (_d, paths) = images(2, 64 * MIB);
+    let mut o = raid1(2);
+    o.bitmap_chunk = Some(Bytes(1 << 20));
+    let sbs = plan(&o, &paths).expect("plan").execute().expect("execute");
+    assert_eq!(sbs.len(), 2);
+    for (i, p) in paths.iter().enumerate() {
+        let img = std::fs::read(p).expect("read");
+        let r = read_area(&img[..META_AREA]).expect("metadata");
+        assert!(r.both_valid(), "{:?}", r.copy_errors);
+        assert_eq!(r.copy, 0);
+        assert_eq!(r.other_events, Some(1));
+        let sb = &r.superblock;
+        assert_eq!(sb, &sbs[i]);
+        assert_eq!(sb.array.events, 2);
+        assert_eq!(sb.array.name, "test");
+        assert_eq!(sb.array.geometry.raid_disks, 2);
+        assert_eq!(sb.device.data_offset, Sectors(2048));
+        assert_eq!(sb.device.data_size, Sectors((64 - 1) * 2048));
+        // 63 MiB rounded down to 64 KiB: exact.
+        assert_eq!(sb.array.geometry.component_size, Sectors(63 * 2048));
+        assert!(!sb.array.clean);
+        assert_eq!(sb.array.resync, Checkpoint::At(Sectors(0)));
+        assert_eq!(sb.array.bitmap.offset, Sectors(16));
+        assert_eq!(sb.array.bitmap.size, Bytes(4096));
+        assert_eq!(sb.array.bitmap.chunk, Bytes(1 << 20));
+        assert_eq!(sb.array.bitmap.time_base, 5);
+        assert_eq!(sb.role(), crate::meta::Role::Slot(i as u32));
+        assert!(sb
+            .array
+            .members
+            .iter()
+            .all(|m| m.state == MemberState::InSync));
+        // 63 chunks: bytes 8192..8199 = 7 x 0xff + 0x7f, nothing after.
+        assert_eq!(
+            &img[8192..8200],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]
+        );
+        assert!(img[8200..2048 * 512].iter().all(|&b| b == 0));
+        assert!(img[440..512].iter().all(|&b| b == 0));
+    }
+    assert_eq!(sbs[0].array.uuid, sbs[1].array.uuid);
+    assert_ne!(sbs[0].device.uuid, sbs[1].device.uuid);
+    assert_eq!(sbs[0].array.members, sbs[1].array.members);
+    // Reading through the device layer gives the same.
+    let r = crate::device::read_superblock(&paths[1]).expect("read");
+    assert_eq!(r.superblock, sbs[1]);
+    let d = Device::open(&paths[1], Access::Read).expect("open");
+    let bits = d.read_bitmap(&r.superblock.array.bitmap).expect("bitmap");
+    assert_eq!(
+        bitmap::count_dirty(&bits, r.superblock.array.bitmap_chunks()),
+        63
+    );
+}
+
+#[test]
+fn assume_clean_zero_bitmap() {
+    let (_d, paths) = images(2, 64 * MIB);
+    let mut o = raid1(2);
+    o.assume_clean = true;
+    o.time_base = 7;
+    let sbs = plan(&o, &paths).expect("plan").execute().expect("execute");
+    assert!(sbs[0].array.clean);
+    assert_eq!(sbs[0].array.resync, Checkpoint::None);
+    assert_eq!(sbs[0].array.bitmap.time_base, 7);
+    // Default 64 MiB chunk: one chunk.
+    assert_eq!(sbs[0].array.bitmap.chunk, DEFAULT_BITMAP_CHUNK);
+    assert_eq!(sbs[0].array.bitmap_chunks(), 1);
+    let img = std::fs::read(&paths[0]).expect("read");
+    assert!(img[8192..2048 * 512].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn different_sizes_use_the_smallest() {
+    let (_d, mut paths) = images(1, 64 * MIB);
+    let (_d2, p2) = images(1, 100 * MIB + 12345);
+    paths.extend(p2);
+    let sbs = plan(&raid1(2), &paths)
+        .expect("plan")
+        .execute()
+        .expect("execute");
+    assert_eq!(sbs[0].array.geometry.component_size, Sectors(63 * 2048));
+    assert_eq!(
+        sbs[1].device.data_size,
+        Sectors((100 * MIB + 12345) / 512 - 2048)
+    );
+}
+
+#[test]
+fn foreign_signatures_refused_then_forced() {
+    for def in SIGNATURES {
+        let (_d, paths) = images(2, 64 * MIB);
+        let size = 64 * MIB;
+        let off = match def.loc {
+            probe::Loc::Start(o) => o,
+            probe::Loc::Md090 => (size & !(65535)) - 65536,
+            probe::Loc::Md10 => (size - 8192) & !4095,
+            probe::Loc::FromEnd(n) => size - n,
+        };
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&paths[1])
+                .expect("open");
+            f.write_all_at(def.magic, off).expect("write");
+            if def.check == probe::Check::MbrEntry {
+                f.write_all_at(&[0x83], 446 + 4).expect("write");
+            }
+        }
+        let before: Vec<u64> = paths.iter().map(|p| digest(p)).collect();
+        let e = plan(&raid1(2), &paths).expect_err("must refuse");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(def.name) && msg.contains(&paths[1].display().to_string()),
+            "{msg}"
+        );
+        assert!(msg.contains("--force"), "{msg}");
+        let after: Vec<u64> = paths.iter().map(|p| digest(p)).collect();
+        assert_eq!(before, after, "{}: refused create wrote", def.name);
+        let mut o = raid1(2);
+        o.force = true;
+        plan(&o, &paths)
+            .expect("forced plan")
+            .execute()
+            .expect("execute");
+        // The old signature is gone; only mdext remains.
+        let d = Device::open(&paths[1], Access::Read).expect("open");
+        let found = probe::probe(&d).expect("probe");
+        assert_eq!(found.len(), 1, "{}: {found:?}", def.name);
+        assert_eq!(found[0].name, "mdext array");
+    }
+}
+
+#[test]
+fn existing_mdext_array_refused_by_name() {
+    let (_d, paths) = images(2, 64 * MIB);
+    let mut o = raid1(2);
+    o.name = "old".into();
+    let sbs = plan(&o, &paths).expect("plan").execute().expect("execute");
+    let msg = plan(&raid1(2), &paths).expect_err("refuse").to_string();
+    assert!(msg.contains("mdext array"), "{msg}");
+    assert!(msg.contains("name old"), "{msg}");
+    assert!(msg.contains(&sbs[0].array.uuid.to_string()), "{msg}");
+}
+
+#[test]
+fn too_small_refused() {
+    let (_d, mut paths) = images(1, 64 * MIB);
+    let (_d2, small) = images(1, 5 * MIB - 4096);
+    paths.extend(small);
+    let msg = plan(&raid1(2), &paths).expect_err("too small").to_string();
+    assert!(msg.contains("d0.img: too small"), "{msg}");
+    assert!(msg.contains(&format!("need at least {}", 5 * MIB)), "{msg}");
+    // Exactly the minimum works.
+    let (_d3, ok) = images(2, 5 * MIB);
+    plan(&raid1(2), &ok).expect("minimum size");
+}
+
+#[test]
+fn duplicates_refused() {
+    let (d, paths) = images(2, 64 * MIB);
+    let same = vec![paths[0].clone(), paths[0].clone()];
+    let e = plan(&raid1(2), &same).expect_err("dup");
+    assert!(matches!(e, CreateError::Duplicate { .. }), "{e}");
+    // Through a symlink and through a hard link.
+    let link = d.path().join("link");
+    std::os::unix::fs::symlink(&paths[0], &link).expect("symlink");
+    let e = plan(&raid1(2), &[paths[0].clone(), link]).expect_err("dup");
+    assert!(matches!(e, CreateError::Duplicate { .. }), "{e}");
+    let hard = d.path().join("hard");
+    std::fs::hard_link(&paths[0], &hard).expect("hard link");
+    let e = plan(&raid1(2), &[paths[0].clone(), hard.clone()]).expect_err("dup");
+    assert!(matches!(e, CreateError::Duplicate { .. }), "{e}");
+    assert!(e.to_string().contains("hard: same device as"), "{e}");
+}
+
+#[test]
+fn option_checks() {
+    let (_d, paths) = images(3, 64 * MIB);
+    let e = plan(&raid1(2), &paths).expect_err("count");
+    assert_eq!(
+        e.to_string(),
+        "--raid-devices is 2 but 3 devices were given"
+    );
+    let e = plan(&raid1(1), &paths[..1]).expect_err("raid1 of 1");
+    assert!(e.to_string().starts_with("--raid-devices 1:"), "{e}");
+    for bad in ["", "a b", "-x", "a/b", "123456789012345678901234567890123"] {
+        let mut o = raid1(3);
+        o.name = bad.into();
+        let e = plan(&o, &paths).expect_err("name");
+        assert!(e.to_string().starts_with("--name"), "{bad}: {e}");
+    }
+    let mut o = raid1(3);
+    o.bitmap_chunk = Some(Bytes(1000));
+    assert!(plan(&o, &paths)
+        .expect_err("chunk")
+        .to_string()
+        .starts_with("--bitmap-chunk 1000:"));
+    let mut o = raid1(3);
+    o.time_base = 0;
+    assert!(plan(&o, &paths)
+        .expect_err("tb")
+        .to_string()
+        .starts_with("--time-base 0:"));
+    let mut o = raid1(3);
+    o.chunk = Some(Bytes(65536));
+    assert!(plan(&o, &paths).is_err());
+    let e = plan(
+        &raid1(3),
+        &[&paths[0], &paths[1], &PathBuf::from("/nonexistent/x")],
+    )
+    .expect_err("missing");
+    assert!(e.to_string().contains("/nonexistent/x: no such"), "{e}");
+}
+
+#[test]
+fn failed_check_on_last_device_writes_nothing() {
+    let (_d, paths) = images(4, 64 * MIB);
+    // Give every image some recognisable non-zero content first.
+    for p in &paths {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .expect("open");
+        f.write_all_at(&[0x5a; 20000], 100).expect("write");
+        f.write_all_at(&[0x5a; 4096], 10 * MIB).expect("write");
+    }
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&paths[3])
+            .expect("open");
+        f.write_all_at(b"XFSB", 0).expect("write");
+    }
+    let before: Vec<u64> = paths.iter().map(|p| digest(p)).collect();
+    let e = plan(&raid1(4), &paths).expect_err("xfs on the last");
+    assert!(
+        e.to_string()
+            .contains("d3.img: contains xfs filesystem at byte 0"),
+        "{e}"
+    );
+    // A device that fails to open at the end.
+    let mut with_missing = paths[..3].to_vec();
+    with_missing.push(PathBuf::from("/nonexistent"));
+    plan(&raid1(4), &with_missing).expect_err("missing");
+    let after: Vec<u64> = paths.iter().map(|p| digest(p)).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn raid5_and_raid10_geometry() {
+    let (_d, paths) = images(4, 64 * MIB);
+    let mut o = CreateOptions::new(Level::Raid10, 4, "r10");
+    o.chunk = Some(Bytes(64 << 10));
+    o.bitmap_chunk = Some(Bytes(1 << 20));
+    let sbs = plan(&o, &paths).expect("plan").execute().expect("execute");
+    let g = sbs[0].array.geometry;
+    assert_eq!(g.layout, 0x102);
+    assert_eq!(g.component_size, Sectors(63 * 2048));
+    // near-2 over 4 disks: the bitmap spans 2 x component.
+    assert_eq!(sbs[0].array.bitmap_chunks(), 126);
+    let mut o = CreateOptions::new(Level::Raid5, 3, "r5");
+    o.force = true;
+    let sbs = plan(&o, &paths[..3])
+        .expect("plan")
+        .execute()
+        .expect("execute");
+    assert_eq!(sbs[0].array.geometry.chunk_size, DEFAULT_CHUNK);
+    assert_eq!(sbs[0].array.geometry.component_size.0 % 1024, 0);
+}
