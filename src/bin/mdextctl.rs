@@ -14,6 +14,9 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+#[path = "mdextctl/ops.rs"]
+mod ops;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "mdextctl",
@@ -35,6 +38,14 @@ enum Cmd {
     Create(CreateArgs),
     /// Print the mdext metadata found on member devices.
     Examine(ExamineArgs),
+    /// Start an array from its members and hand it to mdextmon.
+    Assemble(ops::AssembleArgs),
+    /// Record an array clean and stop it.
+    Stop(ops::StopArgs),
+    /// Show one running array (like mdadm --detail).
+    Detail(ops::DetailArgs),
+    /// Show every running mdext array.
+    Status(ops::StatusArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -133,6 +144,10 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Create(a) => run_create(a),
         Cmd::Examine(a) => run_examine(a),
+        Cmd::Assemble(a) => ops::assemble(a),
+        Cmd::Stop(a) => ops::stop(a),
+        Cmd::Detail(a) => ops::detail(a),
+        Cmd::Status(a) => ops::status(a),
     };
     match r {
         Ok(code) => code,

@@ -2,9 +2,15 @@
 
 use crate::harness::Scenario;
 
+mod lifecycle;
 mod sysfs_layer;
 
 pub static ALL: &[&Scenario] = &[
     &sysfs_layer::RAID1_EXTERNAL_BITMAP,
     &sysfs_layer::WRONG_ORDER,
+    &lifecycle::CREATE_EXAMINE_ACTIVATE,
+    &lifecycle::FILESYSTEM_LIFECYCLE,
+    &lifecycle::CRASH_RESYNC,
+    &lifecycle::DEGRADED_ASSEMBLY,
+    &lifecycle::BAD_INPUT,
 ];

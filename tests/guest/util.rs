@@ -232,3 +232,73 @@ pub fn dump_state() {
 pub fn sysfs() -> Sysfs {
     Sysfs::default()
 }
+
+/// Run `mdextctl ARGS` (split on whitespace) with a bound on its run time;
+/// returns stdout, or an error carrying its status and stderr.
+pub fn ctl(args: &str) -> Result<String> {
+    let (ok, out, err) = ctl_status(args)?;
+    if !ok {
+        bail!("mdextctl {args} failed: {}", err.trim());
+    }
+    Ok(out)
+}
+
+/// Like [`ctl`] but returns (success, stdout, stderr) instead of failing.
+pub fn ctl_status(args: &str) -> Result<(bool, String, String)> {
+    let o = Command::new("timeout")
+        .arg("120")
+        .arg("/bin/mdextctl")
+        .args(args.split_whitespace())
+        .output()
+        .with_context(|| format!("mdextctl {args}"))?;
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    print!("$ mdextctl {args}\n{out}{err}");
+    if o.status.code() == Some(124) {
+        bail!("mdextctl {args} hung (killed after 120 s)");
+    }
+    Ok((o.status.success(), out, err))
+}
+
+/// `mdextctl examine --json DEV` of one device.
+pub fn examine(dev: &Path) -> Result<serde_json::Value> {
+    let out = ctl(&format!("examine --json {}", dev.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v.get(0).cloned().context("examine printed no device")
+}
+
+/// Wait for a running resync/recovery to end (sync_action idle, resync_start
+/// none).
+pub fn wait_sync_idle(md: &MdDev, limit: Duration) -> Result<()> {
+    wait_until("resync/recovery to finish", limit, || {
+        let idle = md.read("sync_action").ok()? == "idle";
+        let done = md.read("resync_start").ok()? == "none";
+        (idle && done).then_some(())
+    })
+}
+
+/// Run md's own scrub and return mismatch_cnt.
+pub fn check_mismatches(md: &MdDev) -> Result<u64> {
+    md.write("sync_action", "check")?;
+    wait_until("check to start", Duration::from_secs(10), || {
+        (md.read("sync_action").ok()? == "check" || md.read("mismatch_cnt").is_ok()).then_some(())
+    })?;
+    wait_until("check to finish", Duration::from_secs(300), || {
+        (md.read("sync_action").ok()? == "idle").then_some(())
+    })?;
+    Ok(md.mismatch_cnt()?)
+}
+
+/// Sectors written to a block device since boot.
+pub fn written_sectors(kname: &str) -> Result<u64> {
+    Ok(sysfs().block_stat(kname)?.write_sectors.0)
+}
+
+/// md5 of a whole file or device (busybox md5sum).
+pub fn md5(p: &Path) -> Result<String> {
+    Ok(sh(&format!("md5sum {}", p.display()))?
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}

@@ -1,0 +1,172 @@
+//! Subcommands that act on running arrays: assemble, stop, detail, status.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use mdext::ctl::{self, AssembleOptions};
+use mdext::sysfs::Sysfs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Options shared by the commands that talk to mdextmon.
+#[derive(Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// Directory of mdextmon's control socket.
+    #[arg(long, default_value = mdext::control::RUN_DIR, hide = true)]
+    pub run_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Read the mdext metadata of the given devices (or, with --scan, of every \
+    block device udev knows), group them by array UUID, use the members the newest metadata \
+    records in sync, and start the array through sysfs: metadata_version=external, members with \
+    their data offset, size and slot, the external bitmap, resync_start from the metadata \
+    (none when clean, 0 after an unclean shutdown so the bitmap limits the resync, the \
+    checkpoint of an interrupted resync). A device whose metadata is older than the array's is \
+    left out and reported. With members missing, the array starts only with --run; the bits of \
+    the missing members are kept. mdextmon is started if none runs, and manages the array \
+    before it accepts writes."
+)]
+pub struct AssembleArgs {
+    /// Array name or UUID (needed when the devices hold several arrays).
+    #[arg(value_name = "NAME|UUID")]
+    array: Option<String>,
+    /// Member devices.
+    #[arg(value_name = "DEV")]
+    devices: Vec<PathBuf>,
+    /// Find the members among all block devices (udev).
+    #[arg(short, long)]
+    scan: bool,
+    /// Start even if members are missing (degraded).
+    #[arg(short = 'R', long)]
+    run: bool,
+    /// Start read-only.
+    #[arg(short = 'o', long)]
+    readonly: bool,
+    /// md device to create (e.g. md127); default: the highest free number.
+    #[arg(long = "md", value_name = "mdN")]
+    md: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Wait for writes to end, record the array clean on every member, and stop \
+    the md device. Through mdextmon when it manages the array, directly otherwise."
+)]
+pub struct StopArgs {
+    /// The array: md device (md127, /dev/md127), name or UUID.
+    array: String,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DetailArgs {
+    /// The array: md device (md127, /dev/md127), name or UUID.
+    array: String,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+fn mdextmon_path() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("mdextmon")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("mdextmon"))
+}
+
+pub fn assemble(a: AssembleArgs) -> Result<ExitCode> {
+    // A lone positional that is a path is a device, not an array name.
+    let (array, mut devices) = match a.array {
+        Some(x) if x.starts_with('/') => (None, vec![PathBuf::from(x)]),
+        other => (other, Vec::new()),
+    };
+    devices.extend(a.devices);
+    if a.scan && !devices.is_empty() {
+        bail!("give devices or --scan, not both");
+    }
+    let o = AssembleOptions {
+        array,
+        devices,
+        scan: a.scan,
+        run: a.run,
+        readonly: a.readonly,
+        md_name: a.md,
+        run_dir: a.daemon.run_dir,
+        mdextmon: mdextmon_path(),
+    };
+    let r = ctl::assemble(&Sysfs::default(), &o)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "mdextctl: /dev/{} has been started with {} device{} (array {} {})",
+            r.md,
+            r.members.len(),
+            if r.members.len() == 1 { "" } else { "s" },
+            r.name,
+            r.uuid
+        );
+        for l in &r.left_out {
+            println!("mdextctl: {} not used: {}", l.path.display(), l.reason);
+        }
+        if !r.missing_slots.is_empty() {
+            println!(
+                "mdextctl: running degraded, slots {:?} missing; {} dirty chunk{} kept for their return",
+                r.missing_slots,
+                r.rearmed_chunks,
+                if r.rearmed_chunks == 1 { "" } else { "s" }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn stop(a: StopArgs) -> Result<ExitCode> {
+    let md = ctl::stop(&Sysfs::default(), &a.daemon.run_dir, &a.array)?;
+    println!("mdextctl: stopped /dev/{md}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn detail(a: DetailArgs) -> Result<ExitCode> {
+    let v = ctl::detail(&Sysfs::default(), &a.daemon.run_dir, &a.array)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", ctl::render_detail(&v));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(a: StatusArgs) -> Result<ExitCode> {
+    let v = ctl::status(&Sysfs::default(), &a.daemon.run_dir)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if v.is_empty() {
+        println!("no mdext arrays are running");
+    } else {
+        for d in &v {
+            print!("{}", ctl::render_detail(d));
+            println!();
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

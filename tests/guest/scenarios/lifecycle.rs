@@ -1,0 +1,434 @@
+//! Issues 3 and 4: create, examine, assemble, use, crash, stop.
+
+use crate::harness::{Ends, Phase, Scenario};
+use crate::util::*;
+use anyhow::{ensure, Context, Result};
+use mdext::assembly::{self, ArraySpec, BitmapSpec, MemberSpec, StartMode};
+use mdext::sysfs::{ArrayState, Checkpoint, Level};
+use mdext::units::{Bytes, Sectors};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub static CREATE_EXAMINE_ACTIVATE: Scenario = Scenario {
+    name: "create_examine_activate",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: create_examine_activate,
+        ends: Ends::Ok,
+    }],
+};
+
+pub static FILESYSTEM_LIFECYCLE: Scenario = Scenario {
+    name: "assemble_filesystem_stop_reassemble",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: filesystem_lifecycle,
+        ends: Ends::Ok,
+    }],
+};
+
+pub static CRASH_RESYNC: Scenario = Scenario {
+    name: "crash_then_bitmap_limited_resync",
+    disks: &[64, 64],
+    phases: &[
+        Phase {
+            name: "write_then_crash",
+            run: crash_phase1,
+            ends: Ends::Crash,
+        },
+        Phase {
+            name: "assemble_resync_check",
+            run: crash_phase2,
+            ends: Ends::Ok,
+        },
+    ],
+};
+
+pub static DEGRADED_ASSEMBLY: Scenario = Scenario {
+    name: "assemble_missing_member_needs_run",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: degraded_assembly,
+        ends: Ends::Ok,
+    }],
+};
+
+pub static BAD_INPUT: Scenario = Scenario {
+    name: "assemble_bad_input_changes_nothing",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: bad_input,
+        ends: Ends::Ok,
+    }],
+};
+
+fn u(v: &serde_json::Value, k: &str) -> Result<u64> {
+    v[k].as_u64()
+        .with_context(|| format!("examine: no '{k}' in {v}"))
+}
+
+/// Issue 3: the array is activated from what `examine` reads back, not from
+/// constants.
+fn create_examine_activate() -> Result<()> {
+    let loops = loop_devices(2, 64)?;
+    ctl("create --level 1 --raid-devices 2 --name t3 --bitmap-chunk 64K /dev/loop0 /dev/loop1")?;
+    let ex: Vec<serde_json::Value> = loops
+        .iter()
+        .map(|l| examine(&l.path))
+        .collect::<Result<_>>()?;
+    let e0 = &ex[0];
+    ensure!(
+        e0["array_uuid"] == ex[1]["array_uuid"],
+        "members disagree on the array"
+    );
+    ensure!(e0["level"] == "raid1" && u(e0, "raid_disks")? == 2, "{e0}");
+    let bm = &e0["bitmap"];
+    let spec = ArraySpec {
+        md_name: Some("md127".into()),
+        metadata_tag: format!(
+            "mdext:{}",
+            e0["array_uuid"]
+                .as_str()
+                .unwrap_or_default()
+                .replace('-', "")
+        ),
+        level: Level::Raid1,
+        layout: 0,
+        chunk_size: Bytes(0),
+        raid_disks: 2,
+        component_size: Sectors(u(e0, "component_size_sectors")?).kib_floor(),
+        members: loops
+            .iter()
+            .zip(&ex)
+            .map(|(l, e)| {
+                Ok(MemberSpec {
+                    dev: l.dev,
+                    data_offset: Sectors(u(e, "data_offset_sectors")?),
+                    size: Sectors(u(e, "data_size_sectors")?).kib_floor(),
+                    slot: Some(e["role"].as_str().unwrap_or("").parse()?),
+                })
+            })
+            .collect::<Result<_>>()?,
+        bitmap: Some(BitmapSpec {
+            chunk: Bytes(u(bm, "chunk_bytes")?),
+            time_base: u(bm, "time_base")? as u32,
+            location: Sectors(u(bm, "offset_sectors")?),
+        }),
+        resync_start: match e0["resync_sector"].as_u64() {
+            Some(s) => Checkpoint::At(Sectors(s)),
+            None => Checkpoint::None,
+        },
+        start: StartMode::Readonly,
+    };
+    ensure!(
+        spec.resync_start == Checkpoint::At(Sectors(0)),
+        "a new array owes a resync from 0"
+    );
+    let sysfs = sysfs();
+    let md = assembly::activate(&sysfs, &spec)?;
+    ensure!(
+        md.bitmap_location()? == Some(Sectors(u(bm, "offset_sectors")?)),
+        "location"
+    );
+    ensure!(
+        md.component_size()?.sectors() == Sectors(u(e0, "component_size_sectors")?),
+        "component_size"
+    );
+    // The initial bitmap has every chunk's bit set: the whole array resyncs.
+    let bits = read_direct(
+        &loops[0].path,
+        Sectors(u(bm, "offset_sectors")?).bytes().0,
+        4096,
+    )?;
+    let chunks = u(bm, "chunks")?;
+    ensure!(
+        set_bits(&bits).len() as u64 == chunks,
+        "initial bits: {} of {chunks}",
+        set_bits(&bits).len()
+    );
+    let before = written_sectors("loop1")?;
+    let responder = Responder::start(&md)?;
+    md.set_array_state(ArrayState::Clean)?;
+    wait_sync_idle(&md, Duration::from_secs(120))?;
+    let resynced = written_sectors("loop1")? - before;
+    println!("initial resync wrote {resynced} sectors to loop1");
+    ensure!(
+        resynced >= u(e0, "component_size_sectors")?,
+        "the initial resync covered only {resynced} sectors"
+    );
+    write_direct(&md.dev_path(), 1 << 20, &pattern(7, 1 << 20))?;
+    ensure!(
+        read_direct(&md.dev_path(), 1 << 20, 1 << 20)? == pattern(7, 1 << 20),
+        "data"
+    );
+    ensure!(
+        check_mismatches(&md)? == 0,
+        "mismatches after the initial resync"
+    );
+    responder.stop()?;
+    assembly::teardown(&sysfs, &md)?;
+    Ok(())
+}
+
+fn md127() -> mdext::sysfs::MdDev {
+    sysfs().md("md127")
+}
+
+fn state_of(dev: &Path) -> Result<String> {
+    Ok(examine(dev)?["state"].as_str().unwrap_or("?").to_string())
+}
+
+/// Issue 4: create, assemble, a filesystem, clean/dirty in the metadata,
+/// stop, reassemble, data intact.
+fn filesystem_lifecycle() -> Result<()> {
+    let loops = loop_devices(2, 64)?;
+    let devs = "/dev/loop0 /dev/loop1";
+    ctl(&format!(
+        "create --level 1 --raid-devices 2 --name life --bitmap-chunk 64K --time-base 1 {devs}"
+    ))?;
+    let out = ctl(&format!("assemble life {devs}"))?;
+    ensure!(out.contains("/dev/md127"), "{out}");
+    let md = md127();
+    wait_sync_idle(&md, Duration::from_secs(120))?;
+    // The daemon records the end of the initial resync.
+    wait_until(
+        "metadata to record no resync owed",
+        Duration::from_secs(20),
+        || {
+            examine(&loops[0].path)
+                .ok()
+                .filter(|e| e["resync_sector"].is_null())
+                .map(|_| ())
+        },
+    )?;
+    sh("timeout 120 mkfs.ext4 -q -F /dev/md127")?;
+    sh("mkdir -p /mnt/a && timeout 60 mount -t ext4 /dev/md127 /mnt/a")?;
+    sh("timeout 60 dd if=/dev/urandom of=/mnt/a/f bs=64k count=64 2>/dev/null && timeout 60 sync")?;
+    let sum = md5(Path::new("/mnt/a/f"))?;
+    sh("timeout 60 umount /mnt/a")?;
+    // Idle: the daemon writes clean and records it.
+    wait_until("metadata clean after idle", Duration::from_secs(20), || {
+        state_of(&loops[0].path)
+            .ok()
+            .filter(|s| s == "clean")
+            .map(|_| ())
+    })?;
+    ensure!(
+        state_of(&loops[1].path)? == "clean",
+        "second member not clean"
+    );
+    // A write makes it dirty (safe_mode_delay long enough to look).
+    md.write("safe_mode_delay", "5")?;
+    write_direct(&md.dev_path(), 60 << 20, &pattern(1, 4096))?;
+    ensure!(
+        state_of(&loops[0].path)? == "dirty",
+        "metadata not dirty during writes"
+    );
+    ensure!(
+        state_of(&loops[1].path)? == "dirty",
+        "second member not dirty during writes"
+    );
+    md.write("safe_mode_delay", "0.2")?;
+    wait_until("metadata clean again", Duration::from_secs(20), || {
+        state_of(&loops[0].path)
+            .ok()
+            .filter(|s| s == "clean")
+            .map(|_| ())
+    })?;
+    let d = ctl("detail md127")?;
+    ensure!(d.contains("by mdextmon") && d.contains("raid1"), "{d}");
+    ctl("stop md127")?;
+    ensure!(
+        !Path::new("/sys/block/md127").exists(),
+        "md127 still there after stop"
+    );
+    for l in &loops {
+        ensure!(
+            state_of(&l.path)? == "clean",
+            "{} not clean after stop",
+            l.path.display()
+        );
+    }
+    // Again, by name through a udev scan.
+    ctl("assemble --scan life")?;
+    sh("timeout 60 mount -t ext4 /dev/md127 /mnt/a")?;
+    ensure!(
+        md5(Path::new("/mnt/a/f"))? == sum,
+        "file changed across stop/assemble"
+    );
+    sh("timeout 60 umount /mnt/a")?;
+    ensure!(check_mismatches(&md127())? == 0, "mismatches");
+    ctl("stop life")?;
+    Ok(())
+}
+
+// Chunks written while the array is dirty, before the crash (64 KiB chunks).
+const CRASH_CHUNKS: [u64; 4] = [3, 50, 51, 400];
+const CHUNK: u64 = 64 << 10;
+
+fn crash_phase1() -> Result<()> {
+    ctl("create --level 1 --raid-devices 2 --name crash --bitmap-chunk 64K --time-base 5 --assume-clean /dev/vda /dev/vdb")?;
+    ctl("assemble crash /dev/vda /dev/vdb")?;
+    let md = md127();
+    // Hold the array active (dirty) for a while after the writes.
+    md.write("safe_mode_delay", "30")?;
+    for c in CRASH_CHUNKS {
+        write_direct(&md.dev_path(), c * CHUNK, &pattern(c, CHUNK as usize))?;
+    }
+    let e = examine(Path::new("/dev/vda"))?;
+    ensure!(
+        e["state"] == "dirty",
+        "not dirty before the crash: {}",
+        e["state"]
+    );
+    let bits = set_bits(&read_direct(Path::new("/dev/vda"), 16 * 512, 4096)?);
+    ensure!(bits == CRASH_CHUNKS, "bits before the crash: {bits:?}");
+    println!("MDEXT-CRASHING");
+    sh("echo b > /proc/sysrq-trigger")?;
+    std::thread::sleep(Duration::from_secs(30));
+    anyhow::bail!("still alive after sysrq b")
+}
+
+fn crash_phase2() -> Result<()> {
+    let (a, b) = (PathBuf::from("/dev/vda"), PathBuf::from("/dev/vdb"));
+    ensure!(
+        state_of(&a)? == "dirty",
+        "metadata not dirty after the crash"
+    );
+    let bits = set_bits(&read_direct(&a, 16 * 512, 4096)?);
+    ensure!(bits == CRASH_CHUNKS, "bits after the crash: {bits:?}");
+    // Make the mirrors differ inside a dirty chunk: the resync must repair it
+    // (it copies slot 0 to slot 1).
+    write_direct(&b, (2048 * 512) + 50 * CHUNK, &vec![0xEE; CHUNK as usize])?;
+    let w0 = written_sectors("vda")? + written_sectors("vdb")?;
+    ctl("assemble crash /dev/vda /dev/vdb")?;
+    let md = md127();
+    wait_sync_idle(&md, Duration::from_secs(120))?;
+    wait_until(
+        "metadata to record the resync done",
+        Duration::from_secs(20),
+        || {
+            examine(&a)
+                .ok()
+                .filter(|e| e["resync_sector"].is_null())
+                .map(|_| ())
+        },
+    )?;
+    let written = written_sectors("vda")? + written_sectors("vdb")? - w0;
+    let data = CRASH_CHUNKS.len() as u64 * CHUNK / 512;
+    println!("resync after the crash: {written} sectors written to the members ({data} of them data for {} dirty chunks)", CRASH_CHUNKS.len());
+    // Metadata and bitmap writes add a few dozen sectors; a full resync would
+    // be ~129000.
+    ensure!(
+        written >= data && written < data + 400,
+        "resync wrote {written} sectors, expected {data} plus metadata"
+    );
+    for c in CRASH_CHUNKS {
+        ensure!(
+            read_direct(&md.dev_path(), c * CHUNK, CHUNK as usize)? == pattern(c, CHUNK as usize),
+            "chunk {c} data"
+        );
+    }
+    ensure!(
+        check_mismatches(&md)? == 0,
+        "mismatch_cnt after the bitmap resync"
+    );
+    ctl("stop md127")?;
+    Ok(())
+}
+
+fn degraded_assembly() -> Result<()> {
+    let loops = loop_devices(2, 64)?;
+    ctl("create --level 1 --raid-devices 2 --name deg --bitmap-chunk 64K --assume-clean /dev/loop0 /dev/loop1")?;
+    let before = md5(&loops[0].path)?;
+    let (ok, _, err) = ctl_status("assemble deg /dev/loop0")?;
+    ensure!(!ok, "a degraded assembly without --run was accepted");
+    ensure!(
+        err.contains("--run") && err.lines().count() == 1,
+        "error: {err}"
+    );
+    ensure!(
+        md5(&loops[0].path)? == before,
+        "a refused assembly changed the device"
+    );
+    ensure!(
+        !Path::new("/sys/block/md127").exists(),
+        "a refused assembly left an md device"
+    );
+    let out = ctl("assemble --run deg /dev/loop0")?;
+    ensure!(out.contains("degraded"), "{out}");
+    let md = md127();
+    ensure!(md.degraded()? == 1, "degraded {}", md.degraded()?);
+    wait_until(
+        "can_clear false while degraded",
+        Duration::from_secs(10),
+        || (md.can_clear().ok()? == Some(false)).then_some(()),
+    )?;
+    let detail = sh("mdadm --detail /dev/md127")?;
+    ensure!(detail.contains("degraded"), "mdadm --detail: {detail}");
+    write_direct(&md.dev_path(), 0, &pattern(3, 65536))?;
+    ensure!(
+        read_direct(&md.dev_path(), 0, 65536)? == pattern(3, 65536),
+        "data"
+    );
+    ctl("stop deg")?;
+    Ok(())
+}
+
+fn bad_input() -> Result<()> {
+    let loops = loop_devices(4, 64)?;
+    ctl("create --level 1 --raid-devices 2 --name one --bitmap-chunk 64K --assume-clean /dev/loop0 /dev/loop1")?;
+    ctl("create --level 1 --raid-devices 2 --name two --bitmap-chunk 64K --assume-clean /dev/loop2 /dev/loop3")?;
+    let sums: Vec<String> = loops.iter().map(|l| md5(&l.path)).collect::<Result<_>>()?;
+    let refused = |args: &str, want: &str| -> Result<()> {
+        let (ok, _, err) = ctl_status(args)?;
+        ensure!(!ok, "`mdextctl {args}` was accepted");
+        // Our own errors are one line; clap adds a usage hint after its
+        // first line, which must name the problem.
+        let first = err.lines().next().unwrap_or_default();
+        ensure!(
+            first.contains(want),
+            "`{args}`: first error line does not mention '{want}': {err}"
+        );
+        ensure!(
+            err.trim().lines().count() == 1 || first.starts_with("error: unexpected argument"),
+            "`{args}`: not one line: {err}"
+        );
+        Ok(())
+    };
+    refused("stop nosuch", "nosuch")?;
+    refused("detail md99", "md99")?;
+    refused("assemble /dev/loop0 /dev/loop2", "several arrays")?;
+    refused("assemble /dev/loop0 /dev/loop0", "given twice")?;
+    refused("assemble three /dev/loop0 /dev/loop1", "three")?;
+    refused("assemble /dev/loop0 /dev/null", "/dev/null")?;
+    refused("assemble --bogus-flag /dev/loop0", "--bogus-flag")?;
+    for (l, s) in loops.iter().zip(&sums) {
+        ensure!(
+            md5(&l.path)? == *s,
+            "{} changed by refused commands",
+            l.path.display()
+        );
+    }
+    ensure!(
+        sysfs().list_md().is_empty(),
+        "refused commands left md devices: {:?}",
+        sysfs().list_md()
+    );
+    // A stale member: run degraded on loop0 and write, then offer both.
+    ctl("assemble --run one /dev/loop0")?;
+    write_direct(&md127().dev_path(), 0, &pattern(5, 4096))?;
+    ctl("stop one")?;
+    let out = ctl("assemble --run one /dev/loop0 /dev/loop1")?;
+    ensure!(
+        out.contains("/dev/loop1 not used") && out.contains("stale"),
+        "stale member not reported: {out}"
+    );
+    ensure!(md127().degraded()? == 1, "the stale member was used");
+    ctl("stop one")?;
+    Ok(())
+}
