@@ -607,7 +607,7 @@ impl Choice {
         let g = &self.meta.geometry;
         ArraySpec {
             md_name,
-            metadata_tag: format!("mdext:{}", self.meta.uuid.simple()),
+            metadata_tag: crate::meta::kernel_tag(&self.meta.uuid),
             level: g.level,
             layout: g.layout,
             chunk_size: g.chunk_size,

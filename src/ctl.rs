@@ -155,13 +155,14 @@ fn holder_md(sysfs: &Sysfs, kname: &str) -> Option<String> {
         .next()
 }
 
-/// The md device running the array with this UUID, if any.
+/// The md device running the array with this UUID, if any (the kernel's
+/// tag narrows the search, the members' metadata confirms it).
 pub fn running_md(sysfs: &Sysfs, uuid: &uuid::Uuid) -> Option<String> {
-    let tag = format!("external:mdext:{}", uuid.simple());
-    sysfs
-        .list_md()
-        .into_iter()
-        .find(|n| sysfs.md(n).metadata_version().ok().as_deref() == Some(tag.as_str()))
+    let tag = format!("external:{}", crate::meta::kernel_tag(uuid));
+    sysfs.list_md().into_iter().find(|n| {
+        sysfs.md(n).metadata_version().ok().as_deref() == Some(tag.as_str())
+            && Managed::take_over(sysfs, n).is_ok_and(|m| m.uuid() == *uuid)
+    })
 }
 
 /// Pick the array's devices among the candidates.
@@ -385,7 +386,7 @@ pub fn resolve_md(sysfs: &Sysfs, arg: &str) -> Result<String, CtlError> {
     let base = arg.trim_start_matches("/dev/").trim_start_matches("md/");
     if sysfs.md_exists(base) {
         let v = sysfs.md(base).metadata_version().unwrap_or_default();
-        if !v.starts_with("external:mdext:") {
+        if !crate::meta::is_mdext_version(&v) {
             return Err(CtlError::Array(format!(
                 "{base} is not an mdext array (metadata {v})"
             )));
@@ -462,7 +463,7 @@ pub fn status(sysfs: &Sysfs, run_dir: &Path) -> Result<Vec<serde_json::Value>, C
         if sysfs
             .md(&n)
             .metadata_version()
-            .is_ok_and(|m| m.starts_with("external:mdext:"))
+            .is_ok_and(|m| crate::meta::is_mdext_version(&m))
         {
             v.push(detail(sysfs, run_dir, &n)?);
         }

@@ -83,7 +83,7 @@ impl Managed {
     pub fn take_over(sysfs: &Sysfs, name: &str) -> Result<Managed, ManagedError> {
         let md = sysfs.md(name);
         let version = md.metadata_version()?;
-        if !version.starts_with("external:mdext:") {
+        if !crate::meta::is_mdext_version(&version) {
             return Err(ManagedError::NotMdext {
                 md: name.into(),
                 version,

@@ -228,3 +228,34 @@ impl Superblock {
             .and_then(|i| self.array.members.get(i))
     }
 }
+
+/// What follows `external:` in md's `metadata_version` for an mdext array.
+/// md keeps at most 16 characters there (it truncates longer values
+/// silently), so the tag is `mdext:` and the first 10 hex digits of the
+/// UUID; identity is always confirmed from the members' metadata.
+pub fn kernel_tag(uuid: &Uuid) -> String {
+    let hex = uuid.simple().to_string();
+    format!("mdext:{}", &hex[..10])
+}
+
+/// Whether an md `metadata_version` value is an mdext array's.
+pub fn is_mdext_version(v: &str) -> bool {
+    v.strip_prefix("external:mdext:").is_some_and(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::*;
+
+    #[test]
+    fn tag_fits_md_metadata_type() {
+        let u = Uuid::from_bytes([0xab; 16]);
+        let t = kernel_tag(&u);
+        assert_eq!(t, "mdext:abababab
+ab".replace('\n', ""));
+        assert!(t.len() <= 16);
+        assert!(is_mdext_version(&format!("external:{t}")));
+        assert!(!is_mdext_version("external:imsm"));
+        assert!(!is_mdext_version("1.2"));
+    }
+}
