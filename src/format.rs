@@ -513,8 +513,15 @@ fn validate_bitmap(a: &ArrayMeta, d: &DeviceMeta) -> Result<(), FormatError> {
             ),
         ));
     }
-    // offset < data_offset <= MAX_DEVICE_SECTORS here (checked before), so
-    // neither the byte conversion nor the sum can overflow.
+    if b.offset >= d.data_offset {
+        return Err(field(
+            "bitmap_offset",
+            b.offset.0,
+            format!("must be below data_offset ({})", d.data_offset.0),
+        ));
+    }
+    // offset < data_offset <= MAX_DEVICE_SECTORS (checked before), so the
+    // byte conversion cannot overflow (found by cargo-fuzz).
     let end = b.offset.bytes().0.saturating_add(b.size.0);
     if end > d.data_offset.bytes().0 {
         return Err(field(

@@ -604,9 +604,14 @@ fn field_bounds_rejected_on_decode() {
         "3000",
     );
     assert_field(
-        decode_patched(|b| put_u64(b, off::BITMAP_OFFSET, 2048)),
+        decode_patched(|b| put_u64(b, off::BITMAP_SIZE, 1 << 20)),
         "bitmap_size",
-        "4096",
+        "1048576",
+    );
+    assert_field(
+        decode_patched(|b| put_u64(b, off::BITMAP_OFFSET, 2048)),
+        "bitmap_offset",
+        "2048",
     );
     assert_field(
         decode_patched(|b| put_u64(b, off::COMPONENT_SIZE, u64::MAX)),
@@ -617,6 +622,12 @@ fn field_bounds_rejected_on_decode() {
         decode_patched(|b| put_u64(b, off::DATA_SIZE, u64::MAX)),
         "data_size",
         "18446744073709551615",
+    );
+    // Found by cargo-fuzz: a huge offset overflowed the byte conversion.
+    assert_field(
+        decode_patched(|b| put_u64(b, off::BITMAP_OFFSET, 1 << 60)),
+        "bitmap_offset",
+        "1152921504606846976",
     );
     assert_field(
         decode_patched(|b| put_u64(b, off::EVENTS_CLEARED, 4)),
