@@ -393,23 +393,15 @@ pub fn resolve_md(sysfs: &Sysfs, arg: &str) -> Result<String, CtlError> {
         }
         return Ok(base.to_string());
     }
+    let want_uuid = uuid::Uuid::parse_str(base).ok();
     for n in sysfs.list_md() {
-        let md = sysfs.md(&n);
-        let v = md.metadata_version().unwrap_or_default();
-        if let Some(u) = v.strip_prefix("external:mdext:") {
-            if u == base
-                || uuid::Uuid::parse_str(base)
-                    .map(|x| x.simple().to_string())
-                    .ok()
-                    .as_deref()
-                    == Some(u)
-            {
+        let v = sysfs.md(&n).metadata_version().unwrap_or_default();
+        if !crate::meta::is_mdext_version(&v) {
+            continue;
+        }
+        if let Ok(m) = Managed::take_over(sysfs, &n) {
+            if m.name() == base || want_uuid == Some(m.uuid()) {
                 return Ok(n);
-            }
-            if let Ok(m) = Managed::take_over(sysfs, &n) {
-                if m.name() == base {
-                    return Ok(n);
-                }
             }
         }
     }

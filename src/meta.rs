@@ -240,7 +240,8 @@ pub fn kernel_tag(uuid: &Uuid) -> String {
 
 /// Whether an md `metadata_version` value is an mdext array's.
 pub fn is_mdext_version(v: &str) -> bool {
-    v.strip_prefix("external:mdext:").is_some_and(|h| !h.is_empty())
+    v.strip_prefix("external:mdext:")
+        .is_some_and(|h| !h.is_empty())
 }
 
 #[cfg(test)]
@@ -251,8 +252,12 @@ mod tag_tests {
     fn tag_fits_md_metadata_type() {
         let u = Uuid::from_bytes([0xab; 16]);
         let t = kernel_tag(&u);
-        assert_eq!(t, "mdext:abababab
-ab".replace('\n', ""));
+        assert_eq!(
+            t,
+            "mdext:abababab
+ab"
+            .replace('\n', "")
+        );
         assert!(t.len() <= 16);
         assert!(is_mdext_version(&format!("external:{t}")));
         assert!(!is_mdext_version("external:imsm"));

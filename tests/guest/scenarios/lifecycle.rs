@@ -242,7 +242,10 @@ fn filesystem_lifecycle() -> Result<()> {
     let d = ctl("detail md127")?;
     ensure!(d.contains("by mdextmon") && d.contains("raid1"), "{d}");
     // The array is found by its UUID too (md truncates the tag it keeps).
-    let uuid = examine(&loops[0].path)?["array_uuid"].as_str().unwrap_or_default().to_string();
+    let uuid = examine(&loops[0].path)?["array_uuid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let d = ctl(&format!("detail --json {uuid}"))?;
     ensure!(d.contains("\"md\": \"md127\""), "{d}");
     ctl("stop md127")?;
