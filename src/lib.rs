@@ -9,5 +9,6 @@
 //! - [`format`]: the on-disk metadata format (bytes <-> typed values, nothing else).
 
 pub mod meta;
+pub mod monitor;
 pub mod sysfs;
 pub mod units;
