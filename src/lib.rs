@@ -12,6 +12,7 @@
 //! - [`bitmap`]: pure helpers over the external bitmap area's bytes.
 //! - [`device`]: member I/O (O_DIRECT, exclusive open); [`probe`]: foreign signatures.
 //! - [`ctl`]: mdextctl's assemble/stop/detail/status.
+//! - [`monitor`]: the monitor's pure state machine (events in, actions out).
 //! - [`daemon`]: mdextmon's I/O loop; [`managed`]: one managed array.
 
 pub mod assembly;
@@ -24,6 +25,7 @@ pub mod device;
 pub mod format;
 pub mod managed;
 pub mod meta;
+pub mod monitor;
 pub mod probe;
 pub mod sysfs;
 pub mod units;

@@ -1,0 +1,766 @@
+//! The monitor's state machine: what `mdextmon` does about what the kernel
+//! shows. Pure: no I/O, no clock, no threads. The daemon's I/O loop owns all
+//! of those; this module only decides.
+//!
+//! # The rule everything here serves (the invariant)
+//!
+//! Whenever the kernel may clear bitmap bits (`bitmap/can_clear` reads
+//! `true`), every member's durable metadata records all members in sync with
+//! `events_cleared == events`. So `can_clear=false` is written before any
+//! member is recorded not in sync, and `true` only after a record with all
+//! members in sync and `events_cleared == events` was written to every member
+//! in the same batch of actions. A member whose own metadata has
+//! `events < events_cleared` may have lost bits it needs, and is rebuilt
+//! fully, never from the bitmap.
+//!
+//! # How the daemon drives it
+//!
+//! ```text
+//! let (mut mon, mut batch) = Monitor::start(meta_read_from_newest_member, &snapshot());
+//! loop {
+//!     for (i, action) in batch.iter().enumerate() {
+//!         if let Err(e) = execute(action) {          // stop at the first failure
+//!             log(e); batch = mon.step(Event::ActionFailed(action.clone()))?;  // returns nothing
+//!             back_off(); // then take a fresh snapshot below
+//!             break;
+//!         }
+//!     }
+//!     if batch was empty { wait for POLLPRI on array_state, degraded, sync_action,
+//!                          sync_completed, every dev-*/state, or an admin request }
+//!     // After a non-empty batch (or a failure) re-snapshot WITHOUT waiting:
+//!     // the kernel does not notify everything our actions cause.
+//!     batch = mon.step(Event::Observed(snapshot()))?;
+//! }
+//! ```
+//!
+//! The machine is level-triggered: every decision is taken from the snapshot
+//! and the machine's record (`ArrayMeta`), never from which attribute woke
+//! the daemon. Feeding the same snapshot twice is harmless (the second time
+//! usually yields nothing); missing a notification is harmless as long as a
+//! later snapshot is taken. A stable array yields empty batches: a clean
+//! array that stays clean causes zero metadata writes.
+//!
+//! # What the executor must do with each [`Action`]
+//!
+//! Execute the actions of a batch strictly in order, one at a time, and stop
+//! at the first one that fails, feeding it back as [`Event::ActionFailed`].
+//! Nothing is fed back on success.
+//!
+//! - [`Action::WriteMetadata`]: write `meta` (with each target's own
+//!   `DeviceMeta`) to every member listed in `targets` (member table
+//!   indices), and make it durable (write + flush/FUA) on all of them before
+//!   returning. If any target fails, the action failed (even if others got
+//!   it). Never write it to a member that is not listed.
+//! - [`Action::SetCanClear`]: `bitmap/can_clear` = `true`/`false`. The
+//!   kernel answers EBUSY to `true` while degraded: a failure like any other.
+//! - [`Action::SetArrayState`]: `array_state` = the value.
+//! - [`Action::Member`]: `dev-X/state` = the command, for the device that
+//!   holds member table index `index`.
+//! - [`Action::SetSyncAction`]: `sync_action` = the value.
+//! - [`Action::AddDevice`]: hot-add the device the admin named for table
+//!   index `index` (`sync_action` is already `frozen`): `new_dev`, then
+//!   `dev-X/offset` and `dev-X/size` from its `DeviceMeta`, then
+//!   `dev-X/state=insync` if and only if `bitmap_based`, then
+//!   `dev-X/slot=index`. Any step failing fails the action (leave the
+//!   device where it is; the next snapshot shows it and the machine removes
+//!   it).
+//!
+//! # What the daemon must put in a snapshot ([`KernelView`])
+//!
+//! Every member device md lists (`dev-*`), mapped to its member table index
+//! through the UUID in its own metadata (read when it was added); a device
+//! whose index is unknown is left out. Read `array_state` LAST, after the
+//! members: the kernel moves it to `write-pending` on a member failure and at
+//! the end of any resync/recovery without notifying it.
+//!
+//! # Contract with assembly
+//!
+//! The assembler activates the array with a long `bitmap/time_base` (the
+//! kernel cannot clear bits then), writes `bitmap_set_bits` if degraded, then
+//! runs [`Monitor::start`], and restores `time_base` only after one batch of
+//! the monitor completed without failure: on activation `can_clear` reads
+//! `true` whatever the metadata says, and `start` is what writes `false`.
+
+use crate::meta::{ArrayMeta, MemberEntry, MemberState, RebuildKind};
+use crate::sysfs::{ArrayState, Checkpoint, MemberCommand, MemberFlags, SyncAction, SyncCompleted};
+use crate::units::Sectors;
+use uuid::Uuid;
+
+#[cfg(test)]
+mod model;
+#[cfg(test)]
+mod tests;
+
+/// Progress checkpoints are recorded each time progress crosses one of this
+/// many equal steps of the total (so at most this many checkpoint writes per
+/// resync or rebuild, whatever the notification rate). No clock is needed.
+pub const CHECKPOINT_STEPS: u64 = 16;
+
+/// One member device as the kernel shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelMember {
+    /// Its member table index (the daemon maps the kernel's `dev-X` to it).
+    pub index: usize,
+    /// `dev-X/state`.
+    pub flags: MemberFlags,
+    /// `dev-X/slot` (`None` for `none`).
+    pub slot: Option<u32>,
+    /// `dev-X/recovery_start`: how far a rebuild of this device has got.
+    pub recovery_start: Checkpoint,
+}
+
+/// A snapshot of the array's sysfs state, read after a wake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelView {
+    /// `array_state` (read it last).
+    pub array_state: ArrayState,
+    /// `degraded`.
+    pub degraded: u32,
+    /// `sync_action`.
+    pub sync_action: SyncAction,
+    /// `sync_completed`.
+    pub sync_completed: SyncCompleted,
+    /// `resync_start`: `None` when no resync is owed.
+    pub resync_start: Checkpoint,
+    /// `bitmap/can_clear` (`None` when the array has no bitmap).
+    pub can_clear: Option<bool>,
+    /// Every member device md lists whose table index is known.
+    pub members: Vec<KernelMember>,
+}
+
+/// What a returning device's own metadata says about itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OwnRecord {
+    /// The `events` of the device's own copy of the array metadata.
+    pub events: u64,
+    /// The state that copy records for the device's own table entry.
+    pub state: MemberState,
+}
+
+/// A device the admin wants to (re-)add.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReturningDevice {
+    /// The device's UUID (from its own metadata; a blank device gets a new
+    /// one from the caller).
+    pub uuid: Uuid,
+    /// Its own metadata, if it carries a copy of this array's metadata
+    /// (same array UUID). `None` for a blank or foreign device.
+    pub own: Option<OwnRecord>,
+}
+
+/// An administrator's request (from `mdextctl` over the control socket).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// Fail the member at this table index.
+    Fail(usize),
+    /// Detach the member at this index (it must be faulty or an unused spare).
+    Remove(usize),
+    /// Put a device into the slot with this index and rebuild it. The
+    /// machine chooses bitmap-based or full.
+    ReAdd {
+        /// Slot (table index).
+        index: usize,
+        /// The device.
+        device: ReturningDevice,
+    },
+    /// Stop: wait until the array is clean, record it clean, then stop it.
+    Stop,
+}
+
+/// What the machine is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A fresh snapshot of the kernel's state.
+    Observed(KernelView),
+    /// This action of the last batch failed; the rest was not executed.
+    ActionFailed(Action),
+    /// An admin request, with a snapshot taken just before it.
+    Admin(AdminRequest, KernelView),
+}
+
+/// What the daemon must do (see the module documentation for how).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Write this metadata to the members at these table indices and make it
+    /// durable on all of them before the next action.
+    WriteMetadata {
+        /// The record.
+        meta: ArrayMeta,
+        /// Member table indices to write it to.
+        targets: Vec<usize>,
+    },
+    /// `bitmap/can_clear`.
+    SetCanClear(bool),
+    /// `array_state`.
+    SetArrayState(ArrayState),
+    /// `dev-X/state` of the member with this table index.
+    Member(usize, MemberCommand),
+    /// `sync_action`.
+    SetSyncAction(SyncAction),
+    /// Hot-add the admin's device for this table index (see module docs).
+    AddDevice {
+        /// Table index (= slot).
+        index: usize,
+        /// Write `insync` before `slot` (bitmap-based rebuild).
+        bitmap_based: bool,
+    },
+}
+
+/// Why an admin request was refused (nothing was done).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The kernel state is not settled yet (the machine has actions of its
+    /// own to run first). Retry after the next batch.
+    #[error("the array is changing state; retry in a moment")]
+    Unsettled,
+    /// No such slot or member.
+    #[error("no member with table index {0}")]
+    NoSuchMember(usize),
+    /// The slot has a working device.
+    #[error("slot {0} is in use")]
+    SlotInUse(usize),
+    /// The member is the last one holding good data.
+    #[error("member {0} is the last one in sync")]
+    LastInSync(usize),
+    /// Remove needs a faulty member or an unused spare.
+    #[error("member {0} is active: fail it first")]
+    Active(usize),
+    /// The device's own metadata is newer than the array's: it ran without
+    /// the other members. The admin must decide.
+    #[error("the device's metadata (events {device}) is newer than the array's ({array})")]
+    Diverged {
+        /// The device's events.
+        device: u64,
+        /// The array's.
+        array: u64,
+    },
+    /// A stop was requested.
+    #[error("the array is stopping")]
+    Stopping,
+}
+
+/// Deliberately wrong behaviours, for showing that the model checker finds
+/// the bugs they cause. Never set outside tests.
+#[cfg(test)]
+#[allow(dead_code)] // until the model checker uses every variant
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) enum Fault {
+    /// Correct behaviour.
+    #[default]
+    None,
+    /// Write `can_clear=true` before recording all in sync.
+    TrueBeforeRecord,
+    /// Decide bitmap rebuilds from the returning device's events alone.
+    TrustDeviceEvents,
+    /// Do not rewrite the record when the daemon starts.
+    NoWriteAtStart,
+}
+
+/// The monitor. Holds the record it last wrote (or read at start) and
+/// whether that record must be written again before anything relies on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Monitor {
+    meta: ArrayMeta,
+    /// The record in `meta` is not known to be durable on every member (just
+    /// started, or an action failed): write it (with events + 1) before any
+    /// action that depends on it.
+    needs_write: bool,
+    stopping: bool,
+    #[cfg(test)]
+    pub(crate) fault: Fault,
+}
+
+/// How the kernel shows one slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// No device for this index.
+    Absent,
+    /// In sync, in its slot.
+    InSync,
+    /// Failed; `blocked` while writes wait for us.
+    Faulty { blocked: bool },
+    /// In its slot but not in sync: being (or about to be) rebuilt.
+    Recovering { progress: Option<Sectors> },
+    /// Added but without a slot: an interrupted hot-add.
+    Unslotted,
+}
+
+fn classify(v: &KernelView, index: usize) -> Slot {
+    let Some(k) = v.members.iter().find(|k| k.index == index) else {
+        return Slot::Absent;
+    };
+    if k.flags.faulty {
+        return Slot::Faulty {
+            blocked: k.flags.blocked,
+        };
+    }
+    if k.slot != u32::try_from(index).ok() {
+        return Slot::Unslotted;
+    }
+    if k.flags.in_sync {
+        return Slot::InSync;
+    }
+    let progress = match (k.recovery_start, v.sync_action, v.sync_completed) {
+        (Checkpoint::At(s), SyncAction::Recover, _) => Some(s),
+        (_, SyncAction::Recover, SyncCompleted::Progress { done, .. }) => Some(done),
+        _ => None,
+    };
+    Slot::Recovering { progress }
+}
+
+/// Whether progress from `recorded` to `now` crossed a checkpoint step.
+fn step_crossed(recorded: Sectors, now: Sectors, total: Sectors) -> bool {
+    let step = (total.0 / CHECKPOINT_STEPS).max(1);
+    now.0 / step > recorded.0 / step
+}
+
+/// The new checkpoint to record for progress `now`, if any: lower at once
+/// (never ahead of real progress), higher only at step crossings.
+fn next_checkpoint(recorded: Sectors, now: Sectors, total: Sectors) -> Option<Sectors> {
+    if now < recorded || step_crossed(recorded, now, total) {
+        Some(now)
+    } else {
+        None
+    }
+}
+
+impl Monitor {
+    /// A monitor for an array whose record is `meta` (read from the member
+    /// with the highest events). It will rewrite the record on its first
+    /// batch, since it cannot know whether every member holds it.
+    pub fn new(meta: ArrayMeta) -> Monitor {
+        Monitor {
+            meta,
+            needs_write: true,
+            stopping: false,
+            #[cfg(test)]
+            fault: Fault::None,
+        }
+    }
+
+    /// Start or take over: restore the invariant first (`can_clear=false`
+    /// if anything is not in sync), then handle whatever the kernel shows.
+    /// Works after a crash (fresh kernel state) and after a daemon restart
+    /// (kernel state kept, this memory lost) alike.
+    pub fn start(meta: ArrayMeta, view: &KernelView) -> (Monitor, Vec<Action>) {
+        let mut m = Monitor::new(meta);
+        let acts = m.observe(view);
+        (m, acts)
+    }
+
+    #[cfg(test)]
+    #[allow(dead_code)]
+    pub(crate) fn start_with_fault(
+        meta: ArrayMeta,
+        view: &KernelView,
+        fault: Fault,
+    ) -> (Monitor, Vec<Action>) {
+        let mut m = Monitor::new(meta);
+        m.fault = fault;
+        if fault == Fault::NoWriteAtStart {
+            m.needs_write = false;
+        }
+        let acts = m.observe(view);
+        (m, acts)
+    }
+
+    /// The record as last written (or to be written).
+    pub fn meta(&self) -> &ArrayMeta {
+        &self.meta
+    }
+
+    /// Whether a stop was requested.
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Whether the daemon may exit: a stop was requested and the array is
+    /// no longer running.
+    pub fn finished(&self, view: &KernelView) -> bool {
+        self.stopping && !view.array_state.is_running()
+    }
+
+    /// Feed one event; get the actions to execute, in order.
+    pub fn step(&mut self, ev: Event) -> Result<Vec<Action>, Refusal> {
+        match ev {
+            Event::Observed(v) => Ok(self.observe(&v)),
+            Event::ActionFailed(a) => {
+                self.action_failed(&a);
+                Ok(Vec::new())
+            }
+            Event::Admin(r, v) => self.admin(&r, &v),
+        }
+    }
+
+    /// A new snapshot.
+    pub fn observe(&mut self, v: &KernelView) -> Vec<Action> {
+        let (meta, wrote, acts) = self.plan(v);
+        self.meta = meta;
+        if wrote {
+            self.needs_write = false;
+        }
+        acts
+    }
+
+    /// An action failed (the rest of its batch was not executed). The
+    /// record may now be on some members only, or on none, so the machine
+    /// rewrites it (events + 1) before anything relies on it. Take a fresh
+    /// snapshot next (after a short back-off): the machine re-derives
+    /// everything else from it.
+    pub fn action_failed(&mut self, _a: &Action) {
+        self.needs_write = true;
+    }
+
+    /// An admin request, with a fresh snapshot.
+    pub fn admin(&mut self, r: &AdminRequest, v: &KernelView) -> Result<Vec<Action>, Refusal> {
+        if let AdminRequest::Stop = r {
+            self.stopping = true;
+            return Ok(self.observe(v));
+        }
+        if self.stopping {
+            return Err(Refusal::Stopping);
+        }
+        let (_, _, pending) = self.plan(v);
+        if !pending.is_empty() {
+            return Err(Refusal::Unsettled);
+        }
+        let n = self.slots();
+        match *r {
+            AdminRequest::Stop => Ok(Vec::new()),
+            AdminRequest::Fail(i) => {
+                if !v.members.iter().any(|k| k.index == i) {
+                    return Err(Refusal::NoSuchMember(i));
+                }
+                let others_in_sync = (0..n)
+                    .filter(|&j| j != i && classify(v, j) == Slot::InSync)
+                    .count();
+                if i < n && classify(v, i) == Slot::InSync && others_in_sync == 0 {
+                    return Err(Refusal::LastInSync(i));
+                }
+                Ok(vec![Action::Member(i, MemberCommand::Faulty)])
+            }
+            AdminRequest::Remove(i) => match classify(v, i) {
+                Slot::Absent => Err(Refusal::NoSuchMember(i)),
+                Slot::Faulty { .. } | Slot::Unslotted => {
+                    Ok(vec![Action::Member(i, MemberCommand::Remove)])
+                }
+                _ => Err(Refusal::Active(i)),
+            },
+            AdminRequest::ReAdd { index, device } => self.readd(index, device, v),
+        }
+    }
+
+    fn slots(&self) -> usize {
+        (self.meta.geometry.raid_disks as usize).min(self.meta.members.len())
+    }
+
+    fn readd(
+        &mut self,
+        index: usize,
+        dev: ReturningDevice,
+        v: &KernelView,
+    ) -> Result<Vec<Action>, Refusal> {
+        if index >= self.slots() {
+            return Err(Refusal::NoSuchMember(index));
+        }
+        // Settled, so a faulty device would already have been removed.
+        if classify(v, index) != Slot::Absent {
+            return Err(Refusal::SlotInUse(index));
+        }
+        let entry = self.meta.members[index];
+        if !matches!(entry.state, MemberState::Failed | MemberState::Missing) {
+            return Err(Refusal::SlotInUse(index));
+        }
+        if let Some(own) = dev.own {
+            if own.events > self.meta.events {
+                return Err(Refusal::Diverged {
+                    device: own.events,
+                    array: self.meta.events,
+                });
+            }
+        }
+        let kind = if self.bitmap_rebuild_ok(&entry, &dev) {
+            RebuildKind::Bitmap
+        } else {
+            RebuildKind::Full
+        };
+        let mut acts = Vec::new();
+        if v.can_clear == Some(true) {
+            acts.push(Action::SetCanClear(false));
+        }
+        acts.push(Action::SetSyncAction(SyncAction::Frozen));
+        let mut meta = self.meta.clone();
+        let events = meta.events + 1;
+        meta.events = events;
+        meta.members[index] = MemberEntry {
+            uuid: dev.uuid,
+            state: MemberState::Rebuilding {
+                kind,
+                checkpoint: Sectors(0),
+            },
+            events,
+        };
+        acts.push(Action::WriteMetadata {
+            meta: meta.clone(),
+            targets: self.targets(v, &meta),
+        });
+        acts.push(Action::AddDevice {
+            index,
+            bitmap_based: kind == RebuildKind::Bitmap,
+        });
+        acts.push(Action::SetSyncAction(SyncAction::Recover));
+        self.meta = meta;
+        self.needs_write = false;
+        Ok(acts)
+    }
+
+    /// A bitmap rebuild is allowed only for the slot's own device, whose own
+    /// copy was last written while it held complete data (in sync, or in a
+    /// bitmap rebuild that itself started from complete data), at or after
+    /// the last time the kernel was allowed to clear bits.
+    fn bitmap_rebuild_ok(&self, entry: &MemberEntry, dev: &ReturningDevice) -> bool {
+        let Some(own) = dev.own else { return false };
+        if entry.uuid.is_nil() || entry.uuid != dev.uuid {
+            return false;
+        }
+        if own.events < self.meta.bitmap.events_cleared {
+            return false;
+        }
+        #[cfg(test)]
+        if self.fault == Fault::TrustDeviceEvents {
+            return true;
+        }
+        matches!(
+            own.state,
+            MemberState::InSync
+                | MemberState::Rebuilding {
+                    kind: RebuildKind::Bitmap,
+                    ..
+                }
+        )
+    }
+
+    /// Members to write a record to: every device present in the kernel,
+    /// not faulty, that the record counts as in sync, rebuilding or spare.
+    fn targets(&self, v: &KernelView, meta: &ArrayMeta) -> Vec<usize> {
+        let n = self.slots();
+        let mut t: Vec<usize> = v
+            .members
+            .iter()
+            .filter(|k| !k.flags.faulty)
+            .filter(|k| {
+                if k.index < n {
+                    matches!(classify(v, k.index), Slot::InSync | Slot::Recovering { .. })
+                        && matches!(
+                            meta.members.get(k.index).map(|e| e.state),
+                            Some(MemberState::InSync | MemberState::Rebuilding { .. })
+                        )
+                } else {
+                    matches!(
+                        meta.members.get(k.index).map(|e| e.state),
+                        Some(MemberState::Spare)
+                    )
+                }
+            })
+            .map(|k| k.index)
+            .collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+
+    /// The whole decision: the record to hold afterwards, whether the batch
+    /// writes it, and the batch.
+    fn plan(&self, v: &KernelView) -> (ArrayMeta, bool, Vec<Action>) {
+        let mut m = self.meta.clone();
+        if !v.array_state.is_running() {
+            // Stopped (or not yet started): nothing to answer, nothing to
+            // record. The daemon exits when `finished`.
+            return (m, false, Vec::new());
+        }
+        let n = self.slots();
+        let mut changed = self.needs_write;
+        let mut changed_entries: Vec<usize> = Vec::new();
+        let mut unblock = Vec::new();
+        let mut remove = Vec::new();
+        let mut any_recovering = false;
+        let slots: Vec<Slot> = (0..n).map(|i| classify(v, i)).collect();
+
+        let total = m.geometry.component_size;
+        for (i, &s) in slots.iter().enumerate() {
+            let rec = m.members[i].state;
+            let new_state = match s {
+                Slot::Faulty { blocked } => {
+                    if blocked {
+                        unblock.push(i);
+                    }
+                    remove.push(i);
+                    match rec {
+                        MemberState::Failed | MemberState::Missing | MemberState::Empty => None,
+                        _ => Some(MemberState::Failed),
+                    }
+                }
+                Slot::Absent => match rec {
+                    MemberState::InSync | MemberState::Rebuilding { .. } => {
+                        Some(MemberState::Missing)
+                    }
+                    _ => None,
+                },
+                Slot::Unslotted => {
+                    // An interrupted hot-add: take the device out again; the
+                    // admin retries the re-add.
+                    remove.push(i);
+                    match rec {
+                        MemberState::InSync | MemberState::Rebuilding { .. } => {
+                            Some(MemberState::Missing)
+                        }
+                        _ => None,
+                    }
+                }
+                // The kernel marks a device in_sync only once its rebuild
+                // completed. A device in sync that the record calls
+                // failed/missing is not ours to promote: it stays so, and
+                // can_clear stays false.
+                Slot::InSync => match rec {
+                    MemberState::Rebuilding { .. } => Some(MemberState::InSync),
+                    _ => None,
+                },
+                Slot::Recovering { progress } => {
+                    any_recovering = true;
+                    match rec {
+                        MemberState::Rebuilding { kind, checkpoint } => progress
+                            .and_then(|p| next_checkpoint(checkpoint, p, total))
+                            .map(|c| MemberState::Rebuilding {
+                                kind,
+                                checkpoint: c,
+                            }),
+                        // Being rebuilt without our record: assume the worst.
+                        _ => Some(MemberState::Rebuilding {
+                            kind: RebuildKind::Full,
+                            checkpoint: Sectors(0),
+                        }),
+                    }
+                }
+            };
+            if let Some(st) = new_state {
+                if st != rec {
+                    m.members[i].state = st;
+                    changed_entries.push(i);
+                }
+            }
+        }
+        changed |= !changed_entries.is_empty();
+
+        // Resync checkpoint.
+        let resync = match (v.sync_action, v.sync_completed) {
+            (SyncAction::Resync, sc) => {
+                let now = match (sc, v.resync_start) {
+                    (SyncCompleted::Progress { done, .. }, _) => Some(done),
+                    (_, Checkpoint::At(s)) => Some(s),
+                    _ => None,
+                };
+                let total = match sc {
+                    SyncCompleted::Progress { total, .. } => total,
+                    _ => m.geometry.component_size,
+                };
+                match (m.resync, now) {
+                    (Checkpoint::None, Some(now)) => Some(Checkpoint::At(now)),
+                    (Checkpoint::None, None) => Some(Checkpoint::At(Sectors(0))),
+                    (Checkpoint::At(r), Some(now)) => {
+                        next_checkpoint(r, now, total).map(Checkpoint::At)
+                    }
+                    (Checkpoint::At(_), None) => None,
+                }
+            }
+            (SyncAction::Idle | SyncAction::Frozen, _) if v.resync_start != m.resync => {
+                Some(v.resync_start)
+            }
+            _ => None,
+        };
+        if let Some(r) = resync {
+            m.resync = r;
+            changed = true;
+        }
+
+        // Clean / dirty.
+        let want_clean = match v.array_state {
+            ArrayState::Clean => Some(true),
+            ArrayState::Active | ArrayState::WritePending | ArrayState::ActiveIdle => Some(false),
+            _ => None,
+        };
+        if let Some(c) = want_clean {
+            if m.clean != c {
+                m.clean = c;
+                changed = true;
+            }
+        }
+
+        // The clearing regime: the kernel and the record agree that every
+        // slot is in sync.
+        let kernel_all = v.degraded == 0 && slots.iter().all(|s| *s == Slot::InSync);
+        let rec_all = n > 0 && m.members[..n].iter().all(|e| e.state.is_in_sync());
+        let regime = kernel_all && rec_all;
+        let want_true = v.can_clear == Some(false) && regime;
+        if want_true {
+            // `true` must follow a write of all-in-sync with EC == E.
+            changed = true;
+        }
+        if changed {
+            m.events = m.events.max(self.meta.events) + 1;
+            for &i in &changed_entries {
+                m.members[i].events = m.events;
+            }
+            if regime {
+                m.bitmap.events_cleared = m.events;
+            }
+        }
+        let need_false = v.can_clear == Some(true)
+            && !(regime && m.bitmap.events_cleared == m.events && m.all_in_sync());
+
+        let mut acts = Vec::new();
+        #[cfg(test)]
+        let early_true = self.fault == Fault::TrueBeforeRecord && want_true;
+        #[cfg(not(test))]
+        let early_true = false;
+        if need_false {
+            acts.push(Action::SetCanClear(false));
+        }
+        if early_true {
+            acts.push(Action::SetCanClear(true));
+        }
+        if changed {
+            acts.push(Action::WriteMetadata {
+                meta: m.clone(),
+                targets: self.targets(v, &m),
+            });
+        }
+        for &i in &unblock {
+            acts.push(Action::Member(i, MemberCommand::Unblock));
+        }
+        if v.array_state == ArrayState::WritePending {
+            acts.push(Action::SetArrayState(ArrayState::Active));
+        }
+        for &i in &remove {
+            acts.push(Action::Member(i, MemberCommand::Remove));
+        }
+        if v.sync_action == SyncAction::Frozen {
+            // Left frozen by an interrupted re-add: finish it or undo it.
+            acts.push(Action::SetSyncAction(if any_recovering {
+                SyncAction::Recover
+            } else {
+                SyncAction::Idle
+            }));
+        }
+        if want_true && !early_true {
+            acts.push(Action::SetCanClear(true));
+        }
+        match v.array_state {
+            ArrayState::ActiveIdle => acts.push(Action::SetArrayState(ArrayState::Clean)),
+            ArrayState::Clean if self.stopping => {
+                acts.push(Action::SetArrayState(ArrayState::Inactive))
+            }
+            _ => {}
+        }
+        (m, changed, acts)
+    }
+}

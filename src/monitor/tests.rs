@@ -1,0 +1,636 @@
+//! Unit tests: one snapshot in, the exact batch out.
+
+use super::*;
+use crate::meta::{BitmapInfo, Geometry};
+use crate::sysfs::Level;
+use crate::units::Bytes;
+
+const TOTAL: u64 = 24000;
+
+fn uuid(i: usize) -> Uuid {
+    Uuid::from_u128(0x1000 + i as u128)
+}
+
+/// A clean raid1 with 2 members, all in sync, events 10, EC 10.
+fn meta() -> ArrayMeta {
+    ArrayMeta {
+        uuid: Uuid::from_u128(7),
+        name: "t".into(),
+        ctime: 0,
+        utime: 0,
+        geometry: Geometry {
+            level: Level::Raid1,
+            layout: 0,
+            chunk_size: Bytes(0),
+            raid_disks: 2,
+            component_size: Sectors(TOTAL),
+        },
+        events: 10,
+        clean: true,
+        resync: Checkpoint::None,
+        bitmap: BitmapInfo {
+            offset: Sectors(8),
+            size: Bytes(4096),
+            chunk: Bytes(65536),
+            time_base: 1,
+            events_cleared: 10,
+        },
+        members: (0..2)
+            .map(|i| MemberEntry {
+                uuid: uuid(i),
+                state: MemberState::InSync,
+                events: 1,
+            })
+            .collect(),
+    }
+}
+
+fn flags(s: &str) -> MemberFlags {
+    s.parse().unwrap_or_default()
+}
+
+fn km(index: usize, f: &str, slot: Option<u32>) -> KernelMember {
+    KernelMember {
+        index,
+        flags: flags(f),
+        slot,
+        recovery_start: Checkpoint::None,
+    }
+}
+
+/// Clean, healthy, can_clear true.
+fn view() -> KernelView {
+    KernelView {
+        array_state: ArrayState::Clean,
+        degraded: 0,
+        sync_action: SyncAction::Idle,
+        sync_completed: SyncCompleted::None,
+        resync_start: Checkpoint::None,
+        can_clear: Some(true),
+        members: vec![km(0, "in_sync", Some(0)), km(1, "in_sync", Some(1))],
+    }
+}
+
+/// A monitor past its start-up write, holding `m` as written.
+fn settled(m: ArrayMeta, v: &KernelView) -> Monitor {
+    let (mut mon, _) = Monitor::start(m, v);
+    assert_eq!(mon.observe(v), vec![], "fixture must be settled");
+    mon
+}
+
+fn written(a: &Action) -> &ArrayMeta {
+    match a {
+        Action::WriteMetadata { meta, .. } => meta,
+        other => panic!("expected WriteMetadata, got {other:?}"),
+    }
+}
+
+fn with_state(mut m: ArrayMeta, i: usize, st: MemberState, events: u64) -> ArrayMeta {
+    m.members[i].state = st;
+    m.members[i].events = events;
+    m
+}
+
+#[test]
+fn start_rewrites_once_then_a_clean_array_costs_nothing() {
+    let (mut mon, acts) = Monitor::start(meta(), &view());
+    let mut want = meta();
+    want.events = 11;
+    want.bitmap.events_cleared = 11;
+    assert_eq!(
+        acts,
+        vec![Action::WriteMetadata {
+            meta: want,
+            targets: vec![0, 1]
+        }]
+    );
+    for _ in 0..3 {
+        assert_eq!(mon.observe(&view()), vec![]);
+    }
+}
+
+#[test]
+fn write_pending_records_dirty_then_active() {
+    let mut mon = settled(meta(), &view());
+    let e = mon.meta().events;
+    let mut v = view();
+    v.array_state = ArrayState::WritePending;
+    let acts = mon.observe(&v);
+    let mut want = mon.meta().clone();
+    assert!(!want.clean);
+    want.events = e + 1;
+    assert_eq!(
+        want.bitmap.events_cleared,
+        e + 1,
+        "EC tracks E while all in sync"
+    );
+    assert_eq!(
+        acts,
+        vec![
+            Action::WriteMetadata {
+                meta: want,
+                targets: vec![0, 1]
+            },
+            Action::SetArrayState(ArrayState::Active),
+        ]
+    );
+    // Active afterwards: nothing more.
+    v.array_state = ArrayState::Active;
+    assert_eq!(mon.observe(&v), vec![]);
+}
+
+#[test]
+fn active_idle_goes_clean_then_records_clean() {
+    let mut mon = settled(meta(), &view());
+    let mut v = view();
+    v.array_state = ArrayState::Active;
+    let acts = mon.observe(&v);
+    assert!(!written(&acts[0]).clean);
+    v.array_state = ArrayState::ActiveIdle;
+    assert_eq!(
+        mon.observe(&v),
+        vec![Action::SetArrayState(ArrayState::Clean)],
+        "no write before the kernel reads clean"
+    );
+    v.array_state = ArrayState::Clean;
+    let acts = mon.observe(&v);
+    assert_eq!(acts.len(), 1);
+    assert!(written(&acts[0]).clean);
+    assert_eq!(mon.observe(&v), vec![]);
+}
+
+#[test]
+fn blocked_failure_full_sequence() {
+    let mut dirty = meta();
+    dirty.clean = false;
+    let mut v = view();
+    v.array_state = ArrayState::Active;
+    let mut mon = settled(dirty, &v);
+    let e = mon.meta().events;
+    let ec = mon.meta().bitmap.events_cleared;
+    v.array_state = ArrayState::WritePending;
+    v.degraded = 1;
+    v.members[1] = km(1, "faulty,blocked", Some(1));
+    let acts = mon.observe(&v);
+    let want = with_state(mon.meta().clone(), 1, MemberState::Failed, e + 1);
+    assert_eq!(want.events, e + 1);
+    assert_eq!(want.bitmap.events_cleared, ec, "EC must not move");
+    assert_eq!(
+        acts,
+        vec![
+            Action::SetCanClear(false),
+            Action::WriteMetadata {
+                meta: want,
+                targets: vec![0]
+            },
+            Action::Member(1, MemberCommand::Unblock),
+            Action::SetArrayState(ArrayState::Active),
+            Action::Member(1, MemberCommand::Remove),
+        ]
+    );
+    // Twice-notified dev state, now `faulty` and the array active: only
+    // the remove is retried, no second write.
+    v.array_state = ArrayState::Active;
+    v.can_clear = Some(false);
+    v.members[1] = km(1, "faulty", None);
+    assert_eq!(
+        mon.observe(&v),
+        vec![Action::Member(1, MemberCommand::Remove)]
+    );
+    v.members.truncate(1);
+    assert_eq!(mon.observe(&v), vec![]);
+}
+
+#[test]
+fn failure_of_an_idle_clean_array_without_write_pending() {
+    let mut mon = settled(meta(), &view());
+    let mut v = view();
+    v.degraded = 1;
+    v.members[1] = km(1, "faulty", None);
+    let acts = mon.observe(&v);
+    assert_eq!(acts[0], Action::SetCanClear(false));
+    assert_eq!(written(&acts[1]).members[1].state, MemberState::Failed);
+    assert_eq!(acts[2], Action::Member(1, MemberCommand::Remove));
+    assert_eq!(acts.len(), 3);
+}
+
+#[test]
+fn missing_member_at_start_is_recorded_after_can_clear_false() {
+    let mut v = view();
+    v.degraded = 1;
+    v.members.truncate(1);
+    let (_, acts) = Monitor::start(meta(), &v);
+    assert_eq!(acts[0], Action::SetCanClear(false));
+    let m = written(&acts[1]);
+    assert_eq!(m.members[1].state, MemberState::Missing);
+    assert_eq!(acts.len(), 2);
+}
+
+fn degraded_meta(e: u64) -> ArrayMeta {
+    let mut m = with_state(meta(), 1, MemberState::Failed, e);
+    m.events = e;
+    m
+}
+
+fn degraded_view() -> KernelView {
+    let mut v = view();
+    v.degraded = 1;
+    v.can_clear = Some(false);
+    v.members.truncate(1);
+    v
+}
+
+#[test]
+fn readd_bitmap_when_own_events_cover_events_cleared() {
+    let mut mon = settled(degraded_meta(12), &degraded_view());
+    let e = mon.meta().events;
+    let dev = ReturningDevice {
+        uuid: uuid(1),
+        own: Some(OwnRecord {
+            events: 10,
+            state: MemberState::InSync,
+        }),
+    };
+    let acts = mon
+        .step(Event::Admin(
+            AdminRequest::ReAdd {
+                index: 1,
+                device: dev,
+            },
+            degraded_view(),
+        ))
+        .expect("accepted");
+    let want = with_state(
+        mon.meta().clone(),
+        1,
+        MemberState::Rebuilding {
+            kind: RebuildKind::Bitmap,
+            checkpoint: Sectors(0),
+        },
+        e + 1,
+    );
+    assert_eq!(
+        acts,
+        vec![
+            Action::SetSyncAction(SyncAction::Frozen),
+            Action::WriteMetadata {
+                meta: want,
+                targets: vec![0]
+            },
+            Action::AddDevice {
+                index: 1,
+                bitmap_based: true
+            },
+            Action::SetSyncAction(SyncAction::Recover),
+        ]
+    );
+}
+
+fn readd_kind(own: Option<OwnRecord>, same_uuid: bool) -> RebuildKind {
+    let mut mon = settled(degraded_meta(12), &degraded_view());
+    let dev = ReturningDevice {
+        uuid: if same_uuid { uuid(1) } else { uuid(9) },
+        own,
+    };
+    let acts = mon
+        .admin(
+            &AdminRequest::ReAdd {
+                index: 1,
+                device: dev,
+            },
+            &degraded_view(),
+        )
+        .expect("accepted");
+    match written(&acts[1]).members[1] {
+        MemberEntry {
+            state: MemberState::Rebuilding { kind, .. },
+            uuid: u,
+            ..
+        } => {
+            assert_eq!(u, dev.uuid, "the slot records the device it now holds");
+            kind
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn readd_full_unless_every_condition_holds() {
+    let own = |events, state| Some(OwnRecord { events, state });
+    // The record is degraded, so the settle write left EC at 10.
+    assert_eq!(
+        readd_kind(own(10, MemberState::InSync), true),
+        RebuildKind::Bitmap
+    );
+    assert_eq!(
+        readd_kind(own(9, MemberState::InSync), true),
+        RebuildKind::Full,
+        "own events below events_cleared"
+    );
+    assert_eq!(
+        readd_kind(own(10, MemberState::InSync), false),
+        RebuildKind::Full,
+        "not the slot's device"
+    );
+    assert_eq!(readd_kind(None, true), RebuildKind::Full, "blank device");
+    let full = MemberState::Rebuilding {
+        kind: RebuildKind::Full,
+        checkpoint: Sectors(100),
+    };
+    assert_eq!(
+        readd_kind(own(12, full), true),
+        RebuildKind::Full,
+        "its copy was stamped during an unfinished full rebuild"
+    );
+    let bm = MemberState::Rebuilding {
+        kind: RebuildKind::Bitmap,
+        checkpoint: Sectors(100),
+    };
+    assert_eq!(readd_kind(own(12, bm), true), RebuildKind::Bitmap);
+}
+
+#[test]
+fn readd_writes_can_clear_false_first_if_it_reads_true() {
+    let mut v = degraded_view();
+    let mut mon = settled(degraded_meta(12), &v);
+    v.can_clear = Some(true);
+    // Not settled: the machine itself wants `false` first.
+    let dev = ReturningDevice {
+        uuid: uuid(1),
+        own: None,
+    };
+    let r = AdminRequest::ReAdd {
+        index: 1,
+        device: dev,
+    };
+    assert_eq!(mon.admin(&r, &v), Err(Refusal::Unsettled));
+    assert_eq!(mon.observe(&v)[0], Action::SetCanClear(false));
+}
+
+#[test]
+fn readd_refusals() {
+    let mut mon = settled(degraded_meta(12), &degraded_view());
+    let newer = ReturningDevice {
+        uuid: uuid(1),
+        own: Some(OwnRecord {
+            events: 99,
+            state: MemberState::InSync,
+        }),
+    };
+    let r = |index, device| AdminRequest::ReAdd { index, device };
+    assert!(matches!(
+        mon.admin(&r(1, newer), &degraded_view()),
+        Err(Refusal::Diverged { .. })
+    ));
+    assert_eq!(
+        mon.admin(&r(0, newer), &degraded_view()),
+        Err(Refusal::SlotInUse(0))
+    );
+    assert_eq!(
+        mon.admin(&r(5, newer), &degraded_view()),
+        Err(Refusal::NoSuchMember(5))
+    );
+    assert_eq!(
+        mon.admin(&AdminRequest::Fail(0), &degraded_view()),
+        Err(Refusal::LastInSync(0))
+    );
+    assert_eq!(
+        mon.admin(&AdminRequest::Remove(0), &degraded_view()),
+        Err(Refusal::Active(0))
+    );
+}
+
+fn rebuilding_meta(checkpoint: u64, kind: RebuildKind) -> ArrayMeta {
+    let mut m = with_state(
+        meta(),
+        1,
+        MemberState::Rebuilding {
+            kind,
+            checkpoint: Sectors(checkpoint),
+        },
+        13,
+    );
+    m.events = 13;
+    m
+}
+
+fn recovering_view(done: u64) -> KernelView {
+    let mut v = view();
+    v.degraded = 1;
+    v.can_clear = Some(false);
+    v.sync_action = SyncAction::Recover;
+    v.sync_completed = SyncCompleted::Progress {
+        done: Sectors(done),
+        total: Sectors(TOTAL),
+    };
+    v.members[1] = KernelMember {
+        index: 1,
+        flags: flags("spare"),
+        slot: Some(1),
+        recovery_start: Checkpoint::At(Sectors(done)),
+    };
+    v
+}
+
+#[test]
+fn recovery_checkpoints_every_sixteenth() {
+    let mut mon = settled(rebuilding_meta(0, RebuildKind::Bitmap), &recovering_view(0));
+    let step = TOTAL / CHECKPOINT_STEPS; // 1500
+    assert_eq!(mon.observe(&recovering_view(step - 1)), vec![]);
+    let acts = mon.observe(&recovering_view(step + 7));
+    assert_eq!(acts.len(), 1);
+    assert_eq!(
+        written(&acts[0]).members[1].state,
+        MemberState::Rebuilding {
+            kind: RebuildKind::Bitmap,
+            checkpoint: Sectors(step + 7)
+        },
+        "the recorded checkpoint is the real progress, never rounded up"
+    );
+    assert_eq!(mon.observe(&recovering_view(2 * step - 1)), vec![]);
+    // Progress going backwards (a restarted recovery) is recorded at once.
+    let acts = mon.observe(&recovering_view(10));
+    assert_eq!(acts.len(), 1);
+    let mut writes = 1;
+    for d in (0..=TOTAL).step_by(100) {
+        writes += mon.observe(&recovering_view(d)).len();
+    }
+    assert!(writes <= CHECKPOINT_STEPS as usize + 2, "{writes} writes");
+}
+
+#[test]
+fn recovery_end_records_then_can_clear_true_and_answers_write_pending() {
+    let mut v = recovering_view(TOTAL);
+    let mut mon = settled(rebuilding_meta(TOTAL, RebuildKind::Bitmap), &v);
+    let e = mon.meta().events;
+    v.degraded = 0;
+    v.sync_action = SyncAction::Idle;
+    v.sync_completed = SyncCompleted::None;
+    v.members[1] = km(1, "in_sync", Some(1));
+    v.array_state = ArrayState::WritePending; // not notified; same snapshot
+    let acts = mon.observe(&v);
+    let mut want = with_state(mon.meta().clone(), 1, MemberState::InSync, e + 1);
+    want.events = e + 1;
+    want.bitmap.events_cleared = e + 1;
+    want.clean = false;
+    assert_eq!(
+        acts,
+        vec![
+            Action::WriteMetadata {
+                meta: want,
+                targets: vec![0, 1]
+            },
+            Action::SetArrayState(ArrayState::Active),
+            Action::SetCanClear(true),
+        ]
+    );
+    v.can_clear = Some(true);
+    v.array_state = ArrayState::Active;
+    assert_eq!(mon.observe(&v), vec![]);
+}
+
+#[test]
+fn can_clear_false_with_everything_in_sync_writes_before_true() {
+    // E.g. a daemon restart between "record all in sync" and "true".
+    let mut v = view();
+    v.can_clear = Some(false);
+    let (_, acts) = Monitor::start(meta(), &v);
+    let m = written(&acts[0]);
+    assert_eq!(m.bitmap.events_cleared, m.events);
+    assert_eq!(acts[1..], [Action::SetCanClear(true)]);
+}
+
+#[test]
+fn resync_progress_and_end() {
+    let mut v = view();
+    v.array_state = ArrayState::Active;
+    v.sync_action = SyncAction::Resync;
+    v.resync_start = Checkpoint::At(Sectors(0));
+    v.sync_completed = SyncCompleted::Progress {
+        done: Sectors(0),
+        total: Sectors(TOTAL),
+    };
+    let mut m = meta();
+    m.clean = false;
+    m.resync = Checkpoint::At(Sectors(0));
+    let mut mon = settled(m, &v);
+    v.sync_completed = SyncCompleted::Progress {
+        done: Sectors(3100),
+        total: Sectors(TOTAL),
+    };
+    let acts = mon.observe(&v);
+    assert_eq!(written(&acts[0]).resync, Checkpoint::At(Sectors(3100)));
+    assert_eq!(acts.len(), 1);
+    // End: idle, resync_start none, and write-pending (not notified).
+    v.sync_action = SyncAction::Idle;
+    v.sync_completed = SyncCompleted::None;
+    v.resync_start = Checkpoint::None;
+    v.array_state = ArrayState::WritePending;
+    let acts = mon.observe(&v);
+    assert_eq!(written(&acts[0]).resync, Checkpoint::None);
+    assert_eq!(acts[1..], [Action::SetArrayState(ArrayState::Active)]);
+}
+
+#[test]
+fn stop_waits_for_clean_then_records_and_stops() {
+    let mut v = view();
+    v.array_state = ArrayState::Active;
+    let mut m = meta();
+    m.clean = false;
+    let mut mon = settled(m, &v);
+    assert_eq!(
+        mon.step(Event::Admin(AdminRequest::Stop, v.clone())),
+        Ok(vec![])
+    );
+    v.array_state = ArrayState::ActiveIdle;
+    assert_eq!(
+        mon.observe(&v),
+        vec![Action::SetArrayState(ArrayState::Clean)]
+    );
+    v.array_state = ArrayState::Clean;
+    let acts = mon.observe(&v);
+    assert!(written(&acts[0]).clean);
+    assert_eq!(acts[1..], [Action::SetArrayState(ArrayState::Inactive)]);
+    // A write that slips in is still answered.
+    v.array_state = ArrayState::WritePending;
+    let acts = mon.observe(&v);
+    assert_eq!(acts[1..], [Action::SetArrayState(ArrayState::Active)]);
+    v.array_state = ArrayState::Inactive;
+    assert!(mon.finished(&v));
+    assert_eq!(mon.observe(&v), vec![]);
+}
+
+#[test]
+fn failed_action_forces_a_rewrite_before_active() {
+    let mut mon = settled(meta(), &view());
+    let mut v = view();
+    v.array_state = ArrayState::WritePending;
+    let acts = mon.observe(&v);
+    let e = written(&acts[0]).events;
+    mon.step(Event::ActionFailed(acts[0].clone())).expect("ok");
+    let acts = mon.observe(&v);
+    assert_eq!(
+        written(&acts[0]).events,
+        e + 1,
+        "strictly newer than any partial copy"
+    );
+    assert_eq!(acts[1], Action::SetArrayState(ArrayState::Active));
+}
+
+#[test]
+fn interrupted_readd_is_finished_or_undone() {
+    // Frozen, record Rebuilding, device in its slot: finish with recover.
+    let mut v = recovering_view(0);
+    v.sync_action = SyncAction::Frozen;
+    v.sync_completed = SyncCompleted::None;
+    let (_, acts) = Monitor::start(rebuilding_meta(0, RebuildKind::Bitmap), &v);
+    assert_eq!(
+        acts.last(),
+        Some(&Action::SetSyncAction(SyncAction::Recover))
+    );
+    // Frozen, device added without a slot: remove it, record missing, idle.
+    v.members[1] = km(1, "in_sync", None);
+    let (_, acts) = Monitor::start(rebuilding_meta(0, RebuildKind::Bitmap), &v);
+    assert_eq!(written(&acts[0]).members[1].state, MemberState::Missing);
+    assert_eq!(
+        acts[1..],
+        [
+            Action::Member(1, MemberCommand::Remove),
+            Action::SetSyncAction(SyncAction::Idle)
+        ]
+    );
+}
+
+#[test]
+fn admin_fail_and_remove() {
+    let mut mon = settled(meta(), &view());
+    assert_eq!(
+        mon.admin(&AdminRequest::Fail(1), &view()),
+        Ok(vec![Action::Member(1, MemberCommand::Faulty)])
+    );
+    assert_eq!(
+        mon.admin(&AdminRequest::Remove(1), &view()),
+        Err(Refusal::Active(1))
+    );
+}
+
+#[test]
+fn malformed_record_does_not_panic() {
+    let mut m = meta();
+    m.members.truncate(1); // fewer entries than raid_disks
+    let mut v = view();
+    v.members.push(km(7, "faulty", None)); // unknown index
+    let (mut mon, _) = Monitor::start(m, &v);
+    let _ = mon.observe(&v);
+    let _ = mon.admin(&AdminRequest::Remove(7), &v);
+    let _ = mon.admin(
+        &AdminRequest::ReAdd {
+            index: 1,
+            device: ReturningDevice {
+                uuid: uuid(1),
+                own: None,
+            },
+        },
+        &v,
+    );
+}
