@@ -351,9 +351,11 @@ pub fn teardown(sysfs: &Sysfs, md: &MdDev) -> Result<(), AssemblyError> {
 
 fn wait_gone(sysfs: &Sysfs, name: &str, limit: Duration) -> Result<(), AssemblyError> {
     let t0 = Instant::now();
-    // The kernel deletes the gendisk asynchronously after the last close;
-    // there is no notification for it, so check a few times.
-    while sysfs.md_exists(name) {
+    // The kernel deletes the gendisk asynchronously after the last close
+    // (the md/ directory goes first, the block device after it); there is
+    // no notification for it, so check a few times.
+    let dev = sysfs.root().join("block").join(name);
+    while dev.exists() {
         if t0.elapsed() > limit {
             return Err(AssemblyError::StillPresent(name.to_string(), limit));
         }

@@ -9,7 +9,7 @@
 
 use crate::control::{self, Request, Response};
 use crate::managed::Managed;
-use crate::sysfs::{poll_watches, Sysfs};
+use crate::sysfs::Sysfs;
 use log::{error, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
@@ -311,21 +311,27 @@ impl Daemon {
                 },
                 None => Response::error(format!("{md}: not managed by mdextmon")),
             },
-            Request::Fail { md, device }
-            | Request::Remove { md, device }
-            | Request::Add { md, device } => match self.arrays.get_mut(&md) {
-                None => Response::error(format!("{md}: not managed by mdextmon")),
-                Some(_) => Response::error(format!(
-                    "{md}: {device}: member management is not implemented yet"
-                )),
-            },
+            Request::Fail { md, device } => self.member_op(&md, |m| m.fail(&device)),
+            Request::Remove { md, device } => self.member_op(&md, |m| m.remove(&device)),
+            Request::Add { md, device } => self.member_op(&md, |m| m.add(&device)),
         }
     }
 }
 
-/// Wait on a set of watches (for callers outside the daemon loop).
-pub fn wait_any(ws: &[&crate::sysfs::AttrWatch], timeout: Option<Duration>) -> Vec<usize> {
-    poll_watches(ws, timeout).unwrap_or_default()
+impl Daemon {
+    fn member_op(
+        &mut self,
+        md: &str,
+        f: impl FnOnce(&mut Managed) -> Result<(), String>,
+    ) -> Response {
+        match self.arrays.get_mut(md) {
+            None => Response::error(format!("{md}: not managed by mdextmon")),
+            Some(m) => match f(m) {
+                Ok(()) => Response::ok(),
+                Err(e) => Response::error(e),
+            },
+        }
+    }
 }
 
 use std::io::Read as _;

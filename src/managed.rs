@@ -1,26 +1,22 @@
-//! One array under mdextmon's management: its members' metadata I/O, its
-//! sysfs watches, and the reactions to what the kernel shows.
-//!
-//! The reactions are the kernel's contract for external metadata:
-//! - `write-pending`: the first write on a clean array is held until
-//!   userspace records "dirty" and writes `active`. We record dirty durably
-//!   on every member, then write `active`.
-//! - `active-idle`: the kernel never goes clean by itself. We write `clean`
-//!   first and record clean only once the kernel reads `clean` (recording
-//!   first would let a write slip in while the metadata says clean).
-//! - after any resync or recovery the kernel sets `write-pending` without
-//!   notifying `array_state`, so every wake re-reads `array_state`.
-//! - resync progress (`sync_completed`) is recorded as the checkpoint, never
-//!   ahead of what the kernel reports done.
+//! One array under mdextmon's management: the I/O around the pure state
+//! machine ([`crate::monitor`]). It reads a snapshot of the array's sysfs
+//! state, feeds it to the machine, and carries out the returned actions in
+//! order, stopping at the first failure and feeding it back. No decisions
+//! about metadata are taken here.
 
 use crate::device::{Access, Device};
-use crate::meta::{ArrayMeta, DeviceMeta};
+use crate::meta::{ArrayMeta, DeviceMeta, MemberState, Superblock};
+use crate::monitor::{
+    Action, AdminRequest, Event, KernelMember, KernelView, Monitor, OwnRecord, ReturningDevice,
+};
 use crate::sysfs::{
-    ArrayState, AttrWatch, Checkpoint, MdDev, SyncAction, SyncCompleted, Sysfs, SysfsError,
+    ArrayState, AttrWatch, Checkpoint, DevNum, MdDev, MemberCommand, MemberFlags, Sysfs, SysfsError,
 };
 use crate::units::Sectors;
 use log::{debug, error, info, warn};
-use std::path::PathBuf;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Errors while taking over or operating an array.
 #[derive(Debug, thiserror::Error)]
@@ -59,27 +55,47 @@ struct MemberIo {
     kname: String,
     dev: Device,
     device: DeviceMeta,
+    index: usize,
+}
+
+/// A device waiting to be hot-added by an `AddDevice` action.
+struct PendingAdd {
+    index: usize,
+    devnum: DevNum,
+    dev: Device,
+    device: DeviceMeta,
 }
 
 /// An array under management.
 pub struct Managed {
     md: MdDev,
-    meta: ArrayMeta,
+    mon: Monitor,
     members: Vec<MemberIo>,
     watches: Vec<AttrWatch>,
     gone: bool,
-    /// Resync checkpoint granularity: record progress every 1/16 of the
-    /// total (no clock; bounded number of metadata writes per resync).
-    last_checkpoint: Option<Sectors>,
-    /// Leave a read-only array read-only.
     readonly: bool,
+    pending: Option<PendingAdd>,
 }
 
 const WATCHED: [&str; 4] = ["array_state", "degraded", "sync_action", "sync_completed"];
 
+/// Most batches run for one wake (each batch is followed by a fresh
+/// snapshot because the kernel does not notify everything our actions
+/// cause); a stable array needs one empty batch.
+const MAX_BATCHES: usize = 16;
+
+fn merr(md: &str, member: &str, message: impl Into<String>) -> ManagedError {
+    ManagedError::Member {
+        md: md.into(),
+        member: member.into(),
+        message: message.into(),
+    }
+}
+
 impl Managed {
     /// Take over a running md device: read its members' metadata (the
-    /// newest event count wins) and open its watches.
+    /// newest event count wins), open its watches, and let the state machine
+    /// restore the invariant before anything else.
     pub fn take_over(sysfs: &Sysfs, name: &str) -> Result<Managed, ManagedError> {
         let md = sysfs.md(name);
         let version = md.metadata_version()?;
@@ -89,55 +105,63 @@ impl Managed {
                 version,
             });
         }
-        let mut members = Vec::new();
+        let mut opened = Vec::new();
         let mut newest: Option<ArrayMeta> = None;
         for kname in md.members() {
             let path = PathBuf::from("/dev").join(&kname);
-            let merr = |message: String| ManagedError::Member {
-                md: name.into(),
-                member: kname.clone(),
-                message,
-            };
-            let dev = Device::open(&path, Access::SharedWrite).map_err(|e| merr(e.to_string()))?;
+            let dev = Device::open(&path, Access::SharedWrite)
+                .map_err(|e| merr(name, &kname, e.to_string()))?;
             let sb = dev
                 .read_superblock()
-                .map_err(|e| merr(e.to_string()))?
+                .map_err(|e| merr(name, &kname, e.to_string()))?
                 .superblock;
-            if let Some(n) = &newest {
-                if n.uuid != sb.array.uuid {
-                    return Err(ManagedError::Mixed { md: name.into() });
-                }
+            if newest.as_ref().is_some_and(|n| n.uuid != sb.array.uuid) {
+                return Err(ManagedError::Mixed { md: name.into() });
             }
             if newest.as_ref().is_none_or(|n| sb.array.events > n.events) {
                 newest = Some(sb.array.clone());
             }
-            members.push(MemberIo {
-                kname,
-                dev,
-                device: sb.device,
-            });
+            opened.push((kname, dev, sb.device));
         }
-        let meta = newest.ok_or_else(|| ManagedError::Member {
-            md: name.into(),
-            member: "-".into(),
-            message: "the array has no members".into(),
-        })?;
-        let mut watches = Vec::new();
-        for a in WATCHED {
-            watches.push(md.watch(a)?);
+        let meta = newest.ok_or_else(|| merr(name, "-", "the array has no members"))?;
+        let mut members = Vec::new();
+        for (kname, dev, device) in opened {
+            match meta.index_of(&device.uuid) {
+                Some(index) => members.push(MemberIo {
+                    kname,
+                    dev,
+                    device,
+                    index,
+                }),
+                None => warn!("{name}: {kname} is not in the member table; ignored"),
+            }
         }
-        for m in &members {
-            watches.push(md.member(&m.kname).watch_state()?);
-        }
-        Ok(Managed {
+        let mut m = Managed {
             md,
-            meta,
+            mon: Monitor::new(meta),
             members,
-            watches,
+            watches: Vec::new(),
             gone: false,
-            last_checkpoint: None,
             readonly: false,
-        })
+            pending: None,
+        };
+        m.rewatch()?;
+        Ok(m)
+    }
+
+    fn rewatch(&mut self) -> Result<(), SysfsError> {
+        let mut w = Vec::new();
+        for a in WATCHED {
+            w.push(self.md.watch(a)?);
+        }
+        for m in &self.members {
+            // After `remove` an old fd never wakes again: open afresh.
+            if let Ok(x) = self.md.member(&m.kname).watch_state() {
+                w.push(x);
+            }
+        }
+        self.watches = w;
+        Ok(())
     }
 
     /// Keep (or stop keeping) a read-only array read-only.
@@ -147,12 +171,22 @@ impl Managed {
 
     /// The array's name.
     pub fn name(&self) -> &str {
-        &self.meta.name
+        &self.mon.meta().name
     }
 
     /// The array's UUID.
     pub fn uuid(&self) -> uuid::Uuid {
-        self.meta.uuid
+        self.mon.meta().uuid
+    }
+
+    /// The md device name.
+    pub fn md_name(&self) -> &str {
+        self.md.name()
+    }
+
+    /// The record the machine holds.
+    pub fn meta(&self) -> &ArrayMeta {
+        self.mon.meta()
     }
 
     /// The open watches (array attributes, then members' `state`).
@@ -165,55 +199,39 @@ impl Managed {
         self.gone
     }
 
-    /// Write the metadata (events bumped) durably to every member, in
-    /// parallel. Returns false if any member failed.
-    fn record(&mut self, change: impl FnOnce(&mut ArrayMeta)) -> bool {
-        let mut next = self.meta.clone();
-        change(&mut next);
-        next.events += 1;
-        next.utime = now();
-        let results: Vec<Result<usize, String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .members
-                .iter()
-                .map(|m| {
-                    let sb = crate::meta::Superblock {
-                        array: next.clone(),
-                        device: m.device,
-                    };
-                    s.spawn(move || m.dev.write_superblock(&sb).map_err(|e| e.to_string()))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("writer thread panicked".into()))
-                })
-                .collect()
-        });
-        let mut ok = true;
-        for (m, r) in self.members.iter().zip(&results) {
-            if let Err(e) = r {
-                error!(
-                    "{}: metadata write to {} failed: {e}",
-                    self.md.name(),
-                    m.kname
-                );
-                ok = false;
+    /// Read the kernel's state. `array_state` is read last: the kernel moves
+    /// it to write-pending on failures and at the end of a resync without
+    /// notifying it.
+    pub fn snapshot(&self) -> Result<KernelView, SysfsError> {
+        let md = &self.md;
+        let mut members = Vec::new();
+        for m in &self.members {
+            let h = md.member(&m.kname);
+            if !h.exists() {
+                continue;
             }
+            members.push(KernelMember {
+                index: m.index,
+                flags: h.flags().unwrap_or_else(|_| MemberFlags::default()),
+                slot: h.slot().unwrap_or(None),
+                recovery_start: h.recovery_start().unwrap_or(Checkpoint::None),
+            });
         }
-        if ok {
-            self.meta = next;
-            debug!(
-                "{}: recorded events {} ({}, resync {})",
-                self.md.name(),
-                self.meta.events,
-                if self.meta.clean { "clean" } else { "dirty" },
-                self.meta.resync
-            );
-        }
-        ok
+        let degraded = md.degraded()?;
+        let sync_action = md.sync_action()?;
+        let sync_completed = md.sync_completed()?;
+        let resync_start = md.resync_start()?;
+        let can_clear = md.can_clear().unwrap_or(None);
+        let array_state = md.array_state()?;
+        Ok(KernelView {
+            array_state,
+            degraded,
+            sync_action,
+            sync_completed,
+            resync_start,
+            can_clear,
+            members,
+        })
     }
 
     /// React to whatever the kernel shows now. Called after any wake.
@@ -222,104 +240,365 @@ impl Managed {
             // Re-arm every notification (sysfs needs a read after a wake).
             let _ = w.read_fresh();
         }
-        if !self.md.sysfs().md_exists(self.md.name()) {
-            self.gone = true;
-            return;
-        }
-        // A few passes: our own writes change the state (e.g. active-idle ->
-        // clean), and the next decision depends on the new one.
-        for _ in 0..4 {
-            if !self.pass() {
-                break;
+        for _ in 0..MAX_BATCHES {
+            if !self.md.sysfs().md_exists(self.md.name()) {
+                self.gone = true;
+                return;
+            }
+            let view = match self.snapshot() {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!("{}: reading state: {e}", self.md.name());
+                    self.gone = !self.md.sysfs().md_exists(self.md.name());
+                    return;
+                }
+            };
+            if !view.array_state.is_running() {
+                self.gone = matches!(view.array_state, ArrayState::Clear | ArrayState::Inactive)
+                    && !self.mon.stopping();
+                return;
+            }
+            let batch = self.mon.observe(&view);
+            if batch.is_empty() {
+                // Settled. The assembly starts arrays read-only so that
+                // nothing is written before we manage them; make it writable
+                // now (a pending resync starts here).
+                if matches!(
+                    view.array_state,
+                    ArrayState::Readonly | ArrayState::ReadAuto
+                ) && !self.readonly
+                {
+                    if let Err(e) = self.md.set_array_state(ArrayState::Clean) {
+                        warn!("{}: making it writable: {e}", self.md.name());
+                        return;
+                    }
+                    continue;
+                }
+                return;
+            }
+            if !self.execute(batch) {
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
     }
 
-    /// One decision. Returns true if it changed something worth re-reading.
-    fn pass(&mut self) -> bool {
-        let state = match self.md.array_state() {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("{}: {e}", self.md.name());
-                self.gone = !self.md.sysfs().md_exists(self.md.name());
+    /// Run a batch in order; on the first failure feed it back and stop.
+    fn execute(&mut self, batch: Vec<Action>) -> bool {
+        let mut membership_changed = false;
+        for a in batch {
+            debug!("{}: {a:?}", self.md.name());
+            if let Err(e) = self.run_action(&a, &mut membership_changed) {
+                error!("{}: {e}", self.md.name());
+                self.mon.action_failed(&a);
+                if membership_changed {
+                    let _ = self.rewatch();
+                }
                 return false;
             }
-        };
-        self.track_resync();
-        match state {
-            ArrayState::Clear | ArrayState::Inactive => {
-                self.gone = true;
-                false
+        }
+        if membership_changed {
+            if let Err(e) = self.rewatch() {
+                warn!("{}: re-opening watches: {e}", self.md.name());
             }
-            ArrayState::WritePending => {
-                if self.meta.clean && !self.record(|m| m.clean = false) {
-                    // The write stays held: better a hung write than data
-                    // on disk while the metadata says clean.
-                    return false;
+        }
+        true
+    }
+
+    fn run_action(&mut self, a: &Action, membership_changed: &mut bool) -> Result<(), String> {
+        let md = self.md.clone();
+        let s = |e: SysfsError| e.to_string();
+        match a {
+            Action::WriteMetadata { meta, targets } => self.write_metadata(meta, targets),
+            Action::SetCanClear(b) => md.set_can_clear(*b).map_err(s),
+            Action::SetArrayState(st) => md.set_array_state(*st).map_err(s),
+            Action::SetSyncAction(x) => md.set_sync_action(*x).map_err(s),
+            Action::Member(i, cmd) => {
+                let k = self
+                    .members
+                    .iter()
+                    .find(|m| m.index == *i)
+                    .map(|m| m.kname.clone())
+                    .ok_or_else(|| format!("no device for member {i}"))?;
+                md.member(&k).command(*cmd).map_err(s)?;
+                if *cmd == MemberCommand::Remove {
+                    info!("{}: removed {k} (slot {i})", md.name());
+                    self.members.retain(|m| m.kname != k);
+                    *membership_changed = true;
                 }
-                match self.md.set_array_state(ArrayState::Active) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        warn!("{}: {e}", self.md.name());
-                        false
-                    }
-                }
+                Ok(())
             }
-            ArrayState::ActiveIdle => {
-                // EBUSY here means a write arrived meanwhile: fine.
-                self.md.set_array_state(ArrayState::Clean).is_ok()
+            Action::AddDevice {
+                index,
+                bitmap_based,
+            } => {
+                let p = self
+                    .pending
+                    .take()
+                    .filter(|p| p.index == *index)
+                    .ok_or_else(|| format!("no device waiting to be added for slot {index}"))?;
+                let kname = md.add_member(p.devnum).map_err(s)?;
+                let h = md.member(&kname);
+                let r = h
+                    .set_offset(p.device.data_offset)
+                    .and_then(|_| h.set_size(p.device.data_size.kib_floor()))
+                    .and_then(|_| {
+                        if *bitmap_based {
+                            h.command(MemberCommand::InSync)
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .and_then(|_| h.set_slot(Some(*index as u32)));
+                // Keep it in the member list either way: the next snapshot
+                // shows it and the machine removes a half-added device.
+                self.members.push(MemberIo {
+                    kname: kname.clone(),
+                    dev: p.dev,
+                    device: p.device,
+                    index: *index,
+                });
+                *membership_changed = true;
+                r.map_err(s)?;
+                info!(
+                    "{}: added {kname} in slot {index}, {} rebuild",
+                    md.name(),
+                    if *bitmap_based { "bitmap" } else { "full" }
+                );
+                Ok(())
             }
-            ArrayState::Clean => {
-                if !self.meta.clean {
-                    self.record(|m| m.clean = true);
-                }
-                false
-            }
-            ArrayState::Readonly | ArrayState::ReadAuto if self.readonly => false,
-            ArrayState::Readonly | ArrayState::ReadAuto => {
-                // Started read-only by the assembly so that nothing is
-                // written before we manage it; now make it writable. A
-                // pending resync starts here.
-                match self.md.set_array_state(ArrayState::Clean) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        warn!("{}: making it writable: {e}", self.md.name());
-                        false
-                    }
-                }
-            }
-            ArrayState::Active | ArrayState::Suspended | ArrayState::Broken => false,
         }
     }
 
-    /// Record resync progress and completion.
-    fn track_resync(&mut self) {
-        let action = self.md.sync_action().ok();
-        let done = self.md.sync_completed().ok();
-        match (action, done) {
-            (Some(SyncAction::Resync), Some(SyncCompleted::Progress { done, total })) => {
-                let step = Sectors((total.0 / 16).max(1));
-                let due = match self.last_checkpoint {
-                    None => true,
-                    Some(last) => done.0 >= last.0 + step.0,
-                };
-                if due && self.meta.resync != Checkpoint::None && done.0 > 0 {
-                    let cp = Checkpoint::At(done);
-                    if self.record(|m| m.resync = cp) {
-                        self.last_checkpoint = Some(done);
-                    }
+    /// Write the record durably to the listed members, in parallel.
+    fn write_metadata(&self, meta: &ArrayMeta, targets: &[usize]) -> Result<(), String> {
+        let mut next = meta.clone();
+        next.utime = now();
+        let chosen: Vec<&MemberIo> = self
+            .members
+            .iter()
+            .filter(|m| targets.contains(&m.index))
+            .collect();
+        let results: Vec<Result<usize, String>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = chosen
+                .iter()
+                .map(|m| {
+                    let sb = Superblock {
+                        array: next.clone(),
+                        device: m.device,
+                    };
+                    sc.spawn(move || m.dev.write_superblock(&sb).map_err(|e| e.to_string()))
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("writer thread panicked".into()))
+                })
+                .collect()
+        });
+        let mut errs = Vec::new();
+        for (m, r) in chosen.iter().zip(results) {
+            if let Err(e) = r {
+                errs.push(format!("{}: {e}", m.kname));
+            }
+        }
+        if !errs.is_empty() {
+            return Err(format!("metadata write failed: {}", errs.join("; ")));
+        }
+        debug!(
+            "{}: recorded events {} on {} member(s) ({}, resync {}, events_cleared {})",
+            self.md.name(),
+            next.events,
+            chosen.len(),
+            if next.clean { "clean" } else { "dirty" },
+            next.resync,
+            next.bitmap.events_cleared
+        );
+        Ok(())
+    }
+
+    fn member_index_of_path(&self, device: &str) -> Result<usize, String> {
+        let p = Path::new(device);
+        let kname = if p.is_absolute() {
+            let m = std::fs::metadata(p).map_err(|e| format!("{device}: {e}"))?;
+            if !m.file_type().is_block_device() {
+                return Err(format!("{device}: not a block device"));
+            }
+            self.md
+                .sysfs()
+                .block_name(DevNum::from_raw(m.rdev()))
+                .map_err(|e| e.to_string())?
+        } else {
+            device.trim_start_matches("dev-").to_string()
+        };
+        self.members
+            .iter()
+            .find(|m| m.kname == kname)
+            .map(|m| m.index)
+            .ok_or_else(|| format!("{device} is not a member of {}", self.md.name()))
+    }
+
+    /// `mdextctl fail`.
+    pub fn fail(&mut self, device: &str) -> Result<(), String> {
+        let i = self.member_index_of_path(device)?;
+        self.admin(AdminRequest::Fail(i))
+    }
+
+    /// `mdextctl remove`.
+    pub fn remove(&mut self, device: &str) -> Result<(), String> {
+        let i = self.member_index_of_path(device)?;
+        self.admin(AdminRequest::Remove(i))
+    }
+
+    /// `mdextctl add`: a returning member (bitmap rebuild when its own record
+    /// shows it missed no cleared bit) or a new device (full rebuild).
+    pub fn add(&mut self, device: &str) -> Result<(), String> {
+        let path = PathBuf::from(device);
+        let meta = self.mon.meta().clone();
+        // Exclusive open proves nobody uses it; it is closed again before
+        // md opens it.
+        let excl = Device::open(&path, Access::ExclusiveWrite).map_err(|e| e.to_string())?;
+        if !excl.is_block() {
+            return Err(format!("{device}: not a block device"));
+        }
+        let devnum = match excl.id() {
+            crate::device::DevId::Block(r) => DevNum::from_raw(r),
+            crate::device::DevId::File(..) => return Err(format!("{device}: not a block device")),
+        };
+        let size = excl.size();
+        let own = excl.read_superblock().ok().map(|r| r.superblock);
+        let foreign = crate::probe::probe(&excl).map_err(|e| e.to_string())?;
+        drop(excl);
+        let layout_offset = self
+            .members
+            .first()
+            .map(|m| m.device.data_offset)
+            .ok_or("no member left to copy the layout from")?;
+        let (index, returning, device_meta) = match own {
+            Some(sb) if sb.array.uuid == meta.uuid => {
+                let i = meta.index_of(&sb.device.uuid).ok_or_else(|| {
+                    format!("{device}: its member UUID is not in the array's table")
+                })?;
+                let own_state = sb
+                    .array
+                    .members
+                    .get(i)
+                    .map(|e| e.state)
+                    .unwrap_or(MemberState::Missing);
+                (
+                    i,
+                    ReturningDevice {
+                        uuid: sb.device.uuid,
+                        own: Some(OwnRecord {
+                            events: sb.array.events,
+                            state: own_state,
+                        }),
+                    },
+                    sb.device,
+                )
+            }
+            Some(sb) => {
+                return Err(format!(
+                    "{device}: belongs to another mdext array ({} {}); wipe it first",
+                    sb.array.name, sb.array.uuid
+                ))
+            }
+            None => {
+                if let Some(f) = foreign.iter().find(|f| !f.name.starts_with("mdext")) {
+                    return Err(format!(
+                        "{device}: carries a {} signature; wipe it first",
+                        f.name
+                    ));
                 }
+                let n = meta.geometry.raid_disks as usize;
+                let i = (0..n)
+                    .find(|&i| {
+                        matches!(
+                            meta.members[i].state,
+                            MemberState::Failed | MemberState::Missing
+                        ) && !self.members.iter().any(|m| m.index == i)
+                    })
+                    .ok_or("no failed or missing slot to rebuild")?;
+                let data_size = Sectors(size.0 / 512)
+                    .checked_sub(layout_offset)
+                    .unwrap_or(Sectors(0));
+                if data_size < meta.geometry.component_size {
+                    return Err(format!(
+                        "{device}: too small ({} of data, the array needs {})",
+                        crate::units::human(data_size.bytes()),
+                        crate::units::human(meta.geometry.component_size.bytes())
+                    ));
+                }
+                (
+                    i,
+                    ReturningDevice {
+                        uuid: uuid::Uuid::new_v4(),
+                        own: None,
+                    },
+                    DeviceMeta {
+                        uuid: uuid::Uuid::nil(),
+                        data_offset: layout_offset,
+                        data_size,
+                    },
+                )
             }
-            (Some(SyncAction::Idle), _)
-                if self.meta.resync != Checkpoint::None
-                    && self.md.resync_start().ok() == Some(Checkpoint::None)
-                    && self.md.degraded().ok() == Some(0) =>
-            {
-                info!("{}: resync complete", self.md.name());
-                self.record(|m| m.resync = Checkpoint::None);
-                self.last_checkpoint = None;
-            }
-            _ => {}
+        };
+        let mut device_meta = device_meta;
+        device_meta.uuid = returning.uuid;
+        let dev = Device::open(&path, Access::SharedWrite).map_err(|e| e.to_string())?;
+        if returning.own.is_none() {
+            // A new device: give it this array's bitmap area contents (the
+            // kernel writes only dirty pages to it) and an empty metadata
+            // area; its record is written once it is a member.
+            self.prepare_new_device(&dev, &meta)?;
+        }
+        self.pending = Some(PendingAdd {
+            index,
+            devnum,
+            dev,
+            device: device_meta,
+        });
+        let r = self.admin(AdminRequest::ReAdd {
+            index,
+            device: returning,
+        });
+        self.pending = None;
+        r
+    }
+
+    fn prepare_new_device(&self, dev: &Device, meta: &ArrayMeta) -> Result<(), String> {
+        let src = self
+            .members
+            .first()
+            .ok_or("no member to copy the bitmap from")?;
+        let bits = src
+            .dev
+            .read_bitmap(&meta.bitmap)
+            .map_err(|e| e.to_string())?;
+        dev.zero(0, crate::format::META_AREA as u64)
+            .map_err(|e| e.to_string())?;
+        dev.write_bitmap(&meta.bitmap, &bits)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn admin(&mut self, req: AdminRequest) -> Result<(), String> {
+        // Settle first: the machine refuses requests while it has work.
+        self.wake();
+        let view = self.snapshot().map_err(|e| e.to_string())?;
+        let batch = self
+            .mon
+            .step(Event::Admin(req, view))
+            .map_err(|e| format!("{}: {e}", self.md.name()))?;
+        let ok = self.execute(batch);
+        self.wake();
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: the request failed part-way; see mdextmon's log",
+                self.md.name()
+            ))
         }
     }
 
@@ -330,18 +609,15 @@ impl Managed {
             return true;
         }
         self.wake();
-        match self.md.array_state() {
-            Ok(ArrayState::Active) | Ok(ArrayState::ActiveIdle) => {
-                let _ = self.md.set_array_state(ArrayState::Clean);
-            }
-            _ => {}
+        if let Ok(ArrayState::Active | ArrayState::ActiveIdle) = self.md.array_state() {
+            let _ = self.md.set_array_state(ArrayState::Clean);
+            self.wake();
         }
         match self.md.array_state() {
-            Ok(ArrayState::Clean)
-            | Ok(ArrayState::Readonly)
-            | Ok(ArrayState::Inactive)
-            | Ok(ArrayState::Clear) => self.meta.clean || self.record(|m| m.clean = true),
-            Err(_) => true,
+            Ok(ArrayState::Clean | ArrayState::Readonly | ArrayState::ReadAuto) => {
+                self.mon.meta().clean
+            }
+            Ok(ArrayState::Inactive | ArrayState::Clear) | Err(_) => true,
             _ => false,
         }
     }
@@ -349,22 +625,42 @@ impl Managed {
     /// Mark clean and stop the md device.
     pub fn stop(&mut self) -> Result<(), String> {
         let name = self.md.name().to_string();
-        let mut tries = 0;
+        // md refuses to stop an array somebody has open; say so before
+        // anything changes.
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags_excl()
+            .open(self.md.dev_path())
+        {
+            Ok(f) => drop(f),
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {
+                return Err(format!(
+                    "{name}: in use (mounted, or held open); not stopped"
+                ));
+            }
+            Err(_) => {}
+        }
+        let t0 = Instant::now();
         while !self.make_clean() {
-            tries += 1;
-            if tries > 50 {
+            if t0.elapsed() > Duration::from_secs(10) {
                 return Err(format!("{name}: writes still in flight; not stopped"));
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100));
         }
-        self.md
-            .set_array_state(ArrayState::Inactive)
-            .map_err(|e| format!("{name}: cannot stop (in use?): {e}"))?;
+        self.admin(AdminRequest::Stop)?;
+        let t0 = Instant::now();
+        while self.md.array_state().is_ok_and(|s| s.is_running()) {
+            if t0.elapsed() > Duration::from_secs(10) {
+                return Err(format!("{name}: did not stop"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            self.wake();
+        }
         self.watches.clear();
         crate::assembly::teardown(self.md.sysfs(), &self.md).map_err(|e| e.to_string())?;
         info!(
             "{name}: stopped, metadata clean at events {}",
-            self.meta.events
+            self.mon.meta().events
         );
         Ok(())
     }
@@ -372,29 +668,30 @@ impl Managed {
     /// A JSON summary (for `status` and `detail`).
     pub fn status(&self) -> serde_json::Value {
         let md = &self.md;
+        let meta = self.mon.meta();
         serde_json::json!({
             "md": md.name(),
-            "name": self.meta.name,
-            "uuid": self.meta.uuid.to_string(),
-            "level": self.meta.geometry.level.as_str(),
-            "raid_disks": self.meta.geometry.raid_disks,
-            "component_size_sectors": self.meta.geometry.component_size.0,
+            "name": meta.name,
+            "uuid": meta.uuid.to_string(),
+            "level": meta.geometry.level.as_str(),
+            "raid_disks": meta.geometry.raid_disks,
+            "component_size_sectors": meta.geometry.component_size.0,
             "array_state": md.read("array_state").unwrap_or_default(),
             "degraded": md.degraded().unwrap_or(0),
             "sync_action": md.read("sync_action").unwrap_or_default(),
             "sync_completed": md.read("sync_completed").unwrap_or_default(),
             "can_clear": md.read("bitmap/can_clear").unwrap_or_default(),
-            "events": self.meta.events,
-            "clean": self.meta.clean,
-            "resync": self.meta.resync.to_string(),
+            "events": meta.events,
+            "clean": meta.clean,
+            "resync": meta.resync.to_string(),
             "bitmap": {
-                "offset_sectors": self.meta.bitmap.offset.0,
-                "chunk_bytes": self.meta.bitmap.chunk.0,
-                "time_base": self.meta.bitmap.time_base,
-                "events_cleared": self.meta.bitmap.events_cleared,
+                "offset_sectors": meta.bitmap.offset.0,
+                "chunk_bytes": meta.bitmap.chunk.0,
+                "time_base": meta.bitmap.time_base,
+                "events_cleared": meta.bitmap.events_cleared,
             },
-            "members": self.meta.members.iter().enumerate().map(|(i, e)| {
-                let dev = self.members.iter().find(|m| m.device.uuid == e.uuid).map(|m| format!("/dev/{}", m.kname));
+            "members": meta.members.iter().enumerate().map(|(i, e)| {
+                let dev = self.members.iter().find(|m| m.index == i).map(|m| format!("/dev/{}", m.kname));
                 serde_json::json!({
                     "slot": i,
                     "uuid": e.uuid.to_string(),
@@ -404,6 +701,17 @@ impl Managed {
                 })
             }).collect::<Vec<_>>(),
         })
+    }
+}
+
+trait ExclOpen {
+    fn custom_flags_excl(&mut self) -> &mut Self;
+}
+
+impl ExclOpen for std::fs::OpenOptions {
+    fn custom_flags_excl(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(nix::fcntl::OFlag::O_EXCL.bits())
     }
 }
 

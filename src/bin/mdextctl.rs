@@ -46,6 +46,12 @@ enum Cmd {
     Detail(ops::DetailArgs),
     /// Show every running mdext array.
     Status(ops::StatusArgs),
+    /// Mark a member faulty (through mdextmon).
+    Fail(ops::MemberArgs),
+    /// Detach a failed member (through mdextmon).
+    Remove(ops::MemberArgs),
+    /// Add a device to a failed or missing slot and rebuild it (through mdextmon).
+    Add(ops::MemberArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -148,6 +154,9 @@ fn main() -> ExitCode {
         Cmd::Stop(a) => ops::stop(a),
         Cmd::Detail(a) => ops::detail(a),
         Cmd::Status(a) => ops::status(a),
+        Cmd::Fail(a) => ops::member(ops::MemberOp::Fail, a),
+        Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, a),
+        Cmd::Add(a) => ops::member(ops::MemberOp::Add, a),
     };
     match r {
         Ok(code) => code,

@@ -170,3 +170,74 @@ pub fn status(a: StatusArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Member management, through mdextmon (it owns the metadata). \
+    fail: mark a member faulty; mdextmon records it failed on the other members, \
+    forbids the kernel to clear bitmap bits, and removes it. \
+    remove: detach a failed member. \
+    add: put a device into a failed or missing slot and rebuild it. A returning member \
+    whose own metadata shows it missed no cleared bitmap bit is rebuilt from the bitmap \
+    (only the chunks written while it was away); any other device gets a full rebuild."
+)]
+pub struct MemberArgs {
+    /// The array: md device (md127, /dev/md127), name or UUID.
+    array: String,
+    /// The member device.
+    device: PathBuf,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+/// Which member operation.
+#[derive(Clone, Copy, Debug)]
+pub enum MemberOp {
+    /// Fail it.
+    Fail,
+    /// Remove it.
+    Remove,
+    /// Add it.
+    Add,
+}
+
+pub fn member(op: MemberOp, a: MemberArgs) -> Result<ExitCode> {
+    use mdext::control::{call, Request, Response};
+    let sysfs = Sysfs::default();
+    let md = ctl::resolve_md(&sysfs, &a.array)?;
+    let device = a.device.to_string_lossy().into_owned();
+    let req = match op {
+        MemberOp::Fail => Request::Fail {
+            md: md.clone(),
+            device,
+        },
+        MemberOp::Remove => Request::Remove {
+            md: md.clone(),
+            device,
+        },
+        MemberOp::Add => Request::Add {
+            md: md.clone(),
+            device,
+        },
+    };
+    match call(&a.daemon.run_dir, &req, std::time::Duration::from_secs(60))? {
+        Response::Ok { .. } => {
+            let verb = match op {
+                MemberOp::Fail => "failed",
+                MemberOp::Remove => "removed",
+                MemberOp::Add => "added",
+            };
+            println!(
+                "mdextctl: {verb} {} {} /dev/{md}",
+                a.device.display(),
+                if matches!(op, MemberOp::Add) {
+                    "to"
+                } else {
+                    "in"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message } => bail!("{message}"),
+    }
+}
