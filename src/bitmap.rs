@@ -155,3 +155,62 @@ mod tests {
         assert_eq!(count_dirty(&[], 10), 0);
     }
 }
+
+/// A compact picture of where the dirty chunks are: at most `rows` lines of
+/// `width` cells, each cell covering an equal run of chunks and drawn as
+/// `.` (all clean), `+` (some dirty) or `#` (all dirty).
+pub fn grid(bits: &[u8], chunks: u64, width: usize, rows: usize) -> Vec<String> {
+    if chunks == 0 || width == 0 || rows == 0 {
+        return Vec::new();
+    }
+    let cells = (width * rows) as u64;
+    let per = chunks.div_ceil(cells).max(1);
+    let ncells = chunks.div_ceil(per);
+    let mut line = String::new();
+    let mut out = Vec::new();
+    for c in 0..ncells {
+        let first = c * per;
+        let last = (first + per).min(chunks);
+        let dirty = (first..last).filter(|&n| is_set(bits, n)).count() as u64;
+        line.push(if dirty == 0 {
+            '.'
+        } else if dirty == last - first {
+            '#'
+        } else {
+            '+'
+        });
+        if line.len() == width {
+            out.push(std::mem::take(&mut line));
+        }
+    }
+    if !line.is_empty() {
+        out.push(line);
+    }
+    out
+}
+
+/// Chunks per grid cell for [`grid`].
+pub fn grid_cell_chunks(chunks: u64, width: usize, rows: usize) -> u64 {
+    chunks.div_ceil((width * rows).max(1) as u64).max(1)
+}
+
+#[cfg(test)]
+mod grid_tests {
+    use super::*;
+
+    #[test]
+    fn grid_draws_dirty_runs() {
+        let mut bits = vec![0u8; 16];
+        for n in [0u64, 1, 2, 3, 64] {
+            bits[(n / 8) as usize] |= 1 << (n % 8);
+        }
+        // 128 chunks on 8 cells of 16: cell 0 partly dirty, cell 4 partly.
+        let g = grid(&bits, 128, 8, 1);
+        assert_eq!(g, vec!["+...+...".to_string()]);
+        // One chunk per cell.
+        let g = grid(&bits, 8, 4, 4);
+        assert_eq!(g, vec!["####".to_string(), "....".to_string()]);
+        assert_eq!(grid_cell_chunks(128, 8, 1), 16);
+        assert!(grid(&bits, 0, 8, 1).is_empty());
+    }
+}

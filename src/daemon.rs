@@ -98,7 +98,25 @@ impl Daemon {
             arrays: BTreeMap::new(),
             terminating: false,
         };
-        for md in d.cfg.arrays.clone() {
+        // With no arrays named, take over every running mdext array (a
+        // restart, or a takeover from another instance).
+        let names = if d.cfg.arrays.is_empty() {
+            d.cfg
+                .sysfs
+                .list_md()
+                .into_iter()
+                .filter(|n| {
+                    d.cfg
+                        .sysfs
+                        .md(n)
+                        .metadata_version()
+                        .is_ok_and(|v| crate::meta::is_mdext_version(&v))
+                })
+                .collect()
+        } else {
+            d.cfg.arrays.clone()
+        };
+        for md in names {
             if let Err(e) = d.manage(&md, false) {
                 error!("{md}: cannot manage: {e}");
             }

@@ -309,6 +309,12 @@ impl Managed {
         let s = |e: SysfsError| e.to_string();
         match a {
             Action::WriteMetadata { meta, targets } => self.write_metadata(meta, targets),
+            Action::SetCanClear(true) if failpoint("before-can-clear-true") => {
+                // Test hook: die like SIGKILL between recording the array
+                // whole and allowing the kernel to clear bits.
+                error!("{}: failpoint before-can-clear-true: aborting", md.name());
+                std::process::abort()
+            }
             Action::SetCanClear(b) => md.set_can_clear(*b).map_err(s),
             Action::SetArrayState(st) => md.set_array_state(*st).map_err(s),
             Action::SetSyncAction(x) => md.set_sync_action(*x).map_err(s),
@@ -444,10 +450,32 @@ impl Managed {
         self.admin(AdminRequest::Fail(i))
     }
 
-    /// `mdextctl remove`.
+    /// `mdextctl remove`. The daemon removes failed members by itself (as
+    /// mdmon does), so removing a device this array records as failed or
+    /// missing and that md no longer holds succeeds with nothing to do.
     pub fn remove(&mut self, device: &str) -> Result<(), String> {
-        let i = self.member_index_of_path(device)?;
-        self.admin(AdminRequest::Remove(i))
+        match self.member_index_of_path(device) {
+            Ok(i) => self.admin(AdminRequest::Remove(i)),
+            Err(e) => {
+                let sb = crate::device::read_superblock(Path::new(device))
+                    .map_err(|_| e.clone())?
+                    .superblock;
+                let meta = self.mon.meta();
+                let recorded_out = sb.array.uuid == meta.uuid
+                    && meta.index_of(&sb.device.uuid).is_some_and(|i| {
+                        matches!(
+                            meta.members[i].state,
+                            MemberState::Failed | MemberState::Missing
+                        )
+                    });
+                if recorded_out {
+                    info!("{}: {device} is already removed", self.md.name());
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     /// `mdextctl add`: a returning member (bitmap rebuild when its own record
@@ -475,7 +503,7 @@ impl Managed {
             .map(|m| m.device.data_offset)
             .ok_or("no member left to copy the layout from")?;
         let (index, returning, device_meta) = match own {
-            Some(sb) if sb.array.uuid == meta.uuid => {
+            Some(sb) if sb.array.uuid == meta.uuid && meta.index_of(&sb.device.uuid).is_some() => {
                 let i = meta.index_of(&sb.device.uuid).ok_or_else(|| {
                     format!("{device}: its member UUID is not in the array's table")
                 })?;
@@ -497,13 +525,15 @@ impl Managed {
                     sb.device,
                 )
             }
-            Some(sb) => {
+            Some(sb) if sb.array.uuid != meta.uuid => {
                 return Err(format!(
                     "{device}: belongs to another mdext array ({} {}); wipe it first",
                     sb.array.name, sb.array.uuid
                 ))
             }
-            None => {
+            // Blank, or an old member of this array whose place was taken:
+            // a new member, fully rebuilt.
+            _ => {
                 if let Some(f) = foreign.iter().find(|f| !f.name.starts_with("mdext")) {
                     return Err(format!(
                         "{device}: carries a {} signature; wipe it first",
@@ -713,6 +743,12 @@ impl ExclOpen for std::fs::OpenOptions {
         use std::os::unix::fs::OpenOptionsExt;
         self.custom_flags(nix::fcntl::OFlag::O_EXCL.bits())
     }
+}
+
+/// Fault injection for the guest tests: `MDEXT_FAILPOINT=<name>` in the
+/// daemon's environment makes it stop dead at that point.
+fn failpoint(name: &str) -> bool {
+    std::env::var("MDEXT_FAILPOINT").is_ok_and(|v| v == name)
 }
 
 fn now() -> u64 {

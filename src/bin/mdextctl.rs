@@ -52,6 +52,8 @@ enum Cmd {
     Remove(ops::MemberArgs),
     /// Add a device to a failed or missing slot and rebuild it (through mdextmon).
     Add(ops::MemberArgs),
+    /// Show the dirty chunks of a member's write-intent bitmap.
+    ExamineBitmap(ops::ExamineBitmapArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -157,6 +159,7 @@ fn main() -> ExitCode {
         Cmd::Fail(a) => ops::member(ops::MemberOp::Fail, a),
         Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, a),
         Cmd::Add(a) => ops::member(ops::MemberOp::Add, a),
+        Cmd::ExamineBitmap(a) => ops::examine_bitmap(a),
     };
     match r {
         Ok(code) => code,

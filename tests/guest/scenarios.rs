@@ -3,6 +3,7 @@
 use crate::harness::Scenario;
 
 mod lifecycle;
+mod rebuild;
 mod sysfs_layer;
 
 pub static ALL: &[&Scenario] = &[
@@ -13,4 +14,8 @@ pub static ALL: &[&Scenario] = &[
     &lifecycle::CRASH_RESYNC,
     &lifecycle::DEGRADED_ASSEMBLY,
     &lifecycle::BAD_INPUT,
+    &rebuild::FAIL_READD,
+    &rebuild::DEGRADED_CRASH,
+    &rebuild::REPLACED_RETURNS,
+    &rebuild::KILL_BEFORE_TRUE,
 ];

@@ -241,3 +241,59 @@ pub fn member(op: MemberOp, a: MemberArgs) -> Result<ExitCode> {
         Response::Error { message } => bail!("{message}"),
     }
 }
+
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Read the write-intent bitmap area of a member and show how many chunks \
+    are dirty (would be resynced or rebuilt) and where: a grid of cells, each covering an equal \
+    run of chunks, drawn '.' all clean, '+' some dirty, '#' all dirty."
+)]
+pub struct ExamineBitmapArgs {
+    /// A member device or image file.
+    device: PathBuf,
+    /// JSON output (with the dirty chunk ranges).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn examine_bitmap(a: ExamineBitmapArgs) -> Result<ExitCode> {
+    use mdext::bitmap;
+    use mdext::device::{Access, Device};
+    let d = Device::open(&a.device, Access::Read)?;
+    let sb = d.read_superblock()?.superblock;
+    let bits = d.read_bitmap(&sb.array.bitmap)?;
+    let chunks = sb.array.bitmap_chunks();
+    let dirty = bitmap::count_dirty(&bits, chunks);
+    let ranges = bitmap::dirty_ranges(&bits, chunks);
+    if a.json {
+        let v = serde_json::json!({
+            "device": a.device,
+            "chunks": chunks,
+            "chunk_bytes": sb.array.bitmap.chunk.0,
+            "dirty": dirty,
+            "dirty_ranges": ranges,
+            "stray_bits": bitmap::has_stray_bits(&bits, chunks),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (w, r) = (64, 16);
+    println!("{}:", a.device.display());
+    println!(
+        "  Bitmap : {} chunks of {}, {} dirty ({})",
+        chunks,
+        mdext::units::human(sb.array.bitmap.chunk),
+        dirty,
+        mdext::units::human(mdext::units::Bytes(
+            dirty.saturating_mul(sb.array.bitmap.chunk.0)
+        ))
+    );
+    println!(
+        "  Grid   : one cell = {} chunk(s); '.' clean, '+' some dirty, '#' all dirty",
+        bitmap::grid_cell_chunks(chunks, w, r)
+    );
+    for l in bitmap::grid(&bits, chunks, w, r) {
+        println!("  {l}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

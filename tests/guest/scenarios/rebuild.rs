@@ -1,0 +1,412 @@
+//! Issue 5: degradation, rebuild and the can_clear protocol.
+
+use crate::harness::{Ends, Phase, Scenario};
+use crate::util::*;
+use anyhow::{bail, ensure, Context, Result};
+use mdext::sysfs::MdDev;
+use std::path::Path;
+use std::time::Duration;
+
+pub static FAIL_READD: Scenario = Scenario {
+    name: "fail_write_readd_rebuilds_only_dirty_chunks",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: fail_readd,
+        ends: Ends::Ok,
+    }],
+};
+
+pub static DEGRADED_CRASH: Scenario = Scenario {
+    name: "crash_while_degraded_then_bitmap_readd",
+    disks: &[64, 64],
+    phases: &[
+        Phase {
+            name: "degrade_write_crash",
+            run: degraded_crash_phase1,
+            ends: Ends::Crash,
+        },
+        Phase {
+            name: "degraded_assembly_readd",
+            run: degraded_crash_phase2,
+            ends: Ends::Ok,
+        },
+    ],
+};
+
+pub static REPLACED_RETURNS: Scenario = Scenario {
+    name: "replaced_member_returns_full_rebuild",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: replaced_returns,
+        ends: Ends::Ok,
+    }],
+};
+
+pub static KILL_BEFORE_TRUE: Scenario = Scenario {
+    name: "daemon_killed_between_record_and_can_clear_true",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: kill_before_true,
+        ends: Ends::Ok,
+    }],
+};
+
+const CHUNK: u64 = 64 << 10;
+const CHUNK_SECTORS: u64 = CHUNK / 512;
+
+fn md() -> MdDev {
+    sysfs().md("md127")
+}
+
+fn can_clear(md: &MdDev) -> Result<Option<bool>> {
+    Ok(md.can_clear()?)
+}
+
+fn write_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
+    for &c in chunks {
+        write_direct(
+            &md.dev_path(),
+            c * CHUNK,
+            &pattern(seed + c, CHUNK as usize),
+        )?;
+    }
+    Ok(())
+}
+
+fn verify_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
+    for &c in chunks {
+        let got = read_direct(&md.dev_path(), c * CHUNK, CHUNK as usize)?;
+        ensure!(
+            got == pattern(seed + c, CHUNK as usize),
+            "chunk {c} reads back wrong"
+        );
+    }
+    Ok(())
+}
+
+fn member_states(dev: &Path) -> Result<Vec<String>> {
+    let e = examine(dev)?;
+    Ok(e["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .map(|m| m["state"].as_str().unwrap_or("?").to_string())
+        .collect())
+}
+
+/// The metadata on `dev` records every slot in sync with events_cleared ==
+/// events (the condition for can_clear=true).
+fn recorded_whole(dev: &Path) -> Result<bool> {
+    let e = examine(dev)?;
+    let all = member_states(dev)?.iter().all(|s| s == "in-sync");
+    Ok(all && e["bitmap"]["events_cleared"] == e["events"])
+}
+
+fn bits_on(dev: &Path) -> Result<Vec<u64>> {
+    Ok(set_bits(&read_direct(dev, 16 * 512, 4096)?))
+}
+
+/// Wait for a rebuild to end and the daemon to allow clearing again.
+fn wait_whole(md: &MdDev) -> Result<()> {
+    wait_until("recovery to end", Duration::from_secs(180), || {
+        (md.degraded().ok()? == 0 && md.read("sync_action").ok()? == "idle").then_some(())
+    })?;
+    wait_until(
+        "can_clear true after the rebuild",
+        Duration::from_secs(20),
+        || (md.can_clear().ok()? == Some(true)).then_some(()),
+    )?;
+    Ok(())
+}
+
+fn fail_and_remove(md: &MdDev, dev: &str) -> Result<()> {
+    ctl(&format!("fail md127 {dev}"))?;
+    ensure!(can_clear(md)? == Some(false), "can_clear after fail");
+    // mdextmon records the failure and detaches the member by itself.
+    let kname = dev.trim_start_matches("/dev/");
+    wait_until(
+        "the failed member to be detached",
+        Duration::from_secs(10),
+        || (!Path::new(&format!("/sys/block/md127/md/dev-{kname}")).exists()).then_some(()),
+    )?;
+    ctl(&format!("remove md127 {dev}"))?;
+    ensure!(can_clear(md)? == Some(false), "can_clear after remove");
+    ensure!(md.degraded()? == 1, "not degraded after remove");
+    Ok(())
+}
+
+fn fail_readd() -> Result<()> {
+    let loops = loop_devices(2, 64)?;
+    ctl("create --level 1 --raid-devices 2 --name re --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1")?;
+    ctl("assemble re /dev/loop0 /dev/loop1")?;
+    let md = md();
+    wait_until(
+        "can_clear true on a whole array",
+        Duration::from_secs(10),
+        || (md.can_clear().ok()? == Some(true)).then_some(()),
+    )?;
+    ensure!(
+        recorded_whole(&loops[0].path)?,
+        "healthy array not recorded whole"
+    );
+    fail_and_remove(&md, "/dev/loop1")?;
+    ensure!(
+        member_states(&loops[0].path)?[1] == "failed",
+        "failure not recorded"
+    );
+    let dirty = [2u64, 7, 8, 100, 900];
+    write_chunks(&md, &dirty, 0)?;
+    // Several time_base periods: the kernel must not clear the bits.
+    std::thread::sleep(Duration::from_secs(4));
+    ensure!(
+        bits_on(&loops[0].path)? == dirty,
+        "bits while degraded: {:?}",
+        bits_on(&loops[0].path)?
+    );
+    ensure!(can_clear(&md)? == Some(false), "can_clear while degraded");
+    let w0 = written_sectors("loop1")?;
+    ctl("add md127 /dev/loop1")?;
+    wait_whole(&md)?;
+    let written = written_sectors("loop1")? - w0;
+    let data = dirty.len() as u64 * CHUNK_SECTORS;
+    println!("bitmap rebuild wrote {written} sectors to the returning member ({data} for {} dirty chunks)", dirty.len());
+    ensure!(
+        written >= data && written < data + 200,
+        "rebuild wrote {written} sectors, expected {data} plus metadata"
+    );
+    for l in &loops {
+        ensure!(
+            recorded_whole(&l.path)?,
+            "{} not recorded whole after the rebuild",
+            l.path.display()
+        );
+    }
+    wait_until("bits cleared once allowed", Duration::from_secs(15), || {
+        bits_on(&loops[0].path)
+            .ok()
+            .filter(|b| b.is_empty())
+            .map(|_| ())
+    })?;
+    verify_chunks(&md, &dirty, 0)?;
+    ensure!(
+        check_mismatches(&md)? == 0,
+        "mismatch_cnt after the bitmap rebuild"
+    );
+    ctl("stop md127")?;
+    Ok(())
+}
+
+const CRASH_DIRTY: [u64; 4] = [2, 50, 51, 150];
+
+fn degraded_crash_phase1() -> Result<()> {
+    ctl("create --level 1 --raid-devices 2 --name dc --bitmap-chunk 64K --time-base 1 --assume-clean /dev/vda /dev/vdb")?;
+    ctl("assemble dc /dev/vda /dev/vdb")?;
+    let md = md();
+    fail_and_remove(&md, "/dev/vdb")?;
+    write_chunks(&md, &CRASH_DIRTY, 10)?;
+    ensure!(
+        bits_on(Path::new("/dev/vda"))? == CRASH_DIRTY,
+        "bits before the crash"
+    );
+    println!("MDEXT-CRASHING");
+    sh("echo b > /proc/sysrq-trigger")?;
+    std::thread::sleep(Duration::from_secs(30));
+    bail!("still alive after sysrq b")
+}
+
+fn degraded_crash_phase2() -> Result<()> {
+    let (a, b) = (Path::new("/dev/vda"), Path::new("/dev/vdb"));
+    ensure!(
+        bits_on(a)? == CRASH_DIRTY,
+        "bits after the crash: {:?}",
+        bits_on(a)?
+    );
+    let out = ctl("assemble --run dc /dev/vda /dev/vdb")?;
+    ensure!(
+        out.contains("/dev/vdb not used") && out.contains("4 dirty chunks kept"),
+        "{out}"
+    );
+    let md = md();
+    ensure!(
+        can_clear(&md)? == Some(false),
+        "can_clear after a degraded start"
+    );
+    // The kernel's bitmap daemon would clear loaded bits within ~2 time_base
+    // periods if nothing stopped it.
+    std::thread::sleep(Duration::from_secs(5));
+    ensure!(
+        bits_on(a)? == CRASH_DIRTY,
+        "bits lost after the degraded restart: {:?}",
+        bits_on(a)?
+    );
+    write_chunks(&md, &[100], 10)?;
+    let w0 = written_sectors("vdb")?;
+    ctl("add md127 /dev/vdb")?;
+    wait_whole(&md)?;
+    let written = written_sectors("vdb")? - w0;
+    let data = 5 * CHUNK_SECTORS;
+    println!("bitmap rebuild after a degraded restart wrote {written} sectors ({data} for 5 dirty chunks)");
+    ensure!(
+        written >= data && written < data + 200,
+        "rebuild wrote {written} sectors, expected {data} plus metadata"
+    );
+    ensure!(
+        recorded_whole(a)? && recorded_whole(b)?,
+        "not recorded whole after the rebuild"
+    );
+    verify_chunks(&md, &CRASH_DIRTY, 10)?;
+    verify_chunks(&md, &[100], 10)?;
+    ensure!(
+        check_mismatches(&md)? == 0,
+        "mismatch_cnt after the rebuild"
+    );
+    ctl("stop md127")?;
+    Ok(())
+}
+
+fn replaced_returns() -> Result<()> {
+    let loops = loop_devices(3, 64)?;
+    ctl("create --level 1 --raid-devices 2 --name rp --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1")?;
+    let comp = examine(&loops[0].path)?["component_size_sectors"]
+        .as_u64()
+        .context("size")?;
+    ctl("assemble rp /dev/loop0 /dev/loop1")?;
+    let md = md();
+    fail_and_remove(&md, "/dev/loop1")?;
+    write_chunks(&md, &[1, 2, 3], 20)?;
+    // A blank replacement: a full rebuild, slowed so its state can be seen.
+    md.write("sync_speed_max", "8000")?;
+    let w0 = written_sectors("loop2")?;
+    ctl("add md127 /dev/loop2")?;
+    wait_until("recovery running", Duration::from_secs(10), || {
+        (md.read("sync_action").ok()? == "recover").then_some(())
+    })?;
+    ensure!(can_clear(&md)? == Some(false), "can_clear during a rebuild");
+    ensure!(
+        member_states(&loops[0].path)?[1] == "rebuilding",
+        "rebuild not recorded"
+    );
+    md.write("sync_speed_max", "system")?;
+    wait_whole(&md)?;
+    let full = written_sectors("loop2")? - w0;
+    println!("blank replacement: full rebuild wrote {full} sectors (component {comp})");
+    ensure!(
+        full >= comp,
+        "the replacement was not fully rebuilt: {full} < {comp}"
+    );
+    // The replacement leaves; the old member returns. Bits were cleared
+    // since it left (can_clear went true): only a full rebuild is safe.
+    fail_and_remove(&md, "/dev/loop2")?;
+    write_chunks(&md, &[4], 20)?;
+    let w1 = written_sectors("loop1")?;
+    ctl("add md127 /dev/loop1")?;
+    wait_whole(&md)?;
+    let again = written_sectors("loop1")? - w1;
+    println!("old member after a replacement: rebuild wrote {again} sectors (component {comp})");
+    ensure!(
+        again >= comp,
+        "the old member got a partial rebuild: {again} < {comp}"
+    );
+    verify_chunks(&md, &[1, 2, 3, 4], 20)?;
+    ensure!(check_mismatches(&md)? == 0, "mismatch_cnt");
+    ctl("stop md127")?;
+    Ok(())
+}
+
+fn start_daemon(failpoint: Option<&str>) -> Result<()> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/run/mdextmon.log")?;
+    let mut c = std::process::Command::new("/bin/mdextmon");
+    if let Some(f) = failpoint {
+        c.env("MDEXT_FAILPOINT", f);
+    }
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    c.spawn()?;
+    wait_until("mdextmon to answer", Duration::from_secs(10), || {
+        mdext::control::call(
+            Path::new("/run/mdext"),
+            &mdext::control::Request::Ping,
+            Duration::from_secs(1),
+        )
+        .ok()
+        .map(|_| ())
+    })
+}
+
+fn daemon_alive() -> bool {
+    mdext::control::call(
+        Path::new("/run/mdext"),
+        &mdext::control::Request::Ping,
+        Duration::from_secs(1),
+    )
+    .is_ok()
+}
+
+fn kill_before_true() -> Result<()> {
+    let loops = loop_devices(2, 64)?;
+    ctl("create --level 1 --raid-devices 2 --name kb --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1")?;
+    start_daemon(Some("before-can-clear-true"))?;
+    ctl("assemble kb /dev/loop0 /dev/loop1")?;
+    let md = md();
+    fail_and_remove(&md, "/dev/loop1")?;
+    let dirty = [5u64, 6, 300];
+    write_chunks(&md, &dirty, 30)?;
+    ctl("add md127 /dev/loop1")?;
+    // The rebuild ends; the daemon records the array whole, then dies where
+    // it would write can_clear=true.
+    wait_until(
+        "the daemon to die at the failpoint",
+        Duration::from_secs(60),
+        || (!daemon_alive()).then_some(()),
+    )?;
+    ensure!(md.degraded()? == 0, "rebuild did not finish");
+    ensure!(
+        can_clear(&md)? == Some(false),
+        "can_clear true without the daemon writing it"
+    );
+    for l in &loops {
+        ensure!(
+            recorded_whole(&l.path)?,
+            "{} not recorded whole before the true",
+            l.path.display()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    ensure!(
+        bits_on(&loops[0].path)? == dirty,
+        "bits not kept while can_clear is false: {:?}",
+        bits_on(&loops[0].path)?
+    );
+    // A restarted daemon (no arguments: takes over every mdext array)
+    // finishes the protocol.
+    start_daemon(None)?;
+    wait_until(
+        "can_clear true after the restart",
+        Duration::from_secs(20),
+        || (md.can_clear().ok()? == Some(true)).then_some(()),
+    )?;
+    for l in &loops {
+        ensure!(
+            recorded_whole(&l.path)?,
+            "{} not recorded whole after the restart",
+            l.path.display()
+        );
+    }
+    wait_until("bits cleared once allowed", Duration::from_secs(15), || {
+        bits_on(&loops[0].path)
+            .ok()
+            .filter(|b| b.is_empty())
+            .map(|_| ())
+    })?;
+    verify_chunks(&md, &dirty, 30)?;
+    ensure!(check_mismatches(&md)? == 0, "mismatch_cnt");
+    ctl("stop md127")?;
+    Ok(())
+}
