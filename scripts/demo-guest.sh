@@ -51,4 +51,4 @@ echo "mismatch_cnt: $(cat /sys/block/md127/md/mismatch_cnt)"
 run mdextctl status
 run mdextctl stop demo
 step "mdextmon's log"
-cat /run/mdextmon.log 2>/dev/null | sed 's/^<[0-9]>//' | tail -20
+cat /run/mdext/mdextmon.log 2>/dev/null | sed 's/^<[0-9]>//' | tail -20

@@ -283,6 +283,14 @@ fn run_step(sysfs: &Sysfs, md: &MdDev, step: &Step) -> Result<(), SysfsError> {
         Step::Offset(d, s) => md.member(&member(d)?).set_offset(*s),
         Step::Size(d, k) => md.member(&member(d)?).set_size(*k),
         Step::Slot(d, s) => md.member(&member(d)?).set_slot(Some(*s)),
+        Step::BitmapExternal if !md.has_attr("bitmap/metadata") => Err(SysfsError::Invalid {
+            attr: "bitmap/metadata".into(),
+            value: "external".into(),
+            why: "this kernel offers no bitmap/metadata before the array starts (md from 6.18 on, \
+                  upstream fb8cc3b0d9db): it cannot attach an external bitmap to an external-metadata \
+                  array, and mdext does not run arrays without the bitmap their metadata promises"
+                .into(),
+        }),
         Step::BitmapExternal => md.set_bitmap_external(),
         Step::BitmapChunk(c) => md.set_bitmap_chunksize(*c),
         Step::BitmapTimeBase(t) => md.set_bitmap_time_base(*t),

@@ -343,10 +343,13 @@ pub fn ensure_daemon(run_dir: &Path, mdextmon: &Path) -> Result<(), CtlError> {
         return Ok(());
     }
     use std::os::unix::process::CommandExt;
+    // The daemon's stderr, when mdextctl starts it (systemd starts it with
+    // the journal instead).
+    let _ = std::fs::create_dir_all(run_dir);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(run_dir.with_file_name("mdextmon.log"))
+        .open(run_dir.join("mdextmon.log"))
         .or_else(|_| std::fs::File::create("/dev/null"))
         .map_err(|e| CtlError::Array(format!("starting mdextmon: {e}")))?;
     let mut cmd = std::process::Command::new(mdextmon);

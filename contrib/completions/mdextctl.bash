@@ -21,7 +21,7 @@ _mdextctl()
     local cur prev words cword
     _init_completion || return
 
-    local cmds="create examine assemble stop detail status help"
+    local cmds="create examine examine-bitmap assemble stop detail status fail remove add help"
     local sub="" i
     for ((i = 1; i < cword; i++)); do
         if [[ ${words[i]} != -* ]]; then
@@ -75,6 +75,21 @@ _mdextctl()
         status)
             opts="--json --help"
             ;;
+        examine-bitmap)
+            opts="--json --help"
+            ;;
+        fail | remove | add)
+            opts="--help"
+            # First the array, then the device.
+            local args=0
+            for ((i = i + 1; i < cword; i++)); do
+                [[ ${words[i]} != -* ]] && args=$((args + 1))
+            done
+            if [[ $cur != -* && $args -eq 0 ]]; then
+                COMPREPLY=($(compgen -W "$(_mdextctl_md_devices)" -- "$cur"))
+                return
+            fi
+            ;;
         help)
             COMPREPLY=($(compgen -W "$cmds" -- "$cur"))
             return
@@ -89,7 +104,7 @@ _mdextctl()
         return
     fi
     case $sub in
-        create | examine | assemble)
+        create | examine | examine-bitmap | assemble | fail | remove | add)
             # Member devices: block devices, or image files.
             [[ -z $cur ]] && cur=/dev/
             _filedir

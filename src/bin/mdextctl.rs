@@ -24,8 +24,10 @@ mod ops;
     about = "Manage Linux md RAID arrays with mdext external metadata",
     long_about = "Manage Linux md RAID arrays whose metadata (and write-intent bitmap) \
                   are kept by userspace in the mdext format (see mdext(5)). md itself \
-                  runs the array with metadata_version=external; mdextctl creates and \
-                  inspects the metadata on the member devices."
+                  runs the array with metadata_version=external; mdextctl creates, \
+                  inspects, assembles and stops arrays and manages their members, and \
+                  hands running arrays to the daemon mdextmon(8), which keeps their \
+                  metadata true while they run."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,25 +36,27 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Write new mdext metadata on the given devices (destroys what they hold).
+    #[command(about = "Write new mdext metadata on the given devices (destroys what they hold)")]
     Create(CreateArgs),
-    /// Print the mdext metadata found on member devices.
+    #[command(about = "Print the mdext metadata found on member devices")]
     Examine(ExamineArgs),
-    /// Start an array from its members and hand it to mdextmon.
+    #[command(about = "Start an array from its members and hand it to mdextmon")]
     Assemble(ops::AssembleArgs),
-    /// Record an array clean and stop it.
+    #[command(about = "Record an array clean and stop it")]
     Stop(ops::StopArgs),
-    /// Show one running array (like mdadm --detail).
+    #[command(about = "Show one running array (like mdadm --detail)")]
     Detail(ops::DetailArgs),
-    /// Show every running mdext array.
+    #[command(about = "Show every running mdext array")]
     Status(ops::StatusArgs),
-    /// Mark a member faulty (through mdextmon).
+    #[command(about = "Mark a member faulty (through mdextmon)")]
     Fail(ops::MemberArgs),
-    /// Detach a failed member (through mdextmon).
+    #[command(about = "Detach a failed member (through mdextmon)")]
     Remove(ops::MemberArgs),
-    /// Add a device to a failed or missing slot and rebuild it (through mdextmon).
+    #[command(
+        about = "Add a device to a failed or missing slot and rebuild it (through mdextmon)"
+    )]
     Add(ops::MemberArgs),
-    /// Show the dirty chunks of a member's write-intent bitmap.
+    #[command(about = "Show the dirty chunks of a member's write-intent bitmap")]
     ExamineBitmap(ops::ExamineBitmapArgs),
 }
 

@@ -317,10 +317,11 @@ fn replaced_returns() -> Result<()> {
 }
 
 fn start_daemon(failpoint: Option<&str>) -> Result<()> {
+    std::fs::create_dir_all("/run/mdext")?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open("/run/mdextmon.log")?;
+        .open("/run/mdext/mdextmon.log")?;
     let mut c = std::process::Command::new("/bin/mdextmon");
     if let Some(f) = failpoint {
         c.env("MDEXT_FAILPOINT", f);
