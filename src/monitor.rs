@@ -43,8 +43,14 @@
 //! # What the executor must do with each [`Action`]
 //!
 //! Execute the actions of a batch strictly in order, one at a time, and stop
-//! at the first one that fails, feeding it back as [`Event::ActionFailed`].
-//! Nothing is fed back on success.
+//! at the first one that fails, feeding its position in the batch back as
+//! [`Event::ActionFailed`] (always about the latest batch the machine handed
+//! out). Nothing is fed back on success. A daemon that dies mid-batch simply
+//! starts again with [`Monitor::start`]: every batch is safe to cut short
+//! between any two actions.
+//!
+//! The machine never reads a clock: stamp `ArrayMeta::utime` when
+//! serializing a `WriteMetadata` if wanted; nothing here depends on it.
 //!
 //! - [`Action::WriteMetadata`]: write `meta` (with each target's own
 //!   `DeviceMeta`) to every member listed in `targets` (member table
