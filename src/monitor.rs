@@ -20,7 +20,7 @@
 //! loop {
 //!     for (i, action) in batch.iter().enumerate() {
 //!         if let Err(e) = execute(action) {          // stop at the first failure
-//!             log(e); batch = mon.step(Event::ActionFailed(action.clone()))?;  // returns nothing
+//!             log(e); mon.step(Event::ActionFailed(i))?;  // returns nothing
 //!             back_off(); // then take a fresh snapshot below
 //!             break;
 //!         }
@@ -43,8 +43,14 @@
 //! # What the executor must do with each [`Action`]
 //!
 //! Execute the actions of a batch strictly in order, one at a time, and stop
-//! at the first one that fails, feeding it back as [`Event::ActionFailed`].
-//! Nothing is fed back on success.
+//! at the first one that fails, feeding its position in the batch back as
+//! [`Event::ActionFailed`] (always about the latest batch the machine handed
+//! out). Nothing is fed back on success. A daemon that dies mid-batch simply
+//! starts again with [`Monitor::start`]: every batch is safe to cut short
+//! between any two actions.
+//!
+//! The machine never reads a clock: stamp `ArrayMeta::utime` when
+//! serializing a `WriteMetadata` if wanted; nothing here depends on it.
 //!
 //! - [`Action::WriteMetadata`]: write `meta` (with each target's own
 //!   `DeviceMeta`) to every member listed in `targets` (member table
@@ -172,8 +178,9 @@ pub enum AdminRequest {
 pub enum Event {
     /// A fresh snapshot of the kernel's state.
     Observed(KernelView),
-    /// This action of the last batch failed; the rest was not executed.
-    ActionFailed(Action),
+    /// The action at this position of the last batch failed; the rest of
+    /// the batch was not executed.
+    ActionFailed(usize),
     /// An admin request, with a snapshot taken just before it.
     Admin(AdminRequest, KernelView),
 }
@@ -242,7 +249,6 @@ pub enum Refusal {
 /// Deliberately wrong behaviours, for showing that the model checker finds
 /// the bugs they cause. Never set outside tests.
 #[cfg(test)]
-#[allow(dead_code)] // until the model checker uses every variant
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) enum Fault {
     /// Correct behaviour.
@@ -265,6 +271,8 @@ pub struct Monitor {
     /// started, or an action failed): write it (with events + 1) before any
     /// action that depends on it.
     needs_write: bool,
+    /// Position of the `WriteMetadata` in the last batch handed out.
+    write_at: Option<usize>,
     stopping: bool,
     #[cfg(test)]
     pub(crate) fault: Fault,
@@ -332,6 +340,7 @@ impl Monitor {
         Monitor {
             meta,
             needs_write: true,
+            write_at: None,
             stopping: false,
             #[cfg(test)]
             fault: Fault::None,
@@ -349,7 +358,6 @@ impl Monitor {
     }
 
     #[cfg(test)]
-    #[allow(dead_code)]
     pub(crate) fn start_with_fault(
         meta: ArrayMeta,
         view: &KernelView,
@@ -384,8 +392,8 @@ impl Monitor {
     pub fn step(&mut self, ev: Event) -> Result<Vec<Action>, Refusal> {
         match ev {
             Event::Observed(v) => Ok(self.observe(&v)),
-            Event::ActionFailed(a) => {
-                self.action_failed(&a);
+            Event::ActionFailed(i) => {
+                self.action_failed(i);
                 Ok(Vec::new())
             }
             Event::Admin(r, v) => self.admin(&r, &v),
@@ -399,16 +407,28 @@ impl Monitor {
         if wrote {
             self.needs_write = false;
         }
+        self.handed_out(&acts);
         acts
     }
 
-    /// An action failed (the rest of its batch was not executed). The
-    /// record may now be on some members only, or on none, so the machine
-    /// rewrites it (events + 1) before anything relies on it. Take a fresh
-    /// snapshot next (after a short back-off): the machine re-derives
-    /// everything else from it.
-    pub fn action_failed(&mut self, _a: &Action) {
-        self.needs_write = true;
+    fn handed_out(&mut self, acts: &[Action]) {
+        self.write_at = acts
+            .iter()
+            .position(|a| matches!(a, Action::WriteMetadata { .. }));
+    }
+
+    /// The action at position `index` of the last batch failed (the rest
+    /// of the batch was not executed). If that batch's metadata write failed
+    /// or never ran, the record may be on some members only, or on none, so
+    /// the machine rewrites it (events + 1) before anything relies on it.
+    /// Other failures cost no write (a refusal the kernel keeps repeating
+    /// must not become a write storm). Take a fresh snapshot next (after a
+    /// short back-off): the machine re-derives everything else from it.
+    pub fn action_failed(&mut self, index: usize) {
+        if self.write_at.is_some_and(|w| w >= index) {
+            self.needs_write = true;
+        }
+        self.write_at = None;
     }
 
     /// An admin request, with a fresh snapshot.
@@ -425,6 +445,7 @@ impl Monitor {
             return Err(Refusal::Unsettled);
         }
         let n = self.slots();
+        self.write_at = None;
         match *r {
             AdminRequest::Stop => Ok(Vec::new()),
             AdminRequest::Fail(i) => {
@@ -511,6 +532,7 @@ impl Monitor {
         acts.push(Action::SetSyncAction(SyncAction::Recover));
         self.meta = meta;
         self.needs_write = false;
+        self.handed_out(&acts);
         Ok(acts)
     }
 

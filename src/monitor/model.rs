@@ -1,1 +1,1389 @@
+//! Exhaustive explicit-state model check of [`Monitor`] against a small
+//! abstract kernel, disks and daemon executor (breadth-first search over a
+//! hashable state; no external crate).
+//!
+//! # The model
+//! - **Kernel**: raid1 with `n` slots (2 by default), `CH` bitmap chunks.
+//!   `array_state` clean/active/write-pending/active-idle; `can_clear`; a
+//!   `hold` flag (the assembler's long `time_base`: no bit clearing); per
+//!   slot a device status (absent, in sync, faulty+blocked, faulty, added
+//!   without slot, spare in slot waiting for `recover`, rebuilding at a chunk
+//!   position, bitmap-based or full); `sync_action` idle/frozen/recover; the
+//!   bitmap's set bits and their NEEDED marks; one held write; and a
+//!   "notified" flag (the daemon wakes only on changes md notifies: NOT the
+//!   write-pending set by a member failure or at the end of a recovery,
+//!   which come with other notifications, and not a write held on an
+//!   already write-pending array).
+//! - **Bits** are cleared one at a time when `can_clear` is true, there is
+//!   no hold, and the chunk is not NEEDED while degraded. Writes made while
+//!   degraded mark their chunk NEEDED; when the array becomes non-degraded
+//!   NEEDED marks are forgotten (pessimistic). A bitmap-based rebuild syncs
+//!   only NEEDED chunks (kernel 6.1/6.12 behaviour, the root of the
+//!   degraded-restart trap); a full rebuild syncs all.
+//! - **Data**: per device, the set of chunks it missed (writes made while it
+//!   was not in sync, or everything for a blank replacement device).
+//! - **Disks**: every device's own durable copy of the metadata; written
+//!   only by `WriteMetadata`, only to its targets.
+//! - **Crash**: kernel state lost; reassembly from the newest copy: devices
+//!   the newest copy records in sync join, the others stay out; if degraded,
+//!   the on-disk bits are loaded as NEEDED (`bitmap_set_bits`); the array
+//!   comes up write-pending if dirty or degraded (the instant resync), with
+//!   `can_clear` true and the hold on. The hold ends once the restarted
+//!   daemon completed a batch without failure. Daemon memory is lost.
+//! - **Daemon**: `Monitor` + a queue of actions executed one at a time, so a
+//!   crash, a daemon restart or an action failure can fall between any two.
+//!   A failed `WriteMetadata` reaches its first target only; a failed
+//!   `AddDevice` leaves the device added without a slot. The daemon observes
+//!   when notified, after every completed batch, and after a failure.
+//! - **Environment**: writes to any chunk, idleness, member failures (never
+//!   the last in-sync one), admin re-add of the same device or of a blank
+//!   replacement, recovery progress and end, crashes, daemon restarts.
+//!
+//! # Properties
+//! 1. The invariant: `can_clear` true and no hold ⇒ every present device's
+//!    durable copy records all slots in sync with `events_cleared == events`.
+//! 2. Data: a device the kernel has in sync missed no chunk (so no member is
+//!    ever rebuilt from a bitmap that lost bits it needs).
+//! 3. No write waits forever: from every reachable state with a held write,
+//!    a state with no held write is reachable without further crashes,
+//!    restarts, failures, action failures, writes or admin requests.
+//!
+//! # Search-space reductions (sound for the properties above)
+//! - Bits are cleared as soon as the kernel may clear them (earliest
+//!   clearing is the worst case: bits only ever help a rebuild).
+//! - Fields that can no longer matter are reset (`started` once the hold is
+//!   over; the batch position and the monitor's `write_at` between batches).
+//! - One chunk (`CH`); each extra chunk multiplies the state space.
+//! - States are stored once and found by a 64-bit hash, with an exact
+//!   comparison (collisions go to a second map, so the search stays exact).
+//!
+//! # Results (release build)
+//! - `cargo test` bounds ([`Bounds::default`]): 2 slots, 1 chunk, at most 1
+//!   write, 1 member failure, 1 crash, 1 daemon restart, 1 action failure,
+//!   1 re-add (same device or blank replacement): **1 711 254 states**,
+//!   3 783 839 transitions, no violation (3 s release, 17 s debug).
+//! - `model_check_large` (`#[ignore]`): the same with 2 writes and 2
+//!   member failures: **43 421 418 states**, 97 933 869 transitions, no
+//!   violation (105 s, 12.7 GB).
+//! - The broken variants ([`Fault`]) and the kernel without
+//!   `bitmap_set_bits` are each caught with a printed trace.
+//!
+//! Any bound can be overridden by hand with `MDEXT_MODEL_<FIELD>` (see
+//! [`Bounds::from_env`]), e.g. `MDEXT_MODEL_CRASHES=2`.
 
+use super::*;
+use crate::meta::{BitmapInfo, Geometry};
+use crate::sysfs::Level;
+use crate::units::Bytes;
+use std::collections::HashMap;
+use std::fmt;
+
+/// Bitmap chunks in the model (one is enough for every property checked;
+/// each extra chunk multiplies the state space).
+const CH: u8 = 1;
+/// Sectors per chunk.
+const SECT: u64 = 128;
+/// Most slots the state arrays hold.
+const MAXN: usize = 3;
+const ALL: u8 = (1 << CH) - 1;
+
+/// Search bounds and model switches.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bounds {
+    pub n: usize,
+    pub writes: u8,
+    pub fails: u8,
+    pub crashes: u8,
+    pub restarts: u8,
+    pub action_failures: u8,
+    pub readds: u8,
+    /// Allow re-adding a blank replacement device.
+    pub fresh: bool,
+    /// The assembler writes the on-disk bits to `bitmap_set_bits` on a
+    /// degraded assembly (the fix for the degraded-restart trap).
+    pub set_bits: bool,
+    /// The monitor variant under test.
+    pub fault: Fault,
+}
+
+impl Bounds {
+    /// The defaults, with `MDEXT_MODEL_<FIELD>` environment overrides for
+    /// exploring larger or smaller bounds by hand.
+    pub fn from_env() -> Bounds {
+        let mut b = Bounds::default();
+        let get = |k: &str, d: u8| {
+            std::env::var(format!("MDEXT_MODEL_{k}"))
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        b.n = get("N", b.n as u8) as usize;
+        b.writes = get("WRITES", b.writes);
+        b.fails = get("FAILS", b.fails);
+        b.crashes = get("CRASHES", b.crashes);
+        b.restarts = get("RESTARTS", b.restarts);
+        b.action_failures = get("AFAILS", b.action_failures);
+        b.readds = get("READDS", b.readds);
+        b
+    }
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            n: 2,
+            writes: 1,
+            fails: 1,
+            crashes: 1,
+            restarts: 1,
+            action_failures: 1,
+            readds: 1,
+            fresh: true,
+            set_bits: true,
+            fault: Fault::None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Arr {
+    Clean,
+    Active,
+    WritePending,
+    ActiveIdle,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Km {
+    Absent,
+    InSync,
+    FaultyBlocked,
+    Faulty,
+    /// Added, `insync` maybe written, no slot.
+    Unslotted {
+        bitmap: bool,
+    },
+    /// In its slot, waiting for `recover`.
+    Spare {
+        bitmap: bool,
+    },
+    /// Rebuilding; chunks below `pos` are done.
+    Rebuild {
+        bitmap: bool,
+        pos: u8,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Sync {
+    Idle,
+    Frozen,
+    Recover,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Kernel {
+    arr: Arr,
+    can_clear: bool,
+    hold: bool,
+    sync: Sync,
+    m: [Km; MAXN],
+    bits: u8,
+    needed: u8,
+    pending: Option<u8>,
+    notified: bool,
+}
+
+/// A member entry's state, abstracted (checkpoint in sectors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum St {
+    Empty,
+    InSync,
+    Reb { full: bool, cp: u16 },
+    Failed,
+    Spare,
+    Missing,
+}
+
+/// One durable copy of the metadata, abstracted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Disk {
+    events: u16,
+    ec: u16,
+    clean: bool,
+    resync: Option<u16>,
+    st: [St; MAXN],
+    /// Device generation recorded for each slot (0 = nil uuid).
+    gen: [u8; MAXN],
+    mev: [u16; MAXN],
+}
+
+/// Model values are tiny; anything else is a bug in the model.
+fn small(x: u64) -> u16 {
+    u16::try_from(x).expect("model counters fit in u16")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct MonKey {
+    meta: Disk,
+    needs_write: bool,
+    write_at: Option<u8>,
+    stopping: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Cmd {
+    Faulty,
+    Unblock,
+    Remove,
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum AAct {
+    Write(Disk, u8),
+    CanClear(bool),
+    ArrActive,
+    ArrClean,
+    ArrOther,
+    Mem(u8, Cmd),
+    SyncA(Sync),
+    SyncOther,
+    Add(u8, bool),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+struct Counters {
+    writes: u8,
+    fails: u8,
+    crashes: u8,
+    restarts: u8,
+    afails: u8,
+    readds: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct S {
+    k: Kernel,
+    disk: [Option<Disk>; MAXN],
+    gen: [u8; MAXN],
+    missed: [u8; MAXN],
+    mon: Option<MonKey>,
+    queue: Vec<AAct>,
+    /// Actions of the current batch already executed.
+    done: u8,
+    started: bool,
+    c: Counters,
+}
+
+/// A transition, for traces.
+#[derive(Clone, Debug)]
+enum Tr {
+    WriteArrives(u8),
+    WriteCompletes(u8),
+    Idle,
+    MemberFails(usize),
+    RecoveryStep(usize, u8),
+    RecoveryEnd(usize),
+    Crash,
+    HoldReleased,
+    DaemonStart,
+    DaemonRestart,
+    Observe,
+    Exec(AAct),
+    ExecRefused(AAct),
+    ExecFails(AAct),
+    ReAdd { slot: usize, fresh: bool },
+}
+
+impl Tr {
+    /// Transitions allowed when checking "no write waits forever".
+    fn quiet(&self) -> bool {
+        !matches!(
+            self,
+            Tr::WriteArrives(_)
+                | Tr::MemberFails(_)
+                | Tr::Crash
+                | Tr::DaemonRestart
+                | Tr::ExecFails(_)
+                | Tr::ReAdd { .. }
+        )
+    }
+}
+
+fn uuid_of(slot: usize, gen: u8) -> Uuid {
+    if gen == 0 {
+        Uuid::nil()
+    } else {
+        Uuid::from_u128((((slot as u128) + 1) << 8) | gen as u128)
+    }
+}
+
+fn gen_of(u: &Uuid) -> u8 {
+    (u.as_u128() & 0xff) as u8
+}
+
+fn st_to_state(s: St) -> MemberState {
+    match s {
+        St::Empty => MemberState::Empty,
+        St::InSync => MemberState::InSync,
+        St::Reb { full, cp } => MemberState::Rebuilding {
+            kind: if full {
+                RebuildKind::Full
+            } else {
+                RebuildKind::Bitmap
+            },
+            checkpoint: Sectors(u64::from(cp)),
+        },
+        St::Failed => MemberState::Failed,
+        St::Spare => MemberState::Spare,
+        St::Missing => MemberState::Missing,
+    }
+}
+
+fn state_to_st(s: MemberState) -> St {
+    match s {
+        MemberState::Empty => St::Empty,
+        MemberState::InSync => St::InSync,
+        MemberState::Rebuilding { kind, checkpoint } => St::Reb {
+            full: kind == RebuildKind::Full,
+            cp: small(checkpoint.0),
+        },
+        MemberState::Failed => St::Failed,
+        MemberState::Spare => St::Spare,
+        MemberState::Missing => St::Missing,
+    }
+}
+
+fn to_meta(d: &Disk, n: usize) -> ArrayMeta {
+    ArrayMeta {
+        uuid: Uuid::from_u128(0xa),
+        name: "m".into(),
+        ctime: 0,
+        utime: 0,
+        geometry: Geometry {
+            level: Level::Raid1,
+            layout: 0,
+            chunk_size: Bytes(0),
+            raid_disks: n as u32,
+            component_size: Sectors(CH as u64 * SECT),
+        },
+        events: u64::from(d.events),
+        clean: d.clean,
+        resync: match d.resync {
+            None => Checkpoint::None,
+            Some(s) => Checkpoint::At(Sectors(u64::from(s))),
+        },
+        bitmap: BitmapInfo {
+            offset: Sectors(8),
+            size: Bytes(4096),
+            chunk: Bytes(SECT * 512),
+            time_base: 1,
+            events_cleared: u64::from(d.ec),
+        },
+        members: (0..n)
+            .map(|j| MemberEntry {
+                uuid: uuid_of(j, d.gen[j]),
+                state: st_to_state(d.st[j]),
+                events: u64::from(d.mev[j]),
+            })
+            .collect(),
+    }
+}
+
+fn from_meta(m: &ArrayMeta) -> Disk {
+    let mut d = Disk {
+        events: small(m.events),
+        ec: small(m.bitmap.events_cleared),
+        clean: m.clean,
+        resync: match m.resync {
+            Checkpoint::None => None,
+            Checkpoint::At(s) => Some(small(s.0)),
+        },
+        st: [St::Empty; MAXN],
+        gen: [0; MAXN],
+        mev: [0; MAXN],
+    };
+    for (j, e) in m.members.iter().enumerate().take(MAXN) {
+        d.st[j] = state_to_st(e.state);
+        d.gen[j] = gen_of(&e.uuid);
+        d.mev[j] = small(e.events);
+    }
+    d
+}
+
+fn abstract_actions(acts: &[Action]) -> Vec<AAct> {
+    acts.iter()
+        .map(|a| match a {
+            Action::WriteMetadata { meta, targets } => AAct::Write(
+                from_meta(meta),
+                targets.iter().fold(0u8, |m, &t| m | (1 << t)),
+            ),
+            Action::SetCanClear(b) => AAct::CanClear(*b),
+            Action::SetArrayState(ArrayState::Active) => AAct::ArrActive,
+            Action::SetArrayState(ArrayState::Clean) => AAct::ArrClean,
+            Action::SetArrayState(_) => AAct::ArrOther,
+            Action::Member(i, c) => AAct::Mem(
+                *i as u8,
+                match c {
+                    MemberCommand::Faulty => Cmd::Faulty,
+                    MemberCommand::Unblock => Cmd::Unblock,
+                    MemberCommand::Remove => Cmd::Remove,
+                    _ => Cmd::Other,
+                },
+            ),
+            Action::SetSyncAction(SyncAction::Idle) => AAct::SyncA(Sync::Idle),
+            Action::SetSyncAction(SyncAction::Frozen) => AAct::SyncA(Sync::Frozen),
+            Action::SetSyncAction(SyncAction::Recover) => AAct::SyncA(Sync::Recover),
+            Action::SetSyncAction(_) => AAct::SyncOther,
+            Action::AddDevice {
+                index,
+                bitmap_based,
+            } => AAct::Add(*index as u8, *bitmap_based),
+        })
+        .collect()
+}
+
+struct Model {
+    b: Bounds,
+}
+
+impl Model {
+    fn n(&self) -> usize {
+        self.b.n
+    }
+
+    fn degraded(&self, k: &Kernel) -> u32 {
+        (0..self.n()).filter(|&j| k.m[j] != Km::InSync).count() as u32
+    }
+
+    fn blocked(&self, k: &Kernel) -> bool {
+        (0..self.n()).any(|j| k.m[j] == Km::FaultyBlocked)
+    }
+
+    fn view(&self, k: &Kernel) -> KernelView {
+        let f = |s: &str| s.parse::<MemberFlags>().unwrap_or_default();
+        let mut members = Vec::new();
+        let mut progress = None;
+        for j in 0..self.n() {
+            let slot = Some(j as u32);
+            let (flags, slot, rs) = match k.m[j] {
+                Km::Absent => continue,
+                Km::InSync => (f("in_sync"), slot, Checkpoint::None),
+                Km::FaultyBlocked => (f("faulty,blocked"), None, Checkpoint::None),
+                Km::Faulty => (f("faulty"), None, Checkpoint::None),
+                Km::Unslotted { bitmap } => (
+                    f(if bitmap { "in_sync" } else { "spare" }),
+                    None,
+                    Checkpoint::At(Sectors(0)),
+                ),
+                Km::Spare { .. } => (f("spare"), slot, Checkpoint::At(Sectors(0))),
+                Km::Rebuild { pos, .. } => {
+                    progress = Some(pos as u64 * SECT);
+                    (f("spare"), slot, Checkpoint::At(Sectors(pos as u64 * SECT)))
+                }
+            };
+            members.push(KernelMember {
+                index: j,
+                flags,
+                slot,
+                recovery_start: rs,
+            });
+        }
+        KernelView {
+            array_state: match k.arr {
+                Arr::Clean => ArrayState::Clean,
+                Arr::Active => ArrayState::Active,
+                Arr::WritePending => ArrayState::WritePending,
+                Arr::ActiveIdle => ArrayState::ActiveIdle,
+            },
+            degraded: self.degraded(k),
+            sync_action: match k.sync {
+                Sync::Idle => SyncAction::Idle,
+                Sync::Frozen => SyncAction::Frozen,
+                Sync::Recover => SyncAction::Recover,
+            },
+            sync_completed: match (k.sync, progress) {
+                (Sync::Recover, Some(p)) => SyncCompleted::Progress {
+                    done: Sectors(p),
+                    total: Sectors(CH as u64 * SECT),
+                },
+                _ => SyncCompleted::None,
+            },
+            resync_start: Checkpoint::None,
+            can_clear: Some(k.can_clear),
+            members,
+        }
+    }
+
+    fn monitor(&self, key: &MonKey) -> Monitor {
+        Monitor {
+            meta: to_meta(&key.meta, self.n()),
+            needs_write: key.needs_write,
+            write_at: key.write_at.map(usize::from),
+            stopping: key.stopping,
+            fault: self.b.fault,
+        }
+    }
+
+    fn key(&self, m: &Monitor) -> MonKey {
+        let meta = from_meta(&m.meta);
+        debug_assert_eq!(to_meta(&meta, self.n()), m.meta, "lossy abstraction");
+        MonKey {
+            meta,
+            needs_write: m.needs_write,
+            write_at: m.write_at.map(|w| w as u8),
+            stopping: m.stopping,
+        }
+    }
+
+    fn initial(&self) -> S {
+        let n = self.n();
+        let mut st = [St::Empty; MAXN];
+        let mut gen = [0u8; MAXN];
+        let mut mev = [0u16; MAXN];
+        let mut km = [Km::Absent; MAXN];
+        for j in 0..n {
+            st[j] = St::InSync;
+            gen[j] = 1;
+            mev[j] = 1;
+            km[j] = Km::InSync;
+        }
+        let d = Disk {
+            events: 1,
+            ec: 1,
+            clean: true,
+            resync: None,
+            st,
+            gen,
+            mev,
+        };
+        let mut disk = [None; MAXN];
+        for x in disk.iter_mut().take(n) {
+            *x = Some(d);
+        }
+        S {
+            k: Kernel {
+                arr: Arr::Clean,
+                can_clear: true,
+                hold: false,
+                sync: Sync::Idle,
+                m: km,
+                bits: 0,
+                needed: 0,
+                pending: None,
+                notified: false,
+            },
+            disk,
+            gen,
+            missed: [0; MAXN],
+            mon: None,
+            queue: Vec::new(),
+            done: 0,
+            started: false,
+            c: Counters::default(),
+        }
+    }
+
+    /// Complete a write to chunk `c`.
+    fn do_write(&self, s: &mut S, c: u8) {
+        let bit = 1u8 << c;
+        s.k.bits |= bit;
+        if self.degraded(&s.k) > 0 {
+            s.k.needed |= bit;
+        }
+        for j in 0..self.n() {
+            match s.k.m[j] {
+                Km::InSync => {}
+                Km::Rebuild { pos, .. } if c < pos => {}
+                _ => s.missed[j] |= bit,
+            }
+        }
+    }
+
+    fn fail_member(&self, s: &mut S, j: usize) -> bool {
+        let n = self.n();
+        let can = matches!(s.k.m[j], Km::InSync | Km::Rebuild { .. } | Km::Spare { .. })
+            && (0..n).any(|o| o != j && s.k.m[o] == Km::InSync);
+        if !can {
+            return false;
+        }
+        s.k.m[j] = Km::FaultyBlocked;
+        if !(0..n).any(|o| matches!(s.k.m[o], Km::Rebuild { .. })) && s.k.sync == Sync::Recover {
+            s.k.sync = Sync::Idle;
+        }
+        if matches!(s.k.arr, Arr::Clean | Arr::Active | Arr::ActiveIdle) {
+            s.k.arr = Arr::WritePending;
+        }
+        s.k.notified = true; // dev-X/state and degraded notify
+        true
+    }
+
+    fn start_recovery(&self, s: &mut S) {
+        let mut any = false;
+        for j in 0..self.n() {
+            match s.k.m[j] {
+                Km::Spare { bitmap } => {
+                    s.k.m[j] = Km::Rebuild { bitmap, pos: 0 };
+                    any = true;
+                }
+                Km::Rebuild { .. } => any = true,
+                _ => {}
+            }
+        }
+        s.k.sync = if any { Sync::Recover } else { Sync::Idle };
+        s.k.notified = true;
+    }
+
+    /// Apply one action to the kernel/disks. `Err` = the kernel refused it.
+    fn apply(&self, s: &mut S, a: &AAct) -> Result<(), ()> {
+        match *a {
+            AAct::Write(d, mask) => {
+                for j in 0..self.n() {
+                    if mask & (1 << j) != 0 {
+                        s.disk[j] = Some(d);
+                    }
+                }
+            }
+            AAct::CanClear(true) => {
+                if self.degraded(&s.k) > 0 {
+                    return Err(());
+                }
+                s.k.can_clear = true;
+            }
+            AAct::CanClear(false) => s.k.can_clear = false,
+            AAct::ArrActive => s.k.arr = Arr::Active,
+            AAct::ArrClean => {
+                if s.k.pending.is_some() || s.k.arr == Arr::WritePending {
+                    return Err(());
+                }
+                s.k.arr = Arr::Clean;
+            }
+            AAct::ArrOther | AAct::SyncOther => return Err(()),
+            AAct::Mem(j, cmd) => {
+                let j = j as usize;
+                if j >= self.n() {
+                    return Err(());
+                }
+                match (cmd, s.k.m[j]) {
+                    (Cmd::Unblock, Km::FaultyBlocked) => s.k.m[j] = Km::Faulty,
+                    (Cmd::Unblock, Km::Absent) => return Err(()),
+                    (Cmd::Unblock, _) => {}
+                    (Cmd::Remove, Km::Faulty | Km::Unslotted { .. }) => s.k.m[j] = Km::Absent,
+                    (Cmd::Remove, _) => return Err(()),
+                    (Cmd::Faulty, _) => {
+                        if !self.fail_member(s, j) {
+                            return Err(());
+                        }
+                    }
+                    (Cmd::Other, _) => return Err(()),
+                }
+            }
+            AAct::SyncA(Sync::Frozen) => s.k.sync = Sync::Frozen,
+            AAct::SyncA(_) => self.start_recovery(s),
+            AAct::Add(j, bitmap) => {
+                let j = j as usize;
+                if j >= self.n() || s.k.m[j] != Km::Absent {
+                    return Err(());
+                }
+                if s.k.sync == Sync::Frozen {
+                    s.k.m[j] = Km::Spare { bitmap };
+                } else {
+                    // 6.12: a device added while not frozen starts a full
+                    // recovery at once.
+                    s.k.m[j] = Km::Rebuild {
+                        bitmap: false,
+                        pos: 0,
+                    };
+                    s.k.sync = Sync::Recover;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn crash(&self, s: &S) -> Option<S> {
+        let n = self.n();
+        let newest = (0..n).filter_map(|j| s.disk[j]).max_by_key(|d| d.events)?;
+        let mut t = s.clone();
+        let mut any = false;
+        for j in 0..n {
+            let joins =
+                newest.st[j] == St::InSync && newest.gen[j] == s.gen[j] && s.disk[j].is_some();
+            t.k.m[j] = if joins { Km::InSync } else { Km::Absent };
+            any |= joins;
+        }
+        if !any {
+            return None;
+        }
+        let degraded = self.degraded(&t.k) > 0;
+        t.k.needed = if degraded && self.b.set_bits {
+            t.k.bits
+        } else {
+            0
+        };
+        t.k.arr = if !newest.clean || degraded {
+            Arr::WritePending
+        } else {
+            Arr::Clean
+        };
+        t.k.can_clear = true;
+        t.k.hold = true;
+        t.k.sync = Sync::Idle;
+        t.k.pending = None;
+        t.k.notified = false;
+        t.mon = None;
+        t.queue.clear();
+        t.done = 0;
+        t.started = false;
+        t.c.crashes += 1;
+        Some(t)
+    }
+
+    fn successors(&self, s: &S) -> Vec<(Tr, S)> {
+        let n = self.n();
+        let b = &self.b;
+        let mut out = Vec::new();
+        let k = &s.k;
+
+        // --- Environment and kernel ---
+        if s.c.writes < b.writes && k.pending.is_none() {
+            for c in 0..CH {
+                let mut t = s.clone();
+                t.c.writes += 1;
+                match k.arr {
+                    Arr::Clean => {
+                        t.k.arr = Arr::WritePending;
+                        t.k.pending = Some(c);
+                        t.k.notified = true;
+                    }
+                    Arr::WritePending => t.k.pending = Some(c),
+                    Arr::Active | Arr::ActiveIdle => {
+                        // active-idle goes back to active at once, no block;
+                        // the write itself then waits for a blocked member.
+                        if k.arr == Arr::ActiveIdle {
+                            t.k.arr = Arr::Active;
+                            t.k.notified = true;
+                        }
+                        if self.blocked(k) {
+                            t.k.pending = Some(c);
+                        } else {
+                            self.do_write(&mut t, c);
+                        }
+                    }
+                }
+                out.push((Tr::WriteArrives(c), t));
+            }
+        }
+        if let Some(c) = k.pending {
+            if k.arr == Arr::Active && !self.blocked(k) {
+                let mut t = s.clone();
+                t.k.pending = None;
+                self.do_write(&mut t, c);
+                out.push((Tr::WriteCompletes(c), t));
+            }
+        }
+        if k.arr == Arr::Active && k.pending.is_none() {
+            let mut t = s.clone();
+            t.k.arr = Arr::ActiveIdle;
+            t.k.notified = true;
+            out.push((Tr::Idle, t));
+        }
+        if s.c.fails < b.fails {
+            for j in 0..n {
+                let mut t = s.clone();
+                if self.fail_member(&mut t, j) {
+                    t.c.fails += 1;
+                    out.push((Tr::MemberFails(j), t));
+                }
+            }
+        }
+        if k.sync == Sync::Recover {
+            for j in 0..n {
+                if let Km::Rebuild { bitmap, pos } = k.m[j] {
+                    let mut t = s.clone();
+                    if pos < CH {
+                        let bit = 1 << pos;
+                        if !bitmap || k.needed & bit != 0 {
+                            t.missed[j] &= !bit;
+                        }
+                        t.k.m[j] = Km::Rebuild {
+                            bitmap,
+                            pos: pos + 1,
+                        };
+                        t.k.notified = true;
+                        out.push((Tr::RecoveryStep(j, pos), t));
+                    } else {
+                        t.k.m[j] = Km::InSync;
+                        if !(0..n).any(|o| matches!(t.k.m[o], Km::Rebuild { .. })) {
+                            t.k.sync = Sync::Idle;
+                        }
+                        if self.degraded(&t.k) == 0 {
+                            t.k.needed = 0;
+                        }
+                        if matches!(t.k.arr, Arr::Clean | Arr::Active | Arr::ActiveIdle) {
+                            t.k.arr = Arr::WritePending; // not notified itself
+                        }
+                        t.k.notified = true; // degraded and sync_action are
+                        out.push((Tr::RecoveryEnd(j), t));
+                    }
+                }
+            }
+        }
+        if s.c.crashes < b.crashes {
+            if let Some(t) = self.crash(s) {
+                out.push((Tr::Crash, t));
+            }
+        }
+        if k.hold && s.started && s.mon.is_some() {
+            let mut t = s.clone();
+            t.k.hold = false;
+            out.push((Tr::HoldReleased, t));
+        }
+
+        // --- Daemon ---
+        match &s.mon {
+            None => {
+                let newest = (0..n)
+                    .filter(|&j| k.m[j] != Km::Absent)
+                    .filter_map(|j| s.disk[j])
+                    .max_by_key(|d| d.events);
+                if let Some(d) = newest {
+                    let (m, acts) =
+                        Monitor::start_with_fault(to_meta(&d, n), &self.view(k), b.fault);
+                    let mut t = s.clone();
+                    t.mon = Some(self.key(&m));
+                    t.queue = abstract_actions(&acts);
+                    t.done = 0;
+                    t.k.notified = false;
+                    t.started = t.queue.is_empty();
+                    out.push((Tr::DaemonStart, t));
+                }
+            }
+            Some(key) => {
+                if s.c.restarts < b.restarts {
+                    let mut t = s.clone();
+                    t.mon = None;
+                    t.queue.clear();
+                    t.done = 0;
+                    t.started = false;
+                    t.c.restarts += 1;
+                    out.push((Tr::DaemonRestart, t));
+                }
+                if let Some(a) = s.queue.first() {
+                    let mut t = s.clone();
+                    t.queue.remove(0);
+                    t.done += 1;
+                    match self.apply(&mut t, a) {
+                        Ok(()) => {
+                            if t.queue.is_empty() {
+                                t.done = 0;
+                                t.k.notified = true;
+                                t.started = true;
+                            }
+                            out.push((Tr::Exec(*a), t));
+                        }
+                        Err(()) => {
+                            let mut t = s.clone();
+                            self.feed_failure(&mut t, key);
+                            out.push((Tr::ExecRefused(*a), t));
+                        }
+                    }
+                    if s.c.afails < b.action_failures {
+                        let mut t = s.clone();
+                        t.c.afails += 1;
+                        match *a {
+                            AAct::Write(d, mask) => {
+                                if let Some(j) = (0..n).find(|j| mask & (1 << j) != 0) {
+                                    t.disk[j] = Some(d);
+                                }
+                            }
+                            AAct::Add(j, bitmap) => {
+                                let j = j as usize;
+                                if j < n && t.k.m[j] == Km::Absent {
+                                    t.k.m[j] = Km::Unslotted { bitmap };
+                                }
+                            }
+                            _ => {}
+                        }
+                        self.feed_failure(&mut t, key);
+                        out.push((Tr::ExecFails(*a), t));
+                    }
+                } else {
+                    if k.notified {
+                        let mut m = self.monitor(key);
+                        let acts = m.observe(&self.view(k));
+                        let mut t = s.clone();
+                        t.mon = Some(self.key(&m));
+                        t.queue = abstract_actions(&acts);
+                        t.done = 0;
+                        t.k.notified = false;
+                        if t.queue.is_empty() {
+                            t.started = true;
+                        }
+                        out.push((Tr::Observe, t));
+                    }
+                    if s.c.readds < b.readds {
+                        for j in 0..n {
+                            if k.m[j] != Km::Absent {
+                                continue;
+                            }
+                            for fresh in [false, true] {
+                                if fresh && !b.fresh {
+                                    continue;
+                                }
+                                let mut t = s.clone();
+                                let dev = if fresh {
+                                    t.gen[j] = s.gen[j] + 1;
+                                    t.disk[j] = None;
+                                    t.missed[j] = ALL;
+                                    ReturningDevice {
+                                        uuid: uuid_of(j, t.gen[j]),
+                                        own: None,
+                                    }
+                                } else {
+                                    ReturningDevice {
+                                        uuid: uuid_of(j, s.gen[j]),
+                                        own: s.disk[j].map(|d| OwnRecord {
+                                            events: u64::from(d.events),
+                                            state: st_to_state(d.st[j]),
+                                        }),
+                                    }
+                                };
+                                let mut m = self.monitor(key);
+                                let req = AdminRequest::ReAdd {
+                                    index: j,
+                                    device: dev,
+                                };
+                                if let Ok(acts) = m.admin(&req, &self.view(k)) {
+                                    t.mon = Some(self.key(&m));
+                                    t.queue = abstract_actions(&acts);
+                                    t.done = 0;
+                                    t.c.readds += 1;
+                                    out.push((Tr::ReAdd { slot: j, fresh }, t));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn feed_failure(&self, t: &mut S, key: &MonKey) {
+        let mut m = self.monitor(key);
+        let more = m
+            .step(Event::ActionFailed(t.done as usize))
+            .unwrap_or_default();
+        debug_assert!(more.is_empty());
+        t.mon = Some(self.key(&m));
+        t.queue.clear();
+        t.done = 0;
+        t.k.notified = true;
+    }
+
+    /// The kernel clears every bit it may, at once. Clearing as early as
+    /// allowed is the worst case for every property checked (bits only ever
+    /// help a rebuild), so this replaces the interleavings of lazy clearing.
+    fn clear_bits(&self, s: &mut S) {
+        if s.k.can_clear && !s.k.hold {
+            let clearable = if self.degraded(&s.k) > 0 {
+                s.k.bits & !s.k.needed
+            } else {
+                s.k.bits
+            };
+            s.k.bits &= !clearable;
+            s.k.needed &= !clearable;
+        }
+    }
+
+    /// Property 1 and 2; `Err` names the violation.
+    fn check(&self, s: &S) -> Result<(), String> {
+        let n = self.n();
+        if s.k.can_clear && !s.k.hold {
+            for j in 0..n {
+                if s.k.m[j] == Km::Absent {
+                    continue;
+                }
+                match s.disk[j] {
+                    Some(d)
+                        if (0..n).all(|i| d.st[i] == St::InSync) && d.ec == d.events => {}
+                    other => {
+                        return Err(format!(
+                            "INVARIANT: can_clear is true but device {j}'s durable metadata is {other:?}"
+                        ))
+                    }
+                }
+            }
+        }
+        for j in 0..n {
+            if s.k.m[j] == Km::InSync && s.missed[j] != 0 {
+                return Err(format!(
+                    "DATA: device {j} is in sync but misses chunks {:#b}",
+                    s.missed[j]
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of a search.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub states: usize,
+    pub edges: usize,
+    /// A violation and the trace leading to it.
+    pub violation: Option<(String, Vec<String>)>,
+}
+
+impl fmt::Display for Tr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tr::WriteArrives(c) => write!(f, "kernel: a write to chunk {c} arrives"),
+            Tr::WriteCompletes(c) => write!(f, "kernel: the held write to chunk {c} completes"),
+            Tr::Idle => write!(f, "kernel: idle (active -> active-idle)"),
+            Tr::MemberFails(j) => write!(f, "kernel: member {j} fails"),
+            Tr::RecoveryStep(j, c) => write!(f, "kernel: member {j} recovers chunk {c}"),
+            Tr::RecoveryEnd(j) => write!(f, "kernel: recovery of member {j} ends"),
+            Tr::Crash => write!(f, "CRASH and reassembly"),
+            Tr::HoldReleased => write!(f, "assembler restores time_base"),
+            Tr::DaemonStart => write!(f, "daemon: Monitor::start"),
+            Tr::DaemonRestart => write!(f, "daemon: RESTART (memory lost)"),
+            Tr::Observe => write!(f, "daemon: observe"),
+            Tr::Exec(a) => write!(f, "daemon: execute {a:?}"),
+            Tr::ExecRefused(a) => write!(f, "daemon: kernel refuses {a:?}"),
+            Tr::ExecFails(a) => write!(f, "daemon: FAILURE executing {a:?}"),
+            Tr::ReAdd { slot, fresh } => write!(
+                f,
+                "admin: re-add {} device in slot {slot}",
+                if *fresh { "a blank" } else { "the same" }
+            ),
+        }
+    }
+}
+
+fn describe(s: &S, n: usize) -> String {
+    let disks: Vec<String> = (0..n)
+        .map(|j| match s.disk[j] {
+            None => format!("d{j}=blank"),
+            Some(d) => format!(
+                "d{j}=E{}/EC{}{} {:?}",
+                d.events,
+                d.ec,
+                if d.clean { " clean" } else { "" },
+                &d.st[..n]
+            ),
+        })
+        .collect();
+    format!(
+        "kernel {:?} cc={} hold={} sync={:?} members={:?} bits={:#b} needed={:#b} pending={:?} | missed={:?} | {} | daemon {} queue={:?}",
+        s.k.arr,
+        s.k.can_clear,
+        s.k.hold,
+        s.k.sync,
+        &s.k.m[..n],
+        s.k.bits,
+        s.k.needed,
+        s.k.pending,
+        &s.missed[..n],
+        disks.join(" "),
+        if s.mon.is_some() { "up" } else { "down" },
+        s.queue
+    )
+}
+
+fn hash_of(s: &S) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(s)
+}
+
+/// The visited set: each state stored once (in `states`), found by its
+/// 64-bit hash; the rare hash collision goes to a map of full states.
+struct Visited {
+    states: Vec<S>,
+    by_hash: HashMap<u64, u32>,
+    collided: HashMap<S, u32>,
+}
+
+impl Visited {
+    fn get(&self, s: &S, h: u64) -> Option<u32> {
+        match self.by_hash.get(&h) {
+            Some(&id) if self.states[id as usize] == *s => Some(id),
+            Some(_) => self.collided.get(s).copied(),
+            None => None,
+        }
+    }
+
+    fn insert(&mut self, s: S, h: u64) -> u32 {
+        let id = self.states.len() as u32;
+        match self.by_hash.entry(h) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collided.insert(s.clone(), id);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(id);
+            }
+        }
+        self.states.push(s);
+        id
+    }
+}
+
+impl Model {
+    /// Canonical form: fields that can no longer influence anything are
+    /// reset, so equivalent states are counted once.
+    fn normalize(&self, s: &mut S) {
+        self.clear_bits(s);
+        if !s.k.hold {
+            s.started = false; // only gates the end of the hold
+        }
+        if s.queue.is_empty() {
+            s.done = 0;
+            if let Some(m) = &mut s.mon {
+                m.write_at = None; // only read when the current batch fails
+            }
+        }
+    }
+
+    fn trace(&self, v: &Visited, parent: &[u32], mut id: u32) -> Vec<String> {
+        let mut ids = vec![id];
+        while id != 0 {
+            id = parent[id as usize];
+            ids.push(id);
+        }
+        ids.reverse();
+        let mut out = vec![format!(
+            "initial state\n      -> {}",
+            describe(&v.states[0], self.n())
+        )];
+        for w in ids.windows(2) {
+            let (from, to) = (&v.states[w[0] as usize], &v.states[w[1] as usize]);
+            let tr = self
+                .successors(from)
+                .into_iter()
+                .find_map(|(tr, mut t)| {
+                    self.normalize(&mut t);
+                    (t == *to).then_some(tr)
+                })
+                .map(|tr| tr.to_string())
+                .unwrap_or_else(|| "?".into());
+            out.push(format!("{tr}\n      -> {}", describe(to, self.n())));
+        }
+        out
+    }
+}
+
+/// Breadth-first search over every reachable state.
+pub(crate) fn search(b: Bounds) -> Outcome {
+    let model = Model { b };
+    let mut init = model.initial();
+    model.normalize(&mut init);
+    let mut v = Visited {
+        states: Vec::new(),
+        by_hash: HashMap::new(),
+        collided: HashMap::new(),
+    };
+    let h = hash_of(&init);
+    v.insert(init, h);
+    let mut parent: Vec<u32> = vec![0];
+    // Quiet edges (to, from), for the liveness check.
+    let mut quiet: Vec<(u32, u32)> = Vec::new();
+    let mut next = 0usize;
+    let mut edges = 0usize;
+    while next < v.states.len() {
+        let id = next as u32;
+        next += 1;
+        if next % 1_000_000 == 0 && std::env::var_os("MDEXT_MODEL_PROGRESS").is_some() {
+            eprintln!("{next} states expanded, {} known", v.states.len());
+        }
+        let s = v.states[id as usize].clone();
+        if let Err(e) = model.check(&s) {
+            return Outcome {
+                states: v.states.len(),
+                edges,
+                violation: Some((e, model.trace(&v, &parent, id))),
+            };
+        }
+        for (tr, mut t) in model.successors(&s) {
+            model.normalize(&mut t);
+            edges += 1;
+            let h = hash_of(&t);
+            let tid = match v.get(&t, h) {
+                Some(x) => x,
+                None => {
+                    parent.push(id);
+                    v.insert(t, h)
+                }
+            };
+            if tr.quiet() {
+                quiet.push((tid, id));
+            }
+        }
+    }
+    // Property 3: backward reachability over quiet edges from the states
+    // with no held write.
+    quiet.sort_unstable();
+    let n = v.states.len();
+    let mut start = vec![0usize; n + 1];
+    for &(to, _) in &quiet {
+        start[to as usize + 1] += 1;
+    }
+    for i in 0..n {
+        start[i + 1] += start[i];
+    }
+    let mut good: Vec<bool> = v.states.iter().map(|s| s.k.pending.is_none()).collect();
+    let mut work: Vec<u32> = (0..n as u32).filter(|&i| good[i as usize]).collect();
+    while let Some(x) = work.pop() {
+        for &(_, p) in &quiet[start[x as usize]..start[x as usize + 1]] {
+            if !good[p as usize] {
+                good[p as usize] = true;
+                work.push(p);
+            }
+        }
+    }
+    if let Some(bad) = good.iter().position(|g| !g) {
+        return Outcome {
+            states: n,
+            edges,
+            violation: Some((
+                "LIVENESS: a held write can never complete without outside help".into(),
+                model.trace(&v, &parent, bad as u32),
+            )),
+        };
+    }
+    Outcome {
+        states: n,
+        edges,
+        violation: None,
+    }
+}
+
+fn report(o: &Outcome) -> String {
+    match &o.violation {
+        None => format!("{} states, {} transitions, no violation", o.states, o.edges),
+        Some((e, tr)) => format!(
+            "{e}\nafter {} states; trace ({} steps):\n  {}",
+            o.states,
+            tr.len(),
+            tr.join("\n  ")
+        ),
+    }
+}
+
+/// The bounds `cargo test` checks (see the module documentation).
+const STATES_DEFAULT: usize = 1_711_254;
+/// The larger bounds of [`model_check_large`].
+const STATES_LARGE: usize = 43_421_418;
+
+fn expect_clean(b: Bounds) -> Outcome {
+    let o = search(b);
+    println!("{b:?}\n{}", report(&o));
+    assert!(o.violation.is_none(), "{}", report(&o));
+    o
+}
+
+fn expect_violation(b: Bounds, kind: &str) {
+    let o = search(b);
+    let r = report(&o);
+    println!("{b:?}\n{r}");
+    let (e, trace) = o.violation.expect("the broken variant must be caught");
+    assert!(e.starts_with(kind), "{r}");
+    assert!(trace.len() > 2, "{r}");
+}
+
+/// Only the given event kinds, each at most once (or as given).
+fn only(f: impl FnOnce(&mut Bounds)) -> Bounds {
+    let mut b = Bounds {
+        writes: 0,
+        fails: 0,
+        crashes: 0,
+        restarts: 0,
+        action_failures: 0,
+        readds: 0,
+        ..Bounds::default()
+    };
+    f(&mut b);
+    b
+}
+
+#[test]
+fn model_check_default_bounds() {
+    let b = Bounds::from_env();
+    let o = expect_clean(b);
+    if std::env::vars().all(|(k, _)| !k.starts_with("MDEXT_MODEL_")) {
+        assert_eq!(o.states, STATES_DEFAULT, "update the documented count");
+    }
+}
+
+/// `cargo test --release -- --ignored model_check_large` (about 2 minutes
+/// and 13 GB of memory).
+#[test]
+#[ignore]
+fn model_check_large() {
+    let o = expect_clean(Bounds {
+        writes: 2,
+        fails: 2,
+        ..Bounds::default()
+    });
+    assert_eq!(o.states, STATES_LARGE, "update the documented count");
+}
+
+#[test]
+fn checker_finds_true_written_before_record() {
+    expect_violation(
+        only(|b| {
+            b.fails = 1;
+            b.readds = 1;
+            b.fault = Fault::TrueBeforeRecord;
+        }),
+        "INVARIANT",
+    );
+}
+
+#[test]
+fn checker_finds_missing_rewrite_at_start() {
+    // A failed (partial) all-in-sync write, then a crash: the stale member
+    // joins in sync and still records itself rebuilding when the hold ends.
+    expect_violation(
+        only(|b| {
+            b.fails = 1;
+            b.readds = 1;
+            b.action_failures = 1;
+            b.crashes = 1;
+            b.fault = Fault::NoWriteAtStart;
+        }),
+        "INVARIANT",
+    );
+}
+
+#[test]
+fn checker_finds_bitmap_rebuild_trusting_device_events() {
+    // A blank device is stamped "rebuilding (full)" with recent events,
+    // then re-added: trusting its events alone rebuilds it from the bitmap.
+    expect_violation(
+        only(|b| {
+            b.fails = 1;
+            b.readds = 2;
+            b.restarts = 1;
+            b.crashes = 1;
+            b.fault = Fault::TrustDeviceEvents;
+        }),
+        "DATA",
+    );
+}
+
+#[test]
+fn checker_finds_the_degraded_restart_trap_without_set_bits() {
+    expect_violation(
+        only(|b| {
+            b.fails = 1;
+            b.writes = 1;
+            b.crashes = 1;
+            b.readds = 1;
+            b.set_bits = false;
+        }),
+        "DATA",
+    );
+}

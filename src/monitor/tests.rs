@@ -567,7 +567,7 @@ fn failed_action_forces_a_rewrite_before_active() {
     v.array_state = ArrayState::WritePending;
     let acts = mon.observe(&v);
     let e = written(&acts[0]).events;
-    mon.step(Event::ActionFailed(acts[0].clone())).expect("ok");
+    mon.step(Event::ActionFailed(0)).expect("ok");
     let acts = mon.observe(&v);
     assert_eq!(
         written(&acts[0]).events,
@@ -633,4 +633,38 @@ fn malformed_record_does_not_panic() {
         },
         &v,
     );
+}
+
+#[test]
+fn failure_after_the_write_costs_no_rewrite() {
+    let mut mon = settled(meta(), &view());
+    let mut v = view();
+    v.array_state = ArrayState::WritePending;
+    let acts = mon.observe(&v);
+    assert!(matches!(acts[0], Action::WriteMetadata { .. }));
+    // `active` refused: the write is durable, so the retry only re-sends
+    // `active` (a kernel that keeps refusing must not cause a write storm).
+    mon.step(Event::ActionFailed(1)).expect("ok");
+    assert_eq!(
+        mon.observe(&v),
+        vec![Action::SetArrayState(ArrayState::Active)]
+    );
+}
+
+#[test]
+fn failure_before_the_write_forces_it_again() {
+    let mut mon = settled(meta(), &view());
+    let mut v = view();
+    v.degraded = 1;
+    v.array_state = ArrayState::WritePending;
+    v.members[1] = km(1, "faulty,blocked", None);
+    let acts = mon.observe(&v);
+    assert_eq!(acts[0], Action::SetCanClear(false));
+    // `can_clear=false` failed: nothing after it ran, including the record
+    // of the failure, which the machine already holds in memory.
+    mon.step(Event::ActionFailed(0)).expect("ok");
+    let again = mon.observe(&v);
+    assert_eq!(again[0], Action::SetCanClear(false));
+    assert_eq!(written(&again[1]).members[1].state, MemberState::Failed);
+    assert_eq!(again[2], Action::Member(1, MemberCommand::Unblock));
 }
