@@ -285,11 +285,11 @@ impl Managed {
     /// Run a batch in order; on the first failure feed it back and stop.
     fn execute(&mut self, batch: Vec<Action>) -> bool {
         let mut membership_changed = false;
-        for a in batch {
+        for (i, a) in batch.iter().enumerate() {
             debug!("{}: {a:?}", self.md.name());
-            if let Err(e) = self.run_action(&a, &mut membership_changed) {
+            if let Err(e) = self.run_action(a, &mut membership_changed) {
                 error!("{}: {e}", self.md.name());
-                self.mon.action_failed(&a);
+                self.mon.action_failed(i);
                 if membership_changed {
                     let _ = self.rewatch();
                 }
