@@ -436,6 +436,17 @@ fn bad_input() -> Result<()> {
         "stale member not reported: {out}"
     );
     ensure!(md127().degraded()? == 1, "the stale member was used");
+    // SIGTERM: the daemon leaves the array clean, then exits.
+    write_direct(&md127().dev_path(), 4096, &pattern(6, 4096))?;
+    sh("kill -TERM $(cat /run/mdext/mdextmon.pid)")?;
+    wait_until("mdextmon to exit", Duration::from_secs(20), || {
+        (!Path::new("/run/mdext/mdextmon.sock").exists()).then_some(())
+    })?;
+    ensure!(state_of(&loops[0].path)? == "clean", "SIGTERM left the metadata dirty");
+    ensure!(md127().array_state()? == ArrayState::Clean, "SIGTERM left the array {}", md127().array_state()?);
+    // With no daemon, member management is refused and nothing changes.
+    refused("fail md127 /dev/loop0", "mdextmon is not running")?;
+    ensure!(md127().member("loop0").flags()?.in_sync, "fail without a daemon changed the member");
     ctl("stop one")?;
     Ok(())
 }
