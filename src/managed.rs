@@ -16,6 +16,8 @@ use crate::units::Sectors;
 use log::{debug, error, info, warn};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Errors while taking over or operating an array.
@@ -50,12 +52,66 @@ pub enum ManagedError {
     },
 }
 
-/// A member's metadata I/O handle.
+/// A member's metadata I/O handle, with its own writer thread.
 struct MemberIo {
     kname: String,
-    dev: Device,
+    dev: Arc<Device>,
     device: DeviceMeta,
     index: usize,
+    writer: Writer,
+}
+
+/// A long-lived thread that writes one member's metadata, so that the
+/// members of an array are written in parallel without creating threads on
+/// the write-pending path (under `mlockall(MCL_FUTURE)` every new thread
+/// stack would be populated and locked right there). The channels are
+/// bounded to one message, so sending allocates nothing.
+struct Writer {
+    jobs: SyncSender<Superblock>,
+    done: Receiver<Result<usize, String>>,
+}
+
+/// Stack of a writer thread: it only encodes 4 KiB and calls pwrite.
+const WRITER_STACK: usize = 256 << 10;
+
+impl Writer {
+    fn start(name: &str, dev: Arc<Device>) -> std::io::Result<Writer> {
+        let (jobs, rx) = sync_channel::<Superblock>(1);
+        let (tx, done) = sync_channel(1);
+        std::thread::Builder::new()
+            .name(format!("write-{name}"))
+            .stack_size(WRITER_STACK)
+            .spawn(move || {
+                // Ends when the member is dropped (its sender goes away).
+                while let Ok(sb) = rx.recv() {
+                    let r = dev.write_superblock(&sb).map_err(|e| e.to_string());
+                    if tx.send(r).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Writer { jobs, done })
+    }
+}
+
+impl MemberIo {
+    fn new(
+        kname: String,
+        dev: Device,
+        device: DeviceMeta,
+        index: usize,
+    ) -> Result<MemberIo, String> {
+        let dev = Arc::new(dev);
+        let writer = Writer::start(&kname, dev.clone())
+            .map_err(|e| format!("{kname}: writer thread: {e}"))?;
+        Ok(MemberIo {
+            kname,
+            dev,
+            device,
+            index,
+            writer,
+        })
+    }
 }
 
 /// A device waiting to be hot-added by an `AddDevice` action.
@@ -127,12 +183,9 @@ impl Managed {
         let mut members = Vec::new();
         for (kname, dev, device) in opened {
             match meta.index_of(&device.uuid) {
-                Some(index) => members.push(MemberIo {
-                    kname,
-                    dev,
-                    device,
-                    index,
-                }),
+                Some(index) => members.push(
+                    MemberIo::new(kname, dev, device, index).map_err(|e| merr(name, "-", e))?,
+                ),
                 None => warn!("{name}: {kname} is not in the member table; ignored"),
             }
         }
@@ -357,12 +410,8 @@ impl Managed {
                     .and_then(|_| h.set_slot(Some(*index as u32)));
                 // Keep it in the member list either way: the next snapshot
                 // shows it and the machine removes a half-added device.
-                self.members.push(MemberIo {
-                    kname: kname.clone(),
-                    dev: p.dev,
-                    device: p.device,
-                    index: *index,
-                });
+                self.members
+                    .push(MemberIo::new(kname.clone(), p.dev, p.device, *index)?);
                 *membership_changed = true;
                 r.map_err(s)?;
                 info!(
@@ -384,24 +433,33 @@ impl Managed {
             .iter()
             .filter(|m| targets.contains(&m.index))
             .collect();
-        let results: Vec<Result<usize, String>> = std::thread::scope(|sc| {
-            let hs: Vec<_> = chosen
-                .iter()
-                .map(|m| {
-                    let sb = Superblock {
-                        array: next.clone(),
-                        device: m.device,
-                    };
-                    sc.spawn(move || m.dev.write_superblock(&sb).map_err(|e| e.to_string()))
+        // Hand every member its copy first, then collect: the writes run in
+        // parallel on the members' writer threads.
+        let mut sent = Vec::with_capacity(chosen.len());
+        for m in &chosen {
+            let sb = Superblock {
+                array: next.clone(),
+                device: m.device,
+            };
+            sent.push(
+                m.writer
+                    .jobs
+                    .send(sb)
+                    .map_err(|_| "writer thread gone".to_string()),
+            );
+        }
+        let results: Vec<Result<usize, String>> = chosen
+            .iter()
+            .zip(sent)
+            .map(|(m, s)| {
+                s.and_then(|()| {
+                    m.writer
+                        .done
+                        .recv()
+                        .unwrap_or_else(|_| Err("writer thread gone".into()))
                 })
-                .collect();
-            hs.into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("writer thread panicked".into()))
-                })
-                .collect()
-        });
+            })
+            .collect();
         let mut errs = Vec::new();
         for (m, r) in chosen.iter().zip(results) {
             if let Err(e) = r {

@@ -442,11 +442,21 @@ fn bad_input() -> Result<()> {
     wait_until("mdextmon to exit", Duration::from_secs(20), || {
         (!Path::new("/run/mdext/mdextmon.sock").exists()).then_some(())
     })?;
-    ensure!(state_of(&loops[0].path)? == "clean", "SIGTERM left the metadata dirty");
-    ensure!(md127().array_state()? == ArrayState::Clean, "SIGTERM left the array {}", md127().array_state()?);
+    ensure!(
+        state_of(&loops[0].path)? == "clean",
+        "SIGTERM left the metadata dirty"
+    );
+    ensure!(
+        md127().array_state()? == ArrayState::Clean,
+        "SIGTERM left the array {}",
+        md127().array_state()?
+    );
     // With no daemon, member management is refused and nothing changes.
     refused("fail md127 /dev/loop0", "mdextmon is not running")?;
-    ensure!(md127().member("loop0").flags()?.in_sync, "fail without a daemon changed the member");
+    ensure!(
+        md127().member("loop0").flags()?.in_sync,
+        "fail without a daemon changed the member"
+    );
     ctl("stop one")?;
     Ok(())
 }

@@ -105,6 +105,24 @@ fn recorded_whole(dev: &Path) -> Result<bool> {
     Ok(all && e["bitmap"]["events_cleared"] == e["events"])
 }
 
+/// Every member records the array whole, and the kernel, allowed to clear
+/// bits again, clears them.
+fn whole_then_cleared(loops: &[Loop], when: &str) -> Result<()> {
+    for l in loops {
+        ensure!(
+            recorded_whole(&l.path)?,
+            "{} not recorded whole {when}",
+            l.path.display()
+        );
+    }
+    wait_until("bits cleared once allowed", Duration::from_secs(15), || {
+        bits_on(&loops[0].path)
+            .ok()
+            .filter(|b| b.is_empty())
+            .map(|_| ())
+    })
+}
+
 fn bits_on(dev: &Path) -> Result<Vec<u64>> {
     Ok(set_bits(&read_direct(dev, 16 * 512, 4096)?))
 }
@@ -177,19 +195,7 @@ fn fail_readd() -> Result<()> {
         written >= data && written < data + 200,
         "rebuild wrote {written} sectors, expected {data} plus metadata"
     );
-    for l in &loops {
-        ensure!(
-            recorded_whole(&l.path)?,
-            "{} not recorded whole after the rebuild",
-            l.path.display()
-        );
-    }
-    wait_until("bits cleared once allowed", Duration::from_secs(15), || {
-        bits_on(&loops[0].path)
-            .ok()
-            .filter(|b| b.is_empty())
-            .map(|_| ())
-    })?;
+    whole_then_cleared(&loops, "after the rebuild")?;
     verify_chunks(&md, &dirty, 0)?;
     ensure!(
         check_mismatches(&md)? == 0,
@@ -362,7 +368,10 @@ fn kill_before_true() -> Result<()> {
     // The rebuild of 3 chunks can end while the daemon still handles the
     // request; then it dies at the failpoint before it answers.
     let (ok, _, err) = ctl_status("add md127 /dev/loop1")?;
-    ensure!(ok || err.contains("closed the connection"), "add failed: {err}");
+    ensure!(
+        ok || err.contains("closed the connection"),
+        "add failed: {err}"
+    );
     // The rebuild ends; the daemon records the array whole, then dies where
     // it would write can_clear=true.
     wait_until(
@@ -396,19 +405,7 @@ fn kill_before_true() -> Result<()> {
         Duration::from_secs(20),
         || (md.can_clear().ok()? == Some(true)).then_some(()),
     )?;
-    for l in &loops {
-        ensure!(
-            recorded_whole(&l.path)?,
-            "{} not recorded whole after the restart",
-            l.path.display()
-        );
-    }
-    wait_until("bits cleared once allowed", Duration::from_secs(15), || {
-        bits_on(&loops[0].path)
-            .ok()
-            .filter(|b| b.is_empty())
-            .map(|_| ())
-    })?;
+    whole_then_cleared(&loops, "after the restart")?;
     verify_chunks(&md, &dirty, 30)?;
     ensure!(check_mismatches(&md)? == 0, "mismatch_cnt");
     ctl("stop md127")?;
