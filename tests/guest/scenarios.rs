@@ -18,4 +18,5 @@ pub static ALL: &[&Scenario] = &[
     &rebuild::DEGRADED_CRASH,
     &rebuild::REPLACED_RETURNS,
     &rebuild::KILL_BEFORE_TRUE,
+    &rebuild::TAKEOVER_FAILED,
 ];

@@ -411,3 +411,88 @@ fn kill_before_true() -> Result<()> {
     ctl("stop md127")?;
     Ok(())
 }
+
+pub static TAKEOVER_FAILED: Scenario = Scenario {
+    name: "takeover_of_array_with_unrecorded_failure",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: takeover_failed,
+        ends: Ends::Ok,
+    }],
+};
+
+fn takeover_failed() -> Result<()> {
+    let loops = loop_devices(2, 64)?;
+    ctl("create --level 1 --raid-devices 2 --name to --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1")?;
+    ctl("assemble to /dev/loop0 /dev/loop1")?;
+    let md = md();
+    sh("kill -KILL $(cat /run/mdext/mdextmon.pid)")?;
+    wait_until("mdextmon gone", Duration::from_secs(10), || {
+        (!daemon_alive()).then_some(())
+    })?;
+    // A member fails while nobody manages the array: md holds writes and
+    // leaves can_clear true (it never changes it by itself).
+    md.member("loop1")
+        .command(mdext::sysfs::MemberCommand::Faulty)?;
+    ensure!(
+        md.member("loop1").flags()?.blocked,
+        "failed member not blocked"
+    );
+    ensure!(can_clear(&md)? == Some(true), "can_clear changed by itself");
+    let dirty = [9u64, 10];
+    let writer = {
+        let md = md.clone();
+        std::thread::spawn(move || write_chunks(&md, &dirty, 40))
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(
+        !writer.is_finished(),
+        "a write passed a blocked member with no daemon"
+    );
+    // A new daemon takes the array over: can_clear=false, the failure
+    // recorded, the member unblocked and removed, the write released.
+    start_daemon(None)?;
+    wait_until(
+        "the held write to complete",
+        Duration::from_secs(20),
+        || writer.is_finished().then_some(()),
+    )?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    ensure!(
+        can_clear(&md)? == Some(false),
+        "can_clear after takeover of a degraded array"
+    );
+    ensure!(
+        member_states(&loops[0].path)?[1] == "failed",
+        "failure not recorded at takeover"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    ensure!(
+        bits_on(&loops[0].path)? == dirty,
+        "bits not kept: {:?}",
+        bits_on(&loops[0].path)?
+    );
+    wait_until(
+        "the failed member detached",
+        Duration::from_secs(10),
+        || (!Path::new("/sys/block/md127/md/dev-loop1").exists()).then_some(()),
+    )?;
+    let w0 = written_sectors("loop1")?;
+    ctl("add md127 /dev/loop1")?;
+    wait_whole(&md)?;
+    let written = written_sectors("loop1")? - w0;
+    let data = dirty.len() as u64 * CHUNK_SECTORS;
+    println!("re-add after a takeover wrote {written} sectors ({data} for 2 dirty chunks)");
+    ensure!(
+        written >= data && written < data + 200,
+        "rebuild wrote {written} sectors"
+    );
+    whole_then_cleared(&loops, "after the rebuild")?;
+    verify_chunks(&md, &dirty, 40)?;
+    ensure!(check_mismatches(&md)? == 0, "mismatch_cnt");
+    ctl("stop md127")?;
+    Ok(())
+}
