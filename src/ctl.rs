@@ -369,18 +369,80 @@ pub fn ensure_daemon(run_dir: &Path, mdextmon: &Path) -> Result<(), CtlError> {
     }
     cmd.spawn()
         .map_err(|e| CtlError::Array(format!("starting {}: {e}", mdextmon.display())))?;
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(10) {
-        if control::call(run_dir, &Request::Ping, Duration::from_secs(2)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if wait_for_socket(run_dir, Duration::from_secs(10)) {
+        return Ok(());
     }
     Err(CtlError::Array(format!(
         "started {} but it does not answer on {}",
         mdextmon.display(),
         control::socket_path(run_dir).display()
     )))
+}
+
+/// Wait until the daemon answers on its socket: inotify tells when the
+/// socket file appears in the run directory (no polling loop), then a ping
+/// confirms it listens.
+fn wait_for_socket(run_dir: &Path, limit: Duration) -> bool {
+    use inotify::{Inotify, WatchMask};
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let ping = || control::call(run_dir, &Request::Ping, Duration::from_secs(2)).is_ok();
+    let mut ino = match Inotify::init() {
+        Ok(i) => i,
+        Err(_) => return ping(),
+    };
+    // The daemon creates the directory itself when it is missing.
+    let _ = std::fs::create_dir_all(run_dir);
+    if ino
+        .watches()
+        .add(run_dir, WatchMask::CREATE | WatchMask::MOVED_TO)
+        .is_err()
+    {
+        return ping();
+    }
+    let t0 = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        // Checked after the watch exists, so a socket created meanwhile is
+        // not missed.
+        if ping() {
+            return true;
+        }
+        let left = limit.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN)];
+        let t = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, t) {
+            Ok(0) => return ping(),
+            Ok(_) => {
+                let _ = ino.read_events(&mut buf);
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return ping(),
+        }
+    }
+}
+
+/// The daemon recorded in the pid file, if that process is alive and is
+/// mdextmon (a stale pid file may name another program after a reboot).
+pub fn daemon_pid(run_dir: &Path) -> Option<u32> {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+    let pid: u32 = std::fs::read_to_string(run_dir.join("mdextmon.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut sys = System::new().ok()?;
+    let p = [Pid::from_u32(pid)];
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&p),
+        true,
+        ProcessRefreshKind::nothing(),
+    );
+    let name = sys.process(p[0])?.name().to_string_lossy().into_owned();
+    (name == "mdextmon").then_some(pid)
 }
 
 /// Resolve an array argument (`md127`, `/dev/md127`, a name or a UUID) to
@@ -448,6 +510,8 @@ pub fn detail(sysfs: &Sysfs, run_dir: &Path, arg: &str) -> Result<serde_json::Va
     let m = Managed::take_over(sysfs, &md).map_err(|e| CtlError::Array(e.to_string()))?;
     let mut v = m.status();
     v["managed"] = serde_json::Value::Bool(managed);
+    v["mdextmon_pid"] =
+        daemon_pid(run_dir).map_or(serde_json::Value::Null, serde_json::Value::from);
     Ok(v)
 }
 
@@ -520,10 +584,10 @@ pub fn render_detail(v: &serde_json::Value) -> String {
         ("Can Clear", s("can_clear")),
         (
             "Managed",
-            if v["managed"].as_bool() == Some(true) {
-                "by mdextmon".into()
-            } else {
-                "NO (writes will hang; run mdextctl assemble or start mdextmon)".into()
+            match (v["managed"].as_bool(), v["mdextmon_pid"].as_u64()) {
+                (Some(true), Some(pid)) => format!("by mdextmon (pid {pid})"),
+                (Some(true), None) => "by mdextmon".into(),
+                _ => "NO (writes will hang; run mdextctl assemble or start mdextmon)".into(),
             },
         ),
     ];
@@ -551,4 +615,51 @@ pub fn is_stopped(sysfs: &Sysfs, md: &str) -> bool {
             .md(md)
             .array_state()
             .is_ok_and(|s| s == ArrayState::Clear)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_pid_checks_the_process_name() {
+        let d = tempfile::tempdir().expect("tmp");
+        assert_eq!(daemon_pid(d.path()), None, "no pid file");
+        // Our own pid is alive but is not mdextmon.
+        std::fs::write(
+            d.path().join("mdextmon.pid"),
+            format!("{}\n", std::process::id()),
+        )
+        .expect("write");
+        assert_eq!(daemon_pid(d.path()), None);
+        std::fs::write(d.path().join("mdextmon.pid"), "4194305\n").expect("write");
+        assert_eq!(daemon_pid(d.path()), None, "no such process");
+        std::fs::write(d.path().join("mdextmon.pid"), "garbage").expect("write");
+        assert_eq!(daemon_pid(d.path()), None);
+    }
+
+    #[test]
+    fn socket_wait_gives_up() {
+        let d = tempfile::tempdir().expect("tmp");
+        let t0 = Instant::now();
+        assert!(!wait_for_socket(d.path(), Duration::from_millis(300)));
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn socket_wait_sees_a_listener_appear() {
+        let d = tempfile::tempdir().expect("tmp");
+        let dir = d.path().to_path_buf();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let l = control::listen(&dir).expect("listen");
+            let (s, _) = l.accept().expect("accept");
+            let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut r, &mut line).expect("read");
+            std::io::Write::write_all(&mut &s, b"{\"status\":\"ok\"}\n").expect("write");
+        });
+        assert!(wait_for_socket(d.path(), Duration::from_secs(10)));
+        t.join().expect("join");
+    }
 }

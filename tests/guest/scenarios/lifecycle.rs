@@ -240,7 +240,10 @@ fn filesystem_lifecycle() -> Result<()> {
             .map(|_| ())
     })?;
     let d = ctl("detail md127")?;
-    ensure!(d.contains("by mdextmon") && d.contains("raid1"), "{d}");
+    ensure!(
+        d.contains("by mdextmon (pid ") && d.contains("raid1"),
+        "{d}"
+    );
     // The array is found by its UUID too (md truncates the tag it keeps).
     let uuid = examine(&loops[0].path)?["array_uuid"]
         .as_str()
