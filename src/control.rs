@@ -265,6 +265,45 @@ mod tests {
     }
 
     #[test]
+    fn non_root_peer_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        if !nix::unistd::getuid().is_root() {
+            // The check under test compares against uid 0; as non-root the
+            // client below would be "root" relative to nothing. CI runs as
+            // root (the guest tests need it), so this branch is not taken there.
+            panic!("this test must run as root");
+        }
+        let d = tempfile::tempdir().expect("tmp");
+        let l = listen(d.path()).expect("listen");
+        // Open the directory and socket to everyone, so that only
+        // SO_PEERCRED stands between a non-root client and the daemon.
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(
+            socket_path(d.path()),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .expect("chmod");
+        let mut c = std::process::Command::new("python3");
+        c.arg("-c")
+            .arg("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'{\"cmd\":\"ping\"}\\n'); s.recv(100)")
+            .arg(socket_path(d.path()));
+        // SAFETY: setuid is async-signal-safe and runs in the child only.
+        unsafe {
+            c.pre_exec(|| {
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).map_err(std::io::Error::from)
+            });
+        }
+        let mut child = c.spawn().expect("python3 (installed by scripts/deps)");
+        let (s, _) = l.accept().expect("accept");
+        let e = check_peer(&s).expect_err("a non-root peer must be refused");
+        assert!(matches!(e, ControlError::NotRoot(65534)), "{e}");
+        assert!(e.to_string().contains("not root"), "{e}");
+        drop(s);
+        let _ = child.wait();
+    }
+
+    #[test]
     fn call_reports_not_running() {
         let d = tempfile::tempdir().expect("tmp");
         let e = call(d.path(), &Request::Ping, Duration::from_secs(1)).expect_err("none");

@@ -735,7 +735,18 @@ impl Managed {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        self.admin(AdminRequest::Stop)?;
+        if matches!(
+            self.md.array_state(),
+            Ok(ArrayState::Readonly | ArrayState::ReadAuto)
+        ) {
+            // Nothing can be in flight on a read-only array and its record
+            // was not made dirty: stop it directly.
+            self.md
+                .set_array_state(ArrayState::Inactive)
+                .map_err(|e| format!("{name}: cannot stop: {e}"))?;
+        } else {
+            self.admin(AdminRequest::Stop)?;
+        }
         let t0 = Instant::now();
         while self.md.array_state().is_ok_and(|s| s.is_running()) {
             if t0.elapsed() > Duration::from_secs(10) {

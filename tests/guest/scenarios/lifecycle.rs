@@ -263,6 +263,20 @@ fn filesystem_lifecycle() -> Result<()> {
             l.path.display()
         );
     }
+    // Read-only: the daemon manages it but leaves it read-only; a write
+    // is refused, it does not hang.
+    ctl("assemble --readonly life /dev/loop0 /dev/loop1")?;
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(
+        md127().array_state()? == ArrayState::Readonly,
+        "--readonly: {}",
+        md127().array_state()?
+    );
+    ensure!(
+        write_direct(&md127().dev_path(), 0, &pattern(9, 4096)).is_err(),
+        "a write to a read-only array succeeded"
+    );
+    ctl("stop md127")?;
     // Again, by name through a udev scan.
     ctl("assemble --scan life")?;
     sh("timeout 60 mount -t ext4 /dev/md127 /mnt/a")?;

@@ -185,6 +185,16 @@ fn fail_readd() -> Result<()> {
         bits_on(&loops[0].path)?
     );
     ensure!(can_clear(&md)? == Some(false), "can_clear while degraded");
+    // examine-bitmap shows the same chunks.
+    let eb: serde_json::Value = serde_json::from_str(&ctl("examine-bitmap --json /dev/loop0")?)?;
+    ensure!(eb["dirty"] == 5, "examine-bitmap dirty: {}", eb["dirty"]);
+    ensure!(
+        eb["dirty_ranges"] == serde_json::json!([[2, 2], [7, 8], [100, 100], [900, 900]]),
+        "examine-bitmap ranges: {}",
+        eb["dirty_ranges"]
+    );
+    let grid = ctl("examine-bitmap /dev/loop0")?;
+    ensure!(grid.contains("5 dirty") && grid.contains('#'), "{grid}");
     let w0 = written_sectors("loop1")?;
     ctl("add md127 /dev/loop1")?;
     wait_whole(&md)?;
@@ -295,6 +305,23 @@ fn replaced_returns() -> Result<()> {
         member_states(&loops[0].path)?[1] == "rebuilding",
         "rebuild not recorded"
     );
+    // Progress is recorded as the rebuild checkpoint, never ahead of md.
+    let cp = wait_until(
+        "a rebuild checkpoint recorded",
+        Duration::from_secs(60),
+        || {
+            let e = examine(&loops[0].path).ok()?;
+            e["members"][1]["rebuild_checkpoint_sectors"]
+                .as_u64()
+                .filter(|c| *c > 0)
+        },
+    )?;
+    let done = match md.sync_completed()? {
+        mdext::sysfs::SyncCompleted::Progress { done, .. } => done.0,
+        _ => comp,
+    };
+    println!("rebuild checkpoint recorded at {cp} sectors, md reports {done} done");
+    ensure!(cp <= done, "checkpoint {cp} ahead of md's progress {done}");
     md.write("sync_speed_max", "system")?;
     wait_whole(&md)?;
     let full = written_sectors("loop2")? - w0;
