@@ -63,6 +63,8 @@ pub struct Daemon {
     signals: SignalFd,
     arrays: BTreeMap<String, Managed>,
     terminating: bool,
+    /// Arrays whose last wake did not settle: retried on a short timeout.
+    unsettled: Vec<String>,
 }
 
 impl Daemon {
@@ -97,6 +99,7 @@ impl Daemon {
             signals,
             arrays: BTreeMap::new(),
             terminating: false,
+            unsettled: Vec::new(),
         };
         // With no arrays named, take over every running mdext array (a
         // restart, or a takeover from another instance).
@@ -133,7 +136,9 @@ impl Daemon {
         info!("{md}: managing array {} ({})", m.name(), m.uuid());
         self.arrays.insert(md.to_string(), m);
         if let Some(m) = self.arrays.get_mut(md) {
-            m.wake();
+            if !m.wake() {
+                self.unsettled.push(md.to_string());
+            }
         }
         Ok(())
     }
@@ -172,9 +177,10 @@ impl Daemon {
                 let nw = fds.len();
                 fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
                 fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
-                // While terminating with an array not yet clean, look again
-                // soon: the kernel does not notify when in-flight writes end.
-                let timeout = if self.terminating {
+                // While terminating with an array not yet clean, or while an
+                // array has not settled (an action failed), look again soon:
+                // the kernel does not notify again for what it already shows.
+                let timeout = if self.terminating || !self.unsettled.is_empty() {
                     PollTimeout::from(200u16)
                 } else {
                     PollTimeout::NONE
@@ -199,9 +205,15 @@ impl Daemon {
                 sig = ready(&fds[nw]);
                 lis = ready(&fds[nw + 1]);
             }
-            for (name, _) in woke {
+            let mut due: Vec<String> = woke.into_iter().map(|(n, _)| n).collect();
+            due.append(&mut self.unsettled);
+            due.sort();
+            due.dedup();
+            for name in due {
                 if let Some(m) = self.arrays.get_mut(&name) {
-                    m.wake();
+                    if !m.wake() {
+                        self.unsettled.push(name);
+                    }
                 }
             }
             if sig {
@@ -215,9 +227,8 @@ impl Daemon {
                             self.terminating = true;
                         }
                         Ok(Signal::SIGHUP) => {
-                            for m in self.arrays.values_mut() {
-                                m.wake();
-                            }
+                            // Look at everything again on the next turn.
+                            self.unsettled.extend(self.arrays.keys().cloned());
                         }
                         _ => {}
                     }
@@ -344,10 +355,16 @@ impl Daemon {
     ) -> Response {
         match self.arrays.get_mut(md) {
             None => Response::error(format!("{md}: not managed by mdextmon")),
-            Some(m) => match f(m) {
-                Ok(()) => Response::ok(),
-                Err(e) => Response::error(e),
-            },
+            Some(m) => {
+                let r = f(m);
+                // Whatever the request started (a rebuild, a removal) is
+                // followed up on the next turn even without a notification.
+                self.unsettled.push(md.to_string());
+                match r {
+                    Ok(()) => Response::ok(),
+                    Err(e) => Response::error(e),
+                }
+            }
         }
     }
 }

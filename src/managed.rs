@@ -288,7 +288,10 @@ impl Managed {
     }
 
     /// React to whatever the kernel shows now. Called after any wake.
-    pub fn wake(&mut self) {
+    /// Returns whether the array settled (the machine had nothing left to
+    /// do); if not, the daemon must look again soon by itself, because md
+    /// does not notify again for a write it already holds.
+    pub fn wake(&mut self) -> bool {
         for w in &self.watches {
             // Re-arm every notification (sysfs needs a read after a wake).
             let _ = w.read_fresh();
@@ -296,20 +299,20 @@ impl Managed {
         for _ in 0..MAX_BATCHES {
             if !self.md.sysfs().md_exists(self.md.name()) {
                 self.gone = true;
-                return;
+                return true;
             }
             let view = match self.snapshot() {
                 Ok(v) => v,
                 Err(e) => {
                     warn!("{}: reading state: {e}", self.md.name());
                     self.gone = !self.md.sysfs().md_exists(self.md.name());
-                    return;
+                    return self.gone;
                 }
             };
             if !view.array_state.is_running() {
                 self.gone = matches!(view.array_state, ArrayState::Clear | ArrayState::Inactive)
                     && !self.mon.stopping();
-                return;
+                return true;
             }
             let batch = self.mon.observe(&view);
             if batch.is_empty() {
@@ -323,16 +326,17 @@ impl Managed {
                 {
                     if let Err(e) = self.md.set_array_state(ArrayState::Clean) {
                         warn!("{}: making it writable: {e}", self.md.name());
-                        return;
+                        return false;
                     }
                     continue;
                 }
-                return;
+                return true;
             }
             if !self.execute(batch) {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        false
     }
 
     /// Run a batch in order; on the first failure feed it back and stop.
