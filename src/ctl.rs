@@ -240,24 +240,27 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
             choice.meta.geometry.raid_disks
         )));
     }
-    // Make sure a daemon is there before the array exists: without one, the
-    // first write would hang.
-    ensure_daemon(&o.run_dir, &o.mdextmon)?;
-    let rearmed = activate_choice(sysfs, &choice, o.md_name.clone())?;
-    let md = rearmed.0;
-    let r = control::call(
-        &o.run_dir,
-        &Request::Manage {
+    // The array starts read-only (a write fails, it cannot hang), so the
+    // daemon is ensured after activation: a kernel that refuses the array
+    // leaves no daemon started for nothing. Until mdextmon has taken the
+    // array over, it stays read-only; if that fails, it is taken apart.
+    let (md, rearmed) = activate_choice(sysfs, &choice, o.md_name.clone())?;
+    let handed = ensure_daemon(&o.run_dir, &o.mdextmon).and_then(|()| {
+        let req = Request::Manage {
             md: md.name().to_string(),
             readonly: o.readonly,
-        },
-        Duration::from_secs(10),
-    )?;
-    if let Response::Error { message } = r {
-        return Err(CtlError::Array(format!(
-            "{}: mdextmon refused it: {message}",
-            md.name()
-        )));
+        };
+        match control::call(&o.run_dir, &req, Duration::from_secs(10))? {
+            Response::Ok { .. } => Ok(()),
+            Response::Error { message } => Err(CtlError::Array(format!(
+                "{}: mdextmon refused it: {message}",
+                md.name()
+            ))),
+        }
+    });
+    if let Err(e) = handed {
+        let _ = assembly::teardown(sysfs, &md);
+        return Err(e);
     }
     Ok(AssembleReport {
         md: md.name().to_string(),
@@ -266,7 +269,7 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
         members: choice.members.iter().map(|(_, c)| c.path.clone()).collect(),
         left_out: choice.left_out.clone(),
         missing_slots: choice.missing_slots.clone(),
-        rearmed_chunks: rearmed.1,
+        rearmed_chunks: rearmed,
     })
 }
 
