@@ -495,6 +495,32 @@ mod tests {
     }
 
     #[test]
+    fn a_member_recorded_rebuilding_is_resumed_not_missing() {
+        use crate::meta::{MemberState::*, RebuildKind};
+        let rebuilding = Rebuilding {
+            kind: RebuildKind::Full,
+            checkpoint: Sectors(4096),
+        };
+        // The newest record (member 0's) shows member 1 rebuilding.
+        let c = choose(
+            vec![
+                sb(9, 0, [InSync, rebuilding]),
+                sb(8, 1, [InSync, rebuilding]),
+            ],
+            false,
+        )
+        .expect("no --run needed to resume a rebuild");
+        assert_eq!(c.members.len(), 1);
+        assert_eq!(c.missing_slots, vec![1]);
+        assert!(c.degraded(), "started without it");
+        assert_eq!(c.resume.len(), 1);
+        assert_eq!(c.resume[0].0, 1);
+        // Without the rebuilding device it is a plain degraded start.
+        let e = choose(vec![sb(9, 0, [InSync, rebuilding])], false).expect_err("needs --run");
+        assert!(e.to_string().contains("--run"), "{e}");
+    }
+
+    #[test]
     fn resync_start_follows_the_metadata() {
         use crate::meta::MemberState::*;
         let mut a = sb(5, 0, [InSync, InSync]);
@@ -588,6 +614,11 @@ pub struct Choice {
     pub left_out: Vec<LeftOut>,
     /// Slots with no usable member.
     pub missing_slots: Vec<u32>,
+    /// Devices the newest record shows being rebuilt into a slot (a crash
+    /// or stop came mid-rebuild): the array starts without them and they are
+    /// handed to mdextmon to be re-added, which decides bitmap or full
+    /// rebuild from their own record.
+    pub resume: Vec<(usize, Candidate)>,
 }
 
 impl Choice {
@@ -664,9 +695,20 @@ pub fn choose(found: Vec<Candidate>, run: bool) -> Result<Choice, AssemblyError>
     }
     let n = meta.geometry.raid_disks as usize;
     let mut members: Vec<(usize, Candidate)> = Vec::new();
+    let mut resume: Vec<(usize, Candidate)> = Vec::new();
     let mut left_out = Vec::new();
     for c in found {
         let idx = meta.index_of(&c.sb.device.uuid);
+        if let Some(i) = idx.filter(|&i| i < n) {
+            if matches!(
+                meta.members[i].state,
+                crate::meta::MemberState::Rebuilding { .. }
+            ) && !resume.iter().any(|(j, _)| *j == i)
+            {
+                resume.push((i, c));
+                continue;
+            }
+        }
         let why = match idx.map(|i| (i, meta.members[i].state)) {
             None => Some("not a member in the newest metadata".to_string()),
             Some((i, _)) if i >= n => Some("a spare".to_string()),
@@ -702,13 +744,20 @@ pub fn choose(found: Vec<Candidate>, run: bool) -> Result<Choice, AssemblyError>
         members,
         left_out,
         missing_slots,
+        resume,
     };
-    if choice.degraded() && !run {
+    let absent: Vec<u32> = choice
+        .missing_slots
+        .iter()
+        .copied()
+        .filter(|s| !choice.resume.iter().any(|(i, _)| *i == *s as usize))
+        .collect();
+    if !absent.is_empty() && !run {
         return Err(AssemblyError::Spec(format!(
             "{} of {} members present (slots {:?} missing); use --run to start degraded",
-            choice.members.len(),
+            choice.members.len() + choice.resume.len(),
             n,
-            choice.missing_slots
+            absent
         )));
     }
     Ok(choice)

@@ -66,6 +66,8 @@ pub struct AssembleReport {
     pub missing_slots: Vec<u32>,
     /// Dirty chunks re-armed with `bitmap_set_bits` (degraded start).
     pub rearmed_chunks: u64,
+    /// Devices whose interrupted rebuild was started again.
+    pub resumed: Vec<PathBuf>,
 }
 
 fn devnum_of(p: &Path) -> Result<DevNum, CtlError> {
@@ -245,6 +247,7 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
     // leaves no daemon started for nothing. Until mdextmon has taken the
     // array over, it stays read-only; if that fails, it is taken apart.
     let (md, rearmed) = activate_choice(sysfs, &choice, o.md_name.clone())?;
+    let mut left_out_extra: Vec<assembly::LeftOut> = Vec::new();
     let handed = ensure_daemon(&o.run_dir, &o.mdextmon).and_then(|()| {
         let req = Request::Manage {
             md: md.name().to_string(),
@@ -262,12 +265,38 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
         let _ = assembly::teardown(sysfs, &md);
         return Err(e);
     }
+    // Rebuilds that a crash or stop interrupted start again; mdextmon
+    // decides bitmap or full from each device's own record.
+    let mut resumed = Vec::new();
+    for (_, c) in &choice.resume {
+        let req = Request::Add {
+            md: md.name().to_string(),
+            device: c.path.to_string_lossy().into_owned(),
+        };
+        match control::call(&o.run_dir, &req, Duration::from_secs(60)) {
+            Ok(Response::Ok { .. }) => resumed.push(c.path.clone()),
+            Ok(Response::Error { message }) => left_out_extra.push(assembly::LeftOut {
+                path: c.path.clone(),
+                reason: format!("its interrupted rebuild could not be resumed: {message}"),
+            }),
+            Err(e) => left_out_extra.push(assembly::LeftOut {
+                path: c.path.clone(),
+                reason: format!("its interrupted rebuild could not be resumed: {e}"),
+            }),
+        }
+    }
     Ok(AssembleReport {
         md: md.name().to_string(),
         name: choice.meta.name.clone(),
         uuid: choice.meta.uuid.to_string(),
         members: choice.members.iter().map(|(_, c)| c.path.clone()).collect(),
-        left_out: choice.left_out.clone(),
+        left_out: choice
+            .left_out
+            .iter()
+            .cloned()
+            .chain(left_out_extra)
+            .collect(),
+        resumed,
         missing_slots: choice.missing_slots.clone(),
         rearmed_chunks: rearmed,
     })

@@ -19,4 +19,5 @@ pub static ALL: &[&Scenario] = &[
     &rebuild::REPLACED_RETURNS,
     &rebuild::KILL_BEFORE_TRUE,
     &rebuild::TAKEOVER_FAILED,
+    &rebuild::CRASH_MID_REBUILD,
 ];

@@ -125,6 +125,12 @@ pub fn assemble(a: AssembleArgs) -> Result<ExitCode> {
             r.name,
             r.uuid
         );
+        for p in &r.resumed {
+            println!(
+                "mdextctl: {} was being rebuilt; its rebuild starts again",
+                p.display()
+            );
+        }
         for l in &r.left_out {
             println!("mdextctl: {} not used: {}", l.path.display(), l.reason);
         }

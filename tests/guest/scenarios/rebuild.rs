@@ -523,3 +523,82 @@ fn takeover_failed() -> Result<()> {
     ctl("stop md127")?;
     Ok(())
 }
+
+pub static CRASH_MID_REBUILD: Scenario = Scenario {
+    name: "crash_mid_rebuild_then_assemble_resumes",
+    disks: &[64, 64, 64],
+    phases: &[
+        Phase {
+            name: "rebuild_then_crash",
+            run: mid_rebuild_phase1,
+            ends: Ends::Crash,
+        },
+        Phase {
+            name: "assemble_resumes",
+            run: mid_rebuild_phase2,
+            ends: Ends::Ok,
+        },
+    ],
+};
+
+const MID_DIRTY: [u64; 3] = [1, 2, 3];
+
+fn mid_rebuild_phase1() -> Result<()> {
+    ctl("create --level 1 --raid-devices 2 --name mr --bitmap-chunk 64K --time-base 1 --assume-clean /dev/vda /dev/vdb")?;
+    ctl("assemble mr /dev/vda /dev/vdb")?;
+    let md = md();
+    fail_and_remove(&md, "/dev/vdb")?;
+    write_chunks(&md, &MID_DIRTY, 50)?;
+    // A blank replacement: a full rebuild, slowed so the crash lands in it.
+    md.write("sync_speed_max", "1000")?;
+    ctl("add md127 /dev/vdc")?;
+    wait_until(
+        "the rebuild under way",
+        Duration::from_secs(30),
+        || match md.sync_completed().ok()? {
+            mdext::sysfs::SyncCompleted::Progress { done, .. } if done.0 > 0 => Some(()),
+            _ => None,
+        },
+    )?;
+    ensure!(
+        member_states(Path::new("/dev/vda"))?[1] == "rebuilding",
+        "rebuild not recorded"
+    );
+    ensure!(
+        can_clear(&md)? == Some(false),
+        "can_clear during the rebuild"
+    );
+    println!("MDEXT-CRASHING");
+    sh("echo b > /proc/sysrq-trigger")?;
+    std::thread::sleep(Duration::from_secs(30));
+    bail!("still alive after sysrq b")
+}
+
+fn mid_rebuild_phase2() -> Result<()> {
+    let comp = examine(Path::new("/dev/vda"))?["component_size_sectors"]
+        .as_u64()
+        .context("size")?;
+    let w0 = written_sectors("vdc")?;
+    // No --run: the interrupted rebuild is resumed, not a missing member.
+    let out = ctl("assemble mr /dev/vda /dev/vdb /dev/vdc")?;
+    ensure!(out.contains("/dev/vdc was being rebuilt"), "{out}");
+    ensure!(out.contains("/dev/vdb not used"), "{out}");
+    let md = md();
+    wait_whole(&md)?;
+    let written = written_sectors("vdc")? - w0;
+    println!("resumed rebuild wrote {written} sectors to the replacement (component {comp})");
+    ensure!(
+        written >= comp,
+        "the replacement was not fully rebuilt: {written} < {comp}"
+    );
+    for d in ["/dev/vda", "/dev/vdc"] {
+        ensure!(recorded_whole(Path::new(d))?, "{d} not recorded whole");
+    }
+    verify_chunks(&md, &MID_DIRTY, 50)?;
+    ensure!(
+        check_mismatches(&md)? == 0,
+        "mismatch_cnt after the resumed rebuild"
+    );
+    ctl("stop md127")?;
+    Ok(())
+}
