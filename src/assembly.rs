@@ -413,52 +413,28 @@ mod tests {
         v.iter().position(f).expect("step present")
     }
 
+    /// Device `me` of a 2-member raid1 whose own copy is at `events` and
+    /// records the members in `states`.
     fn sb(events: u64, me: u8, states: [crate::meta::MemberState; 2]) -> Candidate {
         use crate::meta::*;
-        let uuid = |n: u8| uuid::Uuid::from_bytes([n; 16]);
+        let mut array = test_raid1(2, Sectors(1 << 17), Bytes(65536), events);
+        array.bitmap.offset = Sectors(16);
+        array.bitmap.events_cleared = 1;
+        for (e, s) in array.members.iter_mut().zip(states) {
+            e.state = s;
+        }
+        let device = DeviceMeta {
+            uuid: array.members[me as usize].uuid,
+            data_offset: Sectors(2048),
+            data_size: Sectors(1 << 17),
+        };
         Candidate {
             path: format!("/dev/loop{me}").into(),
             dev: DevNum {
                 major: 7,
                 minor: me as u32,
             },
-            sb: Superblock {
-                array: ArrayMeta {
-                    uuid: uuid(9),
-                    name: "a".into(),
-                    ctime: 0,
-                    utime: 0,
-                    geometry: Geometry {
-                        level: Level::Raid1,
-                        layout: 0,
-                        chunk_size: Bytes(0),
-                        raid_disks: 2,
-                        component_size: Sectors(1 << 17),
-                    },
-                    events,
-                    clean: true,
-                    resync: Checkpoint::None,
-                    bitmap: BitmapInfo {
-                        offset: Sectors(16),
-                        size: Bytes(4096),
-                        chunk: Bytes(65536),
-                        time_base: 5,
-                        events_cleared: 1,
-                    },
-                    members: (0..2)
-                        .map(|i| MemberEntry {
-                            uuid: uuid(i as u8 + 1),
-                            state: states[i],
-                            events,
-                        })
-                        .collect(),
-                },
-                device: DeviceMeta {
-                    uuid: uuid(me + 1),
-                    data_offset: Sectors(2048),
-                    data_size: Sectors(1 << 17),
-                },
-            },
+            sb: Superblock { array, device },
         }
     }
 

@@ -445,9 +445,11 @@ fn wait_for_socket(run_dir: &Path, limit: Duration) -> bool {
             return false;
         }
         let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN)];
-        let t = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let t = PollTimeout::try_from(left + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX);
         match nix::poll::poll(&mut fds, t) {
-            Ok(0) => return ping(),
+            // poll counts whole milliseconds: go round until the deadline
+            // has really passed.
+            Ok(0) => {}
             Ok(_) => {
                 let _ = ino.read_events(&mut buf);
             }

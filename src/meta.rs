@@ -244,6 +244,43 @@ pub fn is_mdext_version(v: &str) -> bool {
         .is_some_and(|h| !h.is_empty())
 }
 
+/// A raid1 record for tests: `n` members, all in sync at event `events`
+/// (their UUIDs are `0x1000 + slot`), clean, nothing owed, the bitmap at
+/// sector 8 with `events_cleared == events`. Callers change what they test.
+#[cfg(test)]
+pub(crate) fn test_raid1(n: u32, component: Sectors, chunk: Bytes, events: u64) -> ArrayMeta {
+    ArrayMeta {
+        uuid: Uuid::from_u128(7),
+        name: "t".into(),
+        ctime: 0,
+        utime: 0,
+        geometry: Geometry {
+            level: Level::Raid1,
+            layout: 0,
+            chunk_size: Bytes(0),
+            raid_disks: n,
+            component_size: component,
+        },
+        events,
+        clean: true,
+        resync: Checkpoint::None,
+        bitmap: BitmapInfo {
+            offset: Sectors(8),
+            size: Bytes(4096),
+            chunk,
+            time_base: 1,
+            events_cleared: events,
+        },
+        members: (0..n)
+            .map(|i| MemberEntry {
+                uuid: Uuid::from_u128(0x1000 + u128::from(i)),
+                state: MemberState::InSync,
+                events,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tag_tests {
     use super::*;

@@ -72,8 +72,6 @@
 //! [`Bounds::from_env`]), e.g. `MDEXT_MODEL_CRASHES=2`.
 
 use super::*;
-use crate::meta::{BitmapInfo, Geometry};
-use crate::sysfs::Level;
 use crate::units::Bytes;
 use std::collections::HashMap;
 use std::fmt;
@@ -356,39 +354,28 @@ fn state_to_st(s: MemberState) -> St {
 }
 
 fn to_meta(d: &Disk, n: usize) -> ArrayMeta {
-    ArrayMeta {
-        uuid: Uuid::from_u128(0xa),
-        name: "m".into(),
-        ctime: 0,
-        utime: 0,
-        geometry: Geometry {
-            level: Level::Raid1,
-            layout: 0,
-            chunk_size: Bytes(0),
-            raid_disks: n as u32,
-            component_size: Sectors(CH as u64 * SECT),
-        },
-        events: u64::from(d.events),
-        clean: d.clean,
-        resync: match d.resync {
-            None => Checkpoint::None,
-            Some(s) => Checkpoint::At(Sectors(u64::from(s))),
-        },
-        bitmap: BitmapInfo {
-            offset: Sectors(8),
-            size: Bytes(4096),
-            chunk: Bytes(SECT * 512),
-            time_base: 1,
-            events_cleared: u64::from(d.ec),
-        },
-        members: (0..n)
-            .map(|j| MemberEntry {
-                uuid: uuid_of(j, d.gen[j]),
-                state: st_to_state(d.st[j]),
-                events: u64::from(d.mev[j]),
-            })
-            .collect(),
+    let mut m = crate::meta::test_raid1(
+        n as u32,
+        Sectors(CH as u64 * SECT),
+        Bytes(SECT * 512),
+        u64::from(d.events),
+    );
+    m.uuid = Uuid::from_u128(0xa);
+    m.name = "m".into();
+    m.clean = d.clean;
+    m.resync = match d.resync {
+        None => Checkpoint::None,
+        Some(s) => Checkpoint::At(Sectors(u64::from(s))),
+    };
+    m.bitmap.events_cleared = u64::from(d.ec);
+    for (j, e) in m.members.iter_mut().enumerate() {
+        *e = MemberEntry {
+            uuid: uuid_of(j, d.gen[j]),
+            state: st_to_state(d.st[j]),
+            events: u64::from(d.mev[j]),
+        };
     }
+    m
 }
 
 fn from_meta(m: &ArrayMeta) -> Disk {

@@ -1,8 +1,6 @@
 //! Unit tests: one snapshot in, the exact batch out.
 
 use super::*;
-use crate::meta::{BitmapInfo, Geometry};
-use crate::sysfs::Level;
 use crate::units::Bytes;
 
 const TOTAL: u64 = 24000;
@@ -11,38 +9,15 @@ fn uuid(i: usize) -> Uuid {
     Uuid::from_u128(0x1000 + i as u128)
 }
 
-/// A clean raid1 with 2 members, all in sync, events 10, EC 10.
+/// A clean raid1 with 2 members, all in sync, events 10, EC 10 (the
+/// members' entries recorded at event 1).
 fn meta() -> ArrayMeta {
-    ArrayMeta {
-        uuid: Uuid::from_u128(7),
-        name: "t".into(),
-        ctime: 0,
-        utime: 0,
-        geometry: Geometry {
-            level: Level::Raid1,
-            layout: 0,
-            chunk_size: Bytes(0),
-            raid_disks: 2,
-            component_size: Sectors(TOTAL),
-        },
-        events: 10,
-        clean: true,
-        resync: Checkpoint::None,
-        bitmap: BitmapInfo {
-            offset: Sectors(8),
-            size: Bytes(4096),
-            chunk: Bytes(65536),
-            time_base: 1,
-            events_cleared: 10,
-        },
-        members: (0..2)
-            .map(|i| MemberEntry {
-                uuid: uuid(i),
-                state: MemberState::InSync,
-                events: 1,
-            })
-            .collect(),
+    let mut m = crate::meta::test_raid1(2, Sectors(TOTAL), Bytes(65536), 10);
+    for (i, e) in m.members.iter_mut().enumerate() {
+        e.uuid = uuid(i);
+        e.events = 1;
     }
+    m
 }
 
 fn flags(s: &str) -> MemberFlags {
