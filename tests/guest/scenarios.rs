@@ -20,4 +20,5 @@ pub static ALL: &[&Scenario] = &[
     &rebuild::KILL_BEFORE_TRUE,
     &rebuild::TAKEOVER_FAILED,
     &rebuild::CRASH_MID_REBUILD,
+    &rebuild::OTHER_LEVELS,
 ];
