@@ -42,6 +42,22 @@ run mdextctl stop demo
 run mdextctl assemble --scan demo
 mount /dev/md127 /mnt/demo
 md5sum /mnt/demo/data
+step "a member fails: mdextmon forbids md to clear bits, records the failure"
+run mdextctl fail md127 /dev/loop1
+echo "can_clear: $(cat /sys/block/md127/md/bitmap/can_clear)   degraded: $(cat /sys/block/md127/md/degraded)"
+dd if=/dev/urandom of=/mnt/demo/while-degraded bs=64k count=16 2>/dev/null
+sync
+sleep 5
+echo "after 5 s (md would have cleared idle bits by now if allowed):"
+mdextctl examine-bitmap /dev/loop0 | tail -n +2
+step "the member returns: rebuilt from the bitmap, only the dirty chunks"
+W0=$(awk '{print $7}' /sys/block/loop1/stat)
+run mdextctl add md127 /dev/loop1
+while [ "$(cat /sys/block/md127/md/degraded)" != 0 ] || [ "$(cat /sys/block/md127/md/sync_action)" != idle ]; do sleep 0.5; done
+sleep 1
+echo "sectors written to the returning member: $(( $(awk '{print $7}' /sys/block/loop1/stat) - W0 )) (a full rebuild: 260096)"
+echo "can_clear: $(cat /sys/block/md127/md/bitmap/can_clear)"
+mdextctl examine /dev/loop1 | grep -E 'Events|Array State'
 umount /mnt/demo
 step "md's own scrub: mismatch_cnt must be 0"
 echo check > /sys/block/md127/md/sync_action

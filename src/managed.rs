@@ -304,8 +304,13 @@ impl Managed {
             let view = match self.snapshot() {
                 Ok(v) => v,
                 Err(e) => {
-                    warn!("{}: reading state: {e}", self.md.name());
                     self.gone = !self.md.sysfs().md_exists(self.md.name());
+                    if self.gone || self.mon.stopping() {
+                        // Stopping: the attributes go away under us.
+                        debug!("{}: reading state: {e}", self.md.name());
+                    } else {
+                        warn!("{}: reading state: {e}", self.md.name());
+                    }
                     return self.gone;
                 }
             };
