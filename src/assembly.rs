@@ -690,7 +690,7 @@ pub fn choose(found: Vec<Candidate>, run: bool) -> Result<Choice, AssemblyError>
             Some((i, _)) if i >= n => Some("a spare".to_string()),
             Some((i, s)) if !s.is_in_sync() => Some(format!(
                 "stale: recorded as {} at event {} (its own metadata is at event {}, the array's at {})",
-                state_word(s),
+                s.name(),
                 meta.members[i].events,
                 c.sb.array.events,
                 meta.events
@@ -737,16 +737,4 @@ pub fn choose(found: Vec<Candidate>, run: bool) -> Result<Choice, AssemblyError>
         )));
     }
     Ok(choice)
-}
-
-fn state_word(s: crate::meta::MemberState) -> &'static str {
-    use crate::meta::MemberState as M;
-    match s {
-        M::Empty => "empty",
-        M::InSync => "in sync",
-        M::Rebuilding { .. } => "rebuilding",
-        M::Failed => "failed",
-        M::Spare => "spare",
-        M::Missing => "missing",
-    }
 }

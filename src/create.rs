@@ -30,7 +30,6 @@ use crate::probe::{self, Found};
 use crate::sysfs::{Checkpoint, Level};
 use crate::units::{human, Bytes, Sectors};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -207,13 +206,6 @@ fn default_layout(level: Level) -> u32 {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Check everything and build the plan. Opens every device exclusively
 /// (kept open in the plan) and reads it; writes nothing.
 pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan, CreateError> {
@@ -366,7 +358,7 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
         });
     }
 
-    let t = now();
+    let t = crate::meta::unix_now();
     let array_uuid = Uuid::new_v4();
     let uuids: Vec<Uuid> = opened.iter().map(|_| Uuid::new_v4()).collect();
     let events = 2;

@@ -5,8 +5,7 @@ use crate::assembly::{self, Candidate, Choice, StartMode};
 use crate::control::{self, Request, Response};
 use crate::device::{self, Access, Device};
 use crate::managed::Managed;
-use crate::sysfs::{ArrayState, DevNum, MdDev, Sysfs};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use crate::sysfs::{DevNum, MdDev, Sysfs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -71,15 +70,15 @@ pub struct AssembleReport {
 }
 
 fn devnum_of(p: &Path) -> Result<DevNum, CtlError> {
-    let m = std::fs::metadata(p).map_err(|e| CtlError::Device(p.into(), e.to_string()))?;
-    if !m.file_type().is_block_device() {
-        return Err(CtlError::Device(
-            p.into(),
+    DevNum::of_block_device(p).map_err(|e| {
+        let why = if e.kind() == std::io::ErrorKind::InvalidInput {
             "not a block device (md members must be block devices; use a loop device for an image)"
-                .into(),
-        ));
-    }
-    Ok(DevNum::from_raw(m.rdev()))
+                .to_string()
+        } else {
+            e.to_string()
+        };
+        CtlError::Device(p.into(), why)
+    })
 }
 
 /// Block devices udev knows (for `--scan`), excluding md devices.
@@ -330,17 +329,19 @@ fn activate_choice(
     let nchunks = choice.meta.bitmap_chunks();
     // The union of every present member's bits (they are mirrors of each
     // other's bitmap; a member may have missed the last page write).
-    let mut ranges: Vec<u64> = Vec::new();
+    let mut union: Vec<u8> = Vec::new();
     for (_, c) in &choice.members {
         let d = Device::open(&c.path, Access::Read)
             .map_err(|e| CtlError::Device(c.path.clone(), e.to_string()))?;
         let bits = d
             .read_bitmap(&choice.meta.bitmap)
             .map_err(|e| CtlError::Device(c.path.clone(), e.to_string()))?;
-        ranges.extend(crate::bitmap::dirty_chunks(&bits, nchunks));
+        union.resize(union.len().max(bits.len()), 0);
+        for (u, b) in union.iter_mut().zip(&bits) {
+            *u |= b;
+        }
     }
-    ranges.sort_unstable();
-    ranges.dedup();
+    let ranges = crate::bitmap::dirty_ranges(&union, nchunks);
     let md = assembly::activate(
         sysfs,
         &choice.spec(md_name, StartMode::Readonly, Some(3600)),
@@ -350,23 +351,11 @@ fn activate_choice(
         CtlError::Array(format!("{}: degraded start: {e}", md.name()))
     };
     md.set_can_clear(false).map_err(|e| fail(e, &md))?;
-    let runs = to_ranges(&ranges);
-    md.bitmap_set_bits(&runs, nchunks)
+    md.bitmap_set_bits(&ranges, nchunks)
         .map_err(|e| fail(e, &md))?;
     md.set_bitmap_time_base(choice.meta.bitmap.time_base)
         .map_err(|e| fail(e, &md))?;
-    Ok((md, ranges.len() as u64))
-}
-
-fn to_ranges(sorted: &[u64]) -> Vec<(u64, u64)> {
-    let mut v: Vec<(u64, u64)> = Vec::new();
-    for &c in sorted {
-        match v.last_mut() {
-            Some((_, e)) if *e + 1 == c => *e = c,
-            _ => v.push((c, c)),
-        }
-    }
-    v
+    Ok((md, crate::bitmap::count_dirty(&union, nchunks)))
 }
 
 /// Ping the daemon; start it if none answers, and wait for its socket.
@@ -640,15 +629,6 @@ pub fn render_detail(v: &serde_json::Value) -> String {
         ));
     }
     out
-}
-
-/// The state an array must reach before `stop` returns (for tests).
-pub fn is_stopped(sysfs: &Sysfs, md: &str) -> bool {
-    !sysfs.md_exists(md)
-        || sysfs
-            .md(md)
-            .array_state()
-            .is_ok_and(|s| s == ArrayState::Clear)
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use crate::sysfs::{
 };
 use crate::units::Sectors;
 use log::{debug, error, info, warn};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -436,7 +435,7 @@ impl Managed {
     /// Write the record durably to the listed members, in parallel.
     fn write_metadata(&self, meta: &ArrayMeta, targets: &[usize]) -> Result<(), String> {
         let mut next = meta.clone();
-        next.utime = now();
+        next.utime = crate::meta::unix_now();
         let chosen: Vec<&MemberIo> = self
             .members
             .iter()
@@ -493,14 +492,8 @@ impl Managed {
     fn member_index_of_path(&self, device: &str) -> Result<usize, String> {
         let p = Path::new(device);
         let kname = if p.is_absolute() {
-            let m = std::fs::metadata(p).map_err(|e| format!("{device}: {e}"))?;
-            if !m.file_type().is_block_device() {
-                return Err(format!("{device}: not a block device"));
-            }
-            self.md
-                .sysfs()
-                .block_name(DevNum::from_raw(m.rdev()))
-                .map_err(|e| e.to_string())?
+            let dev = DevNum::of_block_device(p).map_err(|e| format!("{device}: {e}"))?;
+            self.md.sysfs().block_name(dev).map_err(|e| e.to_string())?
         } else {
             device.trim_start_matches("dev-").to_string()
         };
@@ -724,18 +717,12 @@ impl Managed {
         let name = self.md.name().to_string();
         // md refuses to stop an array somebody has open; say so before
         // anything changes.
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags_excl()
-            .open(self.md.dev_path())
+        if let Err(crate::device::DeviceError::Busy(_)) =
+            Device::open(&self.md.dev_path(), Access::ExclusiveWrite)
         {
-            Ok(f) => drop(f),
-            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {
-                return Err(format!(
-                    "{name}: in use (mounted, or held open); not stopped"
-                ));
-            }
-            Err(_) => {}
+            return Err(format!(
+                "{name}: in use (mounted, or held open); not stopped"
+            ));
         }
         let t0 = Instant::now();
         while !self.make_clean() {
@@ -812,26 +799,8 @@ impl Managed {
     }
 }
 
-trait ExclOpen {
-    fn custom_flags_excl(&mut self) -> &mut Self;
-}
-
-impl ExclOpen for std::fs::OpenOptions {
-    fn custom_flags_excl(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(nix::fcntl::OFlag::O_EXCL.bits())
-    }
-}
-
 /// Fault injection for the guest tests: `MDEXT_FAILPOINT=<name>` in the
 /// daemon's environment makes it stop dead at that point.
 fn failpoint(name: &str) -> bool {
     std::env::var("MDEXT_FAILPOINT").is_ok_and(|v| v == name)
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -48,6 +48,18 @@ pub enum MemberState {
 }
 
 impl MemberState {
+    /// The state's name, as `examine` and the JSON output spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberState::Empty => "empty",
+            MemberState::InSync => "in-sync",
+            MemberState::Rebuilding { .. } => "rebuilding",
+            MemberState::Failed => "failed",
+            MemberState::Spare => "spare",
+            MemberState::Missing => "missing",
+        }
+    }
+
     /// Whether the member holds good data.
     pub fn is_in_sync(self) -> bool {
         matches!(self, MemberState::InSync)
@@ -182,6 +194,15 @@ impl Geometry {
             }
         }
     }
+}
+
+/// Seconds since the epoch, for `ctime`/`utime` (0 if the clock is before
+/// 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Chunks needed to cover `size` with chunks of `chunk` bytes.

@@ -111,6 +111,19 @@ pub struct DevNum {
 }
 
 impl DevNum {
+    /// The device number of the block device node at `p`.
+    pub fn of_block_device(p: &Path) -> std::io::Result<DevNum> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let m = std::fs::metadata(p)?;
+        if !m.file_type().is_block_device() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a block device",
+            ));
+        }
+        Ok(DevNum::from_raw(m.rdev()))
+    }
+
     /// From a raw `st_rdev`.
     pub fn from_raw(rdev: u64) -> Self {
         DevNum {
@@ -924,28 +937,20 @@ impl MdDev {
     /// space-separated decimal chunk numbers and ranges, and every chunk must
     /// be below `nchunks`.
     pub fn bitmap_set_bits(&self, ranges: &[(u64, u64)], nchunks: u64) -> Result<(), SysfsError> {
-        let mut s = String::new();
-        for &(a, b) in ranges {
-            if a > b || b >= nchunks {
-                return Err(SysfsError::Invalid {
-                    attr: "bitmap_set_bits".into(),
-                    value: format!("{a}-{b}"),
-                    why: format!("chunk range outside 0..{nchunks}"),
-                });
-            }
-            if !s.is_empty() {
-                s.push(' ');
-            }
-            if a == b {
-                s.push_str(&a.to_string());
-            } else {
-                s.push_str(&format!("{a}-{b}"));
-            }
+        if let Some(&(a, b)) = ranges.iter().find(|&&(a, b)| a > b || b >= nchunks) {
+            return Err(SysfsError::Invalid {
+                attr: "bitmap_set_bits".into(),
+                value: format!("{a}-{b}"),
+                why: format!("chunk range outside 0..{nchunks}"),
+            });
         }
-        if s.is_empty() {
+        if ranges.is_empty() {
             return Ok(());
         }
-        self.write("bitmap_set_bits", &s)
+        self.write(
+            "bitmap_set_bits",
+            &crate::bitmap::ranges_to_set_bits(ranges),
+        )
     }
 
     /// Open an attribute for notification waits.

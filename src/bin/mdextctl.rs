@@ -285,17 +285,6 @@ fn export(sb: &Superblock) -> String {
     )
 }
 
-fn state_name(s: MemberState) -> &'static str {
-    match s {
-        MemberState::Empty => "empty",
-        MemberState::InSync => "in-sync",
-        MemberState::Rebuilding { .. } => "rebuilding",
-        MemberState::Failed => "failed",
-        MemberState::Spare => "spare",
-        MemberState::Missing => "missing",
-    }
-}
-
 fn state_char(s: MemberState) -> char {
     match s {
         MemberState::InSync => 'A',
@@ -438,7 +427,7 @@ fn human_examine(p: &Path, r: &ReadOutcome) -> String {
             "{:>17} : {} {}{} events {}{}\n",
             role,
             m.uuid,
-            state_name(m.state),
+            m.state.name(),
             extra,
             m.events,
             me
@@ -555,7 +544,7 @@ impl JsonExamine {
                     JsonMember {
                         index,
                         uuid: m.uuid.to_string(),
-                        state: state_name(m.state),
+                        state: m.state.name(),
                         rebuild_kind: kind,
                         rebuild_checkpoint_sectors: cp,
                         events: m.events,

@@ -1,9 +1,9 @@
 //! In-guest helpers for scenarios.
 
 use anyhow::{bail, Context, Result};
+use mdext::device::{Access, Device};
 use mdext::sysfs::{poll_watches, ArrayState, DevNum, MdDev, Sysfs};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,86 +54,19 @@ pub fn loop_devices(n: usize, mib: u64) -> Result<Vec<Loop>> {
 
 /// The device number of a block device node.
 pub fn devnum(p: &Path) -> Result<DevNum> {
-    let m = std::fs::metadata(p).with_context(|| p.display().to_string())?;
-    if !m.file_type().is_block_device() {
-        bail!("{} is not a block device", p.display());
-    }
-    Ok(DevNum::from_raw(m.rdev()))
+    DevNum::of_block_device(p).with_context(|| p.display().to_string())
 }
 
-/// A 4096-aligned buffer for O_DIRECT.
-struct Aligned {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Aligned {
-    fn new(len: usize) -> Aligned {
-        let len = len.div_ceil(4096).max(1) * 4096;
-        let layout = std::alloc::Layout::from_size_align(len, 4096).expect("layout");
-        // SAFETY: layout has non-zero size; the memory is zeroed and owned by
-        // this value until drop.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!ptr.is_null(), "out of memory");
-        Aligned { ptr, len }
-    }
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: ptr points to len initialised bytes owned by self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Aligned {
-    fn drop(&mut self) {
-        let layout = std::alloc::Layout::from_size_align(self.len, 4096).expect("layout");
-        // SAFETY: allocated in new() with this same layout.
-        unsafe { std::alloc::dealloc(self.ptr, layout) }
-    }
-}
-
-/// Read `len` bytes at `off` (both multiples of 512... rounded to 4096 here)
-/// with O_DIRECT, bypassing the page cache.
+/// Read `len` bytes at `off` (both multiples of 4096) with O_DIRECT,
+/// bypassing the page cache.
 pub fn read_direct(p: &Path, off: u64, len: usize) -> Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let start = off & !4095;
-    let skip = (off - start) as usize;
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_direct())
-        .open(p)
-        .with_context(|| format!("open {} O_DIRECT", p.display()))?;
-    let mut b = Aligned::new(skip + len);
-    let buf = b.as_mut();
-    let mut done = 0;
-    while done < buf.len() {
-        let n = f.read_at(&mut buf[done..], start + done as u64)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    Ok(buf[skip..skip + len].to_vec())
+    let d = Device::open(p, Access::Read)?;
+    Ok(d.read_at(off, len)?[..len].to_vec())
 }
 
-/// Write with O_DIRECT (offset and data length multiples of 4096).
+/// Write with O_DIRECT (offset and length multiples of 4096).
 pub fn write_direct(p: &Path, off: u64, data: &[u8]) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    if off % 4096 != 0 || data.len() % 4096 != 0 {
-        bail!("unaligned direct write");
-    }
-    let f = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc_o_direct())
-        .open(p)
-        .with_context(|| format!("open {} O_DIRECT", p.display()))?;
-    let mut b = Aligned::new(data.len());
-    b.as_mut()[..data.len()].copy_from_slice(data);
-    f.write_all_at(&b.as_mut()[..data.len()], off)?;
-    Ok(())
-}
-
-fn libc_o_direct() -> i32 {
-    nix::fcntl::OFlag::O_DIRECT.bits()
+    Ok(Device::open(p, Access::SharedWrite)?.write_at(off, data)?)
 }
 
 /// Deterministic test data: `len` bytes for (seed, position).
@@ -151,15 +84,7 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// Chunk numbers whose bit is set in a bitmap area.
 pub fn set_bits(bytes: &[u8]) -> Vec<u64> {
-    let mut v = Vec::new();
-    for (i, b) in bytes.iter().enumerate() {
-        for k in 0..8 {
-            if b & (1 << k) != 0 {
-                v.push(i as u64 * 8 + k);
-            }
-        }
-    }
-    v
+    mdext::bitmap::dirty_chunks(bytes, bytes.len() as u64 * 8)
 }
 
 /// Poll until `f` returns Some, or fail after `limit`.

@@ -165,23 +165,10 @@ fn raid1_external_bitmap() -> Result<()> {
     );
     // The members are free again: an exclusive open succeeds.
     for l in &loops {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags_excl()
-            .open(&l.path)
+        mdext::device::Device::open(&l.path, mdext::device::Access::ExclusiveWrite)
             .with_context(|| format!("{} still busy after stop", l.path.display()))?;
     }
     Ok(())
-}
-
-trait ExclOpen {
-    fn custom_flags_excl(&mut self) -> &mut Self;
-}
-impl ExclOpen for std::fs::OpenOptions {
-    fn custom_flags_excl(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(nix::fcntl::OFlag::O_EXCL.bits())
-    }
 }
 
 fn expect_step_error(
