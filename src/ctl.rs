@@ -4,7 +4,7 @@
 use crate::assembly::{self, Candidate, Choice, StartMode};
 use crate::control::{self, Request, Response};
 use crate::device::{self, Access, Device};
-use crate::managed::Managed;
+use crate::managed::{Managed, Record};
 use crate::sysfs::{DevNum, MdDev, Sysfs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -162,7 +162,7 @@ pub fn running_md(sysfs: &Sysfs, uuid: &uuid::Uuid) -> Option<String> {
     let tag = format!("external:{}", crate::meta::kernel_tag(uuid));
     sysfs.list_md().into_iter().find(|n| {
         sysfs.md(n).metadata_version().ok().as_deref() == Some(tag.as_str())
-            && Managed::take_over(sysfs, n).is_ok_and(|m| m.uuid() == *uuid)
+            && Record::read(sysfs, n, Access::Read).is_ok_and(|r| r.meta.uuid == *uuid)
     })
 }
 
@@ -487,8 +487,8 @@ pub fn resolve_md(sysfs: &Sysfs, arg: &str) -> Result<String, CtlError> {
         if !crate::meta::is_mdext_version(&v) {
             continue;
         }
-        if let Ok(m) = Managed::take_over(sysfs, &n) {
-            if m.name() == base || want_uuid == Some(m.uuid()) {
+        if let Ok(r) = Record::read(sysfs, &n, Access::Read) {
+            if r.meta.name == base || want_uuid == Some(r.meta.uuid) {
                 return Ok(n);
             }
         }
@@ -519,38 +519,53 @@ fn stop_here(sysfs: &Sysfs, md: &str) -> Result<String, CtlError> {
     Ok(md.to_string())
 }
 
-/// Detail of one running array (from the daemon when it manages it).
-pub fn detail(sysfs: &Sysfs, run_dir: &Path, arg: &str) -> Result<serde_json::Value, CtlError> {
-    let md = resolve_md(sysfs, arg)?;
-    let managed = matches!(
-        control::call(
-            run_dir,
-            &Request::Detail { md: md.clone() },
-            Duration::from_secs(5)
-        ),
-        Ok(Response::Ok { .. })
-    );
-    let m = Managed::take_over(sysfs, &md).map_err(|e| CtlError::Array(e.to_string()))?;
-    let mut v = m.status();
-    v["managed"] = serde_json::Value::Bool(managed);
+/// The md devices mdextmon manages (empty when it is not running).
+fn managed_arrays(run_dir: &Path) -> Vec<String> {
+    match control::call(run_dir, &Request::Ping, Duration::from_secs(5)) {
+        Ok(Response::Ok { data }) => data["arrays"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn describe(
+    sysfs: &Sysfs,
+    run_dir: &Path,
+    md: &str,
+    managed: &[String],
+) -> Result<serde_json::Value, CtlError> {
+    let r = Record::read(sysfs, md, Access::Read).map_err(|e| CtlError::Array(e.to_string()))?;
+    let mut v = r.status();
+    v["managed"] = serde_json::Value::Bool(managed.iter().any(|m| m == md));
     v["mdextmon_pid"] =
         daemon_pid(run_dir).map_or(serde_json::Value::Null, serde_json::Value::from);
     Ok(v)
 }
 
+/// Detail of one running array.
+pub fn detail(sysfs: &Sysfs, run_dir: &Path, arg: &str) -> Result<serde_json::Value, CtlError> {
+    let md = resolve_md(sysfs, arg)?;
+    describe(sysfs, run_dir, &md, &managed_arrays(run_dir))
+}
+
 /// Every running mdext array.
 pub fn status(sysfs: &Sysfs, run_dir: &Path) -> Result<Vec<serde_json::Value>, CtlError> {
-    let mut v = Vec::new();
-    for n in sysfs.list_md() {
-        if sysfs
-            .md(&n)
-            .metadata_version()
-            .is_ok_and(|m| crate::meta::is_mdext_version(&m))
-        {
-            v.push(detail(sysfs, run_dir, &n)?);
-        }
-    }
-    Ok(v)
+    let managed = managed_arrays(run_dir);
+    sysfs
+        .list_md()
+        .into_iter()
+        .filter(|n| {
+            sysfs
+                .md(n)
+                .metadata_version()
+                .is_ok_and(|m| crate::meta::is_mdext_version(&m))
+        })
+        .map(|n| describe(sysfs, run_dir, &n, &managed))
+        .collect()
 }
 
 /// Render `detail` for humans, modelled on `mdadm --detail`.

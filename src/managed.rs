@@ -51,6 +51,104 @@ pub enum ManagedError {
     },
 }
 
+/// A running array's record as its members hold it: what `take_over`
+/// starts from, and all that the read-only commands (`detail`, `status`,
+/// finding an array by name) need, without writer threads or watches.
+pub struct Record {
+    /// The md device.
+    pub md: MdDev,
+    /// The newest metadata among the members.
+    pub meta: ArrayMeta,
+    /// Each member md lists that the table knows: kernel name, open device,
+    /// its own device metadata, table index.
+    pub devices: Vec<(String, Device, DeviceMeta, usize)>,
+}
+
+impl Record {
+    /// Read the metadata of every member of md device `name` (the newest
+    /// event count wins). Members are opened with `access`.
+    pub fn read(sysfs: &Sysfs, name: &str, access: Access) -> Result<Record, ManagedError> {
+        let md = sysfs.md(name);
+        let version = md.metadata_version()?;
+        if !crate::meta::is_mdext_version(&version) {
+            return Err(ManagedError::NotMdext {
+                md: name.into(),
+                version,
+            });
+        }
+        let mut opened = Vec::new();
+        let mut newest: Option<ArrayMeta> = None;
+        for kname in md.members() {
+            let path = PathBuf::from("/dev").join(&kname);
+            let dev = Device::open(&path, access).map_err(|e| merr(name, &kname, e.to_string()))?;
+            let sb = dev
+                .read_superblock()
+                .map_err(|e| merr(name, &kname, e.to_string()))?
+                .superblock;
+            if newest.as_ref().is_some_and(|n| n.uuid != sb.array.uuid) {
+                return Err(ManagedError::Mixed { md: name.into() });
+            }
+            if newest.as_ref().is_none_or(|n| sb.array.events > n.events) {
+                newest = Some(sb.array.clone());
+            }
+            opened.push((kname, dev, sb.device));
+        }
+        let meta = newest.ok_or_else(|| merr(name, "-", "the array has no members"))?;
+        let mut devices = Vec::new();
+        for (kname, dev, device) in opened {
+            match meta.index_of(&device.uuid) {
+                Some(index) => devices.push((kname, dev, device, index)),
+                None => warn!("{name}: {kname} is not in the member table; ignored"),
+            }
+        }
+        Ok(Record { md, meta, devices })
+    }
+
+    /// A JSON summary (for `status` and `detail`).
+    pub fn status(&self) -> serde_json::Value {
+        let devices: Vec<(usize, &str)> =
+            self.devices.iter().map(|d| (d.3, d.0.as_str())).collect();
+        status_json(&self.md, &self.meta, &devices)
+    }
+}
+
+/// The JSON summary of an array: its record, the kernel's view, and which
+/// device holds each table entry (`(index, kernel name)`).
+fn status_json(md: &MdDev, meta: &ArrayMeta, devices: &[(usize, &str)]) -> serde_json::Value {
+    serde_json::json!({
+        "md": md.name(),
+        "name": meta.name,
+        "uuid": meta.uuid.to_string(),
+        "level": meta.geometry.level.as_str(),
+        "raid_disks": meta.geometry.raid_disks,
+        "component_size_sectors": meta.geometry.component_size.0,
+        "array_state": md.read("array_state").unwrap_or_default(),
+        "degraded": md.degraded().unwrap_or(0),
+        "sync_action": md.read("sync_action").unwrap_or_default(),
+        "sync_completed": md.read("sync_completed").unwrap_or_default(),
+        "can_clear": md.read("bitmap/can_clear").unwrap_or_default(),
+        "events": meta.events,
+        "clean": meta.clean,
+        "resync": meta.resync.to_string(),
+        "bitmap": {
+            "offset_sectors": meta.bitmap.offset.0,
+            "chunk_bytes": meta.bitmap.chunk.0,
+            "time_base": meta.bitmap.time_base,
+            "events_cleared": meta.bitmap.events_cleared,
+        },
+        "members": meta.members.iter().enumerate().map(|(i, e)| {
+            let dev = devices.iter().find(|(j, _)| *j == i).map(|(_, k)| format!("/dev/{k}"));
+            serde_json::json!({
+                "slot": i,
+                "uuid": e.uuid.to_string(),
+                "state": e.state,
+                "events": e.events,
+                "device": dev,
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
 /// A member's metadata I/O handle, with its own writer thread.
 struct MemberIo {
     kname: String,
@@ -152,41 +250,10 @@ impl Managed {
     /// newest event count wins), open its watches, and let the state machine
     /// restore the invariant before anything else.
     pub fn take_over(sysfs: &Sysfs, name: &str) -> Result<Managed, ManagedError> {
-        let md = sysfs.md(name);
-        let version = md.metadata_version()?;
-        if !crate::meta::is_mdext_version(&version) {
-            return Err(ManagedError::NotMdext {
-                md: name.into(),
-                version,
-            });
-        }
-        let mut opened = Vec::new();
-        let mut newest: Option<ArrayMeta> = None;
-        for kname in md.members() {
-            let path = PathBuf::from("/dev").join(&kname);
-            let dev = Device::open(&path, Access::SharedWrite)
-                .map_err(|e| merr(name, &kname, e.to_string()))?;
-            let sb = dev
-                .read_superblock()
-                .map_err(|e| merr(name, &kname, e.to_string()))?
-                .superblock;
-            if newest.as_ref().is_some_and(|n| n.uuid != sb.array.uuid) {
-                return Err(ManagedError::Mixed { md: name.into() });
-            }
-            if newest.as_ref().is_none_or(|n| sb.array.events > n.events) {
-                newest = Some(sb.array.clone());
-            }
-            opened.push((kname, dev, sb.device));
-        }
-        let meta = newest.ok_or_else(|| merr(name, "-", "the array has no members"))?;
+        let Record { md, meta, devices } = Record::read(sysfs, name, Access::SharedWrite)?;
         let mut members = Vec::new();
-        for (kname, dev, device) in opened {
-            match meta.index_of(&device.uuid) {
-                Some(index) => members.push(
-                    MemberIo::new(kname, dev, device, index).map_err(|e| merr(name, "-", e))?,
-                ),
-                None => warn!("{name}: {kname} is not in the member table; ignored"),
-            }
+        for (kname, dev, device, index) in devices {
+            members.push(MemberIo::new(kname, dev, device, index).map_err(|e| merr(name, "-", e))?);
         }
         let mut m = Managed {
             md,
@@ -762,40 +829,12 @@ impl Managed {
 
     /// A JSON summary (for `status` and `detail`).
     pub fn status(&self) -> serde_json::Value {
-        let md = &self.md;
-        let meta = self.mon.meta();
-        serde_json::json!({
-            "md": md.name(),
-            "name": meta.name,
-            "uuid": meta.uuid.to_string(),
-            "level": meta.geometry.level.as_str(),
-            "raid_disks": meta.geometry.raid_disks,
-            "component_size_sectors": meta.geometry.component_size.0,
-            "array_state": md.read("array_state").unwrap_or_default(),
-            "degraded": md.degraded().unwrap_or(0),
-            "sync_action": md.read("sync_action").unwrap_or_default(),
-            "sync_completed": md.read("sync_completed").unwrap_or_default(),
-            "can_clear": md.read("bitmap/can_clear").unwrap_or_default(),
-            "events": meta.events,
-            "clean": meta.clean,
-            "resync": meta.resync.to_string(),
-            "bitmap": {
-                "offset_sectors": meta.bitmap.offset.0,
-                "chunk_bytes": meta.bitmap.chunk.0,
-                "time_base": meta.bitmap.time_base,
-                "events_cleared": meta.bitmap.events_cleared,
-            },
-            "members": meta.members.iter().enumerate().map(|(i, e)| {
-                let dev = self.members.iter().find(|m| m.index == i).map(|m| format!("/dev/{}", m.kname));
-                serde_json::json!({
-                    "slot": i,
-                    "uuid": e.uuid.to_string(),
-                    "state": e.state,
-                    "events": e.events,
-                    "device": dev,
-                })
-            }).collect::<Vec<_>>(),
-        })
+        let devices: Vec<(usize, &str)> = self
+            .members
+            .iter()
+            .map(|m| (m.index, m.kname.as_str()))
+            .collect();
+        status_json(&self.md, self.mon.meta(), &devices)
     }
 }
 
