@@ -160,18 +160,15 @@ impl Daemon {
                 }
             }
             // Watch fds of every array, then the signal fd and the listener.
-            let woke: Vec<(String, Vec<usize>)>;
+            let woke: Vec<String>;
             let (sig, lis);
             {
                 let mut fds: Vec<PollFd> = Vec::new();
-                let mut owners: Vec<(String, usize)> = Vec::new();
+                let mut owners: Vec<&str> = Vec::new();
                 for (name, m) in &self.arrays {
-                    for (i, w) in m.watches().iter().enumerate() {
-                        fds.push(PollFd::new(
-                            w.as_fd(),
-                            PollFlags::POLLPRI | PollFlags::POLLERR,
-                        ));
-                        owners.push((name.clone(), i));
+                    for fd in m.watch_fds() {
+                        fds.push(PollFd::new(fd, PollFlags::POLLPRI | PollFlags::POLLERR));
+                        owners.push(name);
                     }
                 }
                 let nw = fds.len();
@@ -193,19 +190,17 @@ impl Daemon {
                     }
                 }
                 let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                let mut per: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+                let mut w: Vec<String> = Vec::new();
                 for (k, f) in fds[..nw].iter().enumerate() {
-                    if ready(f) {
-                        per.entry(owners[k].0.clone())
-                            .or_default()
-                            .push(owners[k].1);
+                    if ready(f) && w.last().map(String::as_str) != Some(owners[k]) {
+                        w.push(owners[k].to_string());
                     }
                 }
-                woke = per.into_iter().collect();
+                woke = w;
                 sig = ready(&fds[nw]);
                 lis = ready(&fds[nw + 1]);
             }
-            let mut due: Vec<String> = woke.into_iter().map(|(n, _)| n).collect();
+            let mut due: Vec<String> = woke;
             due.append(&mut self.unsettled);
             due.sort();
             due.dedup();

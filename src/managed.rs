@@ -224,13 +224,58 @@ pub struct Managed {
     md: MdDev,
     mon: Monitor,
     members: Vec<MemberIo>,
-    watches: Vec<AttrWatch>,
+    watches: Option<Watches>,
     gone: bool,
     readonly: bool,
     pending: Option<PendingAdd>,
 }
 
-const WATCHED: [&str; 4] = ["array_state", "degraded", "sync_action", "sync_completed"];
+/// The attributes md notifies, kept open. Reading one both re-arms its
+/// notification and gives its current value, so a snapshot reads each once.
+struct Watches {
+    array_state: AttrWatch,
+    degraded: AttrWatch,
+    sync_action: AttrWatch,
+    sync_completed: AttrWatch,
+    /// Each member's `state`, by kernel name (after `remove` an old fd
+    /// never wakes again, so they are opened afresh when members change).
+    members: Vec<(String, AttrWatch)>,
+}
+
+impl Watches {
+    fn open(md: &MdDev, members: &[MemberIo]) -> Result<Watches, SysfsError> {
+        Ok(Watches {
+            array_state: md.watch("array_state")?,
+            degraded: md.watch("degraded")?,
+            sync_action: md.watch("sync_action")?,
+            sync_completed: md.watch("sync_completed")?,
+            members: members
+                .iter()
+                .filter_map(|m| Some((m.kname.clone(), md.member(&m.kname).watch_state().ok()?)))
+                .collect(),
+        })
+    }
+
+    fn all(&self) -> impl Iterator<Item = &AttrWatch> {
+        [
+            &self.array_state,
+            &self.degraded,
+            &self.sync_action,
+            &self.sync_completed,
+        ]
+        .into_iter()
+        .chain(self.members.iter().map(|(_, w)| w))
+    }
+}
+
+/// Read a watched attribute afresh and parse it.
+fn parse_watch<T: std::str::FromStr>(w: &AttrWatch) -> Result<T, SysfsError> {
+    let v = w.read_fresh()?;
+    v.trim().parse().map_err(|_| SysfsError::Parse {
+        attr: w.attr().to_string(),
+        value: v,
+    })
+}
 
 /// Most batches run for one wake (each batch is followed by a fresh
 /// snapshot because the kernel does not notify everything our actions
@@ -259,7 +304,7 @@ impl Managed {
             md,
             mon: Monitor::new(meta),
             members,
-            watches: Vec::new(),
+            watches: None,
             gone: false,
             readonly: false,
             pending: None,
@@ -269,17 +314,7 @@ impl Managed {
     }
 
     fn rewatch(&mut self) -> Result<(), SysfsError> {
-        let mut w = Vec::new();
-        for a in WATCHED {
-            w.push(self.md.watch(a)?);
-        }
-        for m in &self.members {
-            // After `remove` an old fd never wakes again: open afresh.
-            if let Ok(x) = self.md.member(&m.kname).watch_state() {
-                w.push(x);
-            }
-        }
-        self.watches = w;
+        self.watches = Some(Watches::open(&self.md, &self.members)?);
         Ok(())
     }
 
@@ -308,9 +343,10 @@ impl Managed {
         self.mon.meta()
     }
 
-    /// The open watches (array attributes, then members' `state`).
-    pub fn watches(&self) -> &[AttrWatch] {
-        &self.watches
+    /// The descriptors to poll (POLLPRI) for this array's notifications.
+    pub fn watch_fds(&self) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.watches.iter().flat_map(Watches::all).map(AsFd::as_fd)
     }
 
     /// Whether the md device has been stopped by someone else.
@@ -323,25 +359,36 @@ impl Managed {
     /// notifying it.
     pub fn snapshot(&self) -> Result<KernelView, SysfsError> {
         let md = &self.md;
+        let w = self.watches.as_ref().ok_or(SysfsError::Read {
+            attr: format!("block/{}/md", md.name()),
+            errno: nix::errno::Errno::ENODEV,
+        })?;
         let mut members = Vec::new();
         for m in &self.members {
-            let h = md.member(&m.kname);
-            if !h.exists() {
+            // A member md no longer lists (its state cannot be read) is
+            // left out of the view.
+            let Some(flags) = w
+                .members
+                .iter()
+                .find(|(k, _)| *k == m.kname)
+                .and_then(|(_, x)| parse_watch::<MemberFlags>(x).ok())
+            else {
                 continue;
-            }
+            };
+            let h = md.member(&m.kname);
             members.push(KernelMember {
                 index: m.index,
-                flags: h.flags().unwrap_or_else(|_| MemberFlags::default()),
+                flags,
                 slot: h.slot().unwrap_or(None),
                 recovery_start: h.recovery_start().unwrap_or(Checkpoint::None),
             });
         }
-        let degraded = md.degraded()?;
-        let sync_action = md.sync_action()?;
-        let sync_completed = md.sync_completed()?;
+        let degraded = parse_watch(&w.degraded)?;
+        let sync_action = parse_watch(&w.sync_action)?;
+        let sync_completed = parse_watch(&w.sync_completed)?;
         let resync_start = md.resync_start()?;
         let can_clear = md.can_clear().unwrap_or(None);
-        let array_state = md.array_state()?;
+        let array_state = parse_watch(&w.array_state)?;
         Ok(KernelView {
             array_state,
             degraded,
@@ -358,10 +405,8 @@ impl Managed {
     /// do); if not, the daemon must look again soon by itself, because md
     /// does not notify again for a write it already holds.
     pub fn wake(&mut self) -> bool {
-        for w in &self.watches {
-            // Re-arm every notification (sysfs needs a read after a wake).
-            let _ = w.read_fresh();
-        }
+        // Every snapshot reads each watched attribute once, which also
+        // re-arms its notification.
         for _ in 0..MAX_BATCHES {
             if !self.md.sysfs().md_exists(self.md.name()) {
                 self.gone = true;
@@ -433,19 +478,21 @@ impl Managed {
     }
 
     fn run_action(&mut self, a: &Action, membership_changed: &mut bool) -> Result<(), String> {
-        let md = self.md.clone();
         let s = |e: SysfsError| e.to_string();
         match a {
             Action::WriteMetadata { meta, targets } => self.write_metadata(meta, targets),
             Action::SetCanClear(true) if failpoint("before-can-clear-true") => {
                 // Test hook: die like SIGKILL between recording the array
                 // whole and allowing the kernel to clear bits.
-                error!("{}: failpoint before-can-clear-true: aborting", md.name());
+                error!(
+                    "{}: failpoint before-can-clear-true: aborting",
+                    self.md.name()
+                );
                 std::process::abort()
             }
-            Action::SetCanClear(b) => md.set_can_clear(*b).map_err(s),
-            Action::SetArrayState(st) => md.set_array_state(*st).map_err(s),
-            Action::SetSyncAction(x) => md.set_sync_action(*x).map_err(s),
+            Action::SetCanClear(b) => self.md.set_can_clear(*b).map_err(s),
+            Action::SetArrayState(st) => self.md.set_array_state(*st).map_err(s),
+            Action::SetSyncAction(x) => self.md.set_sync_action(*x).map_err(s),
             Action::Member(i, cmd) => {
                 let k = self
                     .members
@@ -453,9 +500,9 @@ impl Managed {
                     .find(|m| m.index == *i)
                     .map(|m| m.kname.clone())
                     .ok_or_else(|| format!("no device for member {i}"))?;
-                md.member(&k).command(*cmd).map_err(s)?;
+                self.md.member(&k).command(*cmd).map_err(s)?;
                 if *cmd == MemberCommand::Remove {
-                    info!("{}: removed {k} (slot {i})", md.name());
+                    info!("{}: removed {k} (slot {i})", self.md.name());
                     self.members.retain(|m| m.kname != k);
                     *membership_changed = true;
                 }
@@ -470,8 +517,8 @@ impl Managed {
                     .take()
                     .filter(|p| p.index == *index)
                     .ok_or_else(|| format!("no device waiting to be added for slot {index}"))?;
-                let kname = md.add_member(p.devnum).map_err(s)?;
-                let h = md.member(&kname);
+                let kname = self.md.add_member(p.devnum).map_err(s)?;
+                let h = self.md.member(&kname);
                 let r = h
                     .set_offset(p.device.data_offset)
                     .and_then(|_| h.set_size(p.device.data_size.kib_floor()))
@@ -491,7 +538,7 @@ impl Managed {
                 r.map_err(s)?;
                 info!(
                     "{}: added {kname} in slot {index}, {} rebuild",
-                    md.name(),
+                    self.md.name(),
                     if *bitmap_based { "bitmap" } else { "full" }
                 );
                 Ok(())
@@ -798,18 +845,7 @@ impl Managed {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        if matches!(
-            self.md.array_state(),
-            Ok(ArrayState::Readonly | ArrayState::ReadAuto)
-        ) {
-            // Nothing can be in flight on a read-only array and its record
-            // was not made dirty: stop it directly.
-            self.md
-                .set_array_state(ArrayState::Inactive)
-                .map_err(|e| format!("{name}: cannot stop: {e}"))?;
-        } else {
-            self.admin(AdminRequest::Stop)?;
-        }
+        self.admin(AdminRequest::Stop)?;
         let t0 = Instant::now();
         while self.md.array_state().is_ok_and(|s| s.is_running()) {
             if t0.elapsed() > Duration::from_secs(10) {
@@ -818,7 +854,7 @@ impl Managed {
             std::thread::sleep(Duration::from_millis(50));
             self.wake();
         }
-        self.watches.clear();
+        self.watches = None;
         crate::assembly::teardown(self.md.sysfs(), &self.md).map_err(|e| e.to_string())?;
         info!(
             "{name}: stopped, metadata clean at events {}",

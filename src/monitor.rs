@@ -778,7 +778,9 @@ impl Monitor {
         }
         match v.array_state {
             ArrayState::ActiveIdle => acts.push(Action::SetArrayState(ArrayState::Clean)),
-            ArrayState::Clean if self.stopping => {
+            // A read-only array has nothing in flight and its record was
+            // not made dirty: it stops like a clean one.
+            ArrayState::Clean | ArrayState::Readonly | ArrayState::ReadAuto if self.stopping => {
                 acts.push(Action::SetArrayState(ArrayState::Inactive))
             }
             _ => {}

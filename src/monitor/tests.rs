@@ -507,6 +507,17 @@ fn resync_progress_and_end() {
 }
 
 #[test]
+fn stop_of_a_read_only_array_stops_it_at_once() {
+    let mut v = view();
+    v.array_state = ArrayState::Readonly;
+    let mut mon = settled(meta(), &v);
+    assert_eq!(
+        mon.step(Event::Admin(AdminRequest::Stop, v.clone())),
+        Ok(vec![Action::SetArrayState(ArrayState::Inactive)])
+    );
+}
+
+#[test]
 fn stop_waits_for_clean_then_records_and_stops() {
     let mut v = view();
     v.array_state = ArrayState::Active;
