@@ -4,7 +4,7 @@
 use crate::assembly::{self, Candidate, Choice, StartMode};
 use crate::control::{self, Request, Response};
 use crate::device::{self, Access, Device};
-use crate::managed::{Managed, Record};
+use crate::managed::{running_arrays, Managed, Record};
 use crate::sysfs::{DevNum, MdDev, Sysfs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -482,11 +482,7 @@ pub fn resolve_md(sysfs: &Sysfs, arg: &str) -> Result<String, CtlError> {
         return Ok(base.to_string());
     }
     let want_uuid = uuid::Uuid::parse_str(base).ok();
-    for n in sysfs.list_md() {
-        let v = sysfs.md(&n).metadata_version().unwrap_or_default();
-        if !crate::meta::is_mdext_version(&v) {
-            continue;
-        }
+    for n in running_arrays(sysfs) {
         if let Ok(r) = Record::read(sysfs, &n, Access::Read) {
             if r.meta.name == base || want_uuid == Some(r.meta.uuid) {
                 return Ok(n);
@@ -555,15 +551,8 @@ pub fn detail(sysfs: &Sysfs, run_dir: &Path, arg: &str) -> Result<serde_json::Va
 /// Every running mdext array.
 pub fn status(sysfs: &Sysfs, run_dir: &Path) -> Result<Vec<serde_json::Value>, CtlError> {
     let managed = managed_arrays(run_dir);
-    sysfs
-        .list_md()
+    running_arrays(sysfs)
         .into_iter()
-        .filter(|n| {
-            sysfs
-                .md(n)
-                .metadata_version()
-                .is_ok_and(|m| crate::meta::is_mdext_version(&m))
-        })
         .map(|n| describe(sysfs, run_dir, &n, &managed))
         .collect()
 }

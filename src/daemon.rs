@@ -15,7 +15,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -104,18 +104,7 @@ impl Daemon {
         // With no arrays named, take over every running mdext array (a
         // restart, or a takeover from another instance).
         let names = if d.cfg.arrays.is_empty() {
-            d.cfg
-                .sysfs
-                .list_md()
-                .into_iter()
-                .filter(|n| {
-                    d.cfg
-                        .sysfs
-                        .md(n)
-                        .metadata_version()
-                        .is_ok_and(|v| crate::meta::is_mdext_version(&v))
-                })
-                .collect()
+            crate::managed::running_arrays(&d.cfg.sysfs)
         } else {
             d.cfg.arrays.clone()
         };
@@ -363,5 +352,3 @@ impl Daemon {
         }
     }
 }
-
-use std::io::Read as _;

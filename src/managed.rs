@@ -51,6 +51,21 @@ pub enum ManagedError {
     },
 }
 
+/// The md devices running mdext arrays (md's `metadata_version` says so;
+/// the record is not read).
+pub fn running_arrays(sysfs: &Sysfs) -> Vec<String> {
+    sysfs
+        .list_md()
+        .into_iter()
+        .filter(|n| {
+            sysfs
+                .md(n)
+                .metadata_version()
+                .is_ok_and(|v| crate::meta::is_mdext_version(&v))
+        })
+        .collect()
+}
+
 /// A running array's record as its members hold it: what `take_over`
 /// starts from, and all that the read-only commands (`detail`, `status`,
 /// finding an array by name) need, without writer threads or watches.
