@@ -19,7 +19,8 @@
 //! one fails, takes the half-built array apart again so nothing is left
 //! behind, and reports the step that failed.
 
-use crate::sysfs::{ArrayState, Checkpoint, DevNum, Level, MdDev, Sysfs, SysfsError};
+use crate::md::{ArrayState, Checkpoint, Level};
+use crate::sysfs::{DevNum, MdDev, Sysfs, SysfsError};
 use crate::units::{Bytes, KiB, Sectors};
 use std::fmt;
 use std::time::{Duration, Instant};

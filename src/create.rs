@@ -23,11 +23,11 @@
 use crate::bitmap;
 use crate::device::{Access, DevId, Device, DeviceError, ALIGN};
 use crate::format::{self, FormatError, Layout};
+use crate::md::{Checkpoint, Level};
 use crate::meta::{
     ArrayMeta, BitmapInfo, DeviceMeta, Geometry, MemberEntry, MemberState, Superblock,
 };
 use crate::probe::{self, Found};
-use crate::sysfs::{Checkpoint, Level};
 use crate::units::{human, Bytes, Sectors};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -198,14 +198,6 @@ pub struct Plan {
     pub bitmap: Vec<u8>,
 }
 
-fn default_layout(level: Level) -> u32 {
-    match level {
-        Level::Raid1 => 0,
-        Level::Raid10 => 0x102,           // near=2
-        Level::Raid5 | Level::Raid6 => 2, // left-symmetric
-    }
-}
-
 /// Check everything and build the plan. Opens every device exclusively
 /// (kept open in the plan) and reads it; writes nothing.
 pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan, CreateError> {
@@ -216,11 +208,7 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
             given: devices.len(),
         });
     }
-    let min = match opts.level {
-        Level::Raid1 | Level::Raid10 => 2,
-        Level::Raid5 => 3,
-        Level::Raid6 => 4,
-    };
+    let min = opts.level.min_create_devices();
     if opts.raid_devices < min || opts.raid_devices as usize > crate::meta::MAX_MEMBERS {
         return Err(opt_err(
             "--raid-devices",
@@ -321,7 +309,7 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
     .sectors_floor();
     let mut geometry = Geometry {
         level: opts.level,
-        layout: default_layout(opts.level),
+        layout: opts.level.default_layout(),
         chunk_size: chunk,
         raid_disks: opts.raid_devices,
         // An upper bound for the layout; the real value follows.

@@ -302,14 +302,8 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
 }
 
 fn min_members(c: &Choice) -> usize {
-    use crate::sysfs::Level;
-    let n = c.meta.geometry.raid_disks as usize;
-    match c.meta.geometry.level {
-        Level::Raid1 => 1,
-        Level::Raid5 => n.saturating_sub(1),
-        Level::Raid6 => n.saturating_sub(2),
-        Level::Raid10 => n / 2,
-    }
+    let g = &c.meta.geometry;
+    g.level.min_working(g.raid_disks) as usize
 }
 
 /// Activate; for a degraded start, keep the bits of the missing members

@@ -26,11 +26,11 @@
 //! reader that ignored fields it does not understand would silently drop
 //! them on its next write.
 
+use crate::md::{Checkpoint, Level};
 use crate::meta::{
     self, ArrayMeta, BitmapInfo, DeviceMeta, Geometry, MemberEntry, MemberState, RebuildKind,
     Superblock, MAX_MEMBERS, MAX_NAME_LEN,
 };
-use crate::sysfs::{Checkpoint, Level};
 use crate::units::{Bytes, Sectors, SECTOR_SIZE};
 use std::fmt;
 use thiserror::Error;
@@ -402,10 +402,7 @@ fn validate_geometry(g: &Geometry) -> Result<(), FormatError> {
                     "must be a power of two from 4096 to 1 GiB",
                 ));
             }
-            let min_disks = match g.level {
-                Level::Raid10 | Level::Raid5 => 2,
-                _ => 4,
-            };
+            let min_disks = g.level.min_format_devices();
             if g.raid_disks < min_disks {
                 return Err(field(
                     "raid_disks",
@@ -413,15 +410,7 @@ fn validate_geometry(g: &Geometry) -> Result<(), FormatError> {
                     format!("{} needs at least {min_disks}", g.level.as_str()),
                 ));
             }
-            let layout_ok = match g.level {
-                Level::Raid10 => {
-                    let near = g.layout & 0xff;
-                    let far = (g.layout >> 8) & 0xff;
-                    g.layout & !0x1ffff == 0 && near >= 1 && far >= 1 && near * far <= g.raid_disks
-                }
-                Level::Raid5 => g.layout <= 5,
-                _ => matches!(g.layout, 0..=5 | 8..=10 | 16..=20),
-            };
+            let layout_ok = g.level.layout_valid(g.layout, g.raid_disks);
             if !layout_ok {
                 return Err(field(
                     "layout",

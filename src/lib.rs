@@ -4,6 +4,7 @@
 //!
 //! Modules, one per concept:
 //! - [`units`]: `Bytes`, `Sectors`, `KiB` newtypes (md's sysfs mixes all three).
+//! - [`md`]: md's vocabulary and level rules (pure).
 //! - [`sysfs`]: typed access to `/sys/block/mdX/md/...`, errno mapping, POLLPRI waits.
 //! - [`assembly`]: the activation sequence (sysfs writes in the kernel's order).
 //! - [`control`]: the control socket protocol (JSON lines, root only).
@@ -24,6 +25,7 @@ pub mod daemon;
 pub mod device;
 pub mod format;
 pub mod managed;
+pub mod md;
 pub mod meta;
 pub mod monitor;
 pub mod probe;

@@ -5,13 +5,12 @@
 //! about metadata are taken here.
 
 use crate::device::{Access, Device};
+use crate::md::{ArrayState, Checkpoint, MemberCommand, MemberFlags};
 use crate::meta::{ArrayMeta, DeviceMeta, MemberState, Superblock};
 use crate::monitor::{
     Action, AdminRequest, Event, KernelMember, KernelView, Monitor, OwnRecord, ReturningDevice,
 };
-use crate::sysfs::{
-    ArrayState, AttrWatch, Checkpoint, DevNum, MdDev, MemberCommand, MemberFlags, Sysfs, SysfsError,
-};
+use crate::sysfs::{AttrWatch, DevNum, MdDev, Sysfs, SysfsError};
 use crate::units::Sectors;
 use log::{debug, error, info, warn};
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! member holds. No bytes here: [`crate::format`] turns these values into the
 //! on-disk form and back; the monitor and the assembly reason about them.
 
-use crate::sysfs::{Checkpoint, Level};
+use crate::md::{Checkpoint, Level};
 use crate::units::{Bytes, Sectors};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

@@ -87,8 +87,8 @@
 //! the monitor completed without failure: on activation `can_clear` reads
 //! `true` whatever the metadata says, and `start` is what writes `false`.
 
+use crate::md::{ArrayState, Checkpoint, MemberCommand, MemberFlags, SyncAction, SyncCompleted};
 use crate::meta::{ArrayMeta, MemberEntry, MemberState, RebuildKind};
-use crate::sysfs::{ArrayState, Checkpoint, MemberCommand, MemberFlags, SyncAction, SyncCompleted};
 use crate::units::Sectors;
 use uuid::Uuid;
 

@@ -2,7 +2,8 @@
 
 use anyhow::{bail, Context, Result};
 use mdext::device::{Access, Device};
-use mdext::sysfs::{poll_watches, ArrayState, DevNum, MdDev, Sysfs};
+use mdext::md::ArrayState;
+use mdext::sysfs::{poll_watches, DevNum, MdDev, Sysfs};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;

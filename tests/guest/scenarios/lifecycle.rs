@@ -4,7 +4,7 @@ use crate::harness::{Ends, Phase, Scenario};
 use crate::util::*;
 use anyhow::{ensure, Context, Result};
 use mdext::assembly::{self, ArraySpec, BitmapSpec, MemberSpec, StartMode};
-use mdext::sysfs::{ArrayState, Checkpoint, Level};
+use mdext::md::{ArrayState, Checkpoint, Level};
 use mdext::units::{Bytes, Sectors};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -317,7 +317,7 @@ fn replaced_returns() -> Result<()> {
         },
     )?;
     let done = match md.sync_completed()? {
-        mdext::sysfs::SyncCompleted::Progress { done, .. } => done.0,
+        mdext::md::SyncCompleted::Progress { done, .. } => done.0,
         _ => comp,
     };
     println!("rebuild checkpoint recorded at {cp} sectors, md reports {done} done");
@@ -461,7 +461,7 @@ fn takeover_failed() -> Result<()> {
     // A member fails while nobody manages the array: md holds writes and
     // leaves can_clear true (it never changes it by itself).
     md.member("loop1")
-        .command(mdext::sysfs::MemberCommand::Faulty)?;
+        .command(mdext::md::MemberCommand::Faulty)?;
     ensure!(
         md.member("loop1").flags()?.blocked,
         "failed member not blocked"
@@ -556,7 +556,7 @@ fn mid_rebuild_phase1() -> Result<()> {
         "the rebuild under way",
         Duration::from_secs(30),
         || match md.sync_completed().ok()? {
-            mdext::sysfs::SyncCompleted::Progress { done, .. } if done.0 > 0 => Some(()),
+            mdext::md::SyncCompleted::Progress { done, .. } if done.0 > 0 => Some(()),
             _ => None,
         },
     )?;

@@ -5,7 +5,7 @@ use crate::harness::{Ends, Phase, Scenario};
 use crate::util::*;
 use anyhow::{bail, ensure, Context, Result};
 use mdext::assembly::{self, ArraySpec, AssemblyError, BitmapSpec, MemberSpec, StartMode, Step};
-use mdext::sysfs::{ArrayState, Checkpoint, Level};
+use mdext::md::{ArrayState, Checkpoint, Level};
 use mdext::units::{Bytes, KiB, Sectors};
 use nix::errno::Errno;
 use std::os::unix::fs::FileExt;
