@@ -306,49 +306,48 @@ fn min_members(c: &Choice) -> usize {
     g.level.min_working(g.raid_disks) as usize
 }
 
-/// Activate; for a degraded start, keep the bits of the missing members
-/// (the degraded-restart trap): read the dirty chunks before activation,
-/// start with a time_base the bitmap daemon cannot reach, write
-/// `can_clear=false` and re-arm the chunks with `bitmap_set_bits`, then
-/// restore the real time_base. Returns the md device and the re-armed count.
+/// Activate by the start protocol ([`crate::monitor::start_plan`]): every
+/// start holds the kernel's bit clearing with a long `bitmap/time_base`
+/// (mdextmon ends the hold once its record is durable on every member); a
+/// degraded start re-arms the dirty chunks of the present members, read
+/// before activation, with `bitmap_set_bits` (the degraded-restart trap).
+/// Returns the md device and the number of chunks re-armed.
 fn activate_choice(
     sysfs: &Sysfs,
     choice: &Choice,
     md_name: Option<String>,
 ) -> Result<(MdDev, u64), CtlError> {
-    if !choice.degraded() {
-        let md = assembly::activate(sysfs, &choice.spec(md_name, StartMode::Readonly, None))?;
-        return Ok((md, 0));
-    }
     let nchunks = choice.meta.bitmap_chunks();
     // The union of every present member's bits (they are mirrors of each
     // other's bitmap; a member may have missed the last page write).
     let mut union: Vec<u8> = Vec::new();
-    for (_, c) in &choice.members {
-        let d = Device::open(&c.path, Access::Read)
-            .map_err(|e| CtlError::Device(c.path.clone(), e.to_string()))?;
-        let bits = d
-            .read_bitmap(&choice.meta.bitmap)
-            .map_err(|e| CtlError::Device(c.path.clone(), e.to_string()))?;
-        union.resize(union.len().max(bits.len()), 0);
-        for (u, b) in union.iter_mut().zip(&bits) {
-            *u |= b;
+    if choice.degraded() {
+        for (_, c) in &choice.members {
+            let d = Device::open(&c.path, Access::Read)
+                .map_err(|e| CtlError::Device(c.path.clone(), e.to_string()))?;
+            let bits = d
+                .read_bitmap(&choice.meta.bitmap)
+                .map_err(|e| CtlError::Device(c.path.clone(), e.to_string()))?;
+            union.resize(union.len().max(bits.len()), 0);
+            for (u, b) in union.iter_mut().zip(&bits) {
+                *u |= b;
+            }
         }
     }
-    let ranges = crate::bitmap::dirty_ranges(&union, nchunks);
+    let plan = crate::monitor::start_plan(&choice.meta, choice.degraded(), &union);
     let md = assembly::activate(
         sysfs,
-        &choice.spec(md_name, StartMode::Readonly, Some(3600)),
+        &choice.spec(md_name, StartMode::Readonly, Some(plan.time_base)),
     )?;
-    let fail = |e: crate::sysfs::SysfsError, md: &MdDev| {
-        let _ = assembly::teardown(sysfs, md);
-        CtlError::Array(format!("{}: degraded start: {e}", md.name()))
-    };
-    md.set_can_clear(false).map_err(|e| fail(e, &md))?;
-    md.bitmap_set_bits(&ranges, nchunks)
-        .map_err(|e| fail(e, &md))?;
-    md.set_bitmap_time_base(choice.meta.bitmap.time_base)
-        .map_err(|e| fail(e, &md))?;
+    if !plan.rearm.is_empty() {
+        if let Err(e) = md.bitmap_set_bits(&plan.rearm, nchunks) {
+            let _ = assembly::teardown(sysfs, &md);
+            return Err(CtlError::Array(format!(
+                "{}: degraded start: {e}",
+                md.name()
+            )));
+        }
+    }
     Ok((md, crate::bitmap::count_dirty(&union, nchunks)))
 }
 

@@ -293,6 +293,39 @@ pub const fn copy_for_events(events: u64) -> usize {
     (events % 2) as usize
 }
 
+/// The copy/retry rule: the events of the next record written after the
+/// record with events `last`. Each write goes to copy `events % 2`
+/// ([`copy_for_events`]), so the copy it overwrites is never the one just
+/// written. `rewrite` names a copy that may be torn or stale on some member
+/// (a write to it failed, or a member was read with that copy invalid):
+/// the next write then goes to that same copy (events + 2 when + 1 has the
+/// other parity), never to the other one, which on that member holds its
+/// last good state. Two failed writes in a row thus hit the same copy and a
+/// member always keeps one valid copy.
+pub const fn next_events(last: u64, rewrite: Option<usize>) -> u64 {
+    match rewrite {
+        Some(i) if copy_for_events(last + 1) != i => last + 2,
+        _ => last + 1,
+    }
+}
+
+/// The copy to rewrite first, from which of each member's two copies are
+/// valid: the index that is invalid on some member. `None` when every copy
+/// is valid (or the members disagree, each with a different bad copy: no
+/// single next write can spare every member's only good copy, and the
+/// first one is kept).
+pub fn damaged_copy(members: impl IntoIterator<Item = [bool; 2]>) -> Option<usize> {
+    let mut found = None;
+    for valid in members {
+        for (i, ok) in valid.iter().enumerate() {
+            if !ok && found.is_none() {
+                found = Some(i);
+            }
+        }
+    }
+    found
+}
+
 /// Byte offset of copy `index` within a member.
 pub const fn copy_offset(index: usize) -> u64 {
     (index * COPY_SIZE) as u64

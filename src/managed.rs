@@ -7,9 +7,7 @@
 use crate::device::{Access, Device};
 use crate::md::{ArrayState, Checkpoint, MemberCommand, MemberFlags};
 use crate::meta::{ArrayMeta, DeviceMeta, MemberState, Superblock};
-use crate::monitor::{
-    Action, AdminRequest, Event, KernelMember, KernelView, Monitor, OwnRecord, ReturningDevice,
-};
+use crate::monitor::{Action, AdminRequest, DeviceFacts, Event, KernelMember, KernelView, Monitor};
 use crate::sysfs::{AttrWatch, DevNum, MdDev, Sysfs, SysfsError};
 use crate::units::Sectors;
 use log::{debug, error, info, warn};
@@ -76,6 +74,9 @@ pub struct Record {
     /// Each member md lists that the table knows: kernel name, open device,
     /// its own device metadata, table index.
     pub devices: Vec<(String, Device, DeviceMeta, usize)>,
+    /// A metadata copy index found invalid on some member (the next write
+    /// goes there: [`crate::format::damaged_copy`]).
+    pub rewrite: Option<usize>,
 }
 
 impl Record {
@@ -92,13 +93,18 @@ impl Record {
         }
         let mut opened = Vec::new();
         let mut newest: Option<ArrayMeta> = None;
+        let mut copies = Vec::new();
         for kname in md.members() {
             let path = PathBuf::from("/dev").join(&kname);
             let dev = Device::open(&path, access).map_err(|e| merr(name, &kname, e.to_string()))?;
-            let sb = dev
+            let outcome = dev
                 .read_superblock()
-                .map_err(|e| merr(name, &kname, e.to_string()))?
-                .superblock;
+                .map_err(|e| merr(name, &kname, e.to_string()))?;
+            copies.push([
+                outcome.copy_errors[0].is_none(),
+                outcome.copy_errors[1].is_none(),
+            ]);
+            let sb = outcome.superblock;
             if newest.as_ref().is_some_and(|n| n.uuid != sb.array.uuid) {
                 return Err(ManagedError::Mixed { md: name.into() });
             }
@@ -115,7 +121,12 @@ impl Record {
                 None => warn!("{name}: {kname} is not in the member table; ignored"),
             }
         }
-        Ok(Record { md, meta, devices })
+        Ok(Record {
+            md,
+            meta,
+            devices,
+            rewrite: crate::format::damaged_copy(copies),
+        })
     }
 
     /// A JSON summary (for `status` and `detail`).
@@ -309,14 +320,19 @@ impl Managed {
     /// newest event count wins), open its watches, and let the state machine
     /// restore the invariant before anything else.
     pub fn take_over(sysfs: &Sysfs, name: &str) -> Result<Managed, ManagedError> {
-        let Record { md, meta, devices } = Record::read(sysfs, name, Access::SharedWrite)?;
+        let Record {
+            md,
+            meta,
+            devices,
+            rewrite,
+        } = Record::read(sysfs, name, Access::SharedWrite)?;
         let mut members = Vec::new();
         for (kname, dev, device, index) in devices {
             members.push(MemberIo::new(kname, dev, device, index).map_err(|e| merr(name, "-", e))?);
         }
         let mut m = Managed {
             md,
-            mon: Monitor::new(meta),
+            mon: Monitor::resume(meta, rewrite),
             members,
             watches: None,
             gone: false,
@@ -402,6 +418,7 @@ impl Managed {
         let sync_completed = parse_watch(&w.sync_completed)?;
         let resync_start = md.resync_start()?;
         let can_clear = md.can_clear().unwrap_or(None);
+        let time_base = md.bitmap_time_base().unwrap_or(None);
         let array_state = parse_watch(&w.array_state)?;
         Ok(KernelView {
             array_state,
@@ -410,6 +427,7 @@ impl Managed {
             sync_completed,
             resync_start,
             can_clear,
+            time_base,
             members,
         })
     }
@@ -522,9 +540,23 @@ impl Managed {
                 }
                 Ok(())
             }
+            Action::ReleaseHold(t) => {
+                self.md.set_bitmap_time_base(*t).map_err(s)?;
+                info!("{}: start hold ended (time_base {t})", self.md.name());
+                Ok(())
+            }
+            Action::PrepareDevice { index } => {
+                let p = self
+                    .pending
+                    .as_ref()
+                    .filter(|p| p.index == *index)
+                    .ok_or_else(|| format!("no device waiting to be added for slot {index}"))?;
+                self.prepare_new_device(&p.dev, self.mon.meta())
+            }
             Action::AddDevice {
                 index,
                 bitmap_based,
+                device,
             } => {
                 let p = self
                     .pending
@@ -534,8 +566,8 @@ impl Managed {
                 let kname = self.md.add_member(p.devnum).map_err(s)?;
                 let h = self.md.member(&kname);
                 let r = h
-                    .set_offset(p.device.data_offset)
-                    .and_then(|_| h.set_size(p.device.data_size.kib_floor()))
+                    .set_offset(device.data_offset)
+                    .and_then(|_| h.set_size(device.data_size.kib_floor()))
                     .and_then(|_| {
                         if *bitmap_based {
                             h.command(MemberCommand::InSync)
@@ -547,7 +579,7 @@ impl Managed {
                 // Keep it in the member list either way: the next snapshot
                 // shows it and the machine removes a half-added device.
                 self.members
-                    .push(MemberIo::new(kname.clone(), p.dev, p.device, *index)?);
+                    .push(MemberIo::new(kname.clone(), p.dev, *device, *index)?);
                 *membership_changed = true;
                 r.map_err(s)?;
                 info!(
@@ -600,6 +632,16 @@ impl Managed {
         for (m, r) in chosen.iter().zip(results) {
             if let Err(e) = r {
                 errs.push(format!("{}: {e}", m.kname));
+            }
+        }
+        // A device being added gets its record before it becomes a member.
+        if let Some(p) = self.pending.as_ref().filter(|p| targets.contains(&p.index)) {
+            let sb = Superblock {
+                array: next.clone(),
+                device: p.device,
+            };
+            if let Err(e) = p.dev.write_superblock(&sb) {
+                errs.push(format!("{}: {e}", p.dev.path().display()));
             }
         }
         if !errs.is_empty() {
@@ -666,120 +708,54 @@ impl Managed {
         }
     }
 
-    /// `mdextctl add`: a returning member (bitmap rebuild when its own record
-    /// shows it missed no cleared bit) or a new device (full rebuild).
+    /// `mdextctl add`: read what the device holds and hand the facts to the
+    /// state machine, which decides (pure [`crate::monitor::admit`]) whether
+    /// it returns to its slot or joins a failed or missing one as new, and
+    /// whether it is rebuilt from the bitmap or fully.
     pub fn add(&mut self, device: &str) -> Result<(), String> {
         let path = PathBuf::from(device);
-        let meta = self.mon.meta().clone();
         // Exclusive open proves nobody uses it; it is closed again before
         // md opens it.
         let excl = Device::open(&path, Access::ExclusiveWrite).map_err(|e| e.to_string())?;
-        if !excl.is_block() {
-            return Err(format!("{device}: not a block device"));
-        }
         let devnum = match excl.id() {
-            crate::device::DevId::Block(r) => DevNum::from_raw(r),
-            crate::device::DevId::File(..) => return Err(format!("{device}: not a block device")),
+            crate::device::DevId::Block(r) if excl.is_block() => DevNum::from_raw(r),
+            _ => return Err(format!("{device}: not a block device")),
         };
-        let size = excl.size();
         let own = excl.read_superblock().ok().map(|r| r.superblock);
-        let foreign = crate::probe::probe(&excl).map_err(|e| e.to_string())?;
-        drop(excl);
-        let layout_offset = self
+        let foreign = crate::probe::probe(&excl)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|f| !f.name.starts_with("mdext"))
+            .map(|f| f.name.to_string())
+            .collect();
+        let data_offset = self
             .members
             .first()
             .map(|m| m.device.data_offset)
             .ok_or("no member left to copy the layout from")?;
-        let (index, returning, device_meta) = match own {
-            Some(sb) if sb.array.uuid == meta.uuid && meta.index_of(&sb.device.uuid).is_some() => {
-                let i = meta.index_of(&sb.device.uuid).ok_or_else(|| {
-                    format!("{device}: its member UUID is not in the array's table")
-                })?;
-                let own_state = sb
-                    .array
-                    .members
-                    .get(i)
-                    .map(|e| e.state)
-                    .unwrap_or(MemberState::Missing);
-                (
-                    i,
-                    ReturningDevice {
-                        uuid: sb.device.uuid,
-                        own: Some(OwnRecord {
-                            events: sb.array.events,
-                            state: own_state,
-                        }),
-                    },
-                    sb.device,
-                )
-            }
-            Some(sb) if sb.array.uuid != meta.uuid => {
-                return Err(format!(
-                    "{device}: belongs to another mdext array ({} {}); wipe it first",
-                    sb.array.name, sb.array.uuid
-                ))
-            }
-            // Blank, or an old member of this array whose place was taken:
-            // a new member, fully rebuilt.
-            _ => {
-                if let Some(f) = foreign.iter().find(|f| !f.name.starts_with("mdext")) {
-                    return Err(format!(
-                        "{device}: carries a {} signature; wipe it first",
-                        f.name
-                    ));
-                }
-                let n = meta.geometry.raid_disks as usize;
-                let i = (0..n)
-                    .find(|&i| {
-                        matches!(
-                            meta.members[i].state,
-                            MemberState::Failed | MemberState::Missing
-                        ) && !self.members.iter().any(|m| m.index == i)
-                    })
-                    .ok_or("no failed or missing slot to rebuild")?;
-                let data_size = Sectors(size.0 / 512)
-                    .checked_sub(layout_offset)
-                    .unwrap_or(Sectors(0));
-                if data_size < meta.geometry.component_size {
-                    return Err(format!(
-                        "{device}: too small ({} of data, the array needs {})",
-                        crate::units::human(data_size.bytes()),
-                        crate::units::human(meta.geometry.component_size.bytes())
-                    ));
-                }
-                (
-                    i,
-                    ReturningDevice {
-                        uuid: uuid::Uuid::new_v4(),
-                        own: None,
-                    },
-                    DeviceMeta {
-                        uuid: uuid::Uuid::nil(),
-                        data_offset: layout_offset,
-                        data_size,
-                    },
-                )
-            }
+        let facts = DeviceFacts {
+            size: Sectors(excl.size().0 / 512),
+            own,
+            foreign,
+            data_offset,
+            new_uuid: uuid::Uuid::new_v4(),
         };
-        let mut device_meta = device_meta;
-        device_meta.uuid = returning.uuid;
+        drop(excl);
         let dev = Device::open(&path, Access::SharedWrite).map_err(|e| e.to_string())?;
-        if returning.own.is_none() {
-            // A new device: give it this array's bitmap area contents (the
-            // kernel writes only dirty pages to it) and an empty metadata
-            // area; its record is written once it is a member.
-            self.prepare_new_device(&dev, &meta)?;
-        }
+        // What the machine decides is only known from its actions; the
+        // executor finds the device here for PrepareDevice, the record write
+        // and AddDevice, whatever slot it gets.
         self.pending = Some(PendingAdd {
-            index,
+            index: usize::MAX,
             devnum,
             dev,
-            device: device_meta,
+            device: DeviceMeta {
+                uuid: uuid::Uuid::nil(),
+                data_offset,
+                data_size: Sectors(0),
+            },
         });
-        let r = self.admin(AdminRequest::ReAdd {
-            index,
-            device: returning,
-        });
+        let r = self.admin_on(Some(device), AdminRequest::Add(Box::new(facts)));
         self.pending = None;
         r
     }
@@ -801,13 +777,30 @@ impl Managed {
     }
 
     fn admin(&mut self, req: AdminRequest) -> Result<(), String> {
+        self.admin_on(None, req)
+    }
+
+    /// [`Managed::admin`] about a device named in errors.
+    fn admin_on(&mut self, device: Option<&str>, req: AdminRequest) -> Result<(), String> {
         // Settle first: the machine refuses requests while it has work.
         self.wake();
         let view = self.snapshot().map_err(|e| e.to_string())?;
         let batch = self
             .mon
             .step(Event::Admin(req, view))
-            .map_err(|e| format!("{}: {e}", self.md.name()))?;
+            .map_err(|e| match device {
+                Some(d) => format!("{}: {d}: {e}", self.md.name()),
+                None => format!("{}: {e}", self.md.name()),
+            })?;
+        // The machine chose the slot and the device's own record.
+        if let Some(p) = self.pending.as_mut() {
+            for a in &batch {
+                if let Action::AddDevice { index, device, .. } = a {
+                    p.index = *index;
+                    p.device = *device;
+                }
+            }
+        }
         let ok = self.execute(batch);
         self.wake();
         if ok {

@@ -79,16 +79,22 @@
 //! members: the kernel moves it to `write-pending` on a member failure and at
 //! the end of any resync/recovery without notifying it.
 //!
-//! # Contract with assembly
+//! # Contract with assembly (the start protocol)
 //!
-//! The assembler activates the array with a long `bitmap/time_base` (the
-//! kernel cannot clear bits then), writes `bitmap_set_bits` if degraded, then
-//! runs [`Monitor::start`], and restores `time_base` only after one batch of
-//! the monitor completed without failure: on activation `can_clear` reads
-//! `true` whatever the metadata says, and `start` is what writes `false`.
+//! Every start, whole or degraded, follows [`start_plan`]: the array is
+//! activated with `bitmap/time_base` = [`HOLD_TIME_BASE`] (the kernel's
+//! bitmap daemon cannot clear a bit before the hold ends; on activation
+//! `can_clear` reads `true` whatever the record says), and a degraded start
+//! re-arms the present members' dirty chunks with `bitmap_set_bits` (md
+//! would otherwise clear them although the missing member needs them). The
+//! assembler then hands the array to the monitor. The monitor ends the hold
+//! ([`Action::ReleaseHold`]) only once it has settled: its record is durable
+//! on every member and `can_clear` agrees with it. The model checker
+//! ([`model`]) starts its arrays through the same [`start_plan`] and
+//! [`crate::assembly::choose`].
 
 use crate::md::{ArrayState, Checkpoint, MemberCommand, MemberFlags, SyncAction, SyncCompleted};
-use crate::meta::{ArrayMeta, MemberEntry, MemberState, RebuildKind};
+use crate::meta::{ArrayMeta, DeviceMeta, MemberEntry, MemberState, RebuildKind, Superblock};
 use crate::units::Sectors;
 use uuid::Uuid;
 
@@ -101,6 +107,40 @@ mod tests;
 /// many equal steps of the total (so at most this many checkpoint writes per
 /// resync or rebuild, whatever the notification rate). No clock is needed.
 pub const CHECKPOINT_STEPS: u64 = 16;
+
+/// `bitmap/time_base` while an array starts: far above any recorded value
+/// (the format allows at most 86400 s), so the kernel cannot clear a bit
+/// before the monitor ends the hold, and the hold is told apart from the
+/// recorded period by its value alone (a restarted daemon sees it too).
+pub const HOLD_TIME_BASE: u32 = 100_000;
+const _: () = assert!(HOLD_TIME_BASE > crate::format::MAX_TIME_BASE);
+
+/// How an array is started: the assembler's half of the start protocol
+/// (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartPlan {
+    /// `bitmap/time_base` to activate with: always [`HOLD_TIME_BASE`].
+    pub time_base: u32,
+    /// Chunk ranges to re-arm with `bitmap_set_bits` right after
+    /// activation (inclusive): on a degraded start, every chunk dirty on a
+    /// present member; on a whole start, none (md loads the bits itself and
+    /// the resync covers them).
+    pub rearm: Vec<(u64, u64)>,
+}
+
+/// The start of an array whose record is `meta`, running degraded or not,
+/// whose present members' bitmap areas OR together to `present_bits`.
+pub fn start_plan(meta: &ArrayMeta, degraded: bool, present_bits: &[u8]) -> StartPlan {
+    let rearm = if degraded {
+        crate::bitmap::dirty_ranges(present_bits, meta.bitmap_chunks())
+    } else {
+        Vec::new()
+    };
+    StartPlan {
+        time_base: HOLD_TIME_BASE,
+        rearm,
+    }
+}
 
 /// One member device as the kernel shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +170,10 @@ pub struct KernelView {
     pub resync_start: Checkpoint,
     /// `bitmap/can_clear` (`None` when the array has no bitmap).
     pub can_clear: Option<bool>,
+    /// `bitmap/time_base` in seconds (`None` when the array has no bitmap).
+    /// Anything but the recorded value is the start hold
+    /// ([`HOLD_TIME_BASE`]): the kernel's bitmap daemon cannot clear bits.
+    pub time_base: Option<u32>,
     /// Every member device md lists whose table index is known.
     pub members: Vec<KernelMember>,
 }
@@ -154,6 +198,119 @@ pub struct ReturningDevice {
     pub own: Option<OwnRecord>,
 }
 
+/// What the daemon read from a device the admin wants to add: facts only,
+/// every decision is [`admit`]'s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceFacts {
+    /// The device's size.
+    pub size: Sectors,
+    /// Its newest valid mdext metadata, if it has any.
+    pub own: Option<Superblock>,
+    /// Signatures of anything else on it (libblkid's names), empty if none.
+    pub foreign: Vec<String>,
+    /// The data offset the array's members use (a new member gets it).
+    pub data_offset: Sectors,
+    /// A fresh UUID, used if the device becomes a new member.
+    pub new_uuid: Uuid,
+}
+
+/// The outcome of [`admit`]: where the device goes and as what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// The slot (member table index) it takes.
+    pub index: usize,
+    /// What the rebuild decision needs to know of it.
+    pub device: ReturningDevice,
+    /// Its own part of the record (UUID, data offset and size).
+    pub meta: DeviceMeta,
+    /// A device new to the slot (blank, or an old member whose place was
+    /// taken): its metadata area is cleared and its bitmap area copied from
+    /// the members before its record is written.
+    pub fresh: bool,
+}
+
+/// Re-add admission: whether `dev` may join the array recorded in `meta`
+/// (whose devices md holds in `occupied` slots), into which slot, and as a
+/// returning member or a new one. Pure; the daemon and the model call it.
+pub fn admit(
+    meta: &ArrayMeta,
+    occupied: &[usize],
+    dev: &DeviceFacts,
+) -> Result<Admission, Refusal> {
+    let n = (meta.geometry.raid_disks as usize).min(meta.members.len());
+    let need = meta.geometry.component_size;
+    if let Some(sb) = &dev.own {
+        if sb.array.uuid != meta.uuid {
+            return Err(Refusal::OtherArray {
+                name: sb.array.name.clone(),
+                uuid: sb.array.uuid,
+            });
+        }
+        if let Some(index) = meta.index_of(&sb.device.uuid).filter(|&i| i < n) {
+            let end = sb
+                .device
+                .data_offset
+                .0
+                .saturating_add(sb.device.data_size.0);
+            if dev.size.0 < end || sb.device.data_size < need {
+                return Err(Refusal::TooSmall {
+                    have: Sectors(dev.size.0.saturating_sub(sb.device.data_offset.0)),
+                    need,
+                });
+            }
+            let state = sb
+                .array
+                .members
+                .get(index)
+                .map(|e| e.state)
+                .unwrap_or(MemberState::Missing);
+            return Ok(Admission {
+                index,
+                device: ReturningDevice {
+                    uuid: sb.device.uuid,
+                    own: Some(OwnRecord {
+                        events: sb.array.events,
+                        state,
+                    }),
+                },
+                meta: sb.device,
+                fresh: false,
+            });
+        }
+        // An old member of this array whose place was taken: a new member.
+    } else if let Some(f) = dev.foreign.first() {
+        return Err(Refusal::ForeignSignature(f.clone()));
+    }
+    let index = (0..n)
+        .find(|&i| {
+            matches!(
+                meta.members[i].state,
+                MemberState::Failed | MemberState::Missing
+            ) && !occupied.contains(&i)
+        })
+        .ok_or(Refusal::NoFreeSlot)?;
+    let data_size = Sectors(dev.size.0.saturating_sub(dev.data_offset.0));
+    if data_size < need {
+        return Err(Refusal::TooSmall {
+            have: data_size,
+            need,
+        });
+    }
+    Ok(Admission {
+        index,
+        device: ReturningDevice {
+            uuid: dev.new_uuid,
+            own: None,
+        },
+        meta: DeviceMeta {
+            uuid: dev.new_uuid,
+            data_offset: dev.data_offset,
+            data_size,
+        },
+        fresh: true,
+    })
+}
+
 /// An administrator's request (from `mdextctl` over the control socket).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdminRequest {
@@ -161,14 +318,9 @@ pub enum AdminRequest {
     Fail(usize),
     /// Detach the member at this index (it must be faulty or an unused spare).
     Remove(usize),
-    /// Put a device into the slot with this index and rebuild it. The
-    /// machine chooses bitmap-based or full.
-    ReAdd {
-        /// Slot (table index).
-        index: usize,
-        /// The device.
-        device: ReturningDevice,
-    },
+    /// Add a device: [`admit`] decides the slot and whether it returns or
+    /// is new; the machine then chooses a bitmap-based or full rebuild.
+    Add(Box<DeviceFacts>),
     /// Stop: wait until the array is clean, record it clean, then stop it.
     Stop,
 }
@@ -204,12 +356,23 @@ pub enum Action {
     Member(usize, MemberCommand),
     /// `sync_action`.
     SetSyncAction(SyncAction),
+    /// `bitmap/time_base` = the recorded value: the start hold ends and the
+    /// kernel may clear bits again (when `can_clear` allows).
+    ReleaseHold(u32),
+    /// Clear the metadata area of the admin's device (a new member) and
+    /// copy the members' bitmap area onto it, durably.
+    PrepareDevice {
+        /// The table index it is being added for.
+        index: usize,
+    },
     /// Hot-add the admin's device for this table index (see module docs).
     AddDevice {
         /// Table index (= slot).
         index: usize,
         /// Write `insync` before `slot` (bitmap-based rebuild).
         bitmap_based: bool,
+        /// Its own part of the record (data offset and size for md).
+        device: DeviceMeta,
     },
 }
 
@@ -244,6 +407,28 @@ pub enum Refusal {
     /// A stop was requested.
     #[error("the array is stopping")]
     Stopping,
+    /// The device carries another mdext array's metadata.
+    #[error("belongs to another mdext array ({name} {uuid}); wipe it first")]
+    OtherArray {
+        /// That array's name.
+        name: String,
+        /// Its UUID.
+        uuid: Uuid,
+    },
+    /// A blank device carries a foreign signature.
+    #[error("carries a {0} signature; wipe it first")]
+    ForeignSignature(String),
+    /// No slot is failed or missing.
+    #[error("no failed or missing slot to rebuild")]
+    NoFreeSlot,
+    /// The device cannot hold the array's data.
+    #[error("too small ({have} of data, the array needs {need})")]
+    TooSmall {
+        /// Data sectors it offers.
+        have: Sectors,
+        /// Data sectors each member needs.
+        need: Sectors,
+    },
 }
 
 /// Deliberately wrong behaviours, for showing that the model checker finds
@@ -260,6 +445,11 @@ pub(crate) enum Fault {
     TrustDeviceEvents,
     /// Do not rewrite the record when the daemon starts.
     NoWriteAtStart,
+    /// After a failed metadata write, aim the retry at the other copy
+    /// (events + 1), as the monitor once did.
+    RetryOtherCopy,
+    /// End the start hold at once, before the monitor settled.
+    EarlyRelease,
 }
 
 /// The monitor. Holds the record it last wrote (or read at start) and
@@ -273,6 +463,10 @@ pub struct Monitor {
     needs_write: bool,
     /// Position of the `WriteMetadata` in the last batch handed out.
     write_at: Option<usize>,
+    /// A metadata copy index that may be torn or stale on some member (a
+    /// write to it failed, or it was read invalid): the next write goes to
+    /// that copy ([`crate::format::next_events`]).
+    rewrite: Option<usize>,
     stopping: bool,
     #[cfg(test)]
     pub(crate) fault: Fault,
@@ -337,10 +531,17 @@ impl Monitor {
     /// with the highest events). It will rewrite the record on its first
     /// batch, since it cannot know whether every member holds it.
     pub fn new(meta: ArrayMeta) -> Monitor {
+        Monitor::resume(meta, None)
+    }
+
+    /// [`Monitor::new`] for members of which some hold an invalid copy
+    /// (`rewrite`: its index, from [`crate::format::damaged_copy`]).
+    pub fn resume(meta: ArrayMeta, rewrite: Option<usize>) -> Monitor {
         Monitor {
             meta,
             needs_write: true,
             write_at: None,
+            rewrite,
             stopping: false,
             #[cfg(test)]
             fault: Fault::None,
@@ -351,8 +552,12 @@ impl Monitor {
     /// if anything is not in sync), then handle whatever the kernel shows.
     /// Works after a crash (fresh kernel state) and after a daemon restart
     /// (kernel state kept, this memory lost) alike.
-    pub fn start(meta: ArrayMeta, view: &KernelView) -> (Monitor, Vec<Action>) {
-        let mut m = Monitor::new(meta);
+    pub fn start(
+        meta: ArrayMeta,
+        rewrite: Option<usize>,
+        view: &KernelView,
+    ) -> (Monitor, Vec<Action>) {
+        let mut m = Monitor::resume(meta, rewrite);
         let acts = m.observe(view);
         (m, acts)
     }
@@ -360,10 +565,11 @@ impl Monitor {
     #[cfg(test)]
     pub(crate) fn start_with_fault(
         meta: ArrayMeta,
+        rewrite: Option<usize>,
         view: &KernelView,
         fault: Fault,
     ) -> (Monitor, Vec<Action>) {
-        let mut m = Monitor::new(meta);
+        let mut m = Monitor::resume(meta, rewrite);
         m.fault = fault;
         if fault == Fault::NoWriteAtStart {
             m.needs_write = false;
@@ -415,6 +621,10 @@ impl Monitor {
         self.write_at = acts
             .iter()
             .position(|a| matches!(a, Action::WriteMetadata { .. }));
+        if self.write_at.is_some() {
+            // Taken as done unless its failure is fed back.
+            self.rewrite = None;
+        }
     }
 
     /// The action at position `index` of the last batch failed (the rest
@@ -427,6 +637,15 @@ impl Monitor {
     pub fn action_failed(&mut self, index: usize) {
         if self.write_at.is_some_and(|w| w >= index) {
             self.needs_write = true;
+            // The write may have torn the copy it aimed at on some member:
+            // the retry aims at the same copy, never at the last good one.
+            #[cfg(test)]
+            let retry_rule = self.fault != Fault::RetryOtherCopy;
+            #[cfg(not(test))]
+            let retry_rule = true;
+            if retry_rule {
+                self.rewrite = Some(crate::format::copy_for_events(self.meta.events));
+            }
         }
         self.write_at = None;
     }
@@ -467,7 +686,11 @@ impl Monitor {
                 }
                 _ => Err(Refusal::Active(i)),
             },
-            AdminRequest::ReAdd { index, device } => self.readd(index, device, v),
+            AdminRequest::Add(ref facts) => {
+                let occupied: Vec<usize> = v.members.iter().map(|k| k.index).collect();
+                let a = admit(&self.meta, &occupied, facts)?;
+                self.readd(&a, v)
+            }
         }
     }
 
@@ -475,12 +698,9 @@ impl Monitor {
         (self.meta.geometry.raid_disks as usize).min(self.meta.members.len())
     }
 
-    fn readd(
-        &mut self,
-        index: usize,
-        dev: ReturningDevice,
-        v: &KernelView,
-    ) -> Result<Vec<Action>, Refusal> {
+    fn readd(&mut self, a: &Admission, v: &KernelView) -> Result<Vec<Action>, Refusal> {
+        let index = a.index;
+        let dev = a.device;
         if index >= self.slots() {
             return Err(Refusal::NoSuchMember(index));
         }
@@ -510,8 +730,11 @@ impl Monitor {
             acts.push(Action::SetCanClear(false));
         }
         acts.push(Action::SetSyncAction(SyncAction::Frozen));
+        if a.fresh {
+            acts.push(Action::PrepareDevice { index });
+        }
         let mut meta = self.meta.clone();
-        let events = meta.events + 1;
+        let events = crate::format::next_events(meta.events, self.rewrite);
         meta.events = events;
         meta.members[index] = MemberEntry {
             uuid: dev.uuid,
@@ -521,13 +744,21 @@ impl Monitor {
             },
             events,
         };
+        // The device's own record is durable before it becomes a member: a
+        // crash before its rebuild ends finds it recorded as rebuilding.
+        let mut targets = self.targets(v, &meta);
+        if !targets.contains(&index) {
+            targets.push(index);
+            targets.sort_unstable();
+        }
         acts.push(Action::WriteMetadata {
             meta: meta.clone(),
-            targets: self.targets(v, &meta),
+            targets,
         });
         acts.push(Action::AddDevice {
             index,
             bitmap_based: kind == RebuildKind::Bitmap,
+            device: a.meta,
         });
         acts.push(Action::SetSyncAction(SyncAction::Recover));
         self.meta = meta;
@@ -728,7 +959,7 @@ impl Monitor {
             changed = true;
         }
         if changed {
-            m.events = m.events.max(self.meta.events) + 1;
+            m.events = crate::format::next_events(self.meta.events, self.rewrite);
             for &i in &changed_entries {
                 m.members[i].events = m.events;
             }
@@ -784,6 +1015,17 @@ impl Monitor {
                 acts.push(Action::SetArrayState(ArrayState::Inactive))
             }
             _ => {}
+        }
+        // The start hold ends once nothing else is left to do: the record is
+        // durable on every member and can_clear agrees with it.
+        if v.time_base.is_some_and(|t| t != m.bitmap.time_base) {
+            #[cfg(test)]
+            if self.fault == Fault::EarlyRelease {
+                acts.insert(0, Action::ReleaseHold(m.bitmap.time_base));
+            }
+            if acts.is_empty() {
+                acts.push(Action::ReleaseHold(m.bitmap.time_base));
+            }
         }
         (m, changed, acts)
     }

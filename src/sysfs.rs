@@ -545,6 +545,21 @@ impl MdDev {
         self.write("bitmap/chunksize", &b.0.to_string())
     }
 
+    /// `bitmap/time_base` in whole seconds (md prints a fraction when the
+    /// period is not whole; it is cut). `None` when there is no bitmap.
+    pub fn bitmap_time_base(&self) -> Result<Option<u32>, SysfsError> {
+        let v = self.read("bitmap/time_base")?;
+        let t = v.trim();
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let whole = t.split('.').next().unwrap_or(t);
+        whole.parse().map(Some).map_err(|_| SysfsError::Parse {
+            attr: "bitmap/time_base".into(),
+            value: v.clone(),
+        })
+    }
+
     /// `bitmap/time_base` (seconds): how often the bitmap daemon runs.
     pub fn set_bitmap_time_base(&self, secs: u32) -> Result<(), SysfsError> {
         self.write("bitmap/time_base", &secs.to_string())

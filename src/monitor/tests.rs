@@ -42,15 +42,51 @@ fn view() -> KernelView {
         sync_completed: SyncCompleted::None,
         resync_start: Checkpoint::None,
         can_clear: Some(true),
+        time_base: Some(1),
         members: vec![km(0, "in_sync", Some(0)), km(1, "in_sync", Some(1))],
     }
 }
 
 /// A monitor past its start-up write, holding `m` as written.
 fn settled(m: ArrayMeta, v: &KernelView) -> Monitor {
-    let (mut mon, _) = Monitor::start(m, v);
+    let (mut mon, _) = Monitor::start(m, None, v);
     assert_eq!(mon.observe(v), vec![], "fixture must be settled");
     mon
+}
+
+/// The facts of a device for slot 1: `own` events and state recorded on it
+/// (a copy of this array's record), or blank; its member UUID `dev_uuid`.
+fn facts(dev_uuid: Uuid, own: Option<OwnRecord>) -> DeviceFacts {
+    let own = own.map(|o| {
+        let mut a = meta();
+        a.events = o.events;
+        a.members[1].state = o.state;
+        Superblock {
+            array: a,
+            device: DeviceMeta {
+                uuid: dev_uuid,
+                data_offset: Sectors(2048),
+                data_size: Sectors(TOTAL),
+            },
+        }
+    });
+    DeviceFacts {
+        size: Sectors(2048 + TOTAL),
+        own,
+        foreign: Vec::new(),
+        data_offset: Sectors(2048),
+        new_uuid: uuid(9),
+    }
+}
+
+/// The record written by a batch.
+fn the_write(acts: &[Action]) -> &ArrayMeta {
+    acts.iter()
+        .find_map(|a| match a {
+            Action::WriteMetadata { meta, .. } => Some(meta),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no WriteMetadata in {acts:?}"))
 }
 
 fn written(a: &Action) -> &ArrayMeta {
@@ -68,7 +104,7 @@ fn with_state(mut m: ArrayMeta, i: usize, st: MemberState, events: u64) -> Array
 
 #[test]
 fn start_rewrites_once_then_a_clean_array_costs_nothing() {
-    let (mut mon, acts) = Monitor::start(meta(), &view());
+    let (mut mon, acts) = Monitor::start(meta(), None, &view());
     let mut want = meta();
     want.events = 11;
     want.bitmap.events_cleared = 11;
@@ -194,7 +230,7 @@ fn missing_member_at_start_is_recorded_after_can_clear_false() {
     let mut v = view();
     v.degraded = 1;
     v.members.truncate(1);
-    let (_, acts) = Monitor::start(meta(), &v);
+    let (_, acts) = Monitor::start(meta(), None, &v);
     assert_eq!(acts[0], Action::SetCanClear(false));
     let m = written(&acts[1]);
     assert_eq!(m.members[1].state, MemberState::Missing);
@@ -219,19 +255,16 @@ fn degraded_view() -> KernelView {
 fn readd_bitmap_when_own_events_cover_events_cleared() {
     let mut mon = settled(degraded_meta(12), &degraded_view());
     let e = mon.meta().events;
-    let dev = ReturningDevice {
-        uuid: uuid(1),
-        own: Some(OwnRecord {
+    let dev = facts(
+        uuid(1),
+        Some(OwnRecord {
             events: 10,
             state: MemberState::InSync,
         }),
-    };
+    );
     let acts = mon
         .step(Event::Admin(
-            AdminRequest::ReAdd {
-                index: 1,
-                device: dev,
-            },
+            AdminRequest::Add(Box::new(dev)),
             degraded_view(),
         ))
         .expect("accepted");
@@ -250,11 +283,16 @@ fn readd_bitmap_when_own_events_cover_events_cleared() {
             Action::SetSyncAction(SyncAction::Frozen),
             Action::WriteMetadata {
                 meta: want,
-                targets: vec![0]
+                targets: vec![0, 1]
             },
             Action::AddDevice {
                 index: 1,
-                bitmap_based: true
+                bitmap_based: true,
+                device: DeviceMeta {
+                    uuid: uuid(1),
+                    data_offset: Sectors(2048),
+                    data_size: Sectors(TOTAL),
+                },
             },
             Action::SetSyncAction(SyncAction::Recover),
         ]
@@ -263,26 +301,25 @@ fn readd_bitmap_when_own_events_cover_events_cleared() {
 
 fn readd_kind(own: Option<OwnRecord>, same_uuid: bool) -> RebuildKind {
     let mut mon = settled(degraded_meta(12), &degraded_view());
-    let dev = ReturningDevice {
-        uuid: if same_uuid { uuid(1) } else { uuid(9) },
-        own,
-    };
+    let dev_uuid = if same_uuid { uuid(1) } else { uuid(8) };
     let acts = mon
         .admin(
-            &AdminRequest::ReAdd {
-                index: 1,
-                device: dev,
-            },
+            &AdminRequest::Add(Box::new(facts(dev_uuid, own))),
             &degraded_view(),
         )
         .expect("accepted");
-    match written(&acts[1]).members[1] {
+    let holds = if same_uuid && own.is_some() {
+        dev_uuid
+    } else {
+        uuid(9)
+    };
+    match the_write(&acts).members[1] {
         MemberEntry {
             state: MemberState::Rebuilding { kind, .. },
             uuid: u,
             ..
         } => {
-            assert_eq!(u, dev.uuid, "the slot records the device it now holds");
+            assert_eq!(u, holds, "the slot records the device it now holds");
             kind
         }
         other => panic!("{other:?}"),
@@ -330,14 +367,7 @@ fn readd_writes_can_clear_false_first_if_it_reads_true() {
     let mut mon = settled(degraded_meta(12), &v);
     v.can_clear = Some(true);
     // Not settled: the machine itself wants `false` first.
-    let dev = ReturningDevice {
-        uuid: uuid(1),
-        own: None,
-    };
-    let r = AdminRequest::ReAdd {
-        index: 1,
-        device: dev,
-    };
+    let r = AdminRequest::Add(Box::new(facts(uuid(1), None)));
     assert_eq!(mon.admin(&r, &v), Err(Refusal::Unsettled));
     assert_eq!(mon.observe(&v)[0], Action::SetCanClear(false));
 }
@@ -345,25 +375,31 @@ fn readd_writes_can_clear_false_first_if_it_reads_true() {
 #[test]
 fn readd_refusals() {
     let mut mon = settled(degraded_meta(12), &degraded_view());
-    let newer = ReturningDevice {
-        uuid: uuid(1),
-        own: Some(OwnRecord {
+    let newer = AdminRequest::Add(Box::new(facts(
+        uuid(1),
+        Some(OwnRecord {
             events: 99,
             state: MemberState::InSync,
         }),
-    };
-    let r = |index, device| AdminRequest::ReAdd { index, device };
+    )));
     assert!(matches!(
-        mon.admin(&r(1, newer), &degraded_view()),
+        mon.admin(&newer, &degraded_view()),
         Err(Refusal::Diverged { .. })
     ));
-    assert_eq!(
-        mon.admin(&r(0, newer), &degraded_view()),
-        Err(Refusal::SlotInUse(0))
+    // Slot 0's own device, while md holds slot 0.
+    let mut zero = facts(
+        uuid(0),
+        Some(OwnRecord {
+            events: 12,
+            state: MemberState::InSync,
+        }),
     );
+    if let Some(sb) = zero.own.as_mut() {
+        sb.device.uuid = uuid(0);
+    }
     assert_eq!(
-        mon.admin(&r(5, newer), &degraded_view()),
-        Err(Refusal::NoSuchMember(5))
+        mon.admin(&AdminRequest::Add(Box::new(zero)), &degraded_view()),
+        Err(Refusal::SlotInUse(0))
     );
     assert_eq!(
         mon.admin(&AdminRequest::Fail(0), &degraded_view()),
@@ -469,7 +505,7 @@ fn can_clear_false_with_everything_in_sync_writes_before_true() {
     // E.g. a daemon restart between "record all in sync" and "true".
     let mut v = view();
     v.can_clear = Some(false);
-    let (_, acts) = Monitor::start(meta(), &v);
+    let (_, acts) = Monitor::start(meta(), None, &v);
     let m = written(&acts[0]);
     assert_eq!(m.bitmap.events_cleared, m.events);
     assert_eq!(acts[1..], [Action::SetCanClear(true)]);
@@ -557,10 +593,138 @@ fn failed_action_forces_a_rewrite_before_active() {
     let acts = mon.observe(&v);
     assert_eq!(
         written(&acts[0]).events,
-        e + 1,
-        "strictly newer than any partial copy"
+        e + 2,
+        "strictly newer than any partial copy, and aimed at the same copy"
+    );
+    assert_eq!(
+        crate::format::copy_for_events(e + 2),
+        crate::format::copy_for_events(e),
+        "never at the copy holding a member's last good state"
     );
     assert_eq!(acts[1], Action::SetArrayState(ArrayState::Active));
+    // Once a write went through, the next one alternates again.
+    let acts = mon.observe(&view());
+    assert_eq!(written(&acts[0]).events, e + 3);
+}
+
+#[test]
+fn start_aims_at_a_copy_read_invalid() {
+    // Read at events 10; copy 1 (odd events) torn on some member: the first
+    // write goes to copy 1 (events 11). Copy 0 torn: events 12.
+    let mut v = view();
+    v.array_state = ArrayState::WritePending;
+    for (bad, want) in [(None, 11), (Some(1), 11), (Some(0), 12)] {
+        let (_, acts) = Monitor::start(meta(), bad, &v);
+        assert_eq!(written(&acts[0]).events, want, "copy {bad:?} damaged");
+    }
+}
+
+#[test]
+fn start_hold_ends_only_once_settled() {
+    // Activated with the hold; can_clear reads true (md's default) and the
+    // record is degraded: false, record, then (next batch) the release.
+    let mut v = degraded_view();
+    v.can_clear = Some(true);
+    v.time_base = Some(HOLD_TIME_BASE);
+    v.array_state = ArrayState::Readonly;
+    let (mut mon, acts) = Monitor::start(degraded_meta(12), None, &v);
+    assert_eq!(acts[0], Action::SetCanClear(false));
+    assert!(matches!(acts[1], Action::WriteMetadata { .. }));
+    assert!(!acts.iter().any(|a| matches!(a, Action::ReleaseHold(_))));
+    v.can_clear = Some(false);
+    assert_eq!(mon.observe(&v), vec![Action::ReleaseHold(1)]);
+    v.time_base = Some(1);
+    assert_eq!(mon.observe(&v), vec![]);
+    // A failed batch keeps the hold until the rewrite went through.
+    let mut v = view();
+    v.time_base = Some(HOLD_TIME_BASE);
+    let (mut mon, acts) = Monitor::start(meta(), None, &v);
+    assert!(matches!(acts[..], [Action::WriteMetadata { .. }]));
+    mon.step(Event::ActionFailed(0)).expect("ok");
+    let acts = mon.observe(&v);
+    assert!(matches!(acts[..], [Action::WriteMetadata { .. }]));
+    assert_eq!(mon.observe(&v), vec![Action::ReleaseHold(1)]);
+}
+
+#[test]
+fn start_plan_holds_every_start_and_rearms_degraded() {
+    let m = meta();
+    let bits = [0b1010_0001u8];
+    let whole = start_plan(&m, false, &bits);
+    assert_eq!(whole.time_base, HOLD_TIME_BASE);
+    assert!(whole.rearm.is_empty());
+    let degraded = start_plan(&m, true, &bits);
+    assert_eq!(degraded.time_base, HOLD_TIME_BASE);
+    assert_eq!(degraded.rearm, vec![(0, 0), (5, 5), (7, 7)]);
+}
+
+#[test]
+fn admission_decides_slot_kind_and_refusals() {
+    let meta = degraded_meta(12);
+    // The slot's own device returns to its slot.
+    let own = Some(OwnRecord {
+        events: 10,
+        state: MemberState::InSync,
+    });
+    let a = admit(&meta, &[0], &facts(uuid(1), own)).expect("admitted");
+    assert_eq!((a.index, a.fresh, a.meta.uuid), (1, false, uuid(1)));
+    // A blank device takes the failed slot as a new member.
+    let a = admit(&meta, &[0], &facts(uuid(1), None)).expect("admitted");
+    assert_eq!((a.index, a.fresh, a.meta.uuid), (1, true, uuid(9)));
+    assert_eq!(a.meta.data_size, Sectors(TOTAL));
+    // Refusals.
+    let mut f = facts(uuid(1), None);
+    f.foreign = vec!["isw_raid_member".into()];
+    assert_eq!(
+        admit(&meta, &[0], &f),
+        Err(Refusal::ForeignSignature("isw_raid_member".into()))
+    );
+    let mut f = facts(uuid(1), None);
+    f.size = Sectors(2048 + TOTAL - 1);
+    assert!(matches!(
+        admit(&meta, &[0], &f),
+        Err(Refusal::TooSmall { .. })
+    ));
+    let mut f = facts(uuid(1), own);
+    f.size = Sectors(2048 + TOTAL - 8);
+    assert!(
+        matches!(admit(&meta, &[0], &f), Err(Refusal::TooSmall { .. })),
+        "a returning member that shrank"
+    );
+    let mut f = facts(uuid(1), own);
+    if let Some(sb) = f.own.as_mut() {
+        sb.array.uuid = Uuid::from_u128(99);
+    }
+    assert!(matches!(
+        admit(&meta, &[0], &f),
+        Err(Refusal::OtherArray { .. })
+    ));
+    assert_eq!(
+        admit(&meta, &[0, 1], &facts(uuid(1), None)),
+        Err(Refusal::NoFreeSlot)
+    );
+    assert_eq!(
+        admit(&super::tests::meta(), &[0], &facts(uuid(1), None)),
+        Err(Refusal::NoFreeSlot),
+        "every slot recorded in sync"
+    );
+}
+
+#[test]
+fn a_new_member_gets_its_record_before_it_joins() {
+    let mut mon = settled(degraded_meta(12), &degraded_view());
+    let acts = mon
+        .admin(
+            &AdminRequest::Add(Box::new(facts(uuid(1), None))),
+            &degraded_view(),
+        )
+        .expect("accepted");
+    let pos = |f: &dyn Fn(&Action) -> bool| acts.iter().position(f).expect("present");
+    let prep = pos(&|a| matches!(a, Action::PrepareDevice { index: 1 }));
+    let write =
+        pos(&|a| matches!(a, Action::WriteMetadata { targets, .. } if targets.contains(&1)));
+    let add = pos(&|a| matches!(a, Action::AddDevice { index: 1, .. }));
+    assert!(prep < write && write < add, "{acts:?}");
 }
 
 #[test]
@@ -569,14 +733,14 @@ fn interrupted_readd_is_finished_or_undone() {
     let mut v = recovering_view(0);
     v.sync_action = SyncAction::Frozen;
     v.sync_completed = SyncCompleted::None;
-    let (_, acts) = Monitor::start(rebuilding_meta(0, RebuildKind::Bitmap), &v);
+    let (_, acts) = Monitor::start(rebuilding_meta(0, RebuildKind::Bitmap), None, &v);
     assert_eq!(
         acts.last(),
         Some(&Action::SetSyncAction(SyncAction::Recover))
     );
     // Frozen, device added without a slot: remove it, record missing, idle.
     v.members[1] = km(1, "in_sync", None);
-    let (_, acts) = Monitor::start(rebuilding_meta(0, RebuildKind::Bitmap), &v);
+    let (_, acts) = Monitor::start(rebuilding_meta(0, RebuildKind::Bitmap), None, &v);
     assert_eq!(written(&acts[0]).members[1].state, MemberState::Missing);
     assert_eq!(
         acts[1..],
@@ -606,19 +770,10 @@ fn malformed_record_does_not_panic() {
     m.members.truncate(1); // fewer entries than raid_disks
     let mut v = view();
     v.members.push(km(7, "faulty", None)); // unknown index
-    let (mut mon, _) = Monitor::start(m, &v);
+    let (mut mon, _) = Monitor::start(m, None, &v);
     let _ = mon.observe(&v);
     let _ = mon.admin(&AdminRequest::Remove(7), &v);
-    let _ = mon.admin(
-        &AdminRequest::ReAdd {
-            index: 1,
-            device: ReturningDevice {
-                uuid: uuid(1),
-                own: None,
-            },
-        },
-        &v,
-    );
+    let _ = mon.admin(&AdminRequest::Add(Box::new(facts(uuid(1), None))), &v);
 }
 
 #[test]
