@@ -1,33 +1,39 @@
 //! Creating an array: [`plan`] checks everything and writes nothing;
 //! [`Plan::execute`] writes.
 //!
+//! [`plan`] refuses a device on which [`probe::probe`] finds any signature
+//! (anything libblkid knows, or mdext metadata) unless `force` is set.
+//!
 //! What create writes on each member, in this order:
-//! 1. zeros over everything before the data (`0..data_offset`: both
-//!    copies, the bitmap area, the gap), which also wipes every foreign
-//!    signature that lives there (mdadm 1.1/1.2, filesystems, swap, LUKS,
-//!    LVM2, GPT, MBR, iso9660);
-//! 2. with `force`, zeros over each 4 KiB block holding a foreign
-//!    signature found in the data area (mdadm 0.90/1.0, the GPT backup),
-//!    so that nothing (mdadm's udev rules in particular) finds the old
-//!    metadata again; nothing else in the data area is touched;
+//! 1. with `force` on a device that carries signatures, [`probe::wipe`]:
+//!    libblkid erases each signature's magic where libblkid found it,
+//!    wherever on the device that is (IMSM and DDF anchors at the end, ZFS
+//!    labels, the GPT backup header, a LUKS2 second header, mdadm 0.90 and
+//!    1.0 superblocks), as `wipefs --all` does, so that nothing (udev's
+//!    blkid, mdadm's rules, a firmware RAID) finds the old metadata again;
+//!    nothing else in the data area is touched;
+//! 2. zeros over everything before the data (`0..data_offset`: both
+//!    copies, the bitmap area, the gap);
 //! 3. the initial bitmap: every chunk bit set (the first assembly resyncs
 //!    from sector 0), or all zero with `assume_clean`;
-//! 4. copy 1 with events 1, then copy 0 with events 2 (the same content
+//! 4. with `force`, a check that libblkid now finds nothing; otherwise the
+//!    create stops before any superblock is written;
+//! 5. copy 1 with events 1, then copy 0 with events 2 (the same content
 //!    otherwise), so both copies are valid and the reader takes events 2;
-//! 5. fdatasync.
+//! 6. fdatasync.
 //!
-//! Steps 1-3 run on every member and are synced before any superblock is
+//! Steps 1-4 run on every member and are synced before any superblock is
 //! written, so an interrupted create leaves either no mdext metadata or
 //! metadata whose bitmap is already in place.
 
 use crate::bitmap;
-use crate::device::{Access, DevId, Device, DeviceError, ALIGN};
+use crate::device::{Access, DevId, Device, DeviceError};
 use crate::format::{self, FormatError, Layout};
 use crate::md::{Checkpoint, Level};
 use crate::meta::{
     ArrayMeta, BitmapInfo, DeviceMeta, Geometry, MemberEntry, MemberState, Superblock,
 };
-use crate::probe::{self, Found};
+use crate::probe::{self, Found, ProbeError};
 use crate::units::{human, Bytes, Sectors};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -90,12 +96,24 @@ pub enum CreateError {
     /// Opening or reading a device failed.
     #[error(transparent)]
     Device(#[from] DeviceError),
-    /// A device carries a foreign signature.
-    #[error("{path}: contains {} (use --force to overwrite)", list(.found))]
+    /// Probing or wiping signatures failed.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    /// A device carries a signature.
+    #[error("{path}: carries {}; use --force to overwrite", carries(.found))]
     Signature {
         /// The device.
         path: PathBuf,
         /// What was found.
+        found: Vec<Found>,
+    },
+    /// A signature was still found after wiping (nothing but the wipes and
+    /// zeros before the data was written).
+    #[error("{path}: still carries {} after wiping it; no metadata written", carries(.found))]
+    NotWiped {
+        /// The device.
+        path: PathBuf,
+        /// What is still there.
         found: Vec<Found>,
     },
     /// A device is too small.
@@ -139,12 +157,17 @@ pub enum CreateError {
     Format(#[from] FormatError),
 }
 
-fn list(found: &[Found]) -> String {
-    found
+/// "a signature: X (...)" or "2 signatures: X (...), Y (...)".
+fn carries(found: &[Found]) -> String {
+    let list = found
         .iter()
         .map(|f| f.to_string())
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    match found.len() {
+        1 => format!("a signature: {list}"),
+        n => format!("{n} signatures: {list}"),
+    }
 }
 
 fn opt_err(option: &'static str, value: impl ToString, reason: impl Into<String>) -> CreateError {
@@ -452,18 +475,22 @@ impl Plan {
     /// Write every member (see the module documentation) and return the
     /// superblocks written (the events-2 copies, slot order).
     pub fn execute(self) -> Result<Vec<Superblock>, CreateError> {
-        let align = ALIGN as u64;
         for m in &self.members {
             let d = &m.device;
-            let data_start = self.layout.data_offset.bytes().0;
-            d.zero(0, data_start)?;
-            for f in &m.found {
-                let block = f.offset & !(align - 1);
-                if block >= data_start && block + align <= d.size().0 {
-                    d.zero(block, align)?;
+            if !m.found.is_empty() {
+                probe::wipe(d)?;
+            }
+            d.zero(0, self.layout.data_offset.bytes().0)?;
+            d.write_bitmap(&m.superblock.array.bitmap, &self.bitmap)?;
+            if !m.found.is_empty() {
+                let left = probe::probe(d)?;
+                if !left.is_empty() {
+                    return Err(CreateError::NotWiped {
+                        path: d.path().to_path_buf(),
+                        found: left,
+                    });
                 }
             }
-            d.write_bitmap(&m.superblock.array.bitmap, &self.bitmap)?;
         }
         for m in &self.members {
             m.device.write_superblock(&first_copy(&m.superblock))?;

@@ -357,6 +357,24 @@ impl Device {
         matches!(self.id, DevId::Block(_))
     }
 
+    /// A second descriptor of the same open file, without O_DIRECT (for
+    /// libblkid, which reads unaligned ranges). Opened through
+    /// `/proc/self/fd`, so it is the same device or inode even if the path
+    /// now names something else; no O_EXCL, so it does not conflict with
+    /// this device's own exclusive open.
+    pub fn reopen_buffered(&self, write: bool) -> Result<File, DeviceError> {
+        let proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(OFlag::O_CLOEXEC.bits())
+            .open(&proc)
+            .map_err(|e| DeviceError::Open {
+                path: self.path.clone(),
+                source: e,
+            })
+    }
+
     fn check(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
         if offset % ALIGN as u64 != 0 || len % ALIGN as u64 != 0 {
             return Err(DeviceError::Unaligned {

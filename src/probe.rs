@@ -1,259 +1,238 @@
-//! Foreign signature detection: is something already on this device?
+//! Signature detection: is something already on this device?
 //!
-//! Data-driven: [`SIGNATURES`] lists each format's magic and where it is;
-//! [`probe_image`] is pure (it looks at a head and a tail window of the
-//! device) and [`probe`] reads those windows from a [`Device`].
+//! Foreign signatures are libblkid's business: [`probe`] asks libblkid
+//! (the library behind `blkid` and `wipefs`) for every signature it knows,
+//! RAID members (mdadm, Intel IMSM, DDF, ...), volume managers (LVM2, ZFS,
+//! bcache, ...), crypto (LUKS), filesystems and partition tables, each
+//! named as `blkid -p` names it (`isw_raid_member`, `LVM2_member`, `gpt`).
+//! mdext's own metadata, which libblkid does not know, is recognised by
+//! the format reader ([`probe_own`]). [`wipe`] erases what libblkid finds
+//! the way `wipefs --all` does: each signature's magic, at the offset
+//! libblkid reports, until libblkid finds nothing.
 
-use crate::device::{Device, DeviceError, ALIGN};
+mod blkid;
+
+use crate::device::{Device, DeviceError};
 use crate::format::{self, META_AREA};
 use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
 
-/// Where a magic sits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Loc {
-    /// At this byte offset from the start.
-    Start(u64),
-    /// mdadm 0.90: at `(size & !(64K-1)) - 64K`.
-    Md090,
-    /// mdadm 1.0: at `(size - 8K) & !(4K-1)`.
-    Md10,
-    /// This many bytes before the end (e.g. the GPT backup header).
-    FromEnd(u64),
-}
+/// What [`probe`] reports for mdext's own metadata.
+pub const MDEXT_NAME: &str = "mdext array";
 
-/// Extra condition for a match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    /// The magic alone.
-    Magic,
-    /// MBR: 0x55AA plus at least one nonzero partition entry.
-    MbrEntry,
-}
-
-/// One known signature.
-#[derive(Debug, Clone, Copy)]
-pub struct SigDef {
-    /// What it is.
-    pub name: &'static str,
-    /// Where.
-    pub loc: Loc,
-    /// The magic bytes.
-    pub magic: &'static [u8],
-    /// Additional check.
-    pub check: Check,
-}
-
-const MD_MAGIC: &[u8] = &0xa92b_4efc_u32.to_le_bytes();
-
-/// Every foreign signature probed for (mdext itself is decoded separately).
-#[rustfmt::skip]
-pub const SIGNATURES: &[SigDef] = &[
-    SigDef { name: "mdadm 0.90 superblock", loc: Loc::Md090, magic: MD_MAGIC, check: Check::Magic },
-    SigDef { name: "mdadm 1.0 superblock", loc: Loc::Md10, magic: MD_MAGIC, check: Check::Magic },
-    SigDef { name: "mdadm 1.1 superblock", loc: Loc::Start(0), magic: MD_MAGIC, check: Check::Magic },
-    SigDef { name: "mdadm 1.2 superblock", loc: Loc::Start(4096), magic: MD_MAGIC, check: Check::Magic },
-    SigDef { name: "ext2/3/4 filesystem", loc: Loc::Start(1080), magic: &[0x53, 0xef], check: Check::Magic },
-    SigDef { name: "xfs filesystem", loc: Loc::Start(0), magic: b"XFSB", check: Check::Magic },
-    SigDef { name: "btrfs filesystem", loc: Loc::Start(65600), magic: b"_BHRfS_M", check: Check::Magic },
-    // Swap: the signature ends the first page; page sizes 4K, 8K, 16K, 64K.
-    SigDef { name: "swap space", loc: Loc::Start(4086), magic: b"SWAPSPACE2", check: Check::Magic },
-    SigDef { name: "swap space", loc: Loc::Start(8182), magic: b"SWAPSPACE2", check: Check::Magic },
-    SigDef { name: "swap space", loc: Loc::Start(16374), magic: b"SWAPSPACE2", check: Check::Magic },
-    SigDef { name: "swap space", loc: Loc::Start(65526), magic: b"SWAPSPACE2", check: Check::Magic },
-    SigDef { name: "swap space (old)", loc: Loc::Start(4086), magic: b"SWAP-SPACE", check: Check::Magic },
-    SigDef { name: "swap space (old)", loc: Loc::Start(65526), magic: b"SWAP-SPACE", check: Check::Magic },
-    SigDef { name: "LUKS encrypted volume", loc: Loc::Start(0), magic: b"LUKS\xba\xbe", check: Check::Magic },
-    // LVM2's label may be in any of the first four sectors (sector 1 by default).
-    SigDef { name: "LVM2 physical volume", loc: Loc::Start(0), magic: b"LABELONE", check: Check::Magic },
-    SigDef { name: "LVM2 physical volume", loc: Loc::Start(512), magic: b"LABELONE", check: Check::Magic },
-    SigDef { name: "LVM2 physical volume", loc: Loc::Start(1024), magic: b"LABELONE", check: Check::Magic },
-    SigDef { name: "LVM2 physical volume", loc: Loc::Start(1536), magic: b"LABELONE", check: Check::Magic },
-    SigDef { name: "GPT partition table", loc: Loc::Start(512), magic: b"EFI PART", check: Check::Magic },
-    SigDef { name: "GPT partition table", loc: Loc::Start(4096), magic: b"EFI PART", check: Check::Magic },
-    SigDef { name: "GPT partition table (backup)", loc: Loc::FromEnd(512), magic: b"EFI PART", check: Check::Magic },
-    SigDef { name: "MBR partition table", loc: Loc::Start(510), magic: &[0x55, 0xaa], check: Check::MbrEntry },
-    SigDef { name: "iso9660 filesystem", loc: Loc::Start(32769), magic: b"CD001", check: Check::Magic },
-];
-
-/// Bytes from the start that [`probe`] reads (covers every `Loc::Start`).
-pub const HEAD: u64 = 72 * 1024;
-/// Bytes before the end that [`probe`] reads (covers 0.90 and 1.0 and
-/// the GPT backup).
-pub const TAIL: u64 = 136 * 1024;
-
-const _: () = assert!(HEAD % ALIGN as u64 == 0 && TAIL % ALIGN as u64 == 0);
-const _: () = assert!(HEAD as usize >= META_AREA);
+/// Upper bound on the wipes of one device: each wipe erases one magic,
+/// and the largest count seen in practice is ZFS's (up to 128 uberblocks
+/// in each of 4 labels).
+const MAX_WIPES: usize = 4096;
 
 /// A signature found on a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
-    /// What it is ("xfs filesystem", "mdext array", ...).
-    pub name: &'static str,
-    /// Byte offset of the magic.
-    pub offset: u64,
-    /// More detail (for mdext: the array's name and uuid).
+    /// Its name: libblkid's `TYPE` or `PTTYPE` (`isw_raid_member`, `ext4`,
+    /// `gpt`, ...), or [`MDEXT_NAME`] (or `mdext array (damaged)`).
+    pub name: String,
+    /// What that is in words ("Intel IMSM RAID member", "filesystem");
+    /// empty for mdext.
+    pub what: String,
+    /// Byte offset of its magic, when known.
+    pub offset: Option<u64>,
+    /// More detail: label and UUID; for mdext the array's name and uuid.
     pub detail: Option<String>,
 }
 
 impl fmt::Display for Found {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at byte {}", self.name, self.offset)?;
+        let mut parts: Vec<String> = Vec::new();
+        if !self.what.is_empty() {
+            parts.push(self.what.clone());
+        }
         if let Some(d) = &self.detail {
-            write!(f, " ({d})")?;
+            parts.push(d.clone());
+        }
+        if let Some(o) = self.offset {
+            parts.push(format!("at byte {o}"));
+        }
+        write!(f, "{}", self.name)?;
+        if !parts.is_empty() {
+            write!(f, " ({})", parts.join(", "))?;
         }
         Ok(())
     }
 }
 
-fn offset_of(loc: Loc, size: u64) -> Option<u64> {
-    match loc {
-        Loc::Start(o) => Some(o),
-        Loc::Md090 => (size & !(65536 - 1)).checked_sub(65536),
-        Loc::Md10 => size.checked_sub(8192).map(|o| o & !(4096 - 1)),
-        Loc::FromEnd(n) => size.checked_sub(n),
-    }
+/// Why probing or wiping failed; one line, naming the device.
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    /// Opening or reading the device.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A libblkid call failed.
+    #[error("{path}: libblkid: {op} failed: {source}")]
+    Blkid {
+        /// The device.
+        path: PathBuf,
+        /// The call.
+        op: &'static str,
+        /// errno.
+        source: io::Error,
+    },
+    /// Wiping did not converge (a prober keeps matching after its magic
+    /// was erased).
+    #[error("{path}: still finding {found} after {MAX_WIPES} wipes; giving up")]
+    WipeLoop {
+        /// The device.
+        path: PathBuf,
+        /// The last signature found.
+        found: Found,
+    },
 }
 
-/// Look for signatures in a device of `size` bytes, given its first bytes
-/// (`head`) and the bytes from `tail_offset` on (`tail`). Pure.
-pub fn probe_image(head: &[u8], tail: &[u8], tail_offset: u64, size: u64) -> Vec<Found> {
-    let get = |off: u64, len: usize| -> Option<&[u8]> {
-        let end = off.checked_add(len as u64)?;
-        if end > size {
-            return None;
-        }
-        if end <= head.len() as u64 {
-            return head.get(off as usize..end as usize);
-        }
-        let rel = off.checked_sub(tail_offset)?;
-        tail.get(rel as usize..rel as usize + len)
+/// Words for the names `blkid` uses most for what mdext may be asked to
+/// overwrite; anything else is described by its usage. Only for messages:
+/// detection itself is libblkid's.
+fn describe(name: &str, usage: Option<&str>, partition_table: bool) -> String {
+    let known = match name {
+        "isw_raid_member" => "Intel IMSM RAID member",
+        "ddf_raid_member" => "SNIA DDF RAID member",
+        "linux_raid_member" => "Linux md RAID member",
+        "LVM2_member" => "LVM2 physical volume",
+        "LVM1_member" => "LVM1 physical volume",
+        "zfs_member" => "ZFS pool member",
+        "bcache" => "bcache device",
+        "crypto_LUKS" => "LUKS encrypted volume",
+        "swap" => "swap space",
+        "dos" => "MBR partition table",
+        "gpt" => "GPT partition table",
+        "PMBR" => "protective MBR",
+        _ => "",
     };
+    if !known.is_empty() {
+        return known.to_string();
+    }
+    if partition_table {
+        return "partition table".to_string();
+    }
+    match usage {
+        Some("raid") => "RAID member".to_string(),
+        Some("filesystem") => "filesystem".to_string(),
+        Some("crypto") => "encrypted volume".to_string(),
+        Some(u) => u.to_string(),
+        None => String::new(),
+    }
+}
+
+fn found_of(s: &blkid::Signature) -> Found {
+    let mut detail = Vec::new();
+    if let Some(l) = &s.label {
+        detail.push(format!("label {l:?}"));
+    }
+    if let Some(u) = &s.uuid {
+        detail.push(format!("uuid {u}"));
+    }
+    if s.bad_checksum {
+        detail.push("bad checksum".to_string());
+    }
+    Found {
+        name: s.kind.clone(),
+        what: describe(&s.kind, s.usage.as_deref(), s.partition_table),
+        offset: s.magic_offset,
+        detail: (!detail.is_empty()).then(|| detail.join(", ")),
+    }
+}
+
+/// mdext's own metadata in the first [`META_AREA`] bytes of a device, if
+/// any (damaged metadata counts too). Pure.
+pub fn probe_own(area: &[u8]) -> Option<Found> {
+    let area = area.get(..META_AREA)?;
+    match format::read_area(area) {
+        Ok(r) => Some(Found {
+            name: MDEXT_NAME.to_string(),
+            what: String::new(),
+            offset: Some(format::copy_offset(r.copy)),
+            detail: Some(format!(
+                "name {}, uuid {}",
+                r.superblock.array.name, r.superblock.array.uuid
+            )),
+        }),
+        Err(format::ReadError::NoMetadata) => None,
+        Err(e) => Some(Found {
+            name: format!("{MDEXT_NAME} (damaged)"),
+            what: String::new(),
+            offset: Some(0),
+            detail: Some(e.to_string()),
+        }),
+    }
+}
+
+fn blkid_err(path: &Path) -> impl Fn((&'static str, io::Error)) -> ProbeError + '_ {
+    move |(op, source)| ProbeError::Blkid {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
+}
+
+/// Every signature libblkid finds on `dev` (one per prober that matches).
+pub fn probe_foreign(dev: &Device) -> Result<Vec<Found>, ProbeError> {
+    let file = dev.reopen_buffered(false)?;
+    let err = blkid_err(dev.path());
+    let mut p = blkid::Probe::new(&file).map_err(&err)?;
+    let mut out: Vec<Found> = Vec::new();
+    while let Some(s) = p.next().map_err(&err)? {
+        let f = found_of(&s);
+        if !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    Ok(out)
+}
+
+/// Every signature on `dev`: mdext's own metadata first, then everything
+/// libblkid knows. Reads only.
+pub fn probe(dev: &Device) -> Result<Vec<Found>, ProbeError> {
     let mut out = Vec::new();
-    if let Some(area) = get(0, META_AREA) {
-        match format::read_area(area) {
-            Ok(r) => out.push(Found {
-                name: "mdext array",
-                offset: format::copy_offset(r.copy),
-                detail: Some(format!(
-                    "name {}, uuid {}",
-                    r.superblock.array.name, r.superblock.array.uuid
-                )),
-            }),
-            Err(format::ReadError::NoMetadata) => {}
-            Err(e) => out.push(Found {
-                name: "mdext array (damaged)",
-                offset: 0,
-                detail: Some(e.to_string()),
-            }),
-        }
+    if dev.size().0 >= META_AREA as u64 {
+        let area = dev.read_at(0, META_AREA)?;
+        out.extend(probe_own(&area));
     }
-    for s in SIGNATURES {
-        let Some(off) = offset_of(s.loc, size) else {
-            continue;
-        };
-        if get(off, s.magic.len()) != Some(s.magic) {
-            continue;
-        }
-        if s.check == Check::MbrEntry {
-            let Some(table) = get(446, 64) else { continue };
-            if table.iter().all(|&b| b == 0) {
-                continue;
-            }
-        }
-        // One report per format and place (the swap variants overlap).
-        if out
-            .iter()
-            .any(|f: &Found| f.name == s.name && f.offset == off)
-        {
-            continue;
-        }
-        out.push(Found {
-            name: s.name,
-            offset: off,
-            detail: None,
-        });
-    }
-    out
+    out.extend(probe_foreign(dev)?);
+    Ok(out)
 }
 
-/// The window [`probe`] reads at the end of a device of `size` bytes.
-pub fn tail_window(size: u64) -> (u64, u64) {
-    let start = size.saturating_sub(TAIL) & !(ALIGN as u64 - 1);
-    (start, size - start)
+/// Erase every signature libblkid finds on `dev`, as `wipefs --all` does:
+/// zeros over each magic at the offset libblkid reports, probing again
+/// after each (so second copies, backup headers and end-of-device anchors
+/// are found and erased too), until libblkid finds nothing it can erase.
+/// Returns what was erased (one entry per magic). mdext's own metadata is
+/// not touched (create overwrites it anyway). `dev` must be writable.
+pub fn wipe(dev: &Device) -> Result<Vec<Found>, ProbeError> {
+    let file = dev.reopen_buffered(true)?;
+    let err = blkid_err(dev.path());
+    let mut p = blkid::Probe::new(&file).map_err(&err)?;
+    let mut wiped = Vec::new();
+    while let Some(s) = p.next().map_err(&err)? {
+        let f = found_of(&s);
+        if wiped.len() >= MAX_WIPES {
+            return Err(ProbeError::WipeLoop {
+                path: dev.path().to_path_buf(),
+                found: f,
+            });
+        }
+        p.wipe().map_err(&err)?;
+        // Without a magic offset blkid_do_wipe writes nothing and moves on.
+        if f.offset.is_some() {
+            wiped.push(f);
+        }
+    }
+    Ok(wiped)
 }
 
-/// Read the head and tail of `dev` and look for signatures.
-pub fn probe(dev: &Device) -> Result<Vec<Found>, DeviceError> {
-    let size = dev.size().0;
-    let head = dev.read_partial(0, HEAD.min(size) as usize)?;
-    let (start, len) = tail_window(size);
-    let tail = dev.read_partial(start, len as usize)?;
-    let head_len = HEAD.min(size) as usize;
-    Ok(probe_image(
-        &head[..head_len],
-        &tail[..len as usize],
-        start,
-        size,
-    ))
-}
+/// Foreign-signature fixtures shared with tests/cli_create.rs.
+#[cfg(test)]
+#[path = "../tests/common/signatures.rs"]
+pub(crate) mod test_signatures;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn image_with(def: &SigDef, size: u64) -> Vec<u8> {
-        let mut v = vec![0u8; size as usize];
-        let off = offset_of(def.loc, size).expect("fits") as usize;
-        v[off..off + def.magic.len()].copy_from_slice(def.magic);
-        if def.check == Check::MbrEntry {
-            v[446 + 4] = 0x83;
-        }
-        v
-    }
-
-    #[test]
-    fn every_signature_is_found_where_expected() {
-        // A size that is not a multiple of 64K exercises the end rounding.
-        let size = (4 << 20) + 12 * 1024 + 512;
-        for def in SIGNATURES {
-            let img = image_with(def, size);
-            let (ts, _) = tail_window(size);
-            let f = probe_image(&img[..HEAD as usize], &img[ts as usize..], ts, size);
-            assert!(
-                f.iter().any(|x| x.name == def.name),
-                "{} not found: {f:?}",
-                def.name
-            );
-        }
-        assert_eq!(offset_of(Loc::Md090, size), Some((4 << 20) - 65536));
-        assert_eq!(offset_of(Loc::Md10, size), Some((4 << 20) + 4096));
-        let blank = vec![0u8; size as usize];
-        let (ts, _) = tail_window(size);
-        assert!(probe_image(&blank[..HEAD as usize], &blank[ts as usize..], ts, size).is_empty());
-    }
-
-    #[test]
-    fn mbr_needs_an_entry() {
-        let mut v = vec![0u8; 1 << 20];
-        v[510] = 0x55;
-        v[511] = 0xaa;
-        let (ts, _) = tail_window(1 << 20);
-        assert!(probe_image(&v[..HEAD as usize], &v[ts as usize..], ts, 1 << 20).is_empty());
-        v[446 + 4] = 0x83;
-        let f = probe_image(&v[..HEAD as usize], &v[ts as usize..], ts, 1 << 20);
-        assert_eq!(f.len(), 1);
-        assert_eq!(f[0].name, "MBR partition table");
-        assert_eq!(f[0].offset, 510);
-        assert_eq!(f[0].to_string(), "MBR partition table at byte 510");
-    }
-
-    #[test]
-    fn tiny_devices_do_not_panic() {
-        for size in [0u64, 1, 511, 4096, 8192, 65536] {
-            let v = vec![0x55u8; size as usize];
-            let (ts, _) = tail_window(size);
-            let h = (HEAD as usize).min(v.len());
-            let _ = probe_image(&v[..h], &v[ts as usize..], ts, size);
-        }
-    }
-}
+mod tests;

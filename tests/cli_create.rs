@@ -3,6 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common {
+    pub mod signatures;
+}
+use common::signatures::{self, assert_blkid_nothing, assert_blkid_type};
+
 const BIN: &str = env!("CARGO_BIN_EXE_mdextctl");
 
 fn run(args: &[&str]) -> Output {
@@ -231,4 +236,48 @@ fn create_refusals_are_one_line() {
     assert!(std::fs::read(&a).expect("read").iter().all(|&b| b == 0));
     let o = run(&["create", "--help"]);
     assert!(stdout(&o).contains("--assume-clean"));
+}
+
+/// Issue 8, defect 5: `create` overwrote an Intel IMSM member (and DDF,
+/// LVM2, ZFS, bcache, LUKS2) without --force, and blkid still reported it
+/// afterwards. Through the binary, so it runs against any version.
+#[test]
+fn create_refuses_every_foreign_signature_and_force_wipes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for sig in signatures::ALL {
+        let a = image(dir.path(), &format!("{sig:?}-a.img"), 64 << 20);
+        let b = image(dir.path(), &format!("{sig:?}-b.img"), 64 << 20);
+        sig.write(&b);
+        assert_blkid_type(&b, sig.blkid_type());
+        let before = std::fs::read(&b).expect("read");
+        let o = run(&["create", "-l", "1", "-n", "2", s(&a), s(&b)]);
+        assert!(
+            !o.status.success(),
+            "{sig:?}: create without --force succeeded"
+        );
+        let err = stderr(&o);
+        assert!(
+            err.starts_with(&format!(
+                "mdextctl: {}: carries a signature: {} (",
+                b.display(),
+                sig.blkid_type()
+            )) && err.ends_with("; use --force to overwrite\n"),
+            "{sig:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            std::fs::read(&b).expect("read") == before,
+            "{sig:?}: a refused create wrote"
+        );
+        let o = run(&["create", "-l", "1", "-n", "2", "--force", s(&a), s(&b)]);
+        assert!(o.status.success(), "{sig:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("overwriting {} (", sig.blkid_type())),
+            "{}",
+            stderr(&o)
+        );
+        assert_blkid_nothing(&b);
+        let out = stdout(&run(&["examine", s(&b)]));
+        assert_eq!(field(&out, "Raid Devices"), "2");
+    }
 }

@@ -31,5 +31,5 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(r) = format::read_area(&area) {
         let _ = format::encode(&r.superblock).expect("chosen copy encodes");
     }
-    let _ = mdext::probe::probe_image(&area, &[], 0, area.len() as u64);
+    let _ = mdext::probe::probe_own(&area);
 });

@@ -1,8 +1,7 @@
 use super::*;
 use crate::format::{read_area, META_AREA};
-use crate::probe::SIGNATURES;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use crate::probe::test_signatures as signatures;
+use signatures::{assert_blkid_nothing, assert_blkid_type, Sig};
 use tempfile::TempDir;
 
 const MIB: u64 = 1 << 20;
@@ -20,10 +19,11 @@ fn images(n: usize, size: u64) -> (TempDir, Vec<PathBuf>) {
     (dir, paths)
 }
 
-fn digest(p: &Path) -> u64 {
-    let mut h = DefaultHasher::new();
-    std::fs::read(p).expect("read").hash(&mut h);
-    h.finish()
+/// The whole file, to compare before and after (compared with memcmp:
+/// hashing 64 MiB images takes seconds in a debug build). Compare with
+/// `assert!(a == b)`, not `assert_eq!`, which would print them.
+fn contents(p: &Path) -> Vec<u8> {
+    std::fs::read(p).expect("read")
 }
 
 fn raid1(n: u32) -> CreateOptions {
@@ -119,50 +119,61 @@ fn different_sizes_use_the_smallest() {
     );
 }
 
+/// Issue 8, defect 5: IMSM (and DDF, LVM2, ZFS, bcache, LUKS2) went
+/// unnoticed by the hand-written table, and `--force` left them behind.
 #[test]
 fn foreign_signatures_refused_then_forced() {
-    for def in SIGNATURES {
+    for sig in signatures::ALL {
         let (_d, paths) = images(2, 64 * MIB);
-        let size = 64 * MIB;
-        let off = match def.loc {
-            probe::Loc::Start(o) => o,
-            probe::Loc::Md090 => (size & !(65535)) - 65536,
-            probe::Loc::Md10 => (size - 8192) & !4095,
-            probe::Loc::FromEnd(n) => size - n,
-        };
-        {
-            use std::os::unix::fs::FileExt;
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&paths[1])
-                .expect("open");
-            f.write_all_at(def.magic, off).expect("write");
-            if def.check == probe::Check::MbrEntry {
-                f.write_all_at(&[0x83], 446 + 4).expect("write");
-            }
-        }
-        let before: Vec<u64> = paths.iter().map(|p| digest(p)).collect();
+        sig.write(&paths[1]);
+        assert_blkid_type(&paths[1], sig.blkid_type());
+        let before: Vec<Vec<u8>> = paths.iter().map(|p| contents(p)).collect();
         let e = plan(&raid1(2), &paths).expect_err("must refuse");
         let msg = e.to_string();
         assert!(
-            msg.contains(def.name) && msg.contains(&paths[1].display().to_string()),
-            "{msg}"
+            msg.starts_with(&format!(
+                "{}: carries a signature: {} (",
+                paths[1].display(),
+                sig.blkid_type()
+            )),
+            "{sig:?}: {msg}"
         );
-        assert!(msg.contains("--force"), "{msg}");
-        let after: Vec<u64> = paths.iter().map(|p| digest(p)).collect();
-        assert_eq!(before, after, "{}: refused create wrote", def.name);
+        assert!(msg.ends_with("; use --force to overwrite"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+        let after: Vec<Vec<u8>> = paths.iter().map(|p| contents(p)).collect();
+        assert!(before == after, "{sig:?}: refused create wrote");
         let mut o = raid1(2);
         o.force = true;
-        plan(&o, &paths)
-            .expect("forced plan")
-            .execute()
-            .expect("execute");
-        // The old signature is gone; only mdext remains.
+        let pl = plan(&o, &paths).expect("forced plan");
+        assert_eq!(pl.members[1].found.len(), 1, "{sig:?}");
+        assert_eq!(pl.members[1].found[0].name, sig.blkid_type());
+        pl.execute().expect("execute");
+        // The old signature is gone, wherever it was; only mdext remains,
+        // and blkid sees nothing.
+        assert_blkid_nothing(&paths[1]);
         let d = Device::open(&paths[1], Access::Read).expect("open");
         let found = probe::probe(&d).expect("probe");
-        assert_eq!(found.len(), 1, "{}: {found:?}", def.name);
-        assert_eq!(found[0].name, "mdext array");
+        assert_eq!(found.len(), 1, "{sig:?}: {found:?}");
+        assert_eq!(found[0].name, probe::MDEXT_NAME);
     }
+}
+
+#[test]
+fn several_signatures_are_all_named_and_all_wiped() {
+    let (_d, paths) = images(2, 64 * MIB);
+    Sig::Ddf.write(&paths[0]);
+    Sig::Luks2.write(&paths[0]);
+    Sig::Bcache.write(&paths[0]);
+    let msg = plan(&raid1(2), &paths).expect_err("refuse").to_string();
+    assert!(msg.contains(": carries 3 signatures: "), "{msg}");
+    for ty in ["ddf_raid_member", "crypto_LUKS", "bcache"] {
+        assert!(msg.contains(ty), "{msg}");
+    }
+    let mut o = raid1(2);
+    o.force = true;
+    plan(&o, &paths).expect("plan").execute().expect("execute");
+    assert_blkid_nothing(&paths[0]);
+    assert_blkid_nothing(&paths[1]);
 }
 
 #[test]
@@ -260,27 +271,25 @@ fn failed_check_on_last_device_writes_nothing() {
         f.write_all_at(&[0x5a; 20000], 100).expect("write");
         f.write_all_at(&[0x5a; 4096], 10 * MIB).expect("write");
     }
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&paths[3])
-            .expect("open");
-        f.write_all_at(b"XFSB", 0).expect("write");
-    }
-    let before: Vec<u64> = paths.iter().map(|p| digest(p)).collect();
-    let e = plan(&raid1(4), &paths).expect_err("xfs on the last");
-    assert!(
-        e.to_string()
-            .contains("d3.img: contains xfs filesystem at byte 0"),
-        "{e}"
+    // An IMSM anchor at the end of the last device.
+    Sig::Imsm.write(&paths[3]);
+    let before: Vec<Vec<u8>> = paths.iter().map(|p| contents(p)).collect();
+    let e = plan(&raid1(4), &paths).expect_err("imsm on the last");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: carries a signature: isw_raid_member (Intel IMSM RAID member, at byte {}); \
+             use --force to overwrite",
+            paths[3].display(),
+            64 * MIB - 1024
+        )
     );
     // A device that fails to open at the end.
     let mut with_missing = paths[..3].to_vec();
     with_missing.push(PathBuf::from("/nonexistent"));
     plan(&raid1(4), &with_missing).expect_err("missing");
-    let after: Vec<u64> = paths.iter().map(|p| digest(p)).collect();
-    assert_eq!(before, after);
+    let after: Vec<Vec<u8>> = paths.iter().map(|p| contents(p)).collect();
+    assert!(before == after, "a refused create wrote");
 }
 
 #[test]

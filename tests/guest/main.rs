@@ -13,6 +13,8 @@
 
 mod harness;
 mod scenarios;
+#[path = "../common/signatures.rs"]
+mod signatures;
 mod util;
 
 fn main() {

@@ -10,6 +10,7 @@ pub static ALL: &[&Scenario] = &[
     &sysfs_layer::RAID1_EXTERNAL_BITMAP,
     &sysfs_layer::WRONG_ORDER,
     &lifecycle::CREATE_EXAMINE_ACTIVATE,
+    &lifecycle::FOREIGN_SIGNATURES,
     &lifecycle::FILESYSTEM_LIFECYCLE,
     &lifecycle::CRASH_RESYNC,
     &lifecycle::DEGRADED_ASSEMBLY,

@@ -19,6 +19,16 @@ pub static CREATE_EXAMINE_ACTIVATE: Scenario = Scenario {
     }],
 };
 
+pub static FOREIGN_SIGNATURES: Scenario = Scenario {
+    name: "create_examine_foreign_signatures_on_block_devices",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: foreign_signatures,
+        ends: Ends::Ok,
+    }],
+};
+
 pub static FILESYSTEM_LIFECYCLE: Scenario = Scenario {
     name: "assemble_filesystem_stop_reassemble",
     disks: &[],
@@ -69,6 +79,71 @@ pub static BAD_INPUT: Scenario = Scenario {
 fn u(v: &serde_json::Value, k: &str) -> Result<u64> {
     v[k].as_u64()
         .with_context(|| format!("examine: no '{k}' in {v}"))
+}
+
+/// `blkid -p DEV`: exit status and output.
+fn blkid_p(dev: &Path) -> Result<(i32, String)> {
+    let o = std::process::Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(dev)
+        .output()
+        .context("blkid")?;
+    Ok((
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    ))
+}
+
+/// Issue 8, defect 5, on block devices (libblkid treats whole disks and
+/// files differently, and create reopens an exclusively held device for
+/// libblkid): each foreign signature is refused by name and nothing is
+/// written; with --force it is wiped and blkid -p finds nothing.
+fn foreign_signatures() -> Result<()> {
+    let sigs = crate::signatures::ALL;
+    // loop0 stays clean; loop1.. each get one signature, written into the
+    // backing file before anything reads the loop device.
+    let loops = loop_devices(1 + sigs.len(), 64)?;
+    for (i, sig) in sigs.iter().enumerate() {
+        let l = &loops[i + 1];
+        sig.write(Path::new(&format!("/tmp/disk{}.img", i + 1)));
+        let (rc, out) = blkid_p(&l.path)?;
+        ensure!(
+            rc == 0
+                && out
+                    .lines()
+                    .any(|x| x == format!("TYPE={}", sig.blkid_type())),
+            "{sig:?}: blkid -p {}: status {rc}: {out}",
+            l.path.display()
+        );
+        let before = md5(&l.path)?;
+        // The signed device first: loop0 carries mdext from the previous
+        // round, and the first device refused is the one reported.
+        let args = format!(
+            "create --level 1 --raid-devices 2 --name f{i} {} /dev/loop0",
+            l.path.display()
+        );
+        let (ok, _, err) = ctl_status(&args)?;
+        ensure!(!ok, "{sig:?}: create without --force succeeded");
+        let want = format!(
+            "mdextctl: {}: carries a signature: {} (",
+            l.path.display(),
+            sig.blkid_type()
+        );
+        ensure!(
+            err.starts_with(&want) && err.lines().count() == 1,
+            "{sig:?}: {err}"
+        );
+        ensure!(md5(&l.path)? == before, "{sig:?}: a refused create wrote");
+        ctl(&format!("{args} --force"))?;
+        let (rc, out) = blkid_p(&l.path)?;
+        ensure!(
+            rc == 2 && out.trim().is_empty(),
+            "{sig:?}: blkid -p after create --force: status {rc}: {out}"
+        );
+        let e = examine(&l.path)?;
+        ensure!(e["name"] == format!("f{i}"), "{sig:?}: {e}");
+    }
+    Ok(())
 }
 
 /// Issue 3: the array is activated from what `examine` reads back, not from
