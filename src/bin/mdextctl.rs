@@ -14,6 +14,30 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+// Every print to stdout and stderr in this binary (`mod ops` included,
+// which is why these come first) goes through mdext::cli::write_or_die
+// instead of std's macros, which panic when the reader has gone away
+// (`mdextctl examine DEV | head -1`): the program ends quietly, as by
+// SIGPIPE. SIGPIPE itself stays ignored, so that a write to mdextmon's
+// control socket fails with an error that is reported.
+macro_rules! print {
+    ($($t:tt)*) => {
+        mdext::cli::write_or_die(mdext::cli::Stream::Stdout, format_args!($($t)*))
+    };
+}
+macro_rules! println {
+    () => { print!("\n") };
+    ($($t:tt)*) => { print!("{}\n", format_args!($($t)*)) };
+}
+macro_rules! eprintln {
+    ($($t:tt)*) => {
+        mdext::cli::write_or_die(
+            mdext::cli::Stream::Stderr,
+            format_args!("{}\n", format_args!($($t)*)),
+        )
+    };
+}
+
 #[path = "mdextctl/ops.rs"]
 mod ops;
 
@@ -165,13 +189,15 @@ fn main() -> ExitCode {
         Cmd::Add(a) => ops::member(ops::MemberOp::Add, a),
         Cmd::ExamineBitmap(a) => ops::examine_bitmap(a),
     };
-    match r {
+    let code = match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mdextctl: {e:#}");
+            eprintln!("mdextctl: {}", mdext::cli::error_line(e.as_ref()));
             ExitCode::FAILURE
         }
-    }
+    };
+    mdext::cli::flush_or_die();
+    code
 }
 
 fn run_create(a: CreateArgs) -> Result<ExitCode> {
