@@ -190,3 +190,51 @@ fn mdextmon_startup_error_has_a_priority_prefix_for_the_journal() {
         "{err}"
     );
 }
+
+fn assemble_in(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let o = Command::new(MDEXTCTL)
+        .arg("assemble")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run mdextctl assemble");
+    (o.status.code(), text(&o.stderr))
+}
+
+/// `assemble d0.img d1.img` in the images' directory: both are devices
+/// (they exist), none is the array's name. On the host the first one is
+/// then refused for not being a block device, which shows which argument
+/// was taken as the first device; nothing is started.
+#[test]
+fn assemble_takes_existing_files_as_devices_not_as_the_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    member(dir.path());
+    let not_block = "not a block device (md members must be block devices; \
+                     use a loop device for an image)";
+    let (code, err) = assemble_in(dir.path(), &["a.img", "b.img"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err, format!("mdextctl: a.img: {not_block}\n"));
+    let (code, err) = assemble_in(dir.path(), &["a.img"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err, format!("mdextctl: a.img: {not_block}\n"));
+    // A name (nothing by that name exists here) and devices, in any order.
+    let (code, err) = assemble_in(dir.path(), &["b.img", "web", "a.img"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err, format!("mdextctl: b.img: {not_block}\n"));
+}
+
+#[test]
+fn assemble_names_a_missing_device_and_refuses_two_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    member(dir.path());
+    let (code, err) = assemble_in(dir.path(), &["./d9.img", "a.img"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err, "mdextctl: ./d9.img: no such device or file\n");
+    let (code, err) = assemble_in(dir.path(), &["d9.img", "web", "a.img"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err,
+        "mdextctl: d9.img, web: no such device or file, and only one array name or UUID \
+         may be given\n"
+    );
+}
