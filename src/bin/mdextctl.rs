@@ -38,6 +38,8 @@ macro_rules! eprintln {
     };
 }
 
+#[path = "mdextctl/completions.rs"]
+mod completions;
 #[path = "mdextctl/ops.rs"]
 mod ops;
 
@@ -82,6 +84,12 @@ enum Cmd {
     Add(ops::MemberArgs),
     #[command(about = "Show the dirty chunks of a member's write-intent bitmap")]
     ExamineBitmap(ops::ExamineBitmapArgs),
+    /// Print a completion script (bash, zsh or fish) to stdout.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: completions::Shell,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -188,6 +196,7 @@ fn main() -> ExitCode {
         Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, a),
         Cmd::Add(a) => ops::member(ops::MemberOp::Add, a),
         Cmd::ExamineBitmap(a) => ops::examine_bitmap(a),
+        Cmd::Completions { shell } => completions::print(shell),
     };
     let code = match r {
         Ok(code) => code,
