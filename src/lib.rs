@@ -13,11 +13,13 @@
 //! - [`bitmap`]: pure helpers over the external bitmap area's bytes.
 //! - [`device`]: member I/O (O_DIRECT, exclusive open); [`probe`]: foreign signatures.
 //! - [`ctl`]: mdextctl's assemble/stop/detail/status.
+//! - [`cli`]: what both binaries share as command-line programs (error lines, log lines, EPIPE).
 //! - [`monitor`]: the monitor's pure state machine (events in, actions out).
 //! - [`daemon`]: mdextmon's I/O loop; [`managed`]: one managed array.
 
 pub mod assembly;
 pub mod bitmap;
+pub mod cli;
 pub mod control;
 pub mod create;
 pub mod ctl;

@@ -14,6 +14,32 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+// Every print to stdout and stderr in this binary (`mod ops` included,
+// which is why these come first) goes through mdext::cli::write_or_die
+// instead of std's macros, which panic when the reader has gone away
+// (`mdextctl examine DEV | head -1`): the program ends quietly, as by
+// SIGPIPE. SIGPIPE itself stays ignored, so that a write to mdextmon's
+// control socket fails with an error that is reported.
+macro_rules! print {
+    ($($t:tt)*) => {
+        mdext::cli::write_or_die(mdext::cli::Stream::Stdout, format_args!($($t)*))
+    };
+}
+macro_rules! println {
+    () => { print!("\n") };
+    ($($t:tt)*) => { print!("{}\n", format_args!($($t)*)) };
+}
+macro_rules! eprintln {
+    ($($t:tt)*) => {
+        mdext::cli::write_or_die(
+            mdext::cli::Stream::Stderr,
+            format_args!("{}\n", format_args!($($t)*)),
+        )
+    };
+}
+
+#[path = "mdextctl/completions.rs"]
+mod completions;
 #[path = "mdextctl/ops.rs"]
 mod ops;
 
@@ -58,6 +84,12 @@ enum Cmd {
     Add(ops::MemberArgs),
     #[command(about = "Show the dirty chunks of a member's write-intent bitmap")]
     ExamineBitmap(ops::ExamineBitmapArgs),
+    /// Print a completion script (bash, zsh or fish) to stdout.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: completions::Shell,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -164,14 +196,17 @@ fn main() -> ExitCode {
         Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, a),
         Cmd::Add(a) => ops::member(ops::MemberOp::Add, a),
         Cmd::ExamineBitmap(a) => ops::examine_bitmap(a),
+        Cmd::Completions { shell } => completions::print(shell),
     };
-    match r {
+    let code = match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mdextctl: {e:#}");
+            eprintln!("mdextctl: {}", mdext::cli::error_line(e.as_ref()));
             ExitCode::FAILURE
         }
-    }
+    };
+    mdext::cli::flush_or_die();
+    code
 }
 
 fn run_create(a: CreateArgs) -> Result<ExitCode> {
@@ -295,25 +330,14 @@ fn state_char(s: MemberState) -> char {
     }
 }
 
-/// UTC time from epoch seconds (civil-from-days, H. Hinnant's algorithm).
+/// UTC time from epoch seconds. A value beyond what a calendar date can
+/// say (years past 9999; the metadata is read from disk and may be
+/// anything) is shown as the raw number.
 fn utc(t: u64) -> String {
-    let days = (t / 86400) as i64;
-    let secs = t % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    match i64::try_from(t).map(jiff::Timestamp::from_second) {
+        Ok(Ok(ts)) => ts.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        _ => format!("{t} s after 1970 (out of range)"),
+    }
 }
 
 fn copy_lines(r: &ReadOutcome) -> String {
@@ -575,5 +599,14 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(253_402_207_200), "9999-12-30 22:00:00 UTC");
+        assert_eq!(
+            utc(253_402_207_201),
+            "253402207201 s after 1970 (out of range)"
+        );
+        assert_eq!(
+            utc(u64::MAX),
+            "18446744073709551615 s after 1970 (out of range)"
+        );
     }
 }

@@ -3,6 +3,7 @@
 use clap::Parser;
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// Keep mdext arrays' external metadata true while they run.
 ///
@@ -14,10 +15,11 @@ use std::path::PathBuf;
 /// writes to an mdext array block forever.
 ///
 /// Normally started by `mdextctl assemble`, or by systemd. It stays in the
-/// foreground and logs to stderr with syslog priority prefixes (journald
-/// reads them). SIGTERM leaves every array clean, then exits.
+/// foreground and logs to stderr, one line per message, with sd-daemon(3)
+/// priority prefixes when stderr is the journal. SIGTERM leaves every array
+/// clean, then exits.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(name = "mdextmon", version, about, long_about)]
 struct Args {
     /// md devices to manage from the start (e.g. md127); more can be added
     /// over the control socket.
@@ -33,19 +35,18 @@ struct Args {
     log_level: log::LevelFilter,
 }
 
-fn main() -> anyhow::Result<()> {
+// SIGPIPE stays ignored (Rust's default): a control client that hangs up
+// must make the daemon's answer fail with EPIPE, never kill the daemon
+// (writes to its arrays would then block). Its only stdout output is clap's
+// help and version, which tolerate a closed pipe.
+fn main() -> ExitCode {
     let args = Args::parse();
+    let journal = mdext::cli::stderr_is_journal();
     env_logger::Builder::new()
         .filter_level(args.log_level)
-        .format(|buf, rec| {
-            // sd-daemon(3) priority prefixes: journald maps them to levels.
-            let prio = match rec.level() {
-                log::Level::Error => 3,
-                log::Level::Warn => 4,
-                log::Level::Info => 6,
-                log::Level::Debug | log::Level::Trace => 7,
-            };
-            writeln!(buf, "<{prio}>mdextmon: {}", rec.args())
+        .format(move |buf, rec| {
+            let line = mdext::cli::log_line("mdextmon", rec.level(), journal, *rec.args());
+            writeln!(buf, "{line}")
         })
         .init();
     let cfg = mdext::daemon::Config {
@@ -53,6 +54,20 @@ fn main() -> anyhow::Result<()> {
         run_dir: args.run_dir,
         arrays: args.arrays,
     };
-    mdext::daemon::Daemon::new(cfg)?.run()?;
-    Ok(())
+    match mdext::daemon::Daemon::new(cfg).and_then(|d| d.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Written directly, not through the logger: a startup error is
+            // shown whatever --log-level says.
+            let msg = mdext::cli::error_line(&e);
+            let line = mdext::cli::log_line(
+                "mdextmon",
+                log::Level::Error,
+                journal,
+                format_args!("{msg}"),
+            );
+            let _ = writeln!(std::io::stderr(), "{line}");
+            ExitCode::FAILURE
+        }
+    }
 }

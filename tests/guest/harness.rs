@@ -1,5 +1,6 @@
 //! Host side: boot guests, run scenario phases, report.
 
+use crate::paths::Paths;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -57,19 +58,15 @@ pub fn run_in_guest(scenario: &str, phase: &str) -> i32 {
     }
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn build_initramfs(dir: &Path) -> Result<PathBuf, String> {
+fn build_initramfs(paths: &Paths, dir: &Path) -> Result<PathBuf, String> {
     let out = dir.join("base.cpio");
     let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let st = Command::new(root().join("scripts/guest"))
+    let st = Command::new(paths.root.join("scripts/guest"))
         .arg("build")
         .arg(&out)
         .arg(&me)
-        .arg(env!("CARGO_BIN_EXE_mdextctl"))
-        .arg(env!("CARGO_BIN_EXE_mdextmon"))
+        .arg(&paths.mdextctl)
+        .arg(&paths.mdextmon)
         .status()
         .map_err(|e| format!("scripts/guest build: {e}"))?;
     if !st.success() {
@@ -79,6 +76,7 @@ fn build_initramfs(dir: &Path) -> Result<PathBuf, String> {
 }
 
 fn run_phase(
+    paths: &Paths,
     initramfs: &Path,
     s: &Scenario,
     p: &Phase,
@@ -90,7 +88,7 @@ fn run_phase(
         "/bin/{}",
         me.file_name().and_then(|n| n.to_str()).unwrap_or("guest")
     );
-    let mut c = Command::new(root().join("scripts/guest"));
+    let mut c = Command::new(paths.root.join("scripts/guest"));
     c.arg("run")
         .arg("--initramfs")
         .arg(initramfs)
@@ -147,6 +145,13 @@ pub fn run_on_host(args: &[String]) -> i32 {
     }
     let filtered = crate::scenarios::ALL.len() - selected.len();
     let t0 = Instant::now();
+    let paths = match Paths::resolve(&crate::paths::Env::current()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("guest: {e}");
+            return 2;
+        }
+    };
     let work = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => {
@@ -154,9 +159,9 @@ pub fn run_on_host(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let logs = root().join("target/guest-logs");
+    let logs = paths.root.join("target/guest-logs");
     let _ = std::fs::create_dir_all(&logs);
-    let initramfs = match build_initramfs(work.path()) {
+    let initramfs = match build_initramfs(&paths, work.path()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("guest: {e}");
@@ -166,7 +171,7 @@ pub fn run_on_host(args: &[String]) -> i32 {
     println!(
         "\nrunning {} guest tests (kernel {})",
         selected.len(),
-        kernel_version()
+        kernel_version(&paths)
     );
     let (mut passed, mut failed) = (0, Vec::new());
     for s in &selected {
@@ -182,7 +187,7 @@ pub fn run_on_host(args: &[String]) -> i32 {
             }
             for p in s.phases {
                 let log = logs.join(format!("{}-{}.log", s.name, p.name));
-                run_phase(&initramfs, s, p, &disks, &log)
+                run_phase(&paths, &initramfs, s, p, &disks, &log)
                     .map_err(|e| format!("{e} (console: {})", log.display()))?;
             }
             for d in &disks {
@@ -231,8 +236,8 @@ pub fn run_on_host(args: &[String]) -> i32 {
     i32::from(!failed.is_empty())
 }
 
-fn kernel_version() -> String {
-    Command::new(root().join("scripts/guest"))
+fn kernel_version(paths: &Paths) -> String {
+    Command::new(paths.root.join("scripts/guest"))
         .arg("kernel")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())

@@ -12,6 +12,7 @@
 //! builds or runs it, so a guest test cannot "pass" by being skipped.
 
 mod harness;
+mod paths;
 mod scenarios;
 #[path = "../common/signatures.rs"]
 mod signatures;

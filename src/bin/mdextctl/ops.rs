@@ -4,7 +4,8 @@ use anyhow::{bail, Result};
 use clap::Args;
 use mdext::ctl::{self, AssembleOptions};
 use mdext::sysfs::Sysfs;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Options shared by the commands that talk to mdextmon.
@@ -28,12 +29,12 @@ pub struct DaemonArgs {
     before it accepts writes."
 )]
 pub struct AssembleArgs {
-    /// Array name or UUID (needed when the devices hold several arrays).
-    #[arg(value_name = "NAME|UUID")]
-    array: Option<String>,
-    /// Member devices.
-    #[arg(value_name = "DEV")]
-    devices: Vec<PathBuf>,
+    /// Member devices, and at most one array name or UUID (needed when the
+    /// devices hold several arrays). An argument that contains a '/' or
+    /// names an existing file or block device is a device; any other is
+    /// the name.
+    #[arg(value_name = "DEV|NAME")]
+    args: Vec<PathBuf>,
     /// Find the members among all block devices (udev).
     #[arg(short, long)]
     scan: bool,
@@ -93,13 +94,68 @@ fn mdextmon_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("mdextmon"))
 }
 
+/// What an argument of `assemble` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    /// A regular file or a block device (symlinks followed).
+    Device,
+    /// Something else (a directory, a character device).
+    Other,
+    /// Nothing.
+    Missing,
+}
+
+fn found(p: &Path) -> Found {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() || m.file_type().is_block_device() => Found::Device,
+        Ok(_) => Found::Other,
+        Err(_) => Found::Missing,
+    }
+}
+
+/// Split `assemble`'s arguments into the array's name (or UUID) and its
+/// devices, as an mdadm user expects: an argument that contains a '/' or
+/// names an existing file or block device is a device (`d0.img` in the
+/// current directory, `/dev/sdb`, `./new.img`); any other is the name, and
+/// there may be one at most. A path (it contains a '/') that does not exist
+/// is an error here, named, rather than later. Pure but for `look`.
+fn split_assemble_args(
+    args: &[PathBuf],
+    look: impl Fn(&Path) -> Found,
+) -> Result<(Option<String>, Vec<PathBuf>), String> {
+    let mut names = Vec::new();
+    let mut devices = Vec::new();
+    for a in args {
+        let has_slash = a.as_os_str().as_bytes().contains(&b'/');
+        match look(a) {
+            Found::Device => devices.push(a.clone()),
+            Found::Missing if has_slash => {
+                return Err(format!("{}: no such device or file", a.display()));
+            }
+            _ if has_slash => devices.push(a.clone()),
+            _ => names.push(a),
+        }
+    }
+    match names.as_slice() {
+        [] => Ok((None, devices)),
+        [one] => match one.to_str() {
+            Some(n) => Ok((Some(n.to_string()), devices)),
+            // Array names and UUIDs are ASCII: this was meant as a file.
+            None => Err(format!("{}: no such device or file", one.display())),
+        },
+        many => Err(format!(
+            "{}: no such device or file, and only one array name or UUID may be given",
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
 pub fn assemble(a: AssembleArgs) -> Result<ExitCode> {
-    // A lone positional that is a path is a device, not an array name.
-    let (array, mut devices) = match a.array {
-        Some(x) if x.starts_with('/') => (None, vec![PathBuf::from(x)]),
-        other => (other, Vec::new()),
-    };
-    devices.extend(a.devices);
+    let (array, devices) = split_assemble_args(&a.args, found).map_err(anyhow::Error::msg)?;
     if a.scan && !devices.is_empty() {
         bail!("give devices or --scan, not both");
     }
@@ -302,4 +358,101 @@ pub fn examine_bitmap(a: ExamineBitmapArgs) -> Result<ExitCode> {
         println!("  {l}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{split_assemble_args, Found};
+    use std::path::{Path, PathBuf};
+
+    /// `d0.img`, `d1.img` and `/dev/sdb` exist; `data` is a directory.
+    fn look(p: &Path) -> Found {
+        match p.to_str() {
+            Some("d0.img" | "d1.img" | "/dev/sdb" | "sub/d2.img") => Found::Device,
+            Some("data" | "/dev/null") => Found::Other,
+            _ => Found::Missing,
+        }
+    }
+
+    fn split(args: &[&str]) -> Result<(Option<String>, Vec<String>), String> {
+        let args: Vec<PathBuf> = args.iter().map(PathBuf::from).collect();
+        split_assemble_args(&args, look).map(|(n, d)| {
+            (
+                n,
+                d.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>(),
+            )
+        })
+    }
+
+    fn ok(name: Option<&str>, devs: &[&str]) -> Result<(Option<String>, Vec<String>), String> {
+        Ok((
+            name.map(str::to_string),
+            devs.iter().map(|d| d.to_string()).collect(),
+        ))
+    }
+
+    #[test]
+    fn existing_files_are_devices_even_without_a_slash() {
+        assert_eq!(
+            split(&["d0.img", "d1.img"]),
+            ok(None, &["d0.img", "d1.img"])
+        );
+        assert_eq!(split(&["d0.img"]), ok(None, &["d0.img"]));
+        assert_eq!(
+            split(&["sub/d2.img", "/dev/sdb"]),
+            ok(None, &["sub/d2.img", "/dev/sdb"])
+        );
+    }
+
+    #[test]
+    fn one_other_word_is_the_name_wherever_it_stands() {
+        assert_eq!(split(&["web", "d0.img"]), ok(Some("web"), &["d0.img"]));
+        assert_eq!(
+            split(&["d0.img", "web", "d1.img"]),
+            ok(Some("web"), &["d0.img", "d1.img"])
+        );
+        let u = "5d0c3f8e-2b1a-4c5d-9e8f-0a1b2c3d4e5f";
+        assert_eq!(split(&[u, "/dev/sdb"]), ok(Some(u), &["/dev/sdb"]));
+        // A directory is not a member: the word is the name.
+        assert_eq!(split(&["data", "d0.img"]), ok(Some("data"), &["d0.img"]));
+        // --scan: only a name.
+        assert_eq!(split(&["web"]), ok(Some("web"), &[]));
+        assert_eq!(split(&[]), ok(None, &[]));
+    }
+
+    #[test]
+    fn a_path_is_a_device_and_must_exist() {
+        // /dev/null exists but is no block device: assemble names it later.
+        assert_eq!(split(&["/dev/null"]), ok(None, &["/dev/null"]));
+        assert_eq!(
+            split(&["./d9.img", "d0.img"]),
+            Err("./d9.img: no such device or file".into())
+        );
+        assert_eq!(
+            split(&["web", "/dev/sdz"]),
+            Err("/dev/sdz: no such device or file".into())
+        );
+    }
+
+    #[test]
+    fn two_names_are_refused_naming_both() {
+        assert_eq!(
+            split(&["d9.img", "web", "d0.img"]),
+            Err(
+                "d9.img, web: no such device or file, and only one array name or UUID \
+                 may be given"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_was_meant_as_a_file() {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = PathBuf::from(std::ffi::OsStr::from_bytes(b"d\xff.img"));
+        let r = split_assemble_args(&[bad, PathBuf::from("d0.img")], look);
+        assert_eq!(r, Err("d\u{fffd}.img: no such device or file".into()));
+    }
 }
