@@ -485,11 +485,9 @@ impl Device {
 
     /// Write `sb` durably into copy `events % 2` and return that index.
     ///
-    /// The caller bumps `events` before each call and takes the previous
-    /// value from the newest valid copy ([`Device::read_superblock`]), so
-    /// the copy overwritten is never the newest valid one. After a failed
-    /// call, retry with the same events, not events + 1: a further bump
-    /// would target the slot that holds the last good copy.
+    /// The caller picks `events` with [`crate::format::next_events`]: one
+    /// more than the newest valid copy, or two more after a failed write
+    /// (the same copy again, never the one holding the last good state).
     pub fn write_superblock(&self, sb: &Superblock) -> Result<usize, DeviceError> {
         let e = format::encode(sb).map_err(|source| DeviceError::Encode {
             path: self.path.clone(),

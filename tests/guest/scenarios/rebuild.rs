@@ -549,24 +549,26 @@ fn mid_rebuild_phase1() -> Result<()> {
     let md = md();
     fail_and_remove(&md, "/dev/vdb")?;
     write_chunks(&md, &MID_DIRTY, 50)?;
-    // A blank replacement: a full rebuild, slowed so the crash lands in it.
+    // A blank replacement: a full rebuild, slowed so that the crash lands
+    // in it. The crash comes as soon as `add` returns, before any progress
+    // checkpoint could be recorded: the new member's own record must
+    // already be durable (it once was written only at the first
+    // checkpoint, and a crash before it left the device blank).
     md.write("sync_speed_max", "1000")?;
     ctl("add md127 /dev/vdc")?;
-    wait_until(
-        "the rebuild under way",
-        Duration::from_secs(30),
-        || match md.sync_completed().ok()? {
-            mdext::md::SyncCompleted::Progress { done, .. } if done.0 > 0 => Some(()),
-            _ => None,
-        },
-    )?;
-    ensure!(
-        member_states(Path::new("/dev/vda"))?[1] == "rebuilding",
-        "rebuild not recorded"
-    );
+    for d in ["/dev/vda", "/dev/vdc"] {
+        ensure!(
+            member_states(Path::new(d))?[1] == "rebuilding",
+            "{d} does not record slot 1 rebuilding right after add"
+        );
+    }
     ensure!(
         can_clear(&md)? == Some(false),
         "can_clear during the rebuild"
+    );
+    ensure!(
+        md.read("sync_action")?.trim() != "idle",
+        "the rebuild is not under way"
     );
     println!("MDEXT-CRASHING");
     sh("echo b > /proc/sysrq-trigger")?;
