@@ -66,7 +66,7 @@ _mdextctl()
             opts="--scan --run --readonly --md --json --help"
             ;;
         stop | detail)
-            [[ $sub == detail ]] && opts="--json --help" || opts="--help"
+            [[ $sub == detail ]] && opts="--json --test --help" || opts="--help"
             if [[ $cur != -* ]]; then
                 COMPREPLY=($(compgen -W "$(_mdextctl_md_devices)" -- "$cur"))
                 return

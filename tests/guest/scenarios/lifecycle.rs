@@ -109,7 +109,7 @@ fn create_examine_activate() -> Result<()> {
                     dev: l.dev,
                     data_offset: Sectors(u(e, "data_offset_sectors")?),
                     size: Sectors(u(e, "data_size_sectors")?).kib_floor(),
-                    slot: Some(e["role"].as_str().unwrap_or("").parse()?),
+                    slot: Some(e["slot"].as_u64().context("examine: no slot")? as u32),
                 })
             })
             .collect::<Result<_>>()?,
@@ -394,6 +394,17 @@ fn degraded_assembly() -> Result<()> {
     ensure!(out.contains("degraded"), "{out}");
     let md = md127();
     ensure!(md.degraded()? == 1, "degraded {}", md.degraded()?);
+    // `detail` exits 1 for a degraded array, as `mdadm --detail --test`.
+    let (code, out, _) = ctl_exit("detail md127")?;
+    ensure!(
+        code == Some(1),
+        "detail of a degraded array exited {code:?}"
+    );
+    ensure!(out.contains("Health : degraded"), "{out}");
+    let (code, out, _) = ctl_exit("detail --test --json md127")?;
+    ensure!(code == Some(1), "detail --test exited {code:?}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(v["health"] == "degraded" && v["degraded"] == 1, "{v}");
     wait_until(
         "can_clear false while degraded",
         Duration::from_secs(10),
@@ -433,6 +444,8 @@ fn bad_input() -> Result<()> {
     };
     refused("stop nosuch", "nosuch")?;
     refused("detail md99", "md99")?;
+    let (code, _, _) = ctl_exit("detail md99")?;
+    ensure!(code == Some(4), "detail of no array exited {code:?}, not 4");
     refused("assemble /dev/loop0 /dev/loop2", "several arrays")?;
     refused("assemble /dev/loop0 /dev/loop0", "given twice")?;
     refused("assemble three /dev/loop0 /dev/loop1", "three")?;
@@ -462,10 +475,7 @@ fn bad_input() -> Result<()> {
     ensure!(md127().degraded()? == 1, "the stale member was used");
     // SIGTERM: the daemon leaves the array clean, then exits.
     write_direct(&md127().dev_path(), 4096, &pattern(6, 4096))?;
-    sh("kill -TERM $(cat /run/mdext/mdextmon.pid)")?;
-    wait_until("mdextmon to exit", Duration::from_secs(20), || {
-        (!Path::new("/run/mdext/mdextmon.sock").exists()).then_some(())
-    })?;
+    stop_daemon()?;
     ensure!(
         state_of(&loops[0].path)? == "clean",
         "SIGTERM left the metadata dirty"
