@@ -11,6 +11,7 @@
 
 use crate::control::{self, ErrorKind, Pong, Request, Response};
 use crate::managed::{Managed, ManagedError};
+use crate::md::ArrayState;
 use crate::sysfs::Sysfs;
 use log::{error, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -101,22 +102,40 @@ impl Daemon {
             unsettled: Vec::new(),
         };
         // With no arrays named, take over every running mdext array (a
-        // restart, or a takeover from another instance).
+        // restart, or a takeover from another instance). An array found
+        // read-only stays read-only until a manage request says otherwise:
+        // `mdextctl assemble` starts arrays read-only and then starts this
+        // daemon, which must not make an array writable on its own (the
+        // request that follows says `readonly`, or not). A running writable
+        // array is managed as it is.
         let names = if d.cfg.arrays.is_empty() {
             crate::managed::running_arrays(&d.cfg.sysfs)
         } else {
             d.cfg.arrays.clone()
         };
         for md in names {
-            if let Err(e) = d.manage(&md, false) {
+            let readonly = d
+                .cfg
+                .sysfs
+                .md(&md)
+                .array_state()
+                .is_ok_and(|s| matches!(s, ArrayState::Readonly | ArrayState::ReadAuto));
+            if let Err(e) = d.manage(&md, readonly) {
                 error!("{md}: cannot manage: {e}");
             }
         }
         Ok(d)
     }
 
+    /// Manage `md`; `readonly` keeps a read-only array read-only (false
+    /// lets the array be made writable once it settles). For an array
+    /// already managed, `readonly` replaces what it was.
     fn manage(&mut self, md: &str, readonly: bool) -> Result<(), ManagedError> {
-        if self.arrays.contains_key(md) {
+        if let Some(m) = self.arrays.get_mut(md) {
+            m.set_readonly(readonly);
+            if !m.wake() {
+                self.unsettled.push(md.to_string());
+            }
             return Ok(());
         }
         let mut m = Managed::take_over(&self.cfg.sysfs, md)?;

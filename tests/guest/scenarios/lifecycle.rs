@@ -271,17 +271,35 @@ fn filesystem_lifecycle() -> Result<()> {
         );
     }
     // Read-only: the daemon manages it but leaves it read-only; a write
-    // is refused, it does not hang.
+    // is refused, it does not hang. No daemon runs (defect 4: the daemon
+    // that assemble starts took the array over and made it writable before
+    // the request saying read-only arrived).
+    stop_daemon()?;
     ctl("assemble --readonly life /dev/loop0 /dev/loop1")?;
-    std::thread::sleep(Duration::from_secs(1));
     ensure!(
         md127().array_state()? == ArrayState::Readonly,
         "--readonly: {}",
         md127().array_state()?
     );
+    // The same dd writes to a file, so a refusal below is the array's.
+    sh("dd if=/dev/zero of=/tmp/dd-probe bs=4096 count=1 conv=fsync")?;
+    ensure!(
+        sh("dd if=/dev/zero of=/dev/md127 bs=4096 count=1 conv=fsync").is_err(),
+        "dd wrote to a read-only array"
+    );
     ensure!(
         write_direct(&md127().dev_path(), 0, &pattern(9, 4096)).is_err(),
         "a write to a read-only array succeeded"
+    );
+    let d = ctl("detail md127")?;
+    ensure!(
+        d.contains("State : readonly") && d.contains("by mdextmon (pid "),
+        "{d}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&ctl("detail --json md127")?)?;
+    ensure!(
+        v["array_state"] == "readonly" && v["managed"] == true && v["health"] == "whole",
+        "{v}"
     );
     ctl("stop md127")?;
     // Again, by name through a udev scan.
