@@ -166,7 +166,8 @@ impl Daemon {
                     break;
                 }
             }
-            // Watch fds of every array, then the signal fd and the listener.
+            // Watch fds of every array, then the signal fd, then the control
+            // socket (listener and clients).
             let woke: Vec<String>;
             let sig;
             let clients: Vec<PollFlags>;
