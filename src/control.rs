@@ -1,15 +1,24 @@
 //! The control socket between `mdextctl` and `mdextmon`.
 //!
 //! A Unix stream socket in `/run/mdext/` (mode 0600, root only; every peer is
-//! checked with `SO_PEERCRED`), speaking JSON lines: one [`Request`] per line,
-//! one [`Response`] line back. A malformed line gets an error response naming
-//! the problem, and changes nothing.
+//! checked with `SO_PEERCRED`), speaking JSON lines: one [`Request`] per
+//! connection, one [`Response`] line back. Replies are typed, one kind per
+//! kind of request (a [`Pong`], the [`ArrayStatus`] of arrays, done), and
+//! errors carry an [`ErrorKind`] that clients decide on, never the text. A
+//! malformed line gets an error response naming the problem, and changes
+//! nothing.
+//!
+//! The daemon's side ([`Server`]) keeps every connection non-blocking in its
+//! poll set, so a client that connects and says nothing delays no one.
 
+use crate::status::ArrayStatus;
+use nix::poll::{PollFd, PollFlags};
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read as _, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Default directory for the socket and the pid file.
 pub const RUN_DIR: &str = "/run/mdext";
@@ -80,33 +89,104 @@ pub enum Request {
     Shutdown,
 }
 
-/// The daemon's answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "kebab-case")]
+impl Request {
+    /// The command's name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::Manage { .. } => "manage",
+            Request::Release { .. } => "release",
+            Request::Stop { .. } => "stop",
+            Request::Status => "status",
+            Request::Detail { .. } => "detail",
+            Request::Fail { .. } => "fail",
+            Request::Remove { .. } => "remove",
+            Request::Add { .. } => "add",
+            Request::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The daemon's answer: one kind per kind of request, tagged by `reply` on
+/// the wire (`{"reply":"pong","version":"0.1.0","pid":42,"arrays":["md127"]}`,
+/// `{"reply":"error","kind":"not-managed","message":"..."}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
 pub enum Response {
-    /// Done; `data` holds the answer, if any.
-    Ok {
-        /// Payload (status, detail, ping).
-        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-        data: serde_json::Value,
+    /// Done, nothing to report (manage, release, stop, fail, remove, add,
+    /// shutdown).
+    Done,
+    /// Answer to ping.
+    Pong(Pong),
+    /// Answer to status: every managed array.
+    Status {
+        /// One per managed array.
+        arrays: Vec<ArrayStatus>,
+    },
+    /// Answer to detail.
+    Detail {
+        /// The array.
+        array: ArrayStatus,
     },
     /// Refused or failed; nothing was changed unless `message` says so.
     Error {
+        /// What kind of failure: clients decide on this, never on the text.
+        kind: ErrorKind,
         /// One line naming the problem.
         message: String,
     },
 }
 
+/// The answer to a ping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// mdextmon's version.
+    pub version: String,
+    /// Its process ID.
+    pub pid: u32,
+    /// The md devices it manages.
+    pub arrays: Vec<String>,
+}
+
+/// Why a request was not done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The daemon does not manage that md device.
+    NotManaged,
+    /// Declined (for example, not an mdext array); nothing was changed.
+    Refused,
+    /// In use (an array mounted or held open), or the daemon is out of
+    /// connections.
+    Busy,
+    /// The request line is not a valid request (or came incomplete, too
+    /// long or too late).
+    Malformed,
+    /// The peer is not root.
+    NotRoot,
+    /// Tried, and failed; the message says how far it got.
+    Failed,
+}
+
 impl Response {
-    /// An empty success.
-    pub fn ok() -> Response {
-        Response::Ok {
-            data: serde_json::Value::Null,
+    /// An error answer.
+    pub fn error(kind: ErrorKind, m: impl Into<String>) -> Response {
+        Response::Error {
+            kind,
+            message: m.into(),
         }
     }
-    /// An error with a message.
-    pub fn error(m: impl Into<String>) -> Response {
-        Response::Error { message: m.into() }
+
+    /// The variant's name on the wire (for messages about unexpected
+    /// answers).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Response::Done => "done",
+            Response::Pong(_) => "pong",
+            Response::Status { .. } => "status",
+            Response::Detail { .. } => "detail",
+            Response::Error { .. } => "error",
+        }
     }
 }
 
@@ -131,6 +211,42 @@ pub enum ControlError {
     /// A peer that is not root.
     #[error("refused: peer uid {0} is not root")]
     NotRoot(u32),
+    /// The daemon answered with an error.
+    #[error("{message}")]
+    Daemon {
+        /// What kind.
+        kind: ErrorKind,
+        /// Its one-line message.
+        message: String,
+    },
+    /// The daemon answered with another kind of reply than the request
+    /// calls for.
+    #[error("mdextmon answered '{got}' to a {asked} request")]
+    Unexpected {
+        /// The request.
+        asked: &'static str,
+        /// The reply's kind.
+        got: &'static str,
+    },
+}
+
+impl ControlError {
+    /// The error kind a daemon answers this error with.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ControlError::Malformed(_) => ErrorKind::Malformed,
+            ControlError::NotRoot(_) => ErrorKind::NotRoot,
+            ControlError::Daemon { kind, .. } => *kind,
+            ControlError::NotRunning(_)
+            | ControlError::Io { .. }
+            | ControlError::Unexpected { .. } => ErrorKind::Failed,
+        }
+    }
+
+    /// This error as an answer to a client.
+    pub fn response(&self) -> Response {
+        Response::error(self.kind(), self.to_string())
+    }
 }
 
 /// Parse one request line. Errors name what is wrong.
@@ -180,6 +296,37 @@ pub fn call(run_dir: &Path, req: &Request, timeout: Duration) -> Result<Response
     serde_json::from_str(answer.trim()).map_err(|e| ControlError::Malformed(e.to_string()))
 }
 
+/// Send a request; an error answer becomes [`ControlError::Daemon`]
+/// carrying its kind.
+pub fn request(run_dir: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {
+    match call(run_dir, req, timeout)? {
+        Response::Error { kind, message } => Err(ControlError::Daemon { kind, message }),
+        r => Ok(r),
+    }
+}
+
+/// Send a request that answers [`Response::Done`].
+pub fn act(run_dir: &Path, req: &Request, timeout: Duration) -> Result<(), ControlError> {
+    match request(run_dir, req, timeout)? {
+        Response::Done => Ok(()),
+        r => Err(ControlError::Unexpected {
+            asked: req.name(),
+            got: r.name(),
+        }),
+    }
+}
+
+/// Ping: the daemon's version, pid and managed arrays.
+pub fn ping(run_dir: &Path, timeout: Duration) -> Result<Pong, ControlError> {
+    match request(run_dir, &Request::Ping, timeout)? {
+        Response::Pong(p) => Ok(p),
+        r => Err(ControlError::Unexpected {
+            asked: "ping",
+            got: r.name(),
+        }),
+    }
+}
+
 /// Create the listening socket: the run directory (0700) and a socket file
 /// (0600). A stale socket file with nobody listening is replaced.
 pub fn listen(run_dir: &Path) -> Result<UnixListener, ControlError> {
@@ -216,6 +363,361 @@ pub fn check_peer(s: &UnixStream) -> Result<(), ControlError> {
         return Err(ControlError::NotRoot(cred.uid()));
     }
     Ok(())
+}
+
+/// Most client connections the daemon keeps open at once. A new one beyond
+/// this closes the oldest connection still waiting for its request.
+pub const MAX_CLIENTS: usize = 256;
+
+/// How long a client has to send its request once connected, and then to
+/// read the answer; past it the connection is closed.
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A client connection of a [`Server`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientId(u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Collecting the request line.
+    Reading,
+    /// The request was handed out; waiting for [`Server::reply`].
+    Answering,
+    /// The answer is being written.
+    Writing,
+}
+
+struct Client {
+    id: u64,
+    stream: UnixStream,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    phase: Phase,
+    deadline: Instant,
+    closed: bool,
+}
+
+/// What a non-blocking read of a client's request gave.
+enum Read {
+    /// Nothing complete yet.
+    Pending,
+    /// A whole request line (or what came before the end of the stream).
+    Line(Vec<u8>),
+    /// The peer went away without sending anything, or reading failed.
+    Gone,
+    /// More than [`MAX_LINE`] bytes without a newline.
+    TooLong(usize),
+}
+
+impl Client {
+    fn read(&mut self) -> Read {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                self.buf.truncate(nl);
+                return Read::Line(std::mem::take(&mut self.buf));
+            }
+            if self.buf.len() > MAX_LINE {
+                return Read::TooLong(self.buf.len());
+            }
+            match (&self.stream).read(&mut chunk) {
+                Ok(0) if self.buf.is_empty() => return Read::Gone,
+                Ok(0) => return Read::Line(std::mem::take(&mut self.buf)),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Read::Pending,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Read::Gone,
+            }
+        }
+    }
+
+    /// Write what is pending; true when all of it is out (or the peer is
+    /// gone: nothing more to do either way).
+    fn flush(&mut self) -> bool {
+        while !self.out.is_empty() {
+            match (&self.stream).write(&self.out) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+
+    /// Queue an answer and write what the socket takes now.
+    fn answer(&mut self, resp: &Response, deadline: Instant) {
+        self.out = response_line(resp).into_bytes();
+        self.phase = Phase::Writing;
+        self.deadline = deadline;
+        if self.flush() {
+            self.closed = true;
+        }
+    }
+
+    /// Turn what [`Client::read`] gave into a request, an answer or a close.
+    fn take(&mut self, r: Read, deadline: Instant) -> Option<Request> {
+        match r {
+            Read::Pending => None,
+            Read::Gone => {
+                self.closed = true;
+                None
+            }
+            Read::TooLong(n) => {
+                let e = ControlError::Malformed(format!(
+                    "request of more than {n} bytes without a newline is too long (at most {MAX_LINE})"
+                ));
+                self.answer(&e.response(), deadline);
+                None
+            }
+            Read::Line(bytes) => {
+                let parsed = std::str::from_utf8(&bytes)
+                    .map_err(|e| ControlError::Malformed(format!("request is not UTF-8: {e}")))
+                    .and_then(parse_request);
+                match parsed {
+                    Ok(req) => {
+                        self.phase = Phase::Answering;
+                        Some(req)
+                    }
+                    Err(e) => {
+                        self.answer(&e.response(), deadline);
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One answer line (a serialisation failure, which the types rule out,
+/// still gets a valid line).
+fn response_line(resp: &Response) -> String {
+    let mut line = serde_json::to_string(resp).unwrap_or_else(|e| {
+        format!(r#"{{"reply":"error","kind":"failed","message":"encoding the answer: {e}"}}"#)
+    });
+    line.push('\n');
+    line
+}
+
+/// Write one line to a connection about to be dropped, without waiting.
+fn parting_word(stream: &UnixStream, resp: &Response) {
+    let _ = stream.set_nonblocking(true);
+    let _ = (&*stream).write(response_line(resp).as_bytes());
+}
+
+/// The daemon's side of the control socket: the listener and every open
+/// client connection, all non-blocking and watched by the caller's
+/// `poll(2)` ([`Server::poll_fds`], [`Server::timeout`]). Each connection
+/// carries one request line, buffered as it comes (at most [`MAX_LINE`]
+/// bytes), and one answer. A client that connects and says nothing delays
+/// no one: it is closed at its deadline ([`CLIENT_DEADLINE`]), or earlier
+/// when [`MAX_CLIENTS`] others are open and a new one arrives.
+pub struct Server {
+    listener: UnixListener,
+    clients: Vec<Client>,
+    next: u64,
+    max_clients: usize,
+    deadline: Duration,
+}
+
+impl Server {
+    /// Serve on `listener` (made non-blocking).
+    pub fn new(listener: UnixListener) -> std::io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        Ok(Server {
+            listener,
+            clients: Vec::new(),
+            next: 0,
+            max_clients: MAX_CLIENTS,
+            deadline: CLIENT_DEADLINE,
+        })
+    }
+
+    /// Other limits than [`MAX_CLIENTS`] and [`CLIENT_DEADLINE`].
+    pub fn with_limits(mut self, max_clients: usize, deadline: Duration) -> Server {
+        self.max_clients = max_clients.max(1);
+        self.deadline = deadline;
+        self
+    }
+
+    /// Open client connections.
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// What to poll: the listener first, then each client, in the order
+    /// [`Server::service`] expects their `revents`.
+    pub fn poll_fds(&self) -> Vec<PollFd<'_>> {
+        let mut v = vec![PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+        for c in &self.clients {
+            let ev = match c.phase {
+                Phase::Reading => PollFlags::POLLIN,
+                Phase::Writing => PollFlags::POLLOUT,
+                Phase::Answering => PollFlags::empty(),
+            };
+            v.push(PollFd::new(c.stream.as_fd(), ev));
+        }
+        v
+    }
+
+    /// How long the caller may sleep in `poll(2)` before a client's
+    /// deadline passes (`None`: no client is open).
+    pub fn timeout(&self, now: Instant) -> Option<Duration> {
+        self.clients
+            .iter()
+            .map(|c| c.deadline.saturating_duration_since(now))
+            .min()
+    }
+
+    /// After `poll(2)`: `revents` holds what poll reported for each
+    /// descriptor of [`Server::poll_fds`], in order. Reads what arrived,
+    /// writes pending answers, accepts new clients (checking each peer is
+    /// root), closes clients past their deadline, answers malformed requests
+    /// itself, and returns the requests to answer with [`Server::reply`].
+    pub fn service(&mut self, revents: &[PollFlags], now: Instant) -> Vec<(ClientId, Request)> {
+        let deadline = now + self.deadline;
+        let mut requests = Vec::new();
+        for (c, ev) in self.clients.iter_mut().zip(revents.iter().skip(1)) {
+            if ev.is_empty() || c.closed {
+                continue;
+            }
+            match c.phase {
+                Phase::Reading => {
+                    let r = c.read();
+                    if let Some(req) = c.take(r, deadline) {
+                        requests.push((ClientId(c.id), req));
+                    }
+                }
+                Phase::Writing => {
+                    if c.flush() {
+                        c.closed = true;
+                    }
+                }
+                // Hung up before its answer: the answer's write notices.
+                Phase::Answering => {}
+            }
+        }
+        if revents.first().is_some_and(|ev| !ev.is_empty()) {
+            self.accept(now, &mut requests);
+        }
+        for c in self.clients.iter_mut().filter(|c| !c.closed) {
+            if c.deadline > now {
+                continue;
+            }
+            match c.phase {
+                Phase::Reading => {
+                    // What arrived since poll returned still counts.
+                    let r = c.read();
+                    if matches!(r, Read::Pending) {
+                        let e = ControlError::Malformed(format!(
+                            "no complete request line within {} s",
+                            self.deadline.as_secs()
+                        ));
+                        parting_word(&c.stream, &e.response());
+                        c.closed = true;
+                    } else if let Some(req) = c.take(r, deadline) {
+                        requests.push((ClientId(c.id), req));
+                    }
+                }
+                Phase::Writing => c.closed = true,
+                Phase::Answering => {}
+            }
+        }
+        self.clients.retain(|c| !c.closed);
+        requests
+    }
+
+    /// Answer a request [`Server::service`] returned.
+    pub fn reply(&mut self, id: ClientId, resp: &Response, now: Instant) {
+        let deadline = now + self.deadline;
+        if let Some(c) = self
+            .clients
+            .iter_mut()
+            .find(|c| c.id == id.0 && c.phase == Phase::Answering)
+        {
+            c.answer(resp, deadline);
+        }
+        self.clients.retain(|c| !c.closed);
+    }
+
+    fn accept(&mut self, now: Instant, requests: &mut Vec<(ClientId, Request)>) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("control socket: accept: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = check_peer(&stream) {
+                parting_word(&stream, &e.response());
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            if self.clients.iter().filter(|c| !c.closed).count() >= self.max_clients
+                && !self.make_room(now, requests)
+            {
+                parting_word(
+                    &stream,
+                    &Response::error(
+                        ErrorKind::Busy,
+                        format!(
+                            "mdextmon is answering {} connections; try again",
+                            self.max_clients
+                        ),
+                    ),
+                );
+                continue;
+            }
+            self.clients.push(Client {
+                id: self.next,
+                stream,
+                buf: Vec::new(),
+                out: Vec::new(),
+                phase: Phase::Reading,
+                deadline: now + self.deadline,
+                closed: false,
+            });
+            self.next += 1;
+        }
+    }
+
+    /// Close the oldest client still waiting for its request (one whose
+    /// request has arrived meanwhile is taken instead, and the next oldest
+    /// looked at). False if every client is past its request.
+    fn make_room(&mut self, now: Instant, requests: &mut Vec<(ClientId, Request)>) -> bool {
+        let deadline = now + self.deadline;
+        let max = self.max_clients;
+        for c in self.clients.iter_mut() {
+            if c.closed || c.phase != Phase::Reading {
+                continue;
+            }
+            let r = c.read();
+            if matches!(r, Read::Pending) {
+                let e = Response::error(
+                    ErrorKind::Busy,
+                    format!("closed: {max} connections are open and this one sent no request"),
+                );
+                parting_word(&c.stream, &e);
+                c.closed = true;
+                return true;
+            }
+            if let Some(req) = c.take(r, deadline) {
+                requests.push((ClientId(c.id), req));
+            }
+            if c.closed {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 #[cfg(test)]
@@ -315,27 +817,224 @@ mod tests {
         let d = tempfile::tempdir().expect("tmp");
         let l = listen(d.path()).expect("listen");
         let t = std::thread::spawn(move || {
-            let (s, _) = l.accept().expect("accept");
-            check_peer(&s).expect("we run as root in tests or the check is skipped");
-            let mut r = BufReader::new(s.try_clone().expect("clone"));
-            let mut line = String::new();
-            r.read_line(&mut line).expect("read");
-            let req = parse_request(&line).expect("parse");
-            assert_eq!(req, Request::Ping);
-            let mut w = s;
-            w.write_all(b"{\"status\":\"ok\",\"data\":{\"pid\":1}}\n")
-                .expect("write");
+            for answer in [
+                r#"{"reply":"pong","version":"0.1.0","pid":1,"arrays":["md127"]}"#,
+                r#"{"reply":"error","kind":"not-managed","message":"md9: not managed by mdextmon"}"#,
+            ] {
+                let (s, _) = l.accept().expect("accept");
+                check_peer(&s).expect("we run as root in tests or the check is skipped");
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut line = String::new();
+                r.read_line(&mut line).expect("read");
+                parse_request(&line).expect("parse");
+                let mut w = s;
+                writeln!(w, "{answer}").expect("write");
+            }
         });
-        let r = call(d.path(), &Request::Ping, Duration::from_secs(5)).expect("call");
+        let p = ping(d.path(), Duration::from_secs(5)).expect("ping");
         assert_eq!(
-            r,
-            Response::Ok {
-                data: serde_json::json!({"pid": 1})
+            p,
+            Pong {
+                version: "0.1.0".into(),
+                pid: 1,
+                arrays: vec!["md127".into()]
             }
         );
+        // Clients decide on the kind, not on the text.
+        let e = act(
+            d.path(),
+            &Request::Stop { md: "md9".into() },
+            Duration::from_secs(5),
+        )
+        .expect_err("not managed");
+        assert!(
+            matches!(
+                e,
+                ControlError::Daemon {
+                    kind: ErrorKind::NotManaged,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "md9: not managed by mdextmon");
         t.join().expect("join");
-        // A second listener refuses while... the first is gone now, so the
-        // stale socket is replaced.
+        // The first listener is gone now, so the stale socket is replaced.
         assert!(listen(d.path()).is_ok());
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        for r in [
+            Response::Done,
+            Response::Pong(Pong {
+                version: "1".into(),
+                pid: 2,
+                arrays: vec![],
+            }),
+            Response::Status { arrays: vec![] },
+            Response::error(ErrorKind::Busy, "md127: in use"),
+        ] {
+            let line = response_line(&r);
+            assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+            let back: Response = serde_json::from_str(&line).expect("de");
+            assert_eq!(back, r);
+        }
+        assert_eq!(
+            response_line(&Response::error(ErrorKind::NotRoot, "x")),
+            "{\"reply\":\"error\",\"kind\":\"not-root\",\"message\":\"x\"}\n"
+        );
+    }
+
+    /// A server on a fresh socket, and a way to connect to it.
+    fn server(limit: usize) -> (tempfile::TempDir, Server) {
+        let d = tempfile::tempdir().expect("tmp");
+        let s = Server::new(listen(d.path()).expect("listen"))
+            .expect("server")
+            .with_limits(limit, Duration::from_secs(10));
+        (d, s)
+    }
+
+    fn connect(d: &tempfile::TempDir) -> UnixStream {
+        let c = UnixStream::connect(socket_path(d.path())).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        c
+    }
+
+    /// One poll (what the daemon's loop does) and the requests it gave.
+    fn pump(s: &mut Server, now: Instant) -> Vec<(ClientId, Request)> {
+        let revents: Vec<PollFlags> = {
+            let mut fds = s.poll_fds();
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)).expect("poll");
+            fds.iter()
+                .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                .collect()
+        };
+        s.service(&revents, now)
+    }
+
+    /// Pump until a request comes (each pump waits for the socket, not for
+    /// a time).
+    fn next_request(s: &mut Server, now: Instant) -> (ClientId, Request) {
+        for _ in 0..50 {
+            if let Some(r) = pump(s, now).pop() {
+                return r;
+            }
+        }
+        panic!("no request arrived");
+    }
+
+    fn answer_of(c: &UnixStream) -> Option<Response> {
+        let mut line = String::new();
+        BufReader::new(c).read_line(&mut line).expect("read");
+        (!line.is_empty()).then(|| serde_json::from_str(&line).expect("an answer line"))
+    }
+
+    #[test]
+    fn server_answers_a_request_behind_idle_clients() {
+        let (d, mut s) = server(MAX_CLIENTS);
+        let now = Instant::now();
+        let idle: Vec<UnixStream> = (0..20).map(|_| connect(&d)).collect();
+        let mut c = connect(&d);
+        // The request comes in two pieces.
+        c.write_all(br#"{"cmd":"#).expect("write");
+        pump(&mut s, now);
+        c.write_all(b"\"ping\"}\n").expect("write");
+        let (id, req) = next_request(&mut s, now);
+        assert_eq!(req, Request::Ping);
+        assert_eq!(s.clients(), idle.len() + 1);
+        s.reply(id, &Response::Done, now);
+        assert_eq!(answer_of(&c), Some(Response::Done));
+        assert_eq!(s.clients(), idle.len(), "answered connections are closed");
+    }
+
+    #[test]
+    fn server_answers_malformed_and_long_requests_itself() {
+        let (d, mut s) = server(MAX_CLIENTS);
+        let now = Instant::now();
+        let mut bad = connect(&d);
+        bad.write_all(b"{not json\n").expect("write");
+        let mut long = connect(&d);
+        long.write_all(&vec![b'x'; MAX_LINE + 10]).expect("write");
+        for _ in 0..10 {
+            assert!(pump(&mut s, now).is_empty(), "nothing reaches the daemon");
+        }
+        for (c, want) in [(&bad, "malformed control message"), (&long, "too long")] {
+            match answer_of(c) {
+                Some(Response::Error {
+                    kind: ErrorKind::Malformed,
+                    message,
+                }) => assert!(message.contains(want), "{message}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(s.clients(), 0);
+    }
+
+    #[test]
+    fn server_closes_clients_at_their_deadline() {
+        let (d, mut s) = server(MAX_CLIENTS);
+        let now = Instant::now();
+        let c = connect(&d);
+        pump(&mut s, now);
+        assert_eq!(s.clients(), 1);
+        assert_eq!(s.timeout(now), Some(Duration::from_secs(10)));
+        // Nothing happens: the daemon's poll returns at the deadline.
+        let later = now + Duration::from_secs(10);
+        assert!(s
+            .service(&[PollFlags::empty(), PollFlags::empty()], later)
+            .is_empty());
+        assert_eq!(s.clients(), 0);
+        assert_eq!(s.timeout(later), None, "no client, no timeout");
+        match answer_of(&c) {
+            Some(Response::Error { kind, message }) => {
+                assert_eq!(kind, ErrorKind::Malformed);
+                assert!(message.contains("no complete request"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(answer_of(&c), None, "then closed");
+    }
+
+    #[test]
+    fn server_makes_room_by_closing_the_oldest_idle_client() {
+        let (d, mut s) = server(4);
+        let now = Instant::now();
+        let idle: Vec<UnixStream> = (0..6).map(|_| connect(&d)).collect();
+        pump(&mut s, now);
+        assert_eq!(s.clients(), 4);
+        for c in &idle[..2] {
+            assert!(
+                matches!(
+                    answer_of(c),
+                    Some(Response::Error {
+                        kind: ErrorKind::Busy,
+                        ..
+                    })
+                ),
+                "the oldest are closed"
+            );
+        }
+        // An idle client whose request has arrived meanwhile is answered,
+        // not closed.
+        let mut late = idle;
+        late[2].write_all(b"{\"cmd\":\"status\"}\n").expect("write");
+        let mut c = connect(&d);
+        c.write_all(b"{\"cmd\":\"ping\"}\n").expect("write");
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            got.extend(pump(&mut s, now));
+            if got.len() == 2 {
+                break;
+            }
+        }
+        let reqs: Vec<&Request> = got.iter().map(|(_, r)| r).collect();
+        assert_eq!(reqs, [&Request::Status, &Request::Ping]);
+        for (id, _) in got {
+            s.reply(id, &Response::Done, now);
+        }
+        assert_eq!(answer_of(&late[2]), Some(Response::Done));
+        assert_eq!(answer_of(&c), Some(Response::Done));
     }
 }

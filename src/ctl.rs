@@ -2,9 +2,10 @@
 //! status. Library code so the binary stays a thin argument parser.
 
 use crate::assembly::{self, Candidate, Choice, StartMode};
-use crate::control::{self, Request, Response};
+use crate::control::{self, Pong, Request};
 use crate::device::{self, Access, Device};
 use crate::managed::{running_arrays, Managed, Record};
+use crate::status::ArrayStatus;
 use crate::sysfs::{DevNum, MdDev, Sysfs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -252,13 +253,12 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
             md: md.name().to_string(),
             readonly: o.readonly,
         };
-        match control::call(&o.run_dir, &req, Duration::from_secs(10))? {
-            Response::Ok { .. } => Ok(()),
-            Response::Error { message } => Err(CtlError::Array(format!(
-                "{}: mdextmon refused it: {message}",
-                md.name()
-            ))),
-        }
+        control::act(&o.run_dir, &req, Duration::from_secs(10)).map_err(|e| match e {
+            control::ControlError::Daemon { message, .. } => {
+                CtlError::Array(format!("{}: mdextmon refused it: {message}", md.name()))
+            }
+            e => e.into(),
+        })
     });
     if let Err(e) = handed {
         let _ = assembly::teardown(sysfs, &md);
@@ -272,12 +272,8 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
             md: md.name().to_string(),
             device: c.path.to_string_lossy().into_owned(),
         };
-        match control::call(&o.run_dir, &req, Duration::from_secs(60)) {
-            Ok(Response::Ok { .. }) => resumed.push(c.path.clone()),
-            Ok(Response::Error { message }) => left_out_extra.push(assembly::LeftOut {
-                path: c.path.clone(),
-                reason: format!("its interrupted rebuild could not be resumed: {message}"),
-            }),
+        match control::act(&o.run_dir, &req, Duration::from_secs(60)) {
+            Ok(()) => resumed.push(c.path.clone()),
             Err(e) => left_out_extra.push(assembly::LeftOut {
                 path: c.path.clone(),
                 reason: format!("its interrupted rebuild could not be resumed: {e}"),
@@ -489,125 +485,115 @@ pub fn resolve_md(sysfs: &Sysfs, arg: &str) -> Result<String, CtlError> {
 /// otherwise directly.
 pub fn stop(sysfs: &Sysfs, run_dir: &Path, arg: &str) -> Result<String, CtlError> {
     let md = resolve_md(sysfs, arg)?;
-    match control::call(
-        run_dir,
-        &Request::Stop { md: md.clone() },
-        Duration::from_secs(30),
-    ) {
-        Ok(Response::Ok { .. }) => Ok(md),
-        Ok(Response::Error { message }) if message.contains("not managed") => stop_here(sysfs, &md),
-        Ok(Response::Error { message }) => Err(CtlError::Array(message)),
-        Err(control::ControlError::NotRunning(_)) => stop_here(sysfs, &md),
+    let req = Request::Stop { md: md.clone() };
+    match control::act(run_dir, &req, Duration::from_secs(30)) {
+        Ok(()) => Ok(md),
+        Err(control::ControlError::NotRunning(_))
+        | Err(control::ControlError::Daemon {
+            kind: control::ErrorKind::NotManaged,
+            ..
+        }) => stop_here(sysfs, &md),
         Err(e) => Err(e.into()),
     }
 }
 
 fn stop_here(sysfs: &Sysfs, md: &str) -> Result<String, CtlError> {
     let mut m = Managed::take_over(sysfs, md).map_err(|e| CtlError::Array(e.to_string()))?;
-    m.stop().map_err(CtlError::Array)?;
+    m.stop().map_err(|e| CtlError::Array(e.to_string()))?;
     Ok(md.to_string())
 }
 
-/// The md devices mdextmon manages (empty when it is not running).
-fn managed_arrays(run_dir: &Path) -> Vec<String> {
-    match control::call(run_dir, &Request::Ping, Duration::from_secs(5)) {
-        Ok(Response::Ok { data }) => data["arrays"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    }
+/// The running mdextmon's answer to a ping (`None` when none answers).
+fn daemon(run_dir: &Path) -> Option<Pong> {
+    control::ping(run_dir, Duration::from_secs(5)).ok()
 }
 
 fn describe(
     sysfs: &Sysfs,
     run_dir: &Path,
     md: &str,
-    managed: &[String],
-) -> Result<serde_json::Value, CtlError> {
+    daemon: Option<&Pong>,
+) -> Result<ArrayStatus, CtlError> {
     let r = Record::read(sysfs, md, Access::Read).map_err(|e| CtlError::Array(e.to_string()))?;
-    let mut v = r.status();
-    v["managed"] = serde_json::Value::Bool(managed.iter().any(|m| m == md));
-    v["mdextmon_pid"] =
-        daemon_pid(run_dir).map_or(serde_json::Value::Null, serde_json::Value::from);
-    Ok(v)
+    let mut s = r.status();
+    s.managed = daemon.is_some_and(|p| p.arrays.iter().any(|m| m == md));
+    s.mdextmon_pid = daemon.map(|p| p.pid).or_else(|| daemon_pid(run_dir));
+    Ok(s)
 }
 
 /// Detail of one running array.
-pub fn detail(sysfs: &Sysfs, run_dir: &Path, arg: &str) -> Result<serde_json::Value, CtlError> {
+pub fn detail(sysfs: &Sysfs, run_dir: &Path, arg: &str) -> Result<ArrayStatus, CtlError> {
     let md = resolve_md(sysfs, arg)?;
-    describe(sysfs, run_dir, &md, &managed_arrays(run_dir))
+    describe(sysfs, run_dir, &md, daemon(run_dir).as_ref())
 }
 
 /// Every running mdext array.
-pub fn status(sysfs: &Sysfs, run_dir: &Path) -> Result<Vec<serde_json::Value>, CtlError> {
-    let managed = managed_arrays(run_dir);
+pub fn status(sysfs: &Sysfs, run_dir: &Path) -> Result<Vec<ArrayStatus>, CtlError> {
+    let d = daemon(run_dir);
     running_arrays(sysfs)
         .into_iter()
-        .map(|n| describe(sysfs, run_dir, &n, &managed))
+        .map(|n| describe(sysfs, run_dir, &n, d.as_ref()))
         .collect()
 }
 
 /// Render `detail` for humans, modelled on `mdadm --detail`.
-pub fn render_detail(v: &serde_json::Value) -> String {
-    let s = |k: &str| {
-        v[k].as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v[k].to_string())
-    };
+pub fn render_detail(s: &ArrayStatus) -> String {
+    fn or_unknown<T: std::fmt::Display>(v: Option<T>) -> String {
+        v.map_or_else(|| "unknown".into(), |v| v.to_string())
+    }
     let mut out = String::new();
-    out.push_str(&format!("/dev/{}:\n", s("md")));
+    out.push_str(&format!("/dev/{}:\n", s.md));
+    let size = crate::units::Sectors(s.component_size_sectors);
     let rows = [
-        ("Name", s("name")),
-        ("UUID", s("uuid")),
-        ("Raid Level", s("level")),
-        ("Raid Devices", s("raid_disks")),
+        ("Name", s.name.clone()),
+        ("UUID", s.uuid.to_string()),
+        ("Raid Level", s.level.to_string()),
+        ("Raid Devices", s.raid_disks.to_string()),
         (
             "Component Size",
-            format!(
-                "{} sectors ({})",
-                s("component_size_sectors"),
-                crate::units::human(
-                    crate::units::Sectors(v["component_size_sectors"].as_u64().unwrap_or(0))
-                        .bytes()
-                )
-            ),
+            format!("{} sectors ({})", size.0, crate::units::human(size.bytes())),
         ),
-        ("State", s("array_state")),
-        ("Degraded", s("degraded")),
-        ("Sync Action", s("sync_action")),
-        ("Sync Completed", s("sync_completed")),
-        ("Events", s("events")),
+        ("State", or_unknown(s.array_state)),
+        ("Health", s.health.as_str().into()),
+        ("Degraded", or_unknown(s.degraded)),
+        ("Sync Action", or_unknown(s.sync_action)),
         (
-            "Metadata",
-            if v["clean"].as_bool() == Some(true) {
-                "clean".into()
-            } else {
-                "dirty".into()
+            "Sync Completed",
+            match s.sync_completed {
+                Some(p) => format!("{} / {} sectors", p.done_sectors, p.total_sectors),
+                None => "none".into(),
             },
         ),
-        ("Resync Owed", s("resync")),
+        ("Events", s.events.to_string()),
+        ("Metadata", if s.clean { "clean" } else { "dirty" }.into()),
+        (
+            "Resync Owed",
+            s.resync_sector
+                .map_or_else(|| "none".into(), |n| format!("from sector {n}")),
+        ),
         (
             "Bitmap",
             format!(
                 "+{} sectors, chunk {}, time_base {} s, events_cleared {}",
-                v["bitmap"]["offset_sectors"],
-                crate::units::human(crate::units::Bytes(
-                    v["bitmap"]["chunk_bytes"].as_u64().unwrap_or(0)
-                )),
-                v["bitmap"]["time_base"],
-                v["bitmap"]["events_cleared"]
+                s.bitmap.offset_sectors,
+                crate::units::human(crate::units::Bytes(s.bitmap.chunk_bytes)),
+                s.bitmap.time_base,
+                s.bitmap.events_cleared
             ),
         ),
-        ("Can Clear", s("can_clear")),
+        (
+            "Can Clear",
+            s.can_clear
+                .map_or_else(|| "unknown".into(), |b| b.to_string()),
+        ),
         (
             "Managed",
-            match (v["managed"].as_bool(), v["mdextmon_pid"].as_u64()) {
-                (Some(true), Some(pid)) => format!("by mdextmon (pid {pid})"),
-                (Some(true), None) => "by mdextmon".into(),
-                _ => "NO (writes will hang; run mdextctl assemble or start mdextmon)".into(),
+            match (s.managed, s.mdextmon_pid) {
+                (true, Some(pid)) => format!("by mdextmon (pid {pid})"),
+                (true, None) => "by mdextmon".into(),
+                (false, _) => {
+                    "NO (writes will hang; run mdextctl assemble or start mdextmon)".into()
+                }
             },
         ),
     ];
@@ -615,14 +601,26 @@ pub fn render_detail(v: &serde_json::Value) -> String {
         out.push_str(&format!("{k:>16} : {val}\n"));
     }
     out.push_str("\n    Slot  State        Events  Device        UUID\n");
-    for m in v["members"].as_array().into_iter().flatten() {
+    for m in &s.members {
+        let e = &m.entry;
+        let state = match (e.rebuild_kind, e.rebuild_checkpoint_sectors) {
+            (Some(k), Some(cp)) => format!(
+                "{} ({}, at sector {cp})",
+                e.state.as_str(),
+                match k {
+                    crate::meta::RebuildKind::Bitmap => "bitmap",
+                    crate::meta::RebuildKind::Full => "full",
+                }
+            ),
+            _ => e.state.as_str().into(),
+        };
         out.push_str(&format!(
             "    {:>4}  {:<11}  {:>6}  {:<12}  {}\n",
-            m["slot"],
-            m["state"]["state"].as_str().unwrap_or("?"),
-            m["events"],
-            m["device"].as_str().unwrap_or("-"),
-            m["uuid"].as_str().unwrap_or("?"),
+            e.index,
+            state,
+            e.events,
+            m.device.as_deref().unwrap_or("-"),
+            e.uuid,
         ));
     }
     out
@@ -668,7 +666,11 @@ mod tests {
             let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
             let mut line = String::new();
             std::io::BufRead::read_line(&mut r, &mut line).expect("read");
-            std::io::Write::write_all(&mut &s, b"{\"status\":\"ok\"}\n").expect("write");
+            std::io::Write::write_all(
+                &mut &s,
+                b"{\"reply\":\"pong\",\"version\":\"0\",\"pid\":1,\"arrays\":[]}\n",
+            )
+            .expect("write");
         });
         assert!(wait_for_socket(d.path(), Duration::from_secs(10)));
         t.join().expect("join");

@@ -5,21 +5,22 @@
 //! returns, in order, stopping at the first failure.
 //!
 //! There are no timers: with nothing happening, the daemon sleeps in
-//! `poll(2)` with an infinite timeout.
+//! `poll(2)` with an infinite timeout. A control client that connected but
+//! has not finished its request bounds the sleep by its deadline
+//! ([`control::Server`]); clients never block the loop.
 
-use crate::control::{self, Request, Response};
-use crate::managed::Managed;
+use crate::control::{self, ErrorKind, Pong, Request, Response};
+use crate::managed::{Managed, ManagedError};
+use crate::md::ArrayState;
 use crate::sysfs::Sysfs;
 use log::{error, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Daemon settings.
 #[derive(Clone, Debug)]
@@ -59,7 +60,7 @@ fn setup(what: &'static str) -> impl FnOnce(nix::Error) -> DaemonError {
 /// The running daemon.
 pub struct Daemon {
     cfg: Config,
-    listener: UnixListener,
+    server: control::Server,
     signals: SignalFd,
     arrays: BTreeMap<String, Managed>,
     terminating: bool,
@@ -84,43 +85,60 @@ impl Daemon {
         ) {
             warn!("mlockall failed ({e}); continuing without locked memory");
         }
-        let listener = control::listen(&cfg.run_dir)?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| DaemonError::Setup {
+        let server = control::Server::new(control::listen(&cfg.run_dir)?).map_err(|source| {
+            DaemonError::Setup {
                 what: "control socket",
                 source,
-            })?;
+            }
+        })?;
         let pid = cfg.run_dir.join("mdextmon.pid");
         let _ = std::fs::write(&pid, format!("{}\n", std::process::id()));
         let mut d = Daemon {
             cfg,
-            listener,
+            server,
             signals,
             arrays: BTreeMap::new(),
             terminating: false,
             unsettled: Vec::new(),
         };
         // With no arrays named, take over every running mdext array (a
-        // restart, or a takeover from another instance).
+        // restart, or a takeover from another instance). An array found
+        // read-only stays read-only until a manage request says otherwise:
+        // `mdextctl assemble` starts arrays read-only and then starts this
+        // daemon, which must not make an array writable on its own (the
+        // request that follows says `readonly`, or not). A running writable
+        // array is managed as it is.
         let names = if d.cfg.arrays.is_empty() {
             crate::managed::running_arrays(&d.cfg.sysfs)
         } else {
             d.cfg.arrays.clone()
         };
         for md in names {
-            if let Err(e) = d.manage(&md, false) {
+            let readonly = d
+                .cfg
+                .sysfs
+                .md(&md)
+                .array_state()
+                .is_ok_and(|s| matches!(s, ArrayState::Readonly | ArrayState::ReadAuto));
+            if let Err(e) = d.manage(&md, readonly) {
                 error!("{md}: cannot manage: {e}");
             }
         }
         Ok(d)
     }
 
-    fn manage(&mut self, md: &str, readonly: bool) -> Result<(), String> {
-        if self.arrays.contains_key(md) {
+    /// Manage `md`; `readonly` keeps a read-only array read-only (false
+    /// lets the array be made writable once it settles). For an array
+    /// already managed, `readonly` replaces what it was.
+    fn manage(&mut self, md: &str, readonly: bool) -> Result<(), ManagedError> {
+        if let Some(m) = self.arrays.get_mut(md) {
+            m.set_readonly(readonly);
+            if !m.wake() {
+                self.unsettled.push(md.to_string());
+            }
             return Ok(());
         }
-        let mut m = Managed::take_over(&self.cfg.sysfs, md).map_err(|e| e.to_string())?;
+        let mut m = Managed::take_over(&self.cfg.sysfs, md)?;
         m.set_readonly(readonly);
         info!("{md}: managing array {} ({})", m.name(), m.uuid());
         self.arrays.insert(md.to_string(), m);
@@ -148,9 +166,11 @@ impl Daemon {
                     break;
                 }
             }
-            // Watch fds of every array, then the signal fd and the listener.
+            // Watch fds of every array, then the signal fd, then the control
+            // socket (listener and clients).
             let woke: Vec<String>;
-            let (sig, lis);
+            let sig;
+            let clients: Vec<PollFlags>;
             {
                 let mut fds: Vec<PollFd> = Vec::new();
                 let mut owners: Vec<&str> = Vec::new();
@@ -162,14 +182,23 @@ impl Daemon {
                 }
                 let nw = fds.len();
                 fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
-                fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+                fds.extend(self.server.poll_fds());
                 // While terminating with an array not yet clean, or while an
                 // array has not settled (an action failed), look again soon:
                 // the kernel does not notify again for what it already shows.
-                let timeout = if self.terminating || !self.unsettled.is_empty() {
-                    PollTimeout::from(200u16)
-                } else {
-                    PollTimeout::NONE
+                // A client's deadline bounds the wait too.
+                let soon = (self.terminating || !self.unsettled.is_empty())
+                    .then_some(Duration::from_millis(200));
+                let timeout = match (soon, self.server.timeout(Instant::now())) {
+                    (None, None) => PollTimeout::NONE,
+                    (a, b) => {
+                        let d = a.into_iter().chain(b).min().unwrap_or_default();
+                        // Whole milliseconds, rounded up: a deadline less
+                        // than 1 ms away must not spin.
+                        let ms = d.as_micros().div_ceil(1000);
+                        PollTimeout::try_from(Duration::from_millis(ms as u64))
+                            .unwrap_or(PollTimeout::MAX)
+                    }
                 };
                 match nix::poll::poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -187,7 +216,10 @@ impl Daemon {
                 }
                 woke = w;
                 sig = ready(&fds[nw]);
-                lis = ready(&fds[nw + 1]);
+                clients = fds[nw + 1..]
+                    .iter()
+                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                    .collect();
             }
             let mut due: Vec<String> = woke;
             due.append(&mut self.unsettled);
@@ -218,8 +250,9 @@ impl Daemon {
                     }
                 }
             }
-            if lis {
-                self.accept_clients();
+            for (id, req) in self.server.service(&clients, Instant::now()) {
+                let resp = self.handle(req);
+                self.server.reply(id, &resp, Instant::now());
             }
             // Arrays that are gone (stopped by someone else) are dropped.
             let gone: Vec<String> = self
@@ -238,97 +271,77 @@ impl Daemon {
         Ok(())
     }
 
-    fn accept_clients(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((s, _)) => self.serve(s),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    warn!("accept: {e}");
-                    break;
-                }
-            }
-        }
-    }
-
-    /// One request per connection: read a line (bounded in size and time),
-    /// answer, close.
-    fn serve(&mut self, s: UnixStream) {
-        let resp = match control::check_peer(&s) {
-            Err(e) => Response::error(e.to_string()),
-            Ok(()) => {
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut line = String::new();
-                let read = s.try_clone().map(|c| {
-                    BufReader::new(c)
-                        .take(control::MAX_LINE as u64 + 1)
-                        .read_line(&mut line)
-                });
-                match read {
-                    Ok(Ok(_)) => match control::parse_request(&line) {
-                        Ok(req) => self.handle(req),
-                        Err(e) => Response::error(e.to_string()),
-                    },
-                    Ok(Err(e)) | Err(e) => Response::error(format!("reading request: {e}")),
-                }
-            }
-        };
-        let mut s = s;
-        let mut out = serde_json::to_string(&resp)
-            .unwrap_or_else(|_| "{\"status\":\"error\",\"message\":\"internal\"}".into());
-        out.push('\n');
-        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-        let _ = s.write_all(out.as_bytes());
-    }
-
     fn handle(&mut self, req: Request) -> Response {
+        let not_managed = |md: &str| {
+            Response::error(
+                ErrorKind::NotManaged,
+                format!("{md}: not managed by mdextmon"),
+            )
+        };
         match req {
-            Request::Ping => Response::Ok {
-                data: serde_json::json!({
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "pid": std::process::id(),
-                    "arrays": self.arrays.keys().collect::<Vec<_>>(),
-                }),
-            },
+            Request::Ping => Response::Pong(Pong {
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+                arrays: self.arrays.keys().cloned().collect(),
+            }),
             Request::Manage { md, readonly } => match self.manage(&md, readonly) {
-                Ok(()) => Response::ok(),
-                Err(e) => Response::error(e),
+                Ok(()) => Response::Done,
+                Err(e) => managed_error(&e),
             },
-            Request::Status => Response::Ok {
-                data: serde_json::Value::Array(self.arrays.values().map(Managed::status).collect()),
+            Request::Status => Response::Status {
+                arrays: self.arrays.values().map(own_status).collect(),
             },
             Request::Detail { md } => match self.arrays.get(&md) {
-                Some(m) => Response::Ok { data: m.status() },
-                None => Response::error(format!("{md}: not managed by mdextmon")),
+                Some(m) => Response::Detail {
+                    array: own_status(m),
+                },
+                None => not_managed(&md),
             },
             Request::Shutdown => {
                 self.terminating = true;
-                Response::ok()
+                Response::Done
             }
             Request::Release { md } => match self.arrays.get_mut(&md) {
                 Some(m) => {
                     m.make_clean();
                     self.arrays.remove(&md);
-                    Response::ok()
+                    Response::Done
                 }
-                None => Response::error(format!("{md}: not managed by mdextmon")),
+                None => not_managed(&md),
             },
             Request::Stop { md } => match self.arrays.get_mut(&md) {
                 Some(m) => match m.stop() {
                     Ok(()) => {
                         self.arrays.remove(&md);
-                        Response::ok()
+                        Response::Done
                     }
-                    Err(e) => Response::error(e),
+                    Err(e) => managed_error(&e),
                 },
-                None => Response::error(format!("{md}: not managed by mdextmon")),
+                None => not_managed(&md),
             },
             Request::Fail { md, device } => self.member_op(&md, |m| m.fail(&device)),
             Request::Remove { md, device } => self.member_op(&md, |m| m.remove(&device)),
             Request::Add { md, device } => self.member_op(&md, |m| m.add(&device)),
         }
     }
+}
+
+/// A managed array's status, as this daemon reports it.
+fn own_status(m: &Managed) -> crate::status::ArrayStatus {
+    let mut s = m.status();
+    s.managed = true;
+    s.mdextmon_pid = Some(std::process::id());
+    s
+}
+
+/// The answer to a failed manage or stop.
+fn managed_error(e: &ManagedError) -> Response {
+    let kind = match e {
+        ManagedError::NotMdext { .. } => ErrorKind::Refused,
+        ManagedError::InUse { .. } => ErrorKind::Busy,
+        _ => ErrorKind::Failed,
+    };
+    Response::error(kind, e.to_string())
 }
 
 impl Daemon {
@@ -338,15 +351,18 @@ impl Daemon {
         f: impl FnOnce(&mut Managed) -> Result<(), String>,
     ) -> Response {
         match self.arrays.get_mut(md) {
-            None => Response::error(format!("{md}: not managed by mdextmon")),
+            None => Response::error(
+                ErrorKind::NotManaged,
+                format!("{md}: not managed by mdextmon"),
+            ),
             Some(m) => {
                 let r = f(m);
                 // Whatever the request started (a rebuild, a removal) is
                 // followed up on the next turn even without a notification.
                 self.unsettled.push(md.to_string());
                 match r {
-                    Ok(()) => Response::ok(),
-                    Err(e) => Response::error(e),
+                    Ok(()) => Response::Done,
+                    Err(e) => Response::error(ErrorKind::Failed, e),
                 }
             }
         }

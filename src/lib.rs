@@ -7,7 +7,9 @@
 //! - [`md`]: md's vocabulary and level rules (pure).
 //! - [`sysfs`]: typed access to `/sys/block/mdX/md/...`, errno mapping, POLLPRI waits.
 //! - [`assembly`]: the activation sequence (sysfs writes in the kernel's order).
-//! - [`control`]: the control socket protocol (JSON lines, root only).
+//! - [`control`]: the control socket protocol (JSON lines, root only): typed
+//!   requests and replies, and the daemon's non-blocking connection handling.
+//! - [`status`]: one typed status of a running array (socket, `detail`, `status`).
 //! - [`meta`]: the logical metadata (what an array and its members are).
 //! - [`format`]: the on-disk metadata format (bytes <-> typed values, nothing else).
 //! - [`bitmap`]: pure helpers over the external bitmap area's bytes.
@@ -31,5 +33,6 @@ pub mod md;
 pub mod meta;
 pub mod monitor;
 pub mod probe;
+pub mod status;
 pub mod sysfs;
 pub mod units;

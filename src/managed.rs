@@ -8,6 +8,7 @@ use crate::device::{Access, Device};
 use crate::md::{ArrayState, Checkpoint, MemberCommand, MemberFlags};
 use crate::meta::{ArrayMeta, DeviceMeta, MemberState, Superblock};
 use crate::monitor::{Action, AdminRequest, DeviceFacts, Event, KernelMember, KernelView, Monitor};
+use crate::status::{ArrayStatus, KernelState};
 use crate::sysfs::{AttrWatch, DevNum, MdDev, Sysfs, SysfsError};
 use crate::units::Sectors;
 use log::{debug, error, info, warn};
@@ -46,6 +47,15 @@ pub enum ManagedError {
         /// md device.
         md: String,
     },
+    /// Somebody holds the md device open (mounted, or held open).
+    #[error("{md}: in use (mounted, or held open); not stopped")]
+    InUse {
+        /// md device.
+        md: String,
+    },
+    /// An operation failed; the message names the array and the step.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The md devices running mdext arrays (md's `metadata_version` says so;
@@ -129,49 +139,24 @@ impl Record {
         })
     }
 
-    /// A JSON summary (for `status` and `detail`).
-    pub fn status(&self) -> serde_json::Value {
+    /// The array's status (for `status` and `detail`).
+    pub fn status(&self) -> ArrayStatus {
         let devices: Vec<(usize, &str)> =
             self.devices.iter().map(|d| (d.3, d.0.as_str())).collect();
-        status_json(&self.md, &self.meta, &devices)
+        ArrayStatus::new(self.md.name(), &self.meta, &devices, kernel_state(&self.md))
     }
 }
 
-/// The JSON summary of an array: its record, the kernel's view, and which
-/// device holds each table entry (`(index, kernel name)`).
-fn status_json(md: &MdDev, meta: &ArrayMeta, devices: &[(usize, &str)]) -> serde_json::Value {
-    serde_json::json!({
-        "md": md.name(),
-        "name": meta.name,
-        "uuid": meta.uuid.to_string(),
-        "level": meta.geometry.level.as_str(),
-        "raid_disks": meta.geometry.raid_disks,
-        "component_size_sectors": meta.geometry.component_size.0,
-        "array_state": md.read("array_state").unwrap_or_default(),
-        "degraded": md.degraded().unwrap_or(0),
-        "sync_action": md.read("sync_action").unwrap_or_default(),
-        "sync_completed": md.read("sync_completed").unwrap_or_default(),
-        "can_clear": md.read("bitmap/can_clear").unwrap_or_default(),
-        "events": meta.events,
-        "clean": meta.clean,
-        "resync": meta.resync.to_string(),
-        "bitmap": {
-            "offset_sectors": meta.bitmap.offset.0,
-            "chunk_bytes": meta.bitmap.chunk.0,
-            "time_base": meta.bitmap.time_base,
-            "events_cleared": meta.bitmap.events_cleared,
-        },
-        "members": meta.members.iter().enumerate().map(|(i, e)| {
-            let dev = devices.iter().find(|(j, _)| *j == i).map(|(_, k)| format!("/dev/{k}"));
-            serde_json::json!({
-                "slot": i,
-                "uuid": e.uuid.to_string(),
-                "state": e.state,
-                "events": e.events,
-                "device": dev,
-            })
-        }).collect::<Vec<_>>(),
-    })
+/// What the kernel shows of an array, for its status (unreadable values
+/// stay empty).
+fn kernel_state(md: &MdDev) -> KernelState {
+    KernelState {
+        array_state: md.array_state().ok(),
+        degraded: md.degraded().ok(),
+        sync_action: md.sync_action().ok(),
+        sync_completed: md.sync_completed().ok(),
+        can_clear: md.can_clear().ok().flatten(),
+    }
 }
 
 /// A member's metadata I/O handle, with its own writer thread.
@@ -834,35 +819,37 @@ impl Managed {
     }
 
     /// Mark clean and stop the md device.
-    pub fn stop(&mut self) -> Result<(), String> {
+    pub fn stop(&mut self) -> Result<(), ManagedError> {
         let name = self.md.name().to_string();
         // md refuses to stop an array somebody has open; say so before
         // anything changes.
         if let Err(crate::device::DeviceError::Busy(_)) =
             Device::open(&self.md.dev_path(), Access::ExclusiveWrite)
         {
-            return Err(format!(
-                "{name}: in use (mounted, or held open); not stopped"
-            ));
+            return Err(ManagedError::InUse { md: name });
         }
         let t0 = Instant::now();
         while !self.make_clean() {
             if t0.elapsed() > Duration::from_secs(10) {
-                return Err(format!("{name}: writes still in flight; not stopped"));
+                return Err(ManagedError::Failed(format!(
+                    "{name}: writes still in flight; not stopped"
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        self.admin(AdminRequest::Stop)?;
+        self.admin(AdminRequest::Stop)
+            .map_err(ManagedError::Failed)?;
         let t0 = Instant::now();
         while self.md.array_state().is_ok_and(|s| s.is_running()) {
             if t0.elapsed() > Duration::from_secs(10) {
-                return Err(format!("{name}: did not stop"));
+                return Err(ManagedError::Failed(format!("{name}: did not stop")));
             }
             std::thread::sleep(Duration::from_millis(50));
             self.wake();
         }
         self.watches = None;
-        crate::assembly::teardown(self.md.sysfs(), &self.md).map_err(|e| e.to_string())?;
+        crate::assembly::teardown(self.md.sysfs(), &self.md)
+            .map_err(|e| ManagedError::Failed(e.to_string()))?;
         info!(
             "{name}: stopped, metadata clean at events {}",
             self.mon.meta().events
@@ -870,14 +857,19 @@ impl Managed {
         Ok(())
     }
 
-    /// A JSON summary (for `status` and `detail`).
-    pub fn status(&self) -> serde_json::Value {
+    /// The array's status (for `status` and `detail`).
+    pub fn status(&self) -> ArrayStatus {
         let devices: Vec<(usize, &str)> = self
             .members
             .iter()
             .map(|m| (m.index, m.kname.as_str()))
             .collect();
-        status_json(&self.md, self.mon.meta(), &devices)
+        ArrayStatus::new(
+            self.md.name(),
+            self.mon.meta(),
+            &devices,
+            kernel_state(&self.md),
+        )
     }
 }
 

@@ -101,7 +101,9 @@ fn create_then_examine() {
     assert_eq!(arr[0]["array_uuid"], array_uuid.as_str());
     assert_eq!(arr[1]["array_uuid"], array_uuid.as_str());
     assert_eq!(arr[0]["device_uuid"], dev_uuid.as_str());
-    assert_eq!(arr[1]["role"], "1");
+    assert_eq!(arr[1]["slot"], 1);
+    assert_eq!(arr[0]["level"], "raid1");
+    assert!(arr[0]["members"][0]["events"].is_u64());
     assert_eq!(arr[0]["name"], "web");
     assert_eq!(arr[0]["level"], "raid1");
     assert_eq!(arr[0]["events"], 2);

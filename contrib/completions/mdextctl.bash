@@ -194,7 +194,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__detail)
-            opts="-h --json --help"
+            opts="-t -h --json --test --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -9,6 +9,7 @@ use mdext::device;
 use mdext::format::{self, FormatError, ReadOutcome};
 use mdext::md::{Checkpoint, Level};
 use mdext::meta::{MemberState, RebuildKind, Role, Superblock};
+use mdext::status::EntryStatus;
 use mdext::units::{human, parse_size, Bytes};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -461,31 +462,41 @@ fn human_examine(p: &Path, r: &ReadOutcome) -> String {
     o
 }
 
-/// `examine --json` output, one object per device. Keys are stable.
+/// `examine --json` output, one object per device (documented in
+/// mdextctl(8), JSON OUTPUT).
 #[derive(Serialize)]
 struct JsonExamine {
     device: String,
     version: u32,
-    array_uuid: String,
+    array_uuid: uuid::Uuid,
     name: String,
     ctime: u64,
     utime: u64,
-    level: String,
+    level: Level,
     layout: u32,
     chunk_size_bytes: u64,
     raid_disks: u32,
     component_size_sectors: u64,
-    device_uuid: String,
+    device_uuid: uuid::Uuid,
     data_offset_sectors: u64,
     data_size_sectors: u64,
     events: u64,
-    state: &'static str,
+    state: RecordState,
     resync_sector: Option<u64>,
     bitmap: JsonBitmap,
-    role: String,
-    members: Vec<JsonMember>,
+    /// This device's slot; `None` for a spare.
+    slot: Option<u32>,
+    members: Vec<EntryStatus>,
     copy: usize,
     copies: Vec<JsonCopy>,
+}
+
+/// Clean or dirty, as the record says.
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
+enum RecordState {
+    Clean,
+    Dirty,
 }
 
 #[derive(Serialize)]
@@ -496,16 +507,6 @@ struct JsonBitmap {
     chunks: u64,
     time_base: u32,
     events_cleared: u64,
-}
-
-#[derive(Serialize)]
-struct JsonMember {
-    index: usize,
-    uuid: String,
-    state: &'static str,
-    rebuild_kind: Option<&'static str>,
-    rebuild_checkpoint_sectors: Option<u64>,
-    events: u64,
 }
 
 #[derive(Serialize)]
@@ -523,20 +524,24 @@ impl JsonExamine {
         JsonExamine {
             device: p.display().to_string(),
             version: format::VERSION,
-            array_uuid: a.uuid.to_string(),
+            array_uuid: a.uuid,
             name: a.name.clone(),
             ctime: a.ctime,
             utime: a.utime,
-            level: g.level.to_string(),
+            level: g.level,
             layout: g.layout,
             chunk_size_bytes: g.chunk_size.0,
             raid_disks: g.raid_disks,
             component_size_sectors: g.component_size.0,
-            device_uuid: sb.device.uuid.to_string(),
+            device_uuid: sb.device.uuid,
             data_offset_sectors: sb.device.data_offset.0,
             data_size_sectors: sb.device.data_size.0,
             events: a.events,
-            state: state_word(sb),
+            state: if a.clean {
+                RecordState::Clean
+            } else {
+                RecordState::Dirty
+            },
             resync_sector: match a.resync {
                 Checkpoint::None => None,
                 Checkpoint::At(s) => Some(s.0),
@@ -549,31 +554,15 @@ impl JsonExamine {
                 time_base: a.bitmap.time_base,
                 events_cleared: a.bitmap.events_cleared,
             },
-            role: sb.role().to_string(),
+            slot: match sb.role() {
+                Role::Slot(n) => Some(n),
+                Role::Spare => None,
+            },
             members: a
                 .members
                 .iter()
                 .enumerate()
-                .map(|(index, m)| {
-                    let (kind, cp) = match m.state {
-                        MemberState::Rebuilding { kind, checkpoint } => (
-                            Some(match kind {
-                                RebuildKind::Bitmap => "bitmap",
-                                RebuildKind::Full => "full",
-                            }),
-                            Some(checkpoint.0),
-                        ),
-                        _ => (None, None),
-                    };
-                    JsonMember {
-                        index,
-                        uuid: m.uuid.to_string(),
-                        state: m.state.name(),
-                        rebuild_kind: kind,
-                        rebuild_checkpoint_sectors: cp,
-                        events: m.events,
-                    }
-                })
+                .map(|(i, m)| EntryStatus::new(i, m))
                 .collect(),
             copy: r.copy,
             copies: r

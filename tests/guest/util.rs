@@ -171,6 +171,12 @@ pub fn ctl(args: &str) -> Result<String> {
 
 /// Like [`ctl`] but returns (success, stdout, stderr) instead of failing.
 pub fn ctl_status(args: &str) -> Result<(bool, String, String)> {
+    let (code, out, err) = ctl_exit(args)?;
+    Ok((code == Some(0), out, err))
+}
+
+/// Like [`ctl`] but returns (exit code, stdout, stderr) instead of failing.
+pub fn ctl_exit(args: &str) -> Result<(Option<i32>, String, String)> {
     let o = Command::new("timeout")
         .arg("120")
         .arg("/bin/mdextctl")
@@ -183,7 +189,15 @@ pub fn ctl_status(args: &str) -> Result<(bool, String, String)> {
     if o.status.code() == Some(124) {
         bail!("mdextctl {args} hung (killed after 120 s)");
     }
-    Ok((o.status.success(), out, err))
+    Ok((o.status.code(), out, err))
+}
+
+/// Stop the running mdextmon (SIGTERM) and wait until it is gone.
+pub fn stop_daemon() -> Result<()> {
+    sh("kill -TERM $(cat /run/mdext/mdextmon.pid)")?;
+    wait_until("mdextmon to exit", Duration::from_secs(20), || {
+        (!Path::new("/run/mdext/mdextmon.sock").exists()).then_some(())
+    })
 }
 
 /// `mdextctl examine --json DEV` of one device.

@@ -67,12 +67,22 @@ pub struct StopArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(
+    long_about = "Show one running array, like mdadm --detail. The exit status tells its \
+    health, as mdadm --detail --test does (always, with or without --test): 0 whole, \
+    1 degraded (a member missing, failed or being rebuilt), 2 unusable (not running, or \
+    fewer working members than its level needs), 4 the array cannot be found or read."
+)]
 pub struct DetailArgs {
     /// The array: md device (md127, /dev/md127), name or UUID.
     array: String,
     /// JSON output.
     #[arg(long)]
     json: bool,
+    /// Accepted for mdadm's habit: the exit status always tells the
+    /// array's health.
+    #[arg(short = 't', long)]
+    test: bool,
     #[command(flatten)]
     daemon: DaemonArgs,
 }
@@ -208,14 +218,24 @@ pub fn stop(a: StopArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `detail` exits as `mdadm --detail --test` does: 0 whole, 1 degraded,
+/// 2 unusable, 4 when the array cannot be found or read.
 pub fn detail(a: DetailArgs) -> Result<ExitCode> {
-    let v = ctl::detail(&Sysfs::default(), &a.daemon.run_dir, &a.array)?;
+    // Accepted for mdadm's habit; the exit status says the health always.
+    let _ = a.test;
+    let s = match ctl::detail(&Sysfs::default(), &a.daemon.run_dir, &a.array) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mdextctl: {e}");
+            return Ok(ExitCode::from(mdext::status::EXIT_ERROR));
+        }
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
-        print!("{}", ctl::render_detail(&v));
+        print!("{}", ctl::render_detail(&s));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(s.health.exit_code()))
 }
 
 pub fn status(a: StatusArgs) -> Result<ExitCode> {
@@ -264,7 +284,7 @@ pub enum MemberOp {
 }
 
 pub fn member(op: MemberOp, a: MemberArgs) -> Result<ExitCode> {
-    use mdext::control::{call, Request, Response};
+    use mdext::control::{act, Request};
     let sysfs = Sysfs::default();
     let md = ctl::resolve_md(&sysfs, &a.array)?;
     let device = a.device.to_string_lossy().into_owned();
@@ -282,26 +302,22 @@ pub fn member(op: MemberOp, a: MemberArgs) -> Result<ExitCode> {
             device,
         },
     };
-    match call(&a.daemon.run_dir, &req, std::time::Duration::from_secs(60))? {
-        Response::Ok { .. } => {
-            let verb = match op {
-                MemberOp::Fail => "failed",
-                MemberOp::Remove => "removed",
-                MemberOp::Add => "added",
-            };
-            println!(
-                "mdextctl: {verb} {} {} /dev/{md}",
-                a.device.display(),
-                if matches!(op, MemberOp::Add) {
-                    "to"
-                } else {
-                    "in"
-                }
-            );
-            Ok(ExitCode::SUCCESS)
+    act(&a.daemon.run_dir, &req, std::time::Duration::from_secs(60))?;
+    let verb = match op {
+        MemberOp::Fail => "failed",
+        MemberOp::Remove => "removed",
+        MemberOp::Add => "added",
+    };
+    println!(
+        "mdextctl: {verb} {} {} /dev/{md}",
+        a.device.display(),
+        if matches!(op, MemberOp::Add) {
+            "to"
+        } else {
+            "in"
         }
-        Response::Error { message } => bail!("{message}"),
-    }
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args, Debug)]
@@ -318,6 +334,18 @@ pub struct ExamineBitmapArgs {
     json: bool,
 }
 
+/// `examine-bitmap --json` (documented in mdextctl(8), JSON OUTPUT).
+#[derive(serde::Serialize)]
+struct JsonBitmap {
+    device: String,
+    chunks: u64,
+    chunk_bytes: u64,
+    dirty: u64,
+    /// Inclusive `[first, last]` chunk ranges.
+    dirty_ranges: Vec<(u64, u64)>,
+    stray_bits: bool,
+}
+
 pub fn examine_bitmap(a: ExamineBitmapArgs) -> Result<ExitCode> {
     use mdext::bitmap;
     use mdext::device::{Access, Device};
@@ -328,14 +356,14 @@ pub fn examine_bitmap(a: ExamineBitmapArgs) -> Result<ExitCode> {
     let dirty = bitmap::count_dirty(&bits, chunks);
     let ranges = bitmap::dirty_ranges(&bits, chunks);
     if a.json {
-        let v = serde_json::json!({
-            "device": a.device,
-            "chunks": chunks,
-            "chunk_bytes": sb.array.bitmap.chunk.0,
-            "dirty": dirty,
-            "dirty_ranges": ranges,
-            "stray_bits": bitmap::has_stray_bits(&bits, chunks),
-        });
+        let v = JsonBitmap {
+            device: a.device.display().to_string(),
+            chunks,
+            chunk_bytes: sb.array.bitmap.chunk.0,
+            dirty,
+            dirty_ranges: ranges,
+            stray_bits: bitmap::has_stray_bits(&bits, chunks),
+        };
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }

@@ -184,7 +184,7 @@ fn create_examine_activate() -> Result<()> {
                     dev: l.dev,
                     data_offset: Sectors(u(e, "data_offset_sectors")?),
                     size: Sectors(u(e, "data_size_sectors")?).kib_floor(),
-                    slot: Some(e["role"].as_str().unwrap_or("").parse()?),
+                    slot: Some(e["slot"].as_u64().context("examine: no slot")? as u32),
                 })
             })
             .collect::<Result<_>>()?,
@@ -346,17 +346,35 @@ fn filesystem_lifecycle() -> Result<()> {
         );
     }
     // Read-only: the daemon manages it but leaves it read-only; a write
-    // is refused, it does not hang.
+    // is refused, it does not hang. No daemon runs (defect 4: the daemon
+    // that assemble starts took the array over and made it writable before
+    // the request saying read-only arrived).
+    stop_daemon()?;
     ctl("assemble --readonly life /dev/loop0 /dev/loop1")?;
-    std::thread::sleep(Duration::from_secs(1));
     ensure!(
         md127().array_state()? == ArrayState::Readonly,
         "--readonly: {}",
         md127().array_state()?
     );
+    // The same dd writes to a file, so a refusal below is the array's.
+    sh("dd if=/dev/zero of=/tmp/dd-probe bs=4096 count=1 conv=fsync")?;
+    ensure!(
+        sh("dd if=/dev/zero of=/dev/md127 bs=4096 count=1 conv=fsync").is_err(),
+        "dd wrote to a read-only array"
+    );
     ensure!(
         write_direct(&md127().dev_path(), 0, &pattern(9, 4096)).is_err(),
         "a write to a read-only array succeeded"
+    );
+    let d = ctl("detail md127")?;
+    ensure!(
+        d.contains("State : readonly") && d.contains("by mdextmon (pid "),
+        "{d}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&ctl("detail --json md127")?)?;
+    ensure!(
+        v["array_state"] == "readonly" && v["managed"] == true && v["health"] == "whole",
+        "{v}"
     );
     ctl("stop md127")?;
     // Again, by name through a udev scan.
@@ -469,6 +487,17 @@ fn degraded_assembly() -> Result<()> {
     ensure!(out.contains("degraded"), "{out}");
     let md = md127();
     ensure!(md.degraded()? == 1, "degraded {}", md.degraded()?);
+    // `detail` exits 1 for a degraded array, as `mdadm --detail --test`.
+    let (code, out, _) = ctl_exit("detail md127")?;
+    ensure!(
+        code == Some(1),
+        "detail of a degraded array exited {code:?}"
+    );
+    ensure!(out.contains("Health : degraded"), "{out}");
+    let (code, out, _) = ctl_exit("detail --test --json md127")?;
+    ensure!(code == Some(1), "detail --test exited {code:?}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(v["health"] == "degraded" && v["degraded"] == 1, "{v}");
     wait_until(
         "can_clear false while degraded",
         Duration::from_secs(10),
@@ -508,6 +537,8 @@ fn bad_input() -> Result<()> {
     };
     refused("stop nosuch", "nosuch")?;
     refused("detail md99", "md99")?;
+    let (code, _, _) = ctl_exit("detail md99")?;
+    ensure!(code == Some(4), "detail of no array exited {code:?}, not 4");
     refused("assemble /dev/loop0 /dev/loop2", "several arrays")?;
     refused("assemble /dev/loop0 /dev/loop0", "given twice")?;
     refused("assemble three /dev/loop0 /dev/loop1", "three")?;
@@ -537,10 +568,7 @@ fn bad_input() -> Result<()> {
     ensure!(md127().degraded()? == 1, "the stale member was used");
     // SIGTERM: the daemon leaves the array clean, then exits.
     write_direct(&md127().dev_path(), 4096, &pattern(6, 4096))?;
-    sh("kill -TERM $(cat /run/mdext/mdextmon.pid)")?;
-    wait_until("mdextmon to exit", Duration::from_secs(20), || {
-        (!Path::new("/run/mdext/mdextmon.sock").exists()).then_some(())
-    })?;
+    stop_daemon()?;
     ensure!(
         state_of(&loops[0].path)? == "clean",
         "SIGTERM left the metadata dirty"
