@@ -10,6 +10,7 @@
 //! ([`control::Server`]); clients never block the loop.
 
 use crate::control::{self, ErrorKind, Pong, Request, Response};
+use crate::device::DeviceError;
 use crate::managed::{Managed, ManagedError};
 use crate::md::ArrayState;
 use crate::sysfs::Sysfs;
@@ -334,11 +335,12 @@ fn own_status(m: &Managed) -> crate::status::ArrayStatus {
     s
 }
 
-/// The answer to a failed manage or stop.
+/// The answer to a failed request: refused (nothing changed), busy, or
+/// failed part-way.
 fn managed_error(e: &ManagedError) -> Response {
     let kind = match e {
-        ManagedError::NotMdext { .. } => ErrorKind::Refused,
-        ManagedError::InUse { .. } => ErrorKind::Busy,
+        ManagedError::InUse { .. } | ManagedError::Device(DeviceError::Busy(_)) => ErrorKind::Busy,
+        e if e.changed_nothing() => ErrorKind::Refused,
         _ => ErrorKind::Failed,
     };
     Response::error(kind, e.to_string())
@@ -348,7 +350,7 @@ impl Daemon {
     fn member_op(
         &mut self,
         md: &str,
-        f: impl FnOnce(&mut Managed) -> Result<(), String>,
+        f: impl FnOnce(&mut Managed) -> Result<(), ManagedError>,
     ) -> Response {
         match self.arrays.get_mut(md) {
             None => Response::error(
@@ -362,7 +364,7 @@ impl Daemon {
                 self.unsettled.push(md.to_string());
                 match r {
                     Ok(()) => Response::Done,
-                    Err(e) => Response::error(ErrorKind::Failed, e),
+                    Err(e) => managed_error(&e),
                 }
             }
         }

@@ -4,10 +4,12 @@
 //! order, stopping at the first failure and feeding it back. No decisions
 //! about metadata are taken here.
 
-use crate::device::{Access, Device};
+use crate::device::{Access, Device, DeviceError};
 use crate::md::{ArrayState, Checkpoint, MemberCommand, MemberFlags};
 use crate::meta::{ArrayMeta, DeviceMeta, MemberState, Superblock};
-use crate::monitor::{Action, AdminRequest, DeviceFacts, Event, KernelMember, KernelView, Monitor};
+use crate::monitor::{
+    Action, AdminRequest, DeviceFacts, Event, KernelMember, KernelView, Monitor, Refusal,
+};
 use crate::status::{ArrayStatus, KernelState};
 use crate::sysfs::{AttrWatch, DevNum, MdDev, Sysfs, SysfsError};
 use crate::units::Sectors;
@@ -56,6 +58,85 @@ pub enum ManagedError {
     /// An operation failed; the message names the array and the step.
     #[error("{0}")]
     Failed(String),
+    /// The state machine refused an admin request; nothing was changed.
+    #[error("{md}: {}{reason}", device.as_deref().map(|d| format!("{d}: ")).unwrap_or_default())]
+    Refused {
+        /// md device.
+        md: String,
+        /// The device the request named, if any.
+        device: Option<String>,
+        /// Why.
+        reason: Refusal,
+    },
+    /// The device named is not one of the array's members.
+    #[error("{device} is not a member of {md}")]
+    NotMember {
+        /// md device.
+        md: String,
+        /// What the admin named.
+        device: String,
+    },
+    /// The device named cannot be used (missing, busy, not a block
+    /// device, unreadable).
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The device named is a regular file, not a block device.
+    #[error("{0}: not a block device")]
+    NotBlock(String),
+    /// Signature probing failed.
+    #[error(transparent)]
+    Probe(#[from] crate::probe::ProbeError),
+    /// An action of the request's batch failed; what ran before it stays
+    /// done, and the daemon finishes or undoes the rest by itself.
+    #[error("{md}: the request failed part-way: {source}")]
+    PartFailed {
+        /// md device.
+        md: String,
+        /// The failure.
+        #[source]
+        source: ExecError,
+    },
+}
+
+impl ManagedError {
+    /// Whether nothing was changed (a refusal), as opposed to a failure.
+    pub fn changed_nothing(&self) -> bool {
+        matches!(
+            self,
+            ManagedError::NotMdext { .. }
+                | ManagedError::Mixed { .. }
+                | ManagedError::Refused { .. }
+                | ManagedError::NotMember { .. }
+                | ManagedError::Device(_)
+                | ManagedError::NotBlock(_)
+        )
+    }
+}
+
+/// Why one action of a batch failed (the executor's errors).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// A sysfs write or read.
+    #[error(transparent)]
+    Sysfs(#[from] SysfsError),
+    /// A member device's I/O.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The metadata write failed on these members (each with its error).
+    #[error("metadata write failed: {}", .0.iter().map(|(m, e)| format!("{m}: {e}")).collect::<Vec<_>>().join("; "))]
+    MetadataWrite(Vec<(String, ExecError)>),
+    /// No device holds this table index.
+    #[error("no device for member {0}")]
+    NoMember(usize),
+    /// No device waits to be added for this slot.
+    #[error("no device waiting to be added for slot {0}")]
+    NoPending(usize),
+    /// A member's writer thread could not start or is gone.
+    #[error("{0}: writer thread: {1}")]
+    Writer(String, String),
+    /// No member is left to copy the layout or the bitmap from.
+    #[error("no member left to copy the bitmap from")]
+    NoSourceMember,
 }
 
 /// The md devices running mdext arrays (md's `metadata_version` says so;
@@ -175,7 +256,7 @@ struct MemberIo {
 /// bounded to one message, so sending allocates nothing.
 struct Writer {
     jobs: SyncSender<Superblock>,
-    done: Receiver<Result<usize, String>>,
+    done: Receiver<Result<usize, DeviceError>>,
 }
 
 /// Stack of a writer thread: it only encodes 4 KiB and calls pwrite.
@@ -191,7 +272,7 @@ impl Writer {
             .spawn(move || {
                 // Ends when the member is dropped (its sender goes away).
                 while let Ok(sb) = rx.recv() {
-                    let r = dev.write_superblock(&sb).map_err(|e| e.to_string());
+                    let r = dev.write_superblock(&sb);
                     if tx.send(r).is_err() {
                         break;
                     }
@@ -207,10 +288,10 @@ impl MemberIo {
         dev: Device,
         device: DeviceMeta,
         index: usize,
-    ) -> Result<MemberIo, String> {
+    ) -> Result<MemberIo, ExecError> {
         let dev = Arc::new(dev);
         let writer = Writer::start(&kname, dev.clone())
-            .map_err(|e| format!("{kname}: writer thread: {e}"))?;
+            .map_err(|e| ExecError::Writer(kname.clone(), e.to_string()))?;
         Ok(MemberIo {
             kname,
             dev,
@@ -313,7 +394,10 @@ impl Managed {
         } = Record::read(sysfs, name, Access::SharedWrite)?;
         let mut members = Vec::new();
         for (kname, dev, device, index) in devices {
-            members.push(MemberIo::new(kname, dev, device, index).map_err(|e| merr(name, "-", e))?);
+            members.push(
+                MemberIo::new(kname, dev, device, index)
+                    .map_err(|e| merr(name, "-", e.to_string()))?,
+            );
         }
         let mut m = Managed {
             md,
@@ -465,7 +549,7 @@ impl Managed {
                 }
                 return true;
             }
-            if !self.execute(batch) {
+            if self.execute(batch).is_err() {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -473,7 +557,7 @@ impl Managed {
     }
 
     /// Run a batch in order; on the first failure feed it back and stop.
-    fn execute(&mut self, batch: Vec<Action>) -> bool {
+    fn execute(&mut self, batch: Vec<Action>) -> Result<(), ExecError> {
         let mut membership_changed = false;
         for (i, a) in batch.iter().enumerate() {
             debug!("{}: {a:?}", self.md.name());
@@ -483,7 +567,7 @@ impl Managed {
                 if membership_changed {
                     let _ = self.rewatch();
                 }
-                return false;
+                return Err(e);
             }
         }
         if membership_changed {
@@ -491,11 +575,11 @@ impl Managed {
                 warn!("{}: re-opening watches: {e}", self.md.name());
             }
         }
-        true
+        Ok(())
     }
 
-    fn run_action(&mut self, a: &Action, membership_changed: &mut bool) -> Result<(), String> {
-        let s = |e: SysfsError| e.to_string();
+    fn run_action(&mut self, a: &Action, membership_changed: &mut bool) -> Result<(), ExecError> {
+        let s = ExecError::Sysfs;
         match a {
             Action::WriteMetadata { meta, targets } => self.write_metadata(meta, targets),
             Action::SetCanClear(true) if failpoint("before-can-clear-true") => {
@@ -516,7 +600,7 @@ impl Managed {
                     .iter()
                     .find(|m| m.index == *i)
                     .map(|m| m.kname.clone())
-                    .ok_or_else(|| format!("no device for member {i}"))?;
+                    .ok_or(ExecError::NoMember(*i))?;
                 self.md.member(&k).command(*cmd).map_err(s)?;
                 if *cmd == MemberCommand::Remove {
                     info!("{}: removed {k} (slot {i})", self.md.name());
@@ -535,7 +619,7 @@ impl Managed {
                     .pending
                     .as_ref()
                     .filter(|p| p.index == *index)
-                    .ok_or_else(|| format!("no device waiting to be added for slot {index}"))?;
+                    .ok_or(ExecError::NoPending(*index))?;
                 self.prepare_new_device(&p.dev, self.mon.meta())
             }
             Action::AddDevice {
@@ -547,7 +631,7 @@ impl Managed {
                     .pending
                     .take()
                     .filter(|p| p.index == *index)
-                    .ok_or_else(|| format!("no device waiting to be added for slot {index}"))?;
+                    .ok_or(ExecError::NoPending(*index))?;
                 let kname = self.md.add_member(p.devnum).map_err(s)?;
                 let h = self.md.member(&kname);
                 let r = h
@@ -578,7 +662,7 @@ impl Managed {
     }
 
     /// Write the record durably to the listed members, in parallel.
-    fn write_metadata(&self, meta: &ArrayMeta, targets: &[usize]) -> Result<(), String> {
+    fn write_metadata(&self, meta: &ArrayMeta, targets: &[usize]) -> Result<(), ExecError> {
         let mut next = meta.clone();
         next.utime = crate::meta::unix_now();
         let chosen: Vec<&MemberIo> = self
@@ -594,29 +678,21 @@ impl Managed {
                 array: next.clone(),
                 device: m.device,
             };
-            sent.push(
-                m.writer
-                    .jobs
-                    .send(sb)
-                    .map_err(|_| "writer thread gone".to_string()),
-            );
+            sent.push(m.writer.jobs.send(sb).is_ok());
         }
-        let results: Vec<Result<usize, String>> = chosen
-            .iter()
-            .zip(sent)
-            .map(|(m, s)| {
-                s.and_then(|()| {
-                    m.writer
-                        .done
-                        .recv()
-                        .unwrap_or_else(|_| Err("writer thread gone".into()))
-                })
-            })
-            .collect();
+        let gone = |m: &MemberIo| ExecError::Writer(m.kname.clone(), "gone".into());
         let mut errs = Vec::new();
-        for (m, r) in chosen.iter().zip(results) {
+        for (m, ok) in chosen.iter().zip(sent) {
+            let r = if ok {
+                match m.writer.done.recv() {
+                    Ok(r) => r.map(|_| ()).map_err(ExecError::Device),
+                    Err(_) => Err(gone(m)),
+                }
+            } else {
+                Err(gone(m))
+            };
             if let Err(e) = r {
-                errs.push(format!("{}: {e}", m.kname));
+                errs.push((m.kname.clone(), e));
             }
         }
         // A device being added gets its record before it becomes a member.
@@ -626,11 +702,11 @@ impl Managed {
                 device: p.device,
             };
             if let Err(e) = p.dev.write_superblock(&sb) {
-                errs.push(format!("{}: {e}", p.dev.path().display()));
+                errs.push((p.dev.path().display().to_string(), e.into()));
             }
         }
         if !errs.is_empty() {
-            return Err(format!("metadata write failed: {}", errs.join("; ")));
+            return Err(ExecError::MetadataWrite(errs));
         }
         debug!(
             "{}: recorded events {} on {} member(s) ({}, resync {}, events_cleared {})",
@@ -644,11 +720,15 @@ impl Managed {
         Ok(())
     }
 
-    fn member_index_of_path(&self, device: &str) -> Result<usize, String> {
+    fn member_index_of_path(&self, device: &str) -> Result<usize, ManagedError> {
+        let not_member = || ManagedError::NotMember {
+            md: self.md.name().to_string(),
+            device: device.to_string(),
+        };
         let p = Path::new(device);
         let kname = if p.is_absolute() {
-            let dev = DevNum::of_block_device(p).map_err(|e| format!("{device}: {e}"))?;
-            self.md.sysfs().block_name(dev).map_err(|e| e.to_string())?
+            let dev = DevNum::of_block_device(p).map_err(|_| not_member())?;
+            self.md.sysfs().block_name(dev)?
         } else {
             device.trim_start_matches("dev-").to_string()
         };
@@ -656,11 +736,11 @@ impl Managed {
             .iter()
             .find(|m| m.kname == kname)
             .map(|m| m.index)
-            .ok_or_else(|| format!("{device} is not a member of {}", self.md.name()))
+            .ok_or_else(not_member)
     }
 
     /// `mdextctl fail`.
-    pub fn fail(&mut self, device: &str) -> Result<(), String> {
+    pub fn fail(&mut self, device: &str) -> Result<(), ManagedError> {
         let i = self.member_index_of_path(device)?;
         self.admin(AdminRequest::Fail(i))
     }
@@ -668,13 +748,14 @@ impl Managed {
     /// `mdextctl remove`. The daemon removes failed members by itself (as
     /// mdmon does), so removing a device this array records as failed or
     /// missing and that md no longer holds succeeds with nothing to do.
-    pub fn remove(&mut self, device: &str) -> Result<(), String> {
+    pub fn remove(&mut self, device: &str) -> Result<(), ManagedError> {
         match self.member_index_of_path(device) {
             Ok(i) => self.admin(AdminRequest::Remove(i)),
             Err(e) => {
-                let sb = crate::device::read_superblock(Path::new(device))
-                    .map_err(|_| e.clone())?
-                    .superblock;
+                let Ok(read) = crate::device::read_superblock(Path::new(device)) else {
+                    return Err(e);
+                };
+                let sb = read.superblock;
                 let meta = self.mon.meta();
                 let recorded_out = sb.array.uuid == meta.uuid
                     && meta.index_of(&sb.device.uuid).is_some_and(|i| {
@@ -697,18 +778,17 @@ impl Managed {
     /// state machine, which decides (pure [`crate::monitor::admit`]) whether
     /// it returns to its slot or joins a failed or missing one as new, and
     /// whether it is rebuilt from the bitmap or fully.
-    pub fn add(&mut self, device: &str) -> Result<(), String> {
+    pub fn add(&mut self, device: &str) -> Result<(), ManagedError> {
         let path = PathBuf::from(device);
         // Exclusive open proves nobody uses it; it is closed again before
         // md opens it.
-        let excl = Device::open(&path, Access::ExclusiveWrite).map_err(|e| e.to_string())?;
+        let excl = Device::open(&path, Access::ExclusiveWrite)?;
         let devnum = match excl.id() {
             crate::device::DevId::Block(r) if excl.is_block() => DevNum::from_raw(r),
-            _ => return Err(format!("{device}: not a block device")),
+            _ => return Err(ManagedError::NotBlock(device.to_string())),
         };
         let own = excl.read_superblock().ok().map(|r| r.superblock);
-        let foreign = crate::probe::probe(&excl)
-            .map_err(|e| e.to_string())?
+        let foreign = crate::probe::probe(&excl)?
             .into_iter()
             .filter(|f| !f.name.starts_with("mdext"))
             .map(|f| f.name.to_string())
@@ -717,7 +797,10 @@ impl Managed {
             .members
             .first()
             .map(|m| m.device.data_offset)
-            .ok_or("no member left to copy the layout from")?;
+            .ok_or_else(|| ManagedError::PartFailed {
+                md: self.md.name().to_string(),
+                source: ExecError::NoSourceMember,
+            })?;
         let facts = DeviceFacts {
             size: Sectors(excl.size().0 / 512),
             own,
@@ -726,7 +809,7 @@ impl Managed {
             new_uuid: uuid::Uuid::new_v4(),
         };
         drop(excl);
-        let dev = Device::open(&path, Access::SharedWrite).map_err(|e| e.to_string())?;
+        let dev = Device::open(&path, Access::SharedWrite)?;
         // What the machine decides is only known from its actions; the
         // executor finds the device here for PrepareDevice, the record write
         // and AddDevice, whatever slot it gets.
@@ -745,38 +828,31 @@ impl Managed {
         r
     }
 
-    fn prepare_new_device(&self, dev: &Device, meta: &ArrayMeta) -> Result<(), String> {
-        let src = self
-            .members
-            .first()
-            .ok_or("no member to copy the bitmap from")?;
-        let bits = src
-            .dev
-            .read_bitmap(&meta.bitmap)
-            .map_err(|e| e.to_string())?;
-        dev.zero(0, crate::format::META_AREA as u64)
-            .map_err(|e| e.to_string())?;
-        dev.write_bitmap(&meta.bitmap, &bits)
-            .map_err(|e| e.to_string())?;
+    fn prepare_new_device(&self, dev: &Device, meta: &ArrayMeta) -> Result<(), ExecError> {
+        let src = self.members.first().ok_or(ExecError::NoSourceMember)?;
+        let bits = src.dev.read_bitmap(&meta.bitmap)?;
+        dev.zero(0, crate::format::META_AREA as u64)?;
+        dev.write_bitmap(&meta.bitmap, &bits)?;
         Ok(())
     }
 
-    fn admin(&mut self, req: AdminRequest) -> Result<(), String> {
+    fn admin(&mut self, req: AdminRequest) -> Result<(), ManagedError> {
         self.admin_on(None, req)
     }
 
     /// [`Managed::admin`] about a device named in errors.
-    fn admin_on(&mut self, device: Option<&str>, req: AdminRequest) -> Result<(), String> {
+    fn admin_on(&mut self, device: Option<&str>, req: AdminRequest) -> Result<(), ManagedError> {
         // Settle first: the machine refuses requests while it has work.
         self.wake();
-        let view = self.snapshot().map_err(|e| e.to_string())?;
-        let batch = self
-            .mon
-            .step(Event::Admin(req, view))
-            .map_err(|e| match device {
-                Some(d) => format!("{}: {d}: {e}", self.md.name()),
-                None => format!("{}: {e}", self.md.name()),
-            })?;
+        let view = self.snapshot()?;
+        let batch =
+            self.mon
+                .step(Event::Admin(req, view))
+                .map_err(|reason| ManagedError::Refused {
+                    md: self.md.name().to_string(),
+                    device: device.map(str::to_string),
+                    reason,
+                })?;
         // The machine chose the slot and the device's own record.
         if let Some(p) = self.pending.as_mut() {
             for a in &batch {
@@ -786,16 +862,12 @@ impl Managed {
                 }
             }
         }
-        let ok = self.execute(batch);
+        let r = self.execute(batch);
         self.wake();
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}: the request failed part-way; see mdextmon's log",
-                self.md.name()
-            ))
-        }
+        r.map_err(|source| ManagedError::PartFailed {
+            md: self.md.name().to_string(),
+            source,
+        })
     }
 
     /// Try to leave the array clean (SIGTERM, release). True when the
@@ -837,8 +909,7 @@ impl Managed {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        self.admin(AdminRequest::Stop)
-            .map_err(ManagedError::Failed)?;
+        self.admin(AdminRequest::Stop)?;
         let t0 = Instant::now();
         while self.md.array_state().is_ok_and(|s| s.is_running()) {
             if t0.elapsed() > Duration::from_secs(10) {
