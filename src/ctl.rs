@@ -3,7 +3,7 @@
 
 use crate::assembly::{self, Candidate, Choice, StartMode};
 use crate::control::{self, Request, Response};
-use crate::device::{self, Access, Device};
+use crate::device::{Access, Device};
 use crate::managed::{running_arrays, Managed, Record};
 use crate::sysfs::{DevNum, MdDev, Sysfs};
 use std::path::{Path, PathBuf};
@@ -40,6 +40,9 @@ pub struct AssembleOptions {
     pub run: bool,
     /// Leave the array read-only.
     pub readonly: bool,
+    /// Start a parity array that is dirty and degraded anyway (md refuses
+    /// it; see [`Choice::forced_start`]).
+    pub force: bool,
     /// md device name to use.
     pub md_name: Option<String>,
     /// Where the daemon's socket lives.
@@ -65,8 +68,12 @@ pub struct AssembleReport {
     pub missing_slots: Vec<u32>,
     /// Dirty chunks re-armed with `bitmap_set_bits` (degraded start).
     pub rearmed_chunks: u64,
+    /// Writes it took (md takes at most a page per write).
+    pub rearm_writes: usize,
     /// Devices whose interrupted rebuild was started again.
     pub resumed: Vec<PathBuf>,
+    /// The event recorded for a start forced while dirty and degraded.
+    pub forced_start: Option<u64>,
 }
 
 fn devnum_of(p: &Path) -> Result<DevNum, CtlError> {
@@ -122,8 +129,10 @@ fn read_candidates(
                 format!("given twice (same device as {})", c.path.display()),
             ));
         }
-        let sb = match device::read_superblock(p) {
-            Ok(r) => r.superblock,
+        let read = Device::open(p, Access::Read)
+            .and_then(|d| Ok((d.read_superblock()?.superblock, d.size())));
+        let (sb, size) = match read {
+            Ok(r) => r,
             Err(e) if strict => return Err(CtlError::Device(p.clone(), e.to_string())),
             Err(_) => continue,
         };
@@ -142,6 +151,7 @@ fn read_candidates(
             path: p.clone(),
             dev,
             sb,
+            size,
         });
     }
     Ok(v)
@@ -233,7 +243,7 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
             "array {uuid} is already running as {md}"
         )));
     }
-    let choice = assembly::choose(cands, o.run)?;
+    let mut choice = assembly::choose(cands, o.run)?;
     if choice.members.len() < min_members(&choice) {
         return Err(CtlError::Array(format!(
             "only {} of {} members usable; the array cannot run",
@@ -241,11 +251,18 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
             choice.meta.geometry.raid_disks
         )));
     }
+    // A dirty degraded parity array: refused here, before the kernel, or
+    // (--force) recorded clean and force-started first, as mdadm does.
+    if let Some(mut record) = choice.forced_start(o.force)? {
+        record.utime = crate::meta::unix_now();
+        write_record(&choice, &record)?;
+        choice.meta = record;
+    }
     // The array starts read-only (a write fails, it cannot hang), so the
     // daemon is ensured after activation: a kernel that refuses the array
     // leaves no daemon started for nothing. Until mdextmon has taken the
     // array over, it stays read-only; if that fails, it is taken apart.
-    let (md, rearmed) = activate_choice(sysfs, &choice, o.md_name.clone())?;
+    let (md, rearmed, rearm_writes) = activate_choice(sysfs, &choice, o.md_name.clone())?;
     let mut left_out_extra: Vec<assembly::LeftOut> = Vec::new();
     let handed = ensure_daemon(&o.run_dir, &o.mdextmon).and_then(|()| {
         let req = Request::Manage {
@@ -297,8 +314,26 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
             .collect(),
         resumed,
         missing_slots: choice.missing_slots.clone(),
+        forced_start: choice.meta.forced_start,
         rearmed_chunks: rearmed,
+        rearm_writes,
     })
+}
+
+/// Write `record` on every member about to be started (not yet in use).
+fn write_record(choice: &Choice, record: &crate::meta::ArrayMeta) -> Result<(), CtlError> {
+    for (_, c) in &choice.members {
+        let sb = crate::meta::Superblock {
+            array: record.clone(),
+            device: c.sb.device,
+        };
+        Device::open(&c.path, Access::ExclusiveWrite)
+            .and_then(|d| d.write_superblock(&sb))
+            .map_err(|e| {
+                CtlError::Device(c.path.clone(), format!("recording the forced start: {e}"))
+            })?;
+    }
+    Ok(())
 }
 
 fn min_members(c: &Choice) -> usize {
@@ -310,15 +345,17 @@ fn min_members(c: &Choice) -> usize {
 /// (the degraded-restart trap): read the dirty chunks before activation,
 /// start with a time_base the bitmap daemon cannot reach, write
 /// `can_clear=false` and re-arm the chunks with `bitmap_set_bits`, then
-/// restore the real time_base. Returns the md device and the re-armed count.
+/// restore the real time_base. md flushes the bits it took to the bitmap
+/// area; every chunk re-armed must be set there on every present member.
+/// Returns the md device, the re-armed count and the writes it took.
 fn activate_choice(
     sysfs: &Sysfs,
     choice: &Choice,
     md_name: Option<String>,
-) -> Result<(MdDev, u64), CtlError> {
+) -> Result<(MdDev, u64, usize), CtlError> {
     if !choice.degraded() {
         let md = assembly::activate(sysfs, &choice.spec(md_name, StartMode::Readonly, None))?;
-        return Ok((md, 0));
+        return Ok((md, 0, 0));
     }
     let nchunks = choice.meta.bitmap_chunks();
     // The union of every present member's bits (they are mirrors of each
@@ -345,11 +382,34 @@ fn activate_choice(
         CtlError::Array(format!("{}: degraded start: {e}", md.name()))
     };
     md.set_can_clear(false).map_err(|e| fail(e, &md))?;
-    md.bitmap_set_bits(&ranges, nchunks)
+    let writes = md
+        .bitmap_set_bits(&ranges, nchunks)
         .map_err(|e| fail(e, &md))?;
+    verify_rearmed(choice, &ranges).map_err(|e| {
+        let _ = assembly::teardown(sysfs, &md);
+        CtlError::Array(format!("{}: degraded start: {e}", md.name()))
+    })?;
     md.set_bitmap_time_base(choice.meta.bitmap.time_base)
         .map_err(|e| fail(e, &md))?;
-    Ok((md, crate::bitmap::count_dirty(&union, nchunks)))
+    Ok((md, crate::bitmap::count_dirty(&union, nchunks), writes))
+}
+
+/// What md took from `bitmap_set_bits`: it flushes the bits to the bitmap
+/// area of every member before the write returns, so each re-armed chunk
+/// must be set on each present member.
+fn verify_rearmed(choice: &Choice, ranges: &[(u64, u64)]) -> Result<(), String> {
+    for (_, c) in &choice.members {
+        let bits = Device::open(&c.path, Access::Read)
+            .and_then(|d| d.read_bitmap(&choice.meta.bitmap))
+            .map_err(|e| format!("reading back the bitmap: {e}"))?;
+        if let Some(n) = crate::bitmap::first_missing(&bits, ranges) {
+            return Err(format!(
+                "md did not take the dirty-chunk list: chunk {n} is not set in the bitmap of {} after bitmap_set_bits; its bits would be lost, so the array was stopped",
+                c.path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Ping the daemon; start it if none answers, and wait for its socket.
@@ -590,6 +650,13 @@ pub fn render_detail(v: &serde_json::Value) -> String {
             },
         ),
         ("Resync Owed", s("resync")),
+        (
+            "Forced Start",
+            match v["forced_start_events"].as_u64() {
+                Some(e) => format!("at event {e} (dirty and degraded, started with --force)"),
+                None => "never".into(),
+            },
+        ),
         (
             "Bitmap",
             format!(

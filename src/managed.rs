@@ -144,6 +144,7 @@ fn status_json(md: &MdDev, meta: &ArrayMeta, devices: &[(usize, &str)]) -> serde
         "events": meta.events,
         "clean": meta.clean,
         "resync": meta.resync.to_string(),
+        "forced_start_events": meta.forced_start,
         "bitmap": {
             "offset_sectors": meta.bitmap.offset.0,
             "chunk_bytes": meta.bitmap.chunk.0,
