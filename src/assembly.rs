@@ -154,6 +154,10 @@ pub enum AssemblyError {
     /// The spec is inconsistent; nothing was written.
     #[error("invalid array: {0}")]
     Spec(String),
+    /// A start md would refuse (or that would lose data), refused before
+    /// anything was written; the message says why and what to do.
+    #[error("{0}")]
+    Refused(String),
     /// No free md device name.
     #[error("no free md device name (md0..md127 all exist)")]
     NoFreeName,
@@ -786,7 +790,7 @@ impl Choice {
                 }
                 (true, Checkpoint::None) => "a resync is owed".to_string(),
             };
-            return Err(AssemblyError::Spec(format!(
+            return Err(AssemblyError::Refused(format!(
                 "array '{}' ({}) cannot start dirty and degraded: {owed} and slots {:?} are missing. \
                  Stripes being written at the crash may hold data and parity that disagree (the {} write hole); \
                  with a member missing, md would compute that member's blocks in those stripes from stale parity and return wrong data without an error, \

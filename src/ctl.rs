@@ -396,7 +396,10 @@ fn activate_choice(
 
 /// What md took from `bitmap_set_bits`: it flushes the bits to the bitmap
 /// area of every member before the write returns, so each re-armed chunk
-/// must be set on each present member.
+/// must be set on each present member. This proves the list is durable
+/// where the next start reads it (a crash now loses nothing); it cannot
+/// tell a chunk md marked as needing sync from one it merely loaded at
+/// activation (both read as set), which the exact bitmap rebuild shows.
 fn verify_rearmed(choice: &Choice, ranges: &[(u64, u64)]) -> Result<(), String> {
     for (_, c) in &choice.members {
         let bits = Device::open(&c.path, Access::Read)

@@ -136,7 +136,7 @@ pub fn assemble(a: AssembleArgs) -> Result<ExitCode> {
         );
         if let Some(e) = r.forced_start {
             println!(
-                "mdextctl: dirty and degraded, started with --force (recorded at event {e}): stripes written at the crash may hold stale parity; their chunks stay dirty in the bitmap for the missing member's rebuild"
+                "mdextctl: dirty and degraded, started because of --force (forced start recorded at event {e}): stripes written at the crash may hold stale parity; their chunks stay dirty in the bitmap for the missing member's rebuild"
             );
         }
         for p in &r.resumed {

@@ -90,6 +90,7 @@ fn long_dirty_list() -> Result<()> {
     let md = md();
     fail_and_remove(&md, "/dev/vdb")?;
     let dirty = long_dirty_chunks();
+    let t0 = std::time::Instant::now();
     {
         let d = Device::open(&md.dev_path(), Access::SharedWrite)?;
         for &c in &dirty {
@@ -107,8 +108,9 @@ fn long_dirty_list() -> Result<()> {
     ))
     .len();
     println!(
-        "{} dirty chunks; their bitmap_set_bits list is {list_bytes} bytes",
-        dirty.len()
+        "{} dirty chunks written in {:.0?}; their bitmap_set_bits list is {list_bytes} bytes",
+        dirty.len(),
+        t0.elapsed()
     );
     // A clean stop: the bits stay on disk (can_clear is false while
     // degraded), the array is recorded clean.
@@ -133,12 +135,14 @@ fn long_dirty_list() -> Result<()> {
         "bits after the degraded start differ from the list"
     );
     let w0 = written_sectors("vdb")?;
+    let t0 = std::time::Instant::now();
     ctl("add md127 /dev/vdb")?;
     wait_whole(&md, Duration::from_secs(600))?;
     let written = written_sectors("vdb")? - w0;
     let data = LONG_DIRTY * SMALL_CHUNK / 512;
     println!(
-        "bitmap rebuild wrote {written} sectors to the returning member ({data} for {LONG_DIRTY} dirty chunks)"
+        "bitmap rebuild wrote {written} sectors to the returning member ({data} for {LONG_DIRTY} dirty chunks) in {:.0?}",
+        t0.elapsed()
     );
     ensure!(
         written >= data && written < data + 400,
@@ -159,8 +163,12 @@ fn long_dirty_list() -> Result<()> {
         }
         off += len;
     }
+    let t0 = std::time::Instant::now();
     let mm = check_mismatches(&md)?;
-    println!("mismatch_cnt after the rebuild: {mm}");
+    println!(
+        "mismatch_cnt after the rebuild: {mm} (check took {:.0?})",
+        t0.elapsed()
+    );
     ensure!(mm == 0, "mismatch_cnt {mm} after the rebuild");
     ctl("stop md127")?;
     Ok(())
