@@ -721,6 +721,43 @@ mod tests {
     }
 
     #[test]
+    fn verify_rearmed_names_the_first_chunk_md_did_not_take() {
+        use crate::units::{Bytes, Sectors};
+        let d = tempfile::tempdir().expect("tmp");
+        let meta = crate::meta::test_raid1(2, Sectors(1 << 16), Bytes(65536), 3);
+        // Bitmap area: 4096 bytes at sector 8. Chunks 2, 3 and 9 set.
+        let path = d.path().join("m0");
+        let mut img = vec![0u8; 8192];
+        img[4096] = 0b0000_1100;
+        img[4097] = 0b0000_0010;
+        std::fs::write(&path, &img).expect("write");
+        let c = Candidate {
+            path: path.clone(),
+            dev: DevNum { major: 7, minor: 0 },
+            sb: crate::meta::Superblock {
+                array: meta.clone(),
+                device: crate::meta::DeviceMeta {
+                    uuid: meta.members[0].uuid,
+                    data_offset: Sectors(2048),
+                    data_size: Sectors(1 << 16),
+                },
+            },
+            size: Bytes(8192),
+        };
+        let choice = Choice {
+            meta,
+            members: vec![(0, c)],
+            left_out: Vec::new(),
+            missing_slots: vec![1],
+            resume: Vec::new(),
+        };
+        assert_eq!(verify_rearmed(&choice, &[(2, 3), (9, 9)]), Ok(()));
+        let e = verify_rearmed(&choice, &[(2, 3), (9, 12)]).expect_err("10 is not set");
+        assert!(e.contains("chunk 10 ") && e.contains("m0"), "{e}");
+        assert_eq!(e.lines().count(), 1);
+    }
+
+    #[test]
     fn socket_wait_gives_up() {
         let d = tempfile::tempdir().expect("tmp");
         let t0 = Instant::now();

@@ -92,10 +92,28 @@ fn long_dirty_list() -> Result<()> {
     let dirty = long_dirty_chunks();
     let t0 = std::time::Instant::now();
     {
+        // Several writers in flight let md flush one bitmap page for many
+        // writes instead of one per write.
         let d = Device::open(&md.dev_path(), Access::SharedWrite)?;
-        for &c in &dirty {
-            d.write_at(c * SMALL_CHUNK, &pattern(100 + c, SMALL_CHUNK as usize))?;
-        }
+        let writers = 8;
+        std::thread::scope(|s| -> Result<()> {
+            let handles: Vec<_> = (0..writers)
+                .map(|w| {
+                    let (d, dirty) = (&d, &dirty);
+                    s.spawn(move || -> Result<()> {
+                        for &c in dirty.iter().skip(w).step_by(writers) {
+                            d.write_at(c * SMALL_CHUNK, &pattern(100 + c, SMALL_CHUNK as usize))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+            }
+            Ok(())
+        })?;
     }
     ensure!(
         bits_on(a, bitmap_len)? == dirty,
