@@ -154,6 +154,10 @@ pub enum AssemblyError {
     /// The spec is inconsistent; nothing was written.
     #[error("invalid array: {0}")]
     Spec(String),
+    /// A start md would refuse (or that would lose data), refused before
+    /// anything was written; the message says why and what to do.
+    #[error("{0}")]
+    Refused(String),
     /// No free md device name.
     #[error("no free md device name (md0..md127 all exist)")]
     NoFreeName,
@@ -436,6 +440,7 @@ mod tests {
                 minor: me as u32,
             },
             sb: Superblock { array, device },
+            size: Bytes((2048 + (1 << 17)) * 512),
         }
     }
 
@@ -495,6 +500,127 @@ mod tests {
         // Without the rebuilding device it is a plain degraded start.
         let e = choose(vec![sb(9, 0, [InSync, rebuilding])], false).expect_err("needs --run");
         assert!(e.to_string().contains("--run"), "{e}");
+    }
+
+    #[test]
+    fn a_device_smaller_than_its_data_area_is_left_out() {
+        use crate::meta::MemberState::*;
+        // Recorded: data offset 2048 + data size 131072 sectors.
+        let mut small = sb(5, 1, [InSync, InSync]);
+        small.size = Bytes((2048 + (1 << 17) - 8) * 512);
+        let why = device_too_small(&small.sb.device, small.size).expect("too small");
+        assert!(
+            why.contains("133112 sectors") && why.contains("133120"),
+            "{why}"
+        );
+        assert_eq!(
+            device_too_small(&small.sb.device, Bytes(133_120 * 512)),
+            None
+        );
+        assert!(device_too_small(&small.sb.device, Bytes(0)).is_some());
+        // Without --run the start is degraded and refused, naming why.
+        let found = || vec![sb(5, 0, [InSync, InSync]), small.clone()];
+        let e = choose(found(), false).expect_err("degraded");
+        let m = e.to_string();
+        assert!(
+            m.contains("--run") && m.contains("/dev/loop1: the device is"),
+            "{m}"
+        );
+        assert_eq!(m.lines().count(), 1);
+        let c = choose(found(), true).expect("--run");
+        assert_eq!(c.members.len(), 1);
+        assert_eq!(c.members[0].0, 0);
+        assert_eq!(c.missing_slots, vec![1]);
+        assert_eq!(c.left_out.len(), 1);
+        assert!(
+            c.left_out[0].reason.contains("smaller than"),
+            "{:?}",
+            c.left_out
+        );
+        // A shrunk device recorded rebuilding is not resumed either.
+        let rebuilding = Rebuilding {
+            kind: crate::meta::RebuildKind::Bitmap,
+            checkpoint: Sectors(0),
+        };
+        let mut r = sb(6, 1, [InSync, rebuilding]);
+        r.size = Bytes(4096);
+        let c = choose(vec![sb(6, 0, [InSync, rebuilding]), r], true).expect("--run");
+        assert!(c.resume.is_empty() && c.left_out.len() == 1);
+    }
+
+    /// Two members of a 3-disk parity array; slot 2 missing.
+    fn parity(level: Level, clean: bool, resync: Checkpoint) -> Vec<Candidate> {
+        use crate::meta::{MemberEntry, MemberState::*};
+        (0..2u8)
+            .map(|me| {
+                let mut c = sb(9, me, [InSync, InSync]);
+                let a = &mut c.sb.array;
+                a.geometry.level = level;
+                a.geometry.layout = level.default_layout();
+                a.geometry.chunk_size = Bytes(65536);
+                a.geometry.raid_disks = 3;
+                a.members.push(MemberEntry {
+                    uuid: uuid::Uuid::from_u128(0x1002),
+                    state: Failed,
+                    events: 8,
+                });
+                a.clean = clean;
+                a.resync = resync;
+                c
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dirty_degraded_parity_needs_force() {
+        use crate::meta::MemberState::*;
+        for level in [Level::Raid5, Level::Raid6] {
+            let c = choose(parity(level, false, Checkpoint::At(Sectors(0))), true).expect("choose");
+            assert!(c.dirty_degraded_parity());
+            // Refused before the kernel, one line, naming why and the way.
+            let e = c.forced_start(false).expect_err("refused");
+            let m = e.to_string();
+            for want in [
+                "dirty",
+                "degraded",
+                "write hole",
+                "--force",
+                "[2]",
+                "event 9",
+            ] {
+                assert!(m.contains(want), "{want}: {m}");
+            }
+            assert_eq!(m.lines().count(), 1);
+            // --force: clean, nothing owed, one event on, marked.
+            let r = c.forced_start(true).expect("forced").expect("a record");
+            assert_eq!(r.events, 10);
+            assert!(r.clean);
+            assert_eq!(r.resync, Checkpoint::None);
+            assert_eq!(r.forced_start, Some(10));
+            assert_eq!(r.members, c.meta.members);
+            let mut c2 = c.clone();
+            c2.meta = r;
+            assert!(!c2.dirty_degraded_parity());
+            assert_eq!(
+                c2.spec(None, StartMode::Readonly, None).resync_start,
+                Checkpoint::None
+            );
+            // An interrupted resync on a clean record counts too.
+            let c =
+                choose(parity(level, true, Checkpoint::At(Sectors(4096))), true).expect("choose");
+            let m = c.forced_start(false).expect_err("refused").to_string();
+            assert!(m.contains("interrupted at sector 4096"), "{m}");
+            // Clean and degraded: nothing to decide.
+            let c = choose(parity(level, true, Checkpoint::None), true).expect("choose");
+            assert!(c.forced_start(false).expect("plain").is_none());
+        }
+        // raid1/raid10 start dirty and degraded without help (md resyncs
+        // what it can); so does a complete dirty parity array.
+        let mut a = sb(5, 0, [InSync, InSync]);
+        a.sb.array.clean = false;
+        let c = choose(vec![a], true).expect("choose");
+        assert!(c.degraded() && !c.dirty_degraded_parity());
+        assert!(c.forced_start(false).expect("raid1").is_none());
     }
 
     #[test]
@@ -569,6 +695,26 @@ pub struct Candidate {
     pub dev: DevNum,
     /// Its newest valid metadata.
     pub sb: crate::meta::Superblock,
+    /// The device's size, read when its metadata was.
+    pub size: Bytes,
+}
+
+/// Why a device cannot hold the data area its own metadata records, if it
+/// cannot: it is smaller than `data_offset + data_size` (the device shrank,
+/// e.g. a truncated image under a loop device). md does not check: it would
+/// run the array with the device in sync and fail it at the first access
+/// past its end.
+pub fn device_too_small(device: &crate::meta::DeviceMeta, size: Bytes) -> Option<String> {
+    let end = device.data_offset.0.saturating_add(device.data_size.0);
+    let have = size.0 / 512;
+    (have < end).then(|| {
+        format!(
+            "the device is {have} sectors ({}), smaller than the data area its metadata records (data offset {} + data size {} = {end} sectors): it shrank or was truncated",
+            crate::units::human(size),
+            device.data_offset.0,
+            device.data_size.0
+        )
+    })
 }
 
 /// Why a candidate is not used.
@@ -602,6 +748,67 @@ impl Choice {
     /// Whether the array runs degraded.
     pub fn degraded(&self) -> bool {
         !self.missing_slots.is_empty()
+    }
+
+    /// Whether md would refuse this start: a parity level started degraded
+    /// with a resync owed (the record is dirty, or a resync was
+    /// interrupted). md's raid5 personality refuses it ("cannot start dirty
+    /// degraded array"): stripes written at the crash may hold data and
+    /// parity that disagree (the write hole), and with a member missing the
+    /// data computed from such a stripe is silently wrong.
+    pub fn dirty_degraded_parity(&self) -> bool {
+        self.meta.geometry.level.has_parity()
+            && self.degraded()
+            && self.resync_start() != Checkpoint::None
+    }
+
+    /// Decide a start md would refuse ([`Choice::dirty_degraded_parity`]),
+    /// before anything touches the kernel. Without `force`: a one-line
+    /// refusal that says why and what to do. With `force`, what
+    /// `mdadm --assemble --force` does: the record to write on the present
+    /// members before the start, clean with no resync owed (md then starts
+    /// the array), one event on, and marked force-started at that event.
+    /// The stripes of the dirty chunks keep whatever parity they have; the
+    /// bitmap keeps those chunks, so the missing member's later rebuild
+    /// covers them. `None`: nothing to decide.
+    pub fn forced_start(
+        &self,
+        force: bool,
+    ) -> Result<Option<crate::meta::ArrayMeta>, AssemblyError> {
+        if !self.dirty_degraded_parity() {
+            return Ok(None);
+        }
+        let m = &self.meta;
+        if !force {
+            let owed = match (m.clean, m.resync) {
+                (false, _) => format!(
+                    "its metadata is dirty (not shut down cleanly; event {})",
+                    m.events
+                ),
+                (true, Checkpoint::At(s)) => {
+                    format!("a resync was interrupted at sector {}", s.0)
+                }
+                (true, Checkpoint::None) => "a resync is owed".to_string(),
+            };
+            return Err(AssemblyError::Refused(format!(
+                "array '{}' ({}) cannot start dirty and degraded: {owed} and slots {:?} are missing. \
+                 Stripes being written at the crash may hold data and parity that disagree (the {} write hole); \
+                 with a member missing, md would compute that member's blocks in those stripes from stale parity and return wrong data without an error, \
+                 and a rebuild would write it. md refuses such a start and nothing was changed. \
+                 To start it anyway, accepting that risk for the stripes of the chunks dirty in the bitmap, \
+                 use --run --force (recorded in the metadata; the bitmap keeps those chunks for the missing member's rebuild)",
+                m.name,
+                m.geometry.level,
+                self.missing_slots,
+                m.geometry.level
+            )));
+        }
+        let mut r = m.clone();
+        r.events = m.events + 1;
+        r.clean = true;
+        r.resync = Checkpoint::None;
+        r.forced_start = Some(r.events);
+        Ok(Some(r))
     }
 
     /// `resync_start` for the activation: `none` when the array was clean;
@@ -675,6 +882,13 @@ pub fn choose(found: Vec<Candidate>, run: bool) -> Result<Choice, AssemblyError>
     let mut resume: Vec<(usize, Candidate)> = Vec::new();
     let mut left_out = Vec::new();
     for c in found {
+        if let Some(why) = device_too_small(&c.sb.device, c.size) {
+            left_out.push(LeftOut {
+                path: c.path,
+                reason: why,
+            });
+            continue;
+        }
         let idx = meta.index_of(&c.sb.device.uuid);
         if let Some(i) = idx.filter(|&i| i < n) {
             if matches!(
@@ -730,11 +944,21 @@ pub fn choose(found: Vec<Candidate>, run: bool) -> Result<Choice, AssemblyError>
         .filter(|s| !choice.resume.iter().any(|(i, _)| *i == *s as usize))
         .collect();
     if !absent.is_empty() && !run {
+        let why: Vec<String> = choice
+            .left_out
+            .iter()
+            .map(|l| format!("{}: {}", l.path.display(), l.reason))
+            .collect();
         return Err(AssemblyError::Spec(format!(
-            "{} of {} members present (slots {:?} missing); use --run to start degraded",
+            "{} of {} members present (slots {:?} missing); use --run to start degraded{}",
             choice.members.len() + choice.resume.len(),
             n,
-            absent
+            absent,
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" (left out: {})", why.join("; "))
+            }
         )));
     }
     Ok(choice)

@@ -90,20 +90,83 @@ pub fn has_stray_bits(bits: &[u8], chunks: u64) -> bool {
     total != count_dirty(bits, chunks)
 }
 
+/// The longest value written to md's `bitmap_set_bits` in one `write(2)`.
+///
+/// md's sysfs store sees at most one page of a write: kernfs copies
+/// `min(len, PAGE_SIZE)` bytes, NUL-terminates them and reports that many
+/// written. A longer list is applied up to the page end with its last token
+/// cut (a chunk number with digits missing is another chunk), and the rest
+/// never arrives. 4095 is below the smallest page size md runs with.
+pub const SET_BITS_MAX_WRITE: usize = 4095;
+
+/// One `bitmap_set_bits` token: `N` or `N-M` (inclusive).
+fn set_bits_token(a: u64, b: u64) -> String {
+    if a == b {
+        a.to_string()
+    } else {
+        format!("{a}-{b}")
+    }
+}
+
 /// Ranges in the syntax md's `bitmap_set_bits` takes: space-separated
-/// `N` or `N-M` (inclusive).
+/// `N` or `N-M` (inclusive). Longer than a page for big lists: write it
+/// with [`set_bits_pieces`].
 pub fn ranges_to_set_bits(ranges: &[(u64, u64)]) -> String {
     ranges
         .iter()
-        .map(|&(a, b)| {
-            if a == b {
-                a.to_string()
-            } else {
-                format!("{a}-{b}")
-            }
-        })
+        .map(|&(a, b)| set_bits_token(a, b))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The list of [`ranges_to_set_bits`] cut into values of at most `max`
+/// bytes, each a whole list of its own: pieces break between tokens (never
+/// inside one), carry no leading or trailing space, and together name
+/// exactly `ranges`. Each piece is meant for one `write(2)` (use
+/// [`SET_BITS_MAX_WRITE`] for `max`). A piece is longer than `max` only if
+/// a single token is (`max` below 41 bytes, the longest `N-M` of u64s).
+pub fn set_bits_pieces(ranges: &[(u64, u64)], max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for &(a, b) in ranges {
+        let tok = set_bits_token(a, b);
+        if !cur.is_empty() && cur.len() + 1 + tok.len() > max {
+            out.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(&tok);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Parse a `bitmap_set_bits` value back into ranges, as md does but
+/// strictly: `None` if any token is not `N` or `N-M` with `N <= M`.
+pub fn parse_set_bits(s: &str) -> Option<Vec<(u64, u64)>> {
+    s.split(' ')
+        .map(|t| {
+            let (a, b) = match t.split_once('-') {
+                Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+                None => {
+                    let n = t.parse().ok()?;
+                    (n, n)
+                }
+            };
+            (a <= b).then_some((a, b))
+        })
+        .collect()
+}
+
+/// The first of `chunks` (ascending or not) whose bit is not set in
+/// `bits`: what a check of md's flushed bitmap reports as missing.
+pub fn first_missing(bits: &[u8], ranges: &[(u64, u64)]) -> Option<u64> {
+    ranges
+        .iter()
+        .find_map(|&(a, b)| (a..=b).find(|&n| !is_set(bits, n)))
 }
 
 #[cfg(test)]
@@ -138,6 +201,104 @@ mod tests {
         assert_eq!(dirty_ranges(&v, 256), vec![(10, 10), (171, 172)]);
         assert!(is_set(&v, 10) && !is_set(&v, 11) && !is_set(&v, 10_000));
         assert_eq!(ranges_to_set_bits(&dirty_ranges(&v, 256)), "10 171-172");
+    }
+
+    /// Every piece is under a page, a whole list of its own (no cut
+    /// token, no stray space), and the pieces name exactly the input.
+    fn check_pieces(ranges: &[(u64, u64)], max: usize) -> Vec<String> {
+        let pieces = set_bits_pieces(ranges, max);
+        let mut back = Vec::new();
+        for p in &pieces {
+            // Longer only when one token alone is.
+            assert!(
+                p.len() <= max || !p.contains(' '),
+                "piece of {} bytes > {max}",
+                p.len()
+            );
+            assert!(!p.is_empty() && !p.starts_with(' ') && !p.ends_with(' '));
+            back.extend(parse_set_bits(p).unwrap_or_else(|| panic!("piece does not parse: {p}")));
+        }
+        assert_eq!(back, ranges, "the pieces' union differs from the input");
+        // Nothing was split off that would still have fit: each piece but
+        // the last is full up to the next token.
+        for w in pieces.windows(2) {
+            let next = w[1].split(' ').next().unwrap_or_default();
+            assert!(w[0].len() + 1 + next.len() > max);
+        }
+        pieces
+    }
+
+    #[test]
+    fn set_bits_pieces_split_at_tokens_under_a_page() {
+        // The observed failure: ~2300 scattered chunks, one write.
+        let scattered: Vec<(u64, u64)> = (0..20_000u64).map(|k| (2 * k, 2 * k)).collect();
+        let whole = ranges_to_set_bits(&scattered);
+        assert!(whole.len() > 100_000);
+        let pieces = check_pieces(&scattered, SET_BITS_MAX_WRITE);
+        assert!(pieces.iter().all(|p| p.len() < 4096));
+        assert!(pieces.len() >= whole.len().div_ceil(SET_BITS_MAX_WRITE));
+        assert!(pieces.len() <= whole.len().div_ceil(SET_BITS_MAX_WRITE - 6));
+        assert_eq!(pieces.join(" "), whole);
+        // Ranges, big numbers, a tiny limit (one token per piece).
+        let mixed = [
+            (0, 0),
+            (5, 9),
+            (1 << 40, (1 << 40) + 7),
+            (u64::MAX - 1, u64::MAX),
+        ];
+        check_pieces(&mixed, SET_BITS_MAX_WRITE);
+        assert_eq!(check_pieces(&mixed, 1).len(), 4);
+        assert_eq!(check_pieces(&[(1, 1), (3, 3), (5, 5)], 3), vec!["1 3", "5"]);
+        assert!(set_bits_pieces(&[], SET_BITS_MAX_WRITE).is_empty());
+        // A list that fits stays one write, identical to the old format.
+        let small = [(2, 2), (50, 51), (150, 150)];
+        assert_eq!(
+            set_bits_pieces(&small, SET_BITS_MAX_WRITE),
+            vec!["2 50-51 150"]
+        );
+    }
+
+    #[test]
+    fn set_bits_pieces_random_lists() {
+        use proptest::prelude::*;
+        let mut runner = proptest::test_runner::TestRunner::default();
+        let strat = (
+            proptest::collection::vec((0u64..5000, 0u64..40), 0..3000),
+            1usize..5000,
+        );
+        runner
+            .run(&strat, |(steps, max)| {
+                // Ascending disjoint ranges from (gap, length) steps.
+                let mut next = 0u64;
+                let ranges: Vec<(u64, u64)> = steps
+                    .iter()
+                    .map(|&(gap, len)| {
+                        let a = next + gap;
+                        next = a + len + 2;
+                        (a, a + len)
+                    })
+                    .collect();
+                let max = max.max(41);
+                check_pieces(&ranges, max);
+                prop_assert!(set_bits_pieces(&ranges, max).iter().all(|p| p.len() <= max));
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn first_missing_names_the_lowest_unset_chunk() {
+        let mut v = vec![0u8; 8];
+        for n in [2u64, 3, 9, 40] {
+            v[(n / 8) as usize] |= 1 << (n % 8);
+        }
+        assert_eq!(first_missing(&v, &[(2, 3), (9, 9), (40, 40)]), None);
+        assert_eq!(first_missing(&v, &[(2, 4), (9, 9)]), Some(4));
+        assert_eq!(first_missing(&v, &[(9, 9), (1000, 1000)]), Some(1000));
+        assert_eq!(parse_set_bits("1 2-3"), Some(vec![(1, 1), (2, 3)]));
+        assert_eq!(parse_set_bits("1 3-2"), None);
+        assert_eq!(parse_set_bits("1  2"), None);
+        assert_eq!(parse_set_bits("12,"), None);
     }
 
     #[test]

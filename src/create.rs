@@ -402,6 +402,7 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
             events_cleared: events,
         },
         members,
+        forced_start: None,
     };
     let bits = bitmap::initial(
         array.bitmap_chunks(),

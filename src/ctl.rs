@@ -3,7 +3,7 @@
 
 use crate::assembly::{self, Candidate, Choice, StartMode};
 use crate::control::{self, Pong, Request};
-use crate::device::{self, Access, Device};
+use crate::device::{Access, Device};
 use crate::managed::{running_arrays, Managed, Record};
 use crate::status::ArrayStatus;
 use crate::sysfs::{DevNum, MdDev, Sysfs};
@@ -41,6 +41,9 @@ pub struct AssembleOptions {
     pub run: bool,
     /// Leave the array read-only.
     pub readonly: bool,
+    /// Start a parity array that is dirty and degraded anyway (md refuses
+    /// it; see [`Choice::forced_start`]).
+    pub force: bool,
     /// md device name to use.
     pub md_name: Option<String>,
     /// Where the daemon's socket lives.
@@ -66,8 +69,12 @@ pub struct AssembleReport {
     pub missing_slots: Vec<u32>,
     /// Dirty chunks re-armed with `bitmap_set_bits` (degraded start).
     pub rearmed_chunks: u64,
+    /// Writes it took (md takes at most a page per write).
+    pub rearm_writes: usize,
     /// Devices whose interrupted rebuild was started again.
     pub resumed: Vec<PathBuf>,
+    /// The event recorded for a start forced while dirty and degraded.
+    pub forced_start: Option<u64>,
 }
 
 fn devnum_of(p: &Path) -> Result<DevNum, CtlError> {
@@ -123,8 +130,10 @@ fn read_candidates(
                 format!("given twice (same device as {})", c.path.display()),
             ));
         }
-        let sb = match device::read_superblock(p) {
-            Ok(r) => r.superblock,
+        let read = Device::open(p, Access::Read)
+            .and_then(|d| Ok((d.read_superblock()?.superblock, d.size())));
+        let (sb, size) = match read {
+            Ok(r) => r,
             Err(e) if strict => return Err(CtlError::Device(p.clone(), e.to_string())),
             Err(_) => continue,
         };
@@ -143,6 +152,7 @@ fn read_candidates(
             path: p.clone(),
             dev,
             sb,
+            size,
         });
     }
     Ok(v)
@@ -234,7 +244,7 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
             "array {uuid} is already running as {md}"
         )));
     }
-    let choice = assembly::choose(cands, o.run)?;
+    let mut choice = assembly::choose(cands, o.run)?;
     if choice.members.len() < min_members(&choice) {
         return Err(CtlError::Array(format!(
             "only {} of {} members usable; the array cannot run",
@@ -242,11 +252,18 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
             choice.meta.geometry.raid_disks
         )));
     }
+    // A dirty degraded parity array: refused here, before the kernel, or
+    // (--force) recorded clean and force-started first, as mdadm does.
+    if let Some(mut record) = choice.forced_start(o.force)? {
+        record.utime = crate::meta::unix_now();
+        write_record(&choice, &record)?;
+        choice.meta = record;
+    }
     // The array starts read-only (a write fails, it cannot hang), so the
     // daemon is ensured after activation: a kernel that refuses the array
     // leaves no daemon started for nothing. Until mdextmon has taken the
     // array over, it stays read-only; if that fails, it is taken apart.
-    let (md, rearmed) = activate_choice(sysfs, &choice, o.md_name.clone())?;
+    let (md, rearmed, rearm_writes) = activate_choice(sysfs, &choice, o.md_name.clone())?;
     let mut left_out_extra: Vec<assembly::LeftOut> = Vec::new();
     let handed = ensure_daemon(&o.run_dir, &o.mdextmon).and_then(|()| {
         let req = Request::Manage {
@@ -293,8 +310,26 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
             .collect(),
         resumed,
         missing_slots: choice.missing_slots.clone(),
+        forced_start: choice.meta.forced_start,
         rearmed_chunks: rearmed,
+        rearm_writes,
     })
+}
+
+/// Write `record` on every member about to be started (not yet in use).
+fn write_record(choice: &Choice, record: &crate::meta::ArrayMeta) -> Result<(), CtlError> {
+    for (_, c) in &choice.members {
+        let sb = crate::meta::Superblock {
+            array: record.clone(),
+            device: c.sb.device,
+        };
+        Device::open(&c.path, Access::ExclusiveWrite)
+            .and_then(|d| d.write_superblock(&sb))
+            .map_err(|e| {
+                CtlError::Device(c.path.clone(), format!("recording the forced start: {e}"))
+            })?;
+    }
+    Ok(())
 }
 
 fn min_members(c: &Choice) -> usize {
@@ -307,12 +342,14 @@ fn min_members(c: &Choice) -> usize {
 /// (mdextmon ends the hold once its record is durable on every member); a
 /// degraded start re-arms the dirty chunks of the present members, read
 /// before activation, with `bitmap_set_bits` (the degraded-restart trap).
-/// Returns the md device and the number of chunks re-armed.
+/// md flushes the bits it took to the bitmap area; every chunk re-armed
+/// must be set there on every present member.
+/// Returns the md device, the re-armed count and the writes it took.
 fn activate_choice(
     sysfs: &Sysfs,
     choice: &Choice,
     md_name: Option<String>,
-) -> Result<(MdDev, u64), CtlError> {
+) -> Result<(MdDev, u64, usize), CtlError> {
     let nchunks = choice.meta.bitmap_chunks();
     // The union of every present member's bits (they are mirrors of each
     // other's bitmap; a member may have missed the last page write).
@@ -335,16 +372,39 @@ fn activate_choice(
         sysfs,
         &choice.spec(md_name, StartMode::Readonly, Some(plan.time_base)),
     )?;
+    let mut writes = 0;
     if !plan.rearm.is_empty() {
-        if let Err(e) = md.bitmap_set_bits(&plan.rearm, nchunks) {
-            let _ = assembly::teardown(sysfs, &md);
-            return Err(CtlError::Array(format!(
-                "{}: degraded start: {e}",
-                md.name()
-            )));
+        let fail = |e: String, md: &MdDev| {
+            let _ = assembly::teardown(sysfs, md);
+            CtlError::Array(format!("{}: degraded start: {e}", md.name()))
+        };
+        writes = md
+            .bitmap_set_bits(&plan.rearm, nchunks)
+            .map_err(|e| fail(e.to_string(), &md))?;
+        verify_rearmed(choice, &plan.rearm).map_err(|e| fail(e, &md))?;
+    }
+    Ok((md, crate::bitmap::count_dirty(&union, nchunks), writes))
+}
+
+/// What md took from `bitmap_set_bits`: it flushes the bits to the bitmap
+/// area of every member before the write returns, so each re-armed chunk
+/// must be set on each present member. This proves the list is durable
+/// where the next start reads it (a crash now loses nothing); it cannot
+/// tell a chunk md marked as needing sync from one it merely loaded at
+/// activation (both read as set), which the exact bitmap rebuild shows.
+fn verify_rearmed(choice: &Choice, ranges: &[(u64, u64)]) -> Result<(), String> {
+    for (_, c) in &choice.members {
+        let bits = Device::open(&c.path, Access::Read)
+            .and_then(|d| d.read_bitmap(&choice.meta.bitmap))
+            .map_err(|e| format!("reading back the bitmap: {e}"))?;
+        if let Some(n) = crate::bitmap::first_missing(&bits, ranges) {
+            return Err(format!(
+                "md did not take the dirty-chunk list: chunk {n} is not set in the bitmap of {} after bitmap_set_bits; its bits would be lost, so the array was stopped",
+                c.path.display()
+            ));
         }
     }
-    Ok((md, crate::bitmap::count_dirty(&union, nchunks)))
+    Ok(())
 }
 
 /// Ping the daemon; start it if none answers, and wait for its socket.
@@ -572,6 +632,13 @@ pub fn render_detail(s: &ArrayStatus) -> String {
                 .map_or_else(|| "none".into(), |n| format!("from sector {n}")),
         ),
         (
+            "Forced Start",
+            match s.forced_start_events {
+                Some(e) => format!("at event {e} (dirty and degraded, started with --force)"),
+                None => "never".into(),
+            },
+        ),
+        (
             "Bitmap",
             format!(
                 "+{} sectors, chunk {}, time_base {} s, events_cleared {}",
@@ -645,6 +712,43 @@ mod tests {
         assert_eq!(daemon_pid(d.path()), None, "no such process");
         std::fs::write(d.path().join("mdextmon.pid"), "garbage").expect("write");
         assert_eq!(daemon_pid(d.path()), None);
+    }
+
+    #[test]
+    fn verify_rearmed_names_the_first_chunk_md_did_not_take() {
+        use crate::units::{Bytes, Sectors};
+        let d = tempfile::tempdir().expect("tmp");
+        let meta = crate::meta::test_raid1(2, Sectors(1 << 16), Bytes(65536), 3);
+        // Bitmap area: 4096 bytes at sector 8. Chunks 2, 3 and 9 set.
+        let path = d.path().join("m0");
+        let mut img = vec![0u8; 8192];
+        img[4096] = 0b0000_1100;
+        img[4097] = 0b0000_0010;
+        std::fs::write(&path, &img).expect("write");
+        let c = Candidate {
+            path: path.clone(),
+            dev: DevNum { major: 7, minor: 0 },
+            sb: crate::meta::Superblock {
+                array: meta.clone(),
+                device: crate::meta::DeviceMeta {
+                    uuid: meta.members[0].uuid,
+                    data_offset: Sectors(2048),
+                    data_size: Sectors(1 << 16),
+                },
+            },
+            size: Bytes(8192),
+        };
+        let choice = Choice {
+            meta,
+            members: vec![(0, c)],
+            left_out: Vec::new(),
+            missing_slots: vec![1],
+            resume: Vec::new(),
+        };
+        assert_eq!(verify_rearmed(&choice, &[(2, 3), (9, 9)]), Ok(()));
+        let e = verify_rearmed(&choice, &[(2, 3), (9, 12)]).expect_err("10 is not set");
+        assert!(e.contains("chunk 10 ") && e.contains("m0"), "{e}");
+        assert_eq!(e.lines().count(), 1);
     }
 
     #[test]

@@ -20,9 +20,12 @@
 //!
 //! # Strictness
 //! All multi-byte integers are little-endian. Reserved bytes must be zero
-//! and no flag bit is defined: a reader rejects a copy with a nonzero
-//! reserved byte or an unknown flag. A newer writer that needs new fields
-//! bumps `version` instead. Reason: mdext rewrites whole copies; a lax
+//! and only the flag bits listed in [`flag`] are defined: a reader rejects a
+//! copy with a nonzero reserved byte or an unknown flag. A newer writer that
+//! needs new fields bumps `version` instead, except for an optional field
+//! that comes with its own flag bit (`forced_start`): a copy without the bit
+//! is byte for byte what earlier version 1 writers wrote, and a reader that
+//! predates the bit rejects a copy carrying it rather than dropping it. Reason: mdext rewrites whole copies; a lax
 //! reader that ignored fields it does not understand would silently drop
 //! them on its next write.
 
@@ -90,7 +93,7 @@ pub mod off {
     pub const COPY_SIZE: usize = 12;
     /// u32, the copy's own index (0 or 1).
     pub const COPY_INDEX: usize = 16;
-    /// u32, flags (none defined; must be 0).
+    /// u32, flags ([`super::flag`]).
     pub const FLAGS: usize = 20;
     /// u64, event count.
     pub const EVENTS: usize = 24;
@@ -134,8 +137,11 @@ pub mod off {
     pub const TIME_BASE: usize = 188;
     /// u64, events_cleared.
     pub const EVENTS_CLEARED: usize = 192;
+    /// u64, the event of the last forced dirty+degraded start; nonzero
+    /// exactly when [`super::flag::FORCED_START`] is set, zero otherwise.
+    pub const FORCED_START: usize = 200;
     /// First reserved byte; `RESERVED..HEADER_END` are zero.
-    pub const RESERVED: usize = 200;
+    pub const RESERVED: usize = 208;
 
     /// Member entry: 16 bytes UUID.
     pub const E_UUID: usize = 0;
@@ -153,6 +159,15 @@ pub mod off {
     pub const E_CHECKPOINT: usize = 32;
     /// Member entry: 8 reserved bytes.
     pub const E_RESERVED2: usize = 40;
+}
+
+/// Header flag bits (`off::FLAGS`).
+pub mod flag {
+    /// The array was started with `--force` while dirty and degraded;
+    /// `forced_start` holds the event.
+    pub const FORCED_START: u32 = 1;
+    /// Every defined bit.
+    pub const KNOWN: u32 = FORCED_START;
 }
 
 /// Member state codes in the table.
@@ -572,6 +587,17 @@ fn validate_bitmap(a: &ArrayMeta, d: &DeviceMeta) -> Result<(), FormatError> {
     Ok(())
 }
 
+fn validate_forced(a: &ArrayMeta) -> Result<(), FormatError> {
+    match a.forced_start {
+        Some(e) if e == 0 || e > a.events => Err(field(
+            "forced_start",
+            e,
+            format!("must be 1..=events ({})", a.events),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn validate_members(a: &ArrayMeta) -> Result<(), FormatError> {
     let n = a.members.len();
     let rd = a.geometry.raid_disks as usize;
@@ -749,6 +775,7 @@ pub fn validate(sb: &Superblock) -> Result<(), FormatError> {
         }
     }
     validate_bitmap(a, d)?;
+    validate_forced(a)?;
     validate_members(a)?;
     Ok(())
 }
@@ -778,7 +805,13 @@ pub fn encode(sb: &Superblock) -> Result<EncodedCopy, FormatError> {
     put_u32(&mut b, off::VERSION, VERSION);
     put_u32(&mut b, off::COPY_SIZE, COPY_SIZE as u32);
     put_u32(&mut b, off::COPY_INDEX, index as u32);
-    put_u32(&mut b, off::FLAGS, 0);
+    let flags = if a.forced_start.is_some() {
+        flag::FORCED_START
+    } else {
+        0
+    };
+    put_u32(&mut b, off::FLAGS, flags);
+    put_u64(&mut b, off::FORCED_START, a.forced_start.unwrap_or(0));
     put_u64(&mut b, off::EVENTS, a.events);
     b[off::ARRAY_UUID..off::ARRAY_UUID + 16].copy_from_slice(a.uuid.as_bytes());
     b[off::DEVICE_UUID..off::DEVICE_UUID + 16].copy_from_slice(d.uuid.as_bytes());
@@ -877,13 +910,28 @@ pub fn decode_copy(buf: &[u8], found_at: usize) -> Result<Superblock, FormatErro
         return Err(FormatError::WrongCopy { found_at, recorded });
     }
     let flags = get_u32(buf, off::FLAGS);
-    if flags != 0 {
+    if flags & !flag::KNOWN != 0 {
         return Err(field(
             "flags",
             format!("{flags:#x}"),
-            "no flag is defined in version 1",
+            format!("unknown flag bits (version 1 defines {:#x})", flag::KNOWN),
         ));
     }
+    let forced_start = if flags & flag::FORCED_START != 0 {
+        match get_u64(buf, off::FORCED_START) {
+            0 => {
+                return Err(field(
+                    "forced_start",
+                    0,
+                    "must be nonzero when the forced_start flag is set",
+                ))
+            }
+            e => Some(e),
+        }
+    } else {
+        check_zero(buf, off::FORCED_START..off::FORCED_START + 8)?;
+        None
+    };
     check_zero(buf, off::RESERVED..ZERO_END)?;
 
     let events = get_u64(buf, off::EVENTS);
@@ -1005,6 +1053,7 @@ pub fn decode_copy(buf: &[u8], found_at: usize) -> Result<Superblock, FormatErro
                 events_cleared: get_u64(buf, off::EVENTS_CLEARED),
             },
             members,
+            forced_start,
         },
         device: DeviceMeta {
             uuid: get_uuid(buf, off::DEVICE_UUID),

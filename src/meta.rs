@@ -138,6 +138,12 @@ pub struct ArrayMeta {
     pub bitmap: BitmapInfo,
     /// Member table: `raid_disks` slots, then spares.
     pub members: Vec<MemberEntry>,
+    /// The event at which the array was last started with `--force` while
+    /// dirty and degraded (a parity level md refuses to start so: the
+    /// stripes dirty then may hold stale parity). `None`: never. Kept as a
+    /// record; only a new `create` clears it.
+    #[serde(default)]
+    pub forced_start: Option<u64>,
 }
 
 /// What differs between members: this device's identity and data area.
@@ -299,6 +305,7 @@ pub(crate) fn test_raid1(n: u32, component: Sectors, chunk: Bytes, events: u64) 
                 events,
             })
             .collect(),
+        forced_start: None,
     }
 }
 

@@ -338,6 +338,9 @@ pub enum Event {
 }
 
 /// What the daemon must do (see the module documentation for how).
+// WriteMetadata carries a whole record; actions are few and short-lived, so
+// boxing it would only add an allocation per metadata write.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Write this metadata to the members at these table indices and make it

@@ -53,6 +53,10 @@ pub struct ArrayStatus {
     pub clean: bool,
     /// The sector from which the record owes a resync (`None`: none owed).
     pub resync_sector: Option<u64>,
+    /// The event at which the array was last started dirty and degraded
+    /// with `--force` (its parity may be stale in the chunks the bitmap
+    /// marks); `None`: never.
+    pub forced_start_events: Option<u64>,
     /// The bitmap settings.
     pub bitmap: BitmapStatus,
     /// Every member table entry.
@@ -318,6 +322,7 @@ impl ArrayStatus {
                 Checkpoint::None => None,
                 Checkpoint::At(s) => Some(s.0),
             },
+            forced_start_events: meta.forced_start,
             bitmap: BitmapStatus {
                 offset_sectors: meta.bitmap.offset.0,
                 chunk_bytes: meta.bitmap.chunk.0,
@@ -352,6 +357,7 @@ mod tests {
             name: "t".into(),
             ctime: 0,
             utime: 0,
+            forced_start: None,
             geometry: Geometry {
                 level,
                 layout: level.default_layout(),

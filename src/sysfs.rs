@@ -100,6 +100,15 @@ fn describe_errno(e: Errno) -> String {
     format!("{what} ({e:?})")
 }
 
+/// A long space-separated list shortened to its first and last tokens.
+fn abbreviate_list(s: &str) -> String {
+    let mut t = s.split(' ');
+    match (t.next(), t.next_back()) {
+        (Some(a), Some(b)) => format!("{a} ... {b}"),
+        _ => s.to_string(),
+    }
+}
+
 fn io_errno(e: &std::io::Error) -> Errno {
     e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
 }
@@ -616,8 +625,16 @@ impl MdDev {
     /// `md/bitmap_set_bits`: mark chunks dirty and needing sync. The kernel
     /// accepts anything silently, so the list is formatted here as
     /// space-separated decimal chunk numbers and ranges, and every chunk must
-    /// be below `nchunks`.
-    pub fn bitmap_set_bits(&self, ranges: &[(u64, u64)], nchunks: u64) -> Result<(), SysfsError> {
+    /// be below `nchunks`. md takes at most a page per write, so a long list
+    /// goes in pieces under a page, each cut between tokens and written with
+    /// its own `write(2)` ([`crate::bitmap::set_bits_pieces`]). Returns the
+    /// number of writes. md flushes the bits to the bitmap area after each
+    /// write; check there what it took.
+    pub fn bitmap_set_bits(
+        &self,
+        ranges: &[(u64, u64)],
+        nchunks: u64,
+    ) -> Result<usize, SysfsError> {
         if let Some(&(a, b)) = ranges.iter().find(|&&(a, b)| a > b || b >= nchunks) {
             return Err(SysfsError::Invalid {
                 attr: "bitmap_set_bits".into(),
@@ -625,13 +642,25 @@ impl MdDev {
                 why: format!("chunk range outside 0..{nchunks}"),
             });
         }
-        if ranges.is_empty() {
-            return Ok(());
+        let pieces = crate::bitmap::set_bits_pieces(ranges, crate::bitmap::SET_BITS_MAX_WRITE);
+        let n = pieces.len();
+        for (i, piece) in pieces.iter().enumerate() {
+            self.write("bitmap_set_bits", piece).map_err(|e| match e {
+                // Name the piece, not its 4 KiB of numbers.
+                SysfsError::Write { attr, errno, .. } => SysfsError::Write {
+                    attr,
+                    value: format!(
+                        "{} (piece {} of {n}, {} bytes)",
+                        abbreviate_list(piece),
+                        i + 1,
+                        piece.len()
+                    ),
+                    errno,
+                },
+                other => other,
+            })?;
         }
-        self.write(
-            "bitmap_set_bits",
-            &crate::bitmap::ranges_to_set_bits(ranges),
-        )
+        Ok(n)
     }
 
     /// Open an attribute for notification waits.
@@ -902,12 +931,20 @@ mod tests {
     fn set_bits_formats_and_masks() {
         let (d, s) = fake();
         let md = s.md("md127");
-        md.bitmap_set_bits(&[(2, 2), (50, 51), (150, 150)], 188)
+        let n = md
+            .bitmap_set_bits(&[(2, 2), (50, 51), (150, 150)], 188)
             .expect("w");
-        assert_eq!(
-            std::fs::read_to_string(d.path().join("block/md127/md/bitmap_set_bits")).expect("r"),
-            "2 50-51 150"
-        );
+        assert_eq!(n, 1);
+        let attr = d.path().join("block/md127/md/bitmap_set_bits");
+        assert_eq!(std::fs::read_to_string(&attr).expect("r"), "2 50-51 150");
+        // A list longer than a page goes in several writes; the fake file
+        // keeps the last one, a whole list under a page ending the input.
+        let long: Vec<(u64, u64)> = (0..5000u64).map(|k| (2 * k, 2 * k)).collect();
+        let n = md.bitmap_set_bits(&long, 10_000).expect("w");
+        assert!(n > 1, "{n} writes");
+        let last = std::fs::read_to_string(&attr).expect("r");
+        assert!(last.len() < 4096 && last.ends_with(" 9998"), "{last}");
+        assert_eq!(md.bitmap_set_bits(&[], 188).expect("w"), 0);
         assert!(md.bitmap_set_bits(&[(187, 188)], 188).is_err());
         assert!(md.bitmap_set_bits(&[(5, 4)], 188).is_err());
     }

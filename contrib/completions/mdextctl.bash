@@ -122,7 +122,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__assemble)
-            opts="-s -R -o -h --scan --run --readonly --md --json --help"
+            opts="-s -R -f -o -h --scan --run --force --readonly --md --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -60,6 +60,7 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine" -s h -l help 
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand assemble" -l md -d 'md device to create (e.g. md127); default: the highest free number' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand assemble" -s s -l scan -d 'Find the members among all block devices (udev)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand assemble" -s R -l run -d 'Start even if members are missing (degraded)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand assemble" -s f -l force -d 'With --run: start a raid5/raid6 that is dirty (not shut down cleanly) and degraded, which md refuses. Stripes written at the crash may hold stale parity (the write hole); recorded in the metadata'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand assemble" -s o -l readonly -d 'Start read-only'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand assemble" -l json -d 'Print the result as JSON'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand assemble" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -251,9 +251,12 @@ fn run_create(a: CreateArgs) -> Result<ExitCode> {
 
 fn run_examine(a: ExamineArgs) -> Result<ExitCode> {
     let mut failed = false;
+    let mut problems = Vec::new();
     let mut json = Vec::new();
     for (i, p) in a.devices.iter().enumerate() {
-        let r = match device::read_superblock(p) {
+        let read = device::Device::open(p, device::Access::Read)
+            .and_then(|d| Ok((d.read_superblock()?, d.size())));
+        let (r, size) = match read {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("mdextctl: {e}");
@@ -261,8 +264,11 @@ fn run_examine(a: ExamineArgs) -> Result<ExitCode> {
                 continue;
             }
         };
+        // The record is printed either way; a device that cannot hold
+        // what it records is reported and makes the exit status 1.
+        let problem = mdext::assembly::device_too_small(&r.superblock.device, size);
         if a.json {
-            json.push(JsonExamine::new(p, &r));
+            json.push(JsonExamine::new(p, &r, problem.clone()));
         } else if a.export {
             if i > 0 {
                 println!();
@@ -271,15 +277,24 @@ fn run_examine(a: ExamineArgs) -> Result<ExitCode> {
         } else {
             print!("{}", human_examine(p, &r));
         }
+        if let Some(why) = problem {
+            problems.push(format!("{}: {why}; assemble leaves it out", p.display()));
+        }
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    for w in &problems {
+        eprintln!("mdextctl: {w}");
     }
     if failed {
         if a.devices.len() == 1 {
             return Ok(ExitCode::FAILURE);
         }
         bail!("some devices have no usable mdext metadata");
+    }
+    if !problems.is_empty() {
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -404,6 +419,12 @@ fn human_examine(p: &Path, r: &ReadOutcome) -> String {
     );
     kv("Bitmap Time Base", format!("{} s", b.time_base));
     kv("Events Cleared", b.events_cleared.to_string());
+    if let Some(e) = a.forced_start {
+        kv(
+            "Forced Start",
+            format!("at event {e} (dirty and degraded, started with --force: stripes written at the crash may hold stale parity)"),
+        );
+    }
     kv(
         "Device Role",
         match sb.role() {
@@ -489,6 +510,11 @@ struct JsonExamine {
     members: Vec<EntryStatus>,
     copy: usize,
     copies: Vec<JsonCopy>,
+    /// The event of the last start forced while dirty and degraded.
+    forced_start_events: Option<u64>,
+    /// What is wrong with the device itself (e.g. smaller than the data
+    /// area it records); empty when nothing is.
+    problems: Vec<String>,
 }
 
 /// Clean or dirty, as the record says.
@@ -517,7 +543,7 @@ struct JsonCopy {
 }
 
 impl JsonExamine {
-    fn new(p: &Path, r: &ReadOutcome) -> JsonExamine {
+    fn new(p: &Path, r: &ReadOutcome, problem: Option<String>) -> JsonExamine {
         let sb = &r.superblock;
         let a = &sb.array;
         let g = &a.geometry;
@@ -575,6 +601,8 @@ impl JsonExamine {
                     error: e.as_ref().map(|e| e.to_string()),
                 })
                 .collect(),
+            forced_start_events: a.forced_start,
+            problems: problem.into_iter().collect(),
         }
     }
 }

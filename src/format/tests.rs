@@ -45,6 +45,7 @@ pub(crate) fn sample() -> Superblock {
                     events: 2,
                 },
             ],
+            forced_start: None,
         },
         device: DeviceMeta {
             uuid: uuid(1),
@@ -303,6 +304,54 @@ fn assert_field(r: Result<impl fmt::Debug, FormatError>, name: &str, value: &str
         }
         other => panic!("expected a {name} error, got {other:?}"),
     }
+}
+
+/// The forced-start field: optional in version 1, announced by its flag.
+#[test]
+fn forced_start_field() {
+    // A record without it is what earlier version 1 writers wrote: flags 0,
+    // bytes 200.. zero; it still reads.
+    let plain = encode(&sample()).expect("encode").bytes;
+    assert_eq!(get_u32(&plain, off::FLAGS), 0);
+    assert!(plain[200..ZERO_END].iter().all(|&x| x == 0));
+    assert_eq!(
+        decode_copy(&plain, 0)
+            .expect("old record")
+            .array
+            .forced_start,
+        None
+    );
+    // With it: flag bit 0 and the event at byte 200; round trip.
+    let mut sb = sample();
+    sb.array.events = 4;
+    sb.array.forced_start = Some(3);
+    let e = encode(&sb).expect("encode");
+    assert_eq!(get_u32(&e.bytes, off::FLAGS), flag::FORCED_START);
+    assert_eq!(get_u64(&e.bytes, off::FORCED_START), 3);
+    assert_eq!(decode_copy(&e.bytes, 0).expect("decode"), sb);
+    // Out of range on encode.
+    sb.array.forced_start = Some(5);
+    assert_field(encode(&sb), "forced_start", "5");
+    sb.array.forced_start = Some(0);
+    assert_field(encode(&sb), "forced_start", "0");
+    // Flag without the event, event without the flag, unknown flag bits.
+    assert_field(
+        decode_patched(|b| put_u32(b, off::FLAGS, flag::FORCED_START)),
+        "forced_start",
+        "0",
+    );
+    assert_eq!(
+        decode_patched(|b| put_u64(b, off::FORCED_START, 2)),
+        Err(FormatError::Reserved {
+            offset: 200,
+            value: 2
+        })
+    );
+    assert_field(
+        decode_patched(|b| put_u32(b, off::FLAGS, 3)),
+        "flags",
+        "0x3",
+    );
 }
 
 #[test]
@@ -705,6 +754,7 @@ prop_compose! {
         states in prop::collection::vec((arb_state(true), arb_state(false)), 68),
         ec_frac in 0u64..=100,
         me in 0usize..12,
+        forced in prop::option::of(0u64..=100),
     ) -> Superblock {
         let component = Sectors(comp_kib * 2);
         let g = Geometry { level: Level::Raid1, layout: 0, chunk_size: Bytes(0), raid_disks, component_size: component };
@@ -738,6 +788,7 @@ prop_compose! {
                 bitmap: BitmapInfo { offset: l.bitmap_offset, size: l.bitmap_size, chunk, time_base,
                     events_cleared: events / 100 * ec_frac },
                 members,
+                forced_start: forced.map(|f| 1 + (events - 1) / 100 * f),
             },
             device: DeviceMeta { uuid: dev_uuid, data_offset: l.data_offset, data_size: Sectors(component.0 + extra) },
         }

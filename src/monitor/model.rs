@@ -750,6 +750,7 @@ impl Model {
                     path: std::path::PathBuf::from(format!("d{j}")),
                     dev: crate::sysfs::DevNum::from_raw(j as u64),
                     sb,
+                    size: Sectors(DATA_OFFSET + u64::from(CH) * SECT).bytes(),
                 })
             })
             .collect();

@@ -4,6 +4,7 @@ use crate::harness::Scenario;
 
 mod lifecycle;
 mod rebuild;
+mod start_limits;
 mod sysfs_layer;
 
 pub static ALL: &[&Scenario] = &[
@@ -22,4 +23,8 @@ pub static ALL: &[&Scenario] = &[
     &rebuild::TAKEOVER_FAILED,
     &rebuild::CRASH_MID_REBUILD,
     &rebuild::OTHER_LEVELS,
+    &start_limits::LONG_DIRTY_LIST,
+    &start_limits::SHRUNK_MEMBER,
+    &start_limits::DIRTY_DEGRADED_RAID5,
+    &start_limits::DIRTY_DEGRADED_RAID6,
 ];

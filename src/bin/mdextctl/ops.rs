@@ -24,8 +24,10 @@ pub struct DaemonArgs {
     their data offset, size and slot, the external bitmap, resync_start from the metadata \
     (none when clean, 0 after an unclean shutdown so the bitmap limits the resync, the \
     checkpoint of an interrupted resync). A device whose metadata is older than the array's is \
-    left out and reported. With members missing, the array starts only with --run; the bits of \
-    the missing members are kept. mdextmon is started if none runs, and manages the array \
+    left out and reported, as is a device smaller than the data area it records. With members \
+    missing, the array starts only with --run; the bits of the missing members are kept. A \
+    raid5/raid6 array that is both dirty and degraded is refused (md would refuse it: the \
+    write hole) unless --force is given too. mdextmon is started if none runs, and manages the array \
     before it accepts writes."
 )]
 pub struct AssembleArgs {
@@ -41,6 +43,12 @@ pub struct AssembleArgs {
     /// Start even if members are missing (degraded).
     #[arg(short = 'R', long)]
     run: bool,
+    /// With --run: start a raid5/raid6 that is dirty (not shut down
+    /// cleanly) and degraded, which md refuses. Stripes written at the
+    /// crash may hold stale parity (the write hole); recorded in the
+    /// metadata.
+    #[arg(short, long)]
+    force: bool,
     /// Start read-only.
     #[arg(short = 'o', long)]
     readonly: bool,
@@ -175,6 +183,7 @@ pub fn assemble(a: AssembleArgs) -> Result<ExitCode> {
         scan: a.scan,
         run: a.run,
         readonly: a.readonly,
+        force: a.force,
         md_name: a.md,
         run_dir: a.daemon.run_dir,
         mdextmon: mdextmon_path(),
@@ -191,6 +200,11 @@ pub fn assemble(a: AssembleArgs) -> Result<ExitCode> {
             r.name,
             r.uuid
         );
+        if let Some(e) = r.forced_start {
+            println!(
+                "mdextctl: dirty and degraded, started because of --force (forced start recorded at event {e}): stripes written at the crash may hold stale parity; their chunks stay dirty in the bitmap for the missing member's rebuild"
+            );
+        }
         for p in &r.resumed {
             println!(
                 "mdextctl: {} was being rebuilt; its rebuild starts again",
@@ -202,10 +216,15 @@ pub fn assemble(a: AssembleArgs) -> Result<ExitCode> {
         }
         if !r.missing_slots.is_empty() {
             println!(
-                "mdextctl: running degraded, slots {:?} missing; {} dirty chunk{} kept for their return",
+                "mdextctl: running degraded, slots {:?} missing; {} dirty chunk{} kept for their return{}",
                 r.missing_slots,
                 r.rearmed_chunks,
-                if r.rearmed_chunks == 1 { "" } else { "s" }
+                if r.rearmed_chunks == 1 { "" } else { "s" },
+                if r.rearm_writes > 1 {
+                    format!(" ({} writes to md's bitmap_set_bits)", r.rearm_writes)
+                } else {
+                    String::new()
+                }
             );
         }
     }
