@@ -95,7 +95,7 @@ fn run_phase(
         .arg("--log")
         .arg(log);
     c.arg("--timeout")
-        .arg(std::env::var("MDEXT_GUEST_TIMEOUT").unwrap_or_else(|_| "240".into()));
+        .arg(std::env::var("MDEXT_GUEST_TIMEOUT").unwrap_or_else(|_| "900".into()));
     for d in disks {
         c.arg("--disk").arg(d);
     }
