@@ -364,7 +364,7 @@ mod tests {
                 level,
                 layout: level.default_layout(),
                 chunk_size: Bytes(if level.has_chunk() { 512 << 10 } else { 0 }),
-                raid_disks: states.len() as u32,
+                raid_disks: u32::try_from(states.len()).expect("few states"),
                 component_size: Sectors(2048),
             },
             events: 9,
