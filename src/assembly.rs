@@ -602,7 +602,9 @@ mod tests {
             c2.meta = r;
             assert!(!c2.dirty_degraded_parity());
             assert_eq!(
-                c2.spec(None, StartMode::Readonly, None).resync_start,
+                c2.spec(None, StartMode::Readonly, None)
+                    .expect("spec")
+                    .resync_start,
                 Checkpoint::None
             );
             // An interrupted resync on a clean record counts too.
@@ -635,7 +637,9 @@ mod tests {
         a.sb.array.resync = Checkpoint::At(Sectors(4096));
         let c3 = choose(vec![a], true).expect("choose");
         assert_eq!(c3.resync_start(), Checkpoint::At(Sectors(4096)));
-        let spec = c3.spec(None, StartMode::Readonly, Some(3600));
+        let spec = c3
+            .spec(None, StartMode::Readonly, Some(3600))
+            .expect("spec");
         assert_eq!(spec.bitmap.map(|b| b.time_base), Some(3600));
         assert_eq!(spec.resync_start, Checkpoint::At(Sectors(4096)));
         assert!(plan(&spec).is_ok());
@@ -828,9 +832,23 @@ impl Choice {
         md_name: Option<String>,
         start: StartMode,
         time_base: Option<u32>,
-    ) -> ArraySpec {
+    ) -> Result<ArraySpec, AssemblyError> {
         let g = &self.meta.geometry;
-        ArraySpec {
+        let members = self
+            .members
+            .iter()
+            .map(|(slot, c)| {
+                let s = u32::try_from(*slot)
+                    .map_err(|_| AssemblyError::Spec(format!("slot {slot} out of range")))?;
+                Ok(MemberSpec {
+                    dev: c.dev,
+                    data_offset: c.sb.device.data_offset,
+                    size: c.sb.device.data_size.kib_floor(),
+                    slot: Some(s),
+                })
+            })
+            .collect::<Result<_, AssemblyError>>()?;
+        Ok(ArraySpec {
             md_name,
             metadata_tag: crate::meta::kernel_tag(&self.meta.uuid),
             level: g.level,
@@ -838,16 +856,7 @@ impl Choice {
             chunk_size: g.chunk_size,
             raid_disks: g.raid_disks,
             component_size: g.component_size.kib_floor(),
-            members: self
-                .members
-                .iter()
-                .map(|(slot, c)| MemberSpec {
-                    dev: c.dev,
-                    data_offset: c.sb.device.data_offset,
-                    size: c.sb.device.data_size.kib_floor(),
-                    slot: Some(*slot as u32),
-                })
-                .collect(),
+            members,
             bitmap: Some(BitmapSpec {
                 chunk: self.meta.bitmap.chunk,
                 time_base: time_base.unwrap_or(self.meta.bitmap.time_base),
@@ -855,7 +864,7 @@ impl Choice {
             }),
             resync_start: self.resync_start(),
             start,
-        }
+        })
     }
 }
 
@@ -924,7 +933,7 @@ pub fn choose(found: Vec<Candidate>, run: bool) -> Result<Choice, AssemblyError>
         }
     }
     members.sort_by_key(|(i, _)| *i);
-    let missing_slots: Vec<u32> = (0..n as u32)
+    let missing_slots: Vec<u32> = (0..meta.geometry.raid_disks)
         .filter(|s| !members.iter().any(|(i, _)| *i == *s as usize))
         .collect();
     if members.is_empty() {

@@ -170,7 +170,11 @@ fn carries(found: &[Found]) -> String {
     }
 }
 
-fn opt_err(option: &'static str, value: impl ToString, reason: impl Into<String>) -> CreateError {
+fn opt_err(
+    option: &'static str,
+    value: impl std::fmt::Display,
+    reason: impl Into<String>,
+) -> CreateError {
     CreateError::Option {
         option,
         value: value.to_string(),

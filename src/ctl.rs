@@ -370,7 +370,7 @@ fn activate_choice(
     let plan = crate::monitor::start_plan(&choice.meta, choice.degraded(), &union);
     let md = assembly::activate(
         sysfs,
-        &choice.spec(md_name, StartMode::Readonly, Some(plan.time_base)),
+        &choice.spec(md_name, StartMode::Readonly, Some(plan.time_base))?,
     )?;
     let mut writes = 0;
     if !plan.rearm.is_empty() {

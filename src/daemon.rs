@@ -197,8 +197,8 @@ impl Daemon {
                         // Whole milliseconds, rounded up: a deadline less
                         // than 1 ms away must not spin.
                         let ms = d.as_micros().div_ceil(1000);
-                        PollTimeout::try_from(Duration::from_millis(ms as u64))
-                            .unwrap_or(PollTimeout::MAX)
+                        let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+                        PollTimeout::try_from(Duration::from_millis(ms)).unwrap_or(PollTimeout::MAX)
                     }
                 };
                 match nix::poll::poll(&mut fds, timeout) {

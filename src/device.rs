@@ -199,7 +199,18 @@ pub enum Access {
     SharedWrite,
 }
 
-nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+nix::ioctl_read!(
+    /// `BLKGETSIZE64`: the size in bytes of the block device open at `fd`,
+    /// written to `data`.
+    ///
+    /// # Safety
+    ///
+    /// `data` must point to a writable `u64`.
+    blkgetsize64,
+    0x12,
+    114,
+    u64
+);
 
 /// An open member device.
 #[derive(Debug)]
@@ -452,7 +463,7 @@ impl Device {
         let buf = AlignedBuf::zeroed(STEP)?;
         let mut done = 0u64;
         while done < len {
-            let n = (len - done).min(STEP as u64) as usize;
+            let n = usize::try_from(len - done).map_or(STEP, |r| r.min(STEP));
             self.file
                 .write_all_at(&buf[..n], offset + done)
                 .map_err(|e| self.io_err("write", offset + done, e))?;

@@ -45,6 +45,9 @@ pub const MAGIC: [u8; 8] = *b"MDEXT\x00SB";
 pub const VERSION: u32 = 1;
 /// Size of one superblock copy.
 pub const COPY_SIZE: usize = 4096;
+/// [`COPY_SIZE`] as the header's u32 field holds it.
+const COPY_SIZE_FIELD: u32 = 4096;
+const _: () = assert!(COPY_SIZE_FIELD as usize == COPY_SIZE);
 /// Number of copies.
 pub const COPIES: usize = 2;
 /// Size of the area holding both copies (bytes 0..8192 of a member).
@@ -803,8 +806,9 @@ pub fn encode(sb: &Superblock) -> Result<EncodedCopy, FormatError> {
     let mut b = vec![0u8; COPY_SIZE];
     b[off::MAGIC..off::MAGIC + 8].copy_from_slice(&MAGIC);
     put_u32(&mut b, off::VERSION, VERSION);
-    put_u32(&mut b, off::COPY_SIZE, COPY_SIZE as u32);
-    put_u32(&mut b, off::COPY_INDEX, index as u32);
+    put_u32(&mut b, off::COPY_SIZE, COPY_SIZE_FIELD);
+    // The same as `index` (copy_for_events), 0 or 1.
+    put_u32(&mut b, off::COPY_INDEX, (a.events % 2) as u32);
     let flags = if a.forced_start.is_some() {
         flag::FORCED_START
     } else {
@@ -821,13 +825,18 @@ pub fn encode(sb: &Superblock) -> Result<EncodedCopy, FormatError> {
     put_u32(&mut b, off::LEVEL, g.level.number());
     put_u32(&mut b, off::LAYOUT, g.layout);
     // validate_geometry bounds chunk_size to 1 GiB.
-    put_u32(&mut b, off::CHUNK_SIZE, g.chunk_size.0 as u32);
+    let chunk_size = u32::try_from(g.chunk_size.0)
+        .map_err(|_| field("chunk_size", g.chunk_size.0, "does not fit in 32 bits"))?;
+    put_u32(&mut b, off::CHUNK_SIZE, chunk_size);
     put_u32(&mut b, off::RAID_DISKS, g.raid_disks);
     put_u64(&mut b, off::COMPONENT_SIZE, g.component_size.0);
     put_u64(&mut b, off::DATA_OFFSET, d.data_offset.0);
     put_u64(&mut b, off::DATA_SIZE, d.data_size.0);
     put_u32(&mut b, off::CLEAN, u32::from(a.clean));
-    put_u32(&mut b, off::MEMBER_COUNT, a.members.len() as u32);
+    // validate_members bounds the count to MAX_MEMBERS.
+    let member_count = u32::try_from(a.members.len())
+        .map_err(|_| field("member_count", a.members.len(), "does not fit in 32 bits"))?;
+    put_u32(&mut b, off::MEMBER_COUNT, member_count);
     let resync = match a.resync {
         Checkpoint::None => RESYNC_NONE,
         Checkpoint::At(s) => s.0,
@@ -836,7 +845,9 @@ pub fn encode(sb: &Superblock) -> Result<EncodedCopy, FormatError> {
     put_u64(&mut b, off::BITMAP_OFFSET, a.bitmap.offset.0);
     put_u64(&mut b, off::BITMAP_SIZE, a.bitmap.size.0);
     // validate_bitmap bounds the chunk to 2^31.
-    put_u32(&mut b, off::BITMAP_CHUNK, a.bitmap.chunk.0 as u32);
+    let bitmap_chunk = u32::try_from(a.bitmap.chunk.0)
+        .map_err(|_| field("bitmap_chunk", a.bitmap.chunk.0, "does not fit in 32 bits"))?;
+    put_u32(&mut b, off::BITMAP_CHUNK, bitmap_chunk);
     put_u32(&mut b, off::TIME_BASE, a.bitmap.time_base);
     put_u64(&mut b, off::EVENTS_CLEARED, a.bitmap.events_cleared);
     for (i, m) in a.members.iter().enumerate() {

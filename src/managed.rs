@@ -131,6 +131,9 @@ pub enum ExecError {
     /// No device waits to be added for this slot.
     #[error("no device waiting to be added for slot {0}")]
     NoPending(usize),
+    /// A slot number md cannot take (past `u32`).
+    #[error("slot {0} out of range")]
+    SlotRange(usize),
     /// A member's writer thread could not start or is gone.
     #[error("{0}: writer thread: {1}")]
     Writer(String, String),
@@ -224,7 +227,12 @@ impl Record {
     pub fn status(&self) -> ArrayStatus {
         let devices: Vec<(usize, &str)> =
             self.devices.iter().map(|d| (d.3, d.0.as_str())).collect();
-        ArrayStatus::new(self.md.name(), &self.meta, &devices, kernel_state(&self.md))
+        ArrayStatus::new(
+            self.md.name(),
+            &self.meta,
+            &devices,
+            &kernel_state(&self.md),
+        )
     }
 }
 
@@ -549,7 +557,7 @@ impl Managed {
                 }
                 return true;
             }
-            if self.execute(batch).is_err() {
+            if self.execute(&batch).is_err() {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -557,7 +565,7 @@ impl Managed {
     }
 
     /// Run a batch in order; on the first failure feed it back and stop.
-    fn execute(&mut self, batch: Vec<Action>) -> Result<(), ExecError> {
+    fn execute(&mut self, batch: &[Action]) -> Result<(), ExecError> {
         let mut membership_changed = false;
         for (i, a) in batch.iter().enumerate() {
             debug!("{}: {a:?}", self.md.name());
@@ -627,6 +635,7 @@ impl Managed {
                 bitmap_based,
                 device,
             } => {
+                let slot = u32::try_from(*index).map_err(|_| ExecError::SlotRange(*index))?;
                 let p = self
                     .pending
                     .take()
@@ -644,7 +653,7 @@ impl Managed {
                             Ok(())
                         }
                     })
-                    .and_then(|_| h.set_slot(Some(*index as u32)));
+                    .and_then(|_| h.set_slot(Some(slot)));
                 // Keep it in the member list either way: the next snapshot
                 // shows it and the machine removes a half-added device.
                 self.members
@@ -862,7 +871,7 @@ impl Managed {
                 }
             }
         }
-        let r = self.execute(batch);
+        let r = self.execute(&batch);
         self.wake();
         r.map_err(|source| ManagedError::PartFailed {
             md: self.md.name().to_string(),
@@ -939,7 +948,7 @@ impl Managed {
             self.md.name(),
             self.mon.meta(),
             &devices,
-            kernel_state(&self.md),
+            &kernel_state(&self.md),
         )
     }
 }

@@ -242,8 +242,13 @@ impl std::fmt::Display for Role {
 impl Superblock {
     /// This device's role according to its own member table.
     pub fn role(&self) -> Role {
-        match self.array.index_of(&self.device.uuid) {
-            Some(i) if i < self.array.geometry.raid_disks as usize => Role::Slot(i as u32),
+        // An index past u32 is past raid_disks too: a spare.
+        match self
+            .array
+            .index_of(&self.device.uuid)
+            .and_then(|i| u32::try_from(i).ok())
+        {
+            Some(i) if i < self.array.geometry.raid_disks => Role::Slot(i),
             _ => Role::Spare,
         }
     }

@@ -222,7 +222,9 @@ impl Health {
         let n = raid_disks as usize;
         let recorded_out = (0..n)
             .filter(|&i| !members.get(i).is_some_and(|m| m.state.is_in_sync()))
-            .count() as u32;
+            .count();
+        // At most n = raid_disks.
+        let recorded_out = u32::try_from(recorded_out).unwrap_or(raid_disks);
         let missing = degraded.unwrap_or(recorded_out);
         if raid_disks.saturating_sub(missing) < level.min_working(raid_disks) {
             Health::Unusable
@@ -275,7 +277,7 @@ impl ArrayStatus {
     /// `devices` says which device holds each table entry (`(index, kernel
     /// name)`). `managed` and `mdextmon_pid` start false and empty: the
     /// caller knows them.
-    pub fn new(md: &str, meta: &ArrayMeta, devices: &[(usize, &str)], k: KernelState) -> Self {
+    pub fn new(md: &str, meta: &ArrayMeta, devices: &[(usize, &str)], k: &KernelState) -> Self {
         let g = &meta.geometry;
         let members = meta
             .members
@@ -362,7 +364,7 @@ mod tests {
                 level,
                 layout: level.default_layout(),
                 chunk_size: Bytes(if level.has_chunk() { 512 << 10 } else { 0 }),
-                raid_disks: states.len() as u32,
+                raid_disks: u32::try_from(states.len()).expect("few states"),
                 component_size: Sectors(2048),
             },
             events: 9,
@@ -396,7 +398,7 @@ mod tests {
     #[test]
     fn exit_status_follows_health() {
         let code = |level, states: &[MemberState], k: KernelState| {
-            ArrayStatus::new("md127", &meta(level, states), &[], k)
+            ArrayStatus::new("md127", &meta(level, states), &[], &k)
                 .health
                 .exit_code()
         };
@@ -451,7 +453,7 @@ mod tests {
             "md127",
             &meta(Level::Raid1, &[IN, rebuilding]),
             &[(0, "loop0"), (1, "loop1")],
-            k,
+            &k,
         );
         let v = serde_json::to_value(&s).expect("ser");
         assert_eq!(v["md"], "md127");

@@ -139,8 +139,8 @@ impl DevNum {
     /// From a raw `st_rdev`.
     pub fn from_raw(rdev: u64) -> Self {
         DevNum {
-            major: nix::sys::stat::major(rdev) as u32,
-            minor: nix::sys::stat::minor(rdev) as u32,
+            major: nix::libc::major(rdev),
+            minor: nix::libc::minor(rdev),
         }
     }
 }

@@ -135,7 +135,7 @@ fn every_json_key_is_documented() {
         "md127",
         &meta,
         &[(0, "loop0")],
-        KernelState {
+        &KernelState {
             array_state: Some(ArrayState::Active),
             degraded: Some(0),
             sync_action: Some(SyncAction::Resync),

@@ -188,15 +188,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Create(a) => run_create(a),
-        Cmd::Examine(a) => run_examine(a),
+        Cmd::Examine(a) => run_examine(&a),
         Cmd::Assemble(a) => ops::assemble(a),
-        Cmd::Stop(a) => ops::stop(a),
-        Cmd::Detail(a) => ops::detail(a),
-        Cmd::Status(a) => ops::status(a),
-        Cmd::Fail(a) => ops::member(ops::MemberOp::Fail, a),
-        Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, a),
-        Cmd::Add(a) => ops::member(ops::MemberOp::Add, a),
-        Cmd::ExamineBitmap(a) => ops::examine_bitmap(a),
+        Cmd::Stop(a) => ops::stop(&a),
+        Cmd::Detail(a) => ops::detail(&a),
+        Cmd::Status(a) => ops::status(&a),
+        Cmd::Fail(a) => ops::member(ops::MemberOp::Fail, &a),
+        Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, &a),
+        Cmd::Add(a) => ops::member(ops::MemberOp::Add, &a),
+        Cmd::ExamineBitmap(a) => ops::examine_bitmap(&a),
         Cmd::Completions { shell } => completions::print(shell),
     };
     let code = match r {
@@ -249,7 +249,7 @@ fn run_create(a: CreateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_examine(a: ExamineArgs) -> Result<ExitCode> {
+fn run_examine(a: &ExamineArgs) -> Result<ExitCode> {
     let mut failed = false;
     let mut problems = Vec::new();
     let mut json = Vec::new();

@@ -58,7 +58,10 @@ fn create_raid1_writes_both_copies_and_bitmap() {
         assert_eq!(sb.array.bitmap.size, Bytes(4096));
         assert_eq!(sb.array.bitmap.chunk, Bytes(1 << 20));
         assert_eq!(sb.array.bitmap.time_base, 5);
-        assert_eq!(sb.role(), crate::meta::Role::Slot(i as u32));
+        assert_eq!(
+            sb.role(),
+            crate::meta::Role::Slot(u32::try_from(i).expect("slot"))
+        );
         assert!(sb
             .array
             .members

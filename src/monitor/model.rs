@@ -102,6 +102,16 @@ const DATA_OFFSET: u64 = 2048;
 const MAXN: usize = 3;
 const ALL: u8 = (1 << CH) - 1;
 
+/// A slot index (< [`MAXN`]) as the model's states hold it.
+fn slot8(i: usize) -> u8 {
+    u8::try_from(i).expect("slot < MAXN")
+}
+
+/// A state's index as a state id (ids are u32 to keep the tables small).
+fn state_id(i: usize) -> u32 {
+    u32::try_from(i).expect("fewer than 2^32 states")
+}
+
 /// Search bounds and model switches.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Bounds {
@@ -132,7 +142,7 @@ impl Bounds {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(d)
         };
-        b.n = get("N", b.n as u8) as usize;
+        b.n = get("N", u8::try_from(b.n).expect("default n < MAXN")) as usize;
         b.writes = get("WRITES", b.writes);
         b.fails = get("FAILS", b.fails);
         b.crashes = get("CRASHES", b.crashes);
@@ -379,7 +389,7 @@ fn state_to_st(s: MemberState) -> St {
 
 fn to_meta(d: &Disk, n: usize) -> ArrayMeta {
     let mut m = crate::meta::test_raid1(
-        n as u32,
+        u32::try_from(n).expect("n <= MAXN"),
         Sectors(CH as u64 * SECT),
         Bytes(SECT * 512),
         u64::from(d.events),
@@ -435,7 +445,7 @@ fn abstract_actions(acts: &[Action]) -> Vec<AAct> {
             Action::SetArrayState(ArrayState::Clean) => AAct::ArrClean,
             Action::SetArrayState(_) => AAct::ArrOther,
             Action::Member(i, c) => AAct::Mem(
-                *i as u8,
+                slot8(*i),
                 match c {
                     MemberCommand::Faulty => Cmd::Faulty,
                     MemberCommand::Unblock => Cmd::Unblock,
@@ -451,8 +461,8 @@ fn abstract_actions(acts: &[Action]) -> Vec<AAct> {
                 index,
                 bitmap_based,
                 ..
-            } => AAct::Add(*index as u8, *bitmap_based),
-            Action::PrepareDevice { index } => AAct::Prepare(*index as u8),
+            } => AAct::Add(slot8(*index), *bitmap_based),
+            Action::PrepareDevice { index } => AAct::Prepare(slot8(*index)),
             Action::ReleaseHold(_) => AAct::Release,
         })
         .collect()
@@ -468,7 +478,8 @@ impl Model {
     }
 
     fn degraded(&self, k: &Kernel) -> u32 {
-        (0..self.n()).filter(|&j| k.m[j] != Km::InSync).count() as u32
+        let d = (0..self.n()).filter(|&j| k.m[j] != Km::InSync).count();
+        u32::try_from(d).expect("d <= MAXN")
     }
 
     fn blocked(&self, k: &Kernel) -> bool {
@@ -480,7 +491,7 @@ impl Model {
         let mut members = Vec::new();
         let mut progress = None;
         for j in 0..self.n() {
-            let slot = Some(j as u32);
+            let slot = Some(u32::try_from(j).expect("j < MAXN"));
             let (flags, slot, rs) = match k.m[j] {
                 Km::Absent => continue,
                 Km::InSync => (f("in_sync"), slot, Checkpoint::None),
@@ -548,8 +559,8 @@ impl Model {
         MonKey {
             meta,
             needs_write: m.needs_write,
-            write_at: m.write_at.map(|w| w as u8),
-            rewrite: m.rewrite.map(|w| w as u8),
+            write_at: m.write_at.map(slot8),
+            rewrite: m.rewrite.map(slot8),
             stopping: m.stopping,
         }
     }
@@ -1188,7 +1199,7 @@ impl Visited {
     }
 
     fn insert(&mut self, s: S, h: u64) -> u32 {
-        let id = self.states.len() as u32;
+        let id = state_id(self.states.len());
         match self.by_hash.entry(h) {
             std::collections::hash_map::Entry::Occupied(_) => {
                 self.collided.insert(s.clone(), id);
@@ -1261,7 +1272,7 @@ pub(crate) fn search(b: Bounds) -> Outcome {
     let mut next = 0usize;
     let mut edges = 0usize;
     while next < v.states.len() {
-        let id = next as u32;
+        let id = state_id(next);
         next += 1;
         if next % 1_000_000 == 0 && std::env::var_os("MDEXT_MODEL_PROGRESS").is_some() {
             eprintln!("{next} states expanded, {} known", v.states.len());
@@ -1302,7 +1313,7 @@ pub(crate) fn search(b: Bounds) -> Outcome {
         start[i + 1] += start[i];
     }
     let mut good: Vec<bool> = v.states.iter().map(|s| s.k.pending.is_none()).collect();
-    let mut work: Vec<u32> = (0..n as u32).filter(|&i| good[i as usize]).collect();
+    let mut work: Vec<u32> = (0..state_id(n)).filter(|&i| good[i as usize]).collect();
     while let Some(x) = work.pop() {
         for &(_, p) in &quiet[start[x as usize]..start[x as usize + 1]] {
             if !good[p as usize] {
@@ -1317,7 +1328,7 @@ pub(crate) fn search(b: Bounds) -> Outcome {
             edges,
             violation: Some((
                 "LIVENESS: a held write can never complete without outside help".into(),
-                model.trace(&v, &parent, bad as u32),
+                model.trace(&v, &parent, state_id(bad)),
             )),
         };
     }

@@ -466,7 +466,7 @@ fn recovery_checkpoints_every_sixteenth() {
     for d in (0..=TOTAL).step_by(100) {
         writes += mon.observe(&recovering_view(d)).len();
     }
-    assert!(writes <= CHECKPOINT_STEPS as usize + 2, "{writes} writes");
+    assert!(writes as u64 <= CHECKPOINT_STEPS + 2, "{writes} writes");
 }
 
 #[test]

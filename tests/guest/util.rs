@@ -78,7 +78,7 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            x as u8
+            x.to_le_bytes()[0] // the low byte
         })
         .collect()
 }

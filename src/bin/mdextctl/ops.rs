@@ -231,7 +231,7 @@ pub fn assemble(a: AssembleArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn stop(a: StopArgs) -> Result<ExitCode> {
+pub fn stop(a: &StopArgs) -> Result<ExitCode> {
     let md = ctl::stop(&Sysfs::default(), &a.daemon.run_dir, &a.array)?;
     println!("mdextctl: stopped /dev/{md}");
     Ok(ExitCode::SUCCESS)
@@ -239,7 +239,7 @@ pub fn stop(a: StopArgs) -> Result<ExitCode> {
 
 /// `detail` exits as `mdadm --detail --test` does: 0 whole, 1 degraded,
 /// 2 unusable, 4 when the array cannot be found or read.
-pub fn detail(a: DetailArgs) -> Result<ExitCode> {
+pub fn detail(a: &DetailArgs) -> Result<ExitCode> {
     // Accepted for mdadm's habit; the exit status says the health always.
     let _ = a.test;
     let s = match ctl::detail(&Sysfs::default(), &a.daemon.run_dir, &a.array) {
@@ -257,7 +257,7 @@ pub fn detail(a: DetailArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(s.health.exit_code()))
 }
 
-pub fn status(a: StatusArgs) -> Result<ExitCode> {
+pub fn status(a: &StatusArgs) -> Result<ExitCode> {
     let v = ctl::status(&Sysfs::default(), &a.daemon.run_dir)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -302,7 +302,7 @@ pub enum MemberOp {
     Add,
 }
 
-pub fn member(op: MemberOp, a: MemberArgs) -> Result<ExitCode> {
+pub fn member(op: MemberOp, a: &MemberArgs) -> Result<ExitCode> {
     use mdext::control::{act, Request};
     let sysfs = Sysfs::default();
     let md = ctl::resolve_md(&sysfs, &a.array)?;
@@ -365,7 +365,7 @@ struct JsonBitmap {
     stray_bits: bool,
 }
 
-pub fn examine_bitmap(a: ExamineBitmapArgs) -> Result<ExitCode> {
+pub fn examine_bitmap(a: &ExamineBitmapArgs) -> Result<ExitCode> {
     use mdext::bitmap;
     use mdext::device::{Access, Device};
     let d = Device::open(&a.device, Access::Read)?;

@@ -184,13 +184,17 @@ fn create_examine_activate() -> Result<()> {
                     dev: l.dev,
                     data_offset: Sectors(u(e, "data_offset_sectors")?),
                     size: Sectors(u(e, "data_size_sectors")?).kib_floor(),
-                    slot: Some(e["slot"].as_u64().context("examine: no slot")? as u32),
+                    slot: Some(
+                        u32::try_from(e["slot"].as_u64().context("examine: no slot")?)
+                            .context("examine: slot out of range")?,
+                    ),
                 })
             })
             .collect::<Result<_>>()?,
         bitmap: Some(BitmapSpec {
             chunk: Bytes(u(bm, "chunk_bytes")?),
-            time_base: u(bm, "time_base")? as u32,
+            time_base: u32::try_from(u(bm, "time_base")?)
+                .context("examine: time_base out of range")?,
             location: Sectors(u(bm, "offset_sectors")?),
         }),
         resync_start: match e0["resync_sector"].as_u64() {
@@ -392,7 +396,8 @@ fn filesystem_lifecycle() -> Result<()> {
 
 // Chunks written while the array is dirty, before the crash (64 KiB chunks).
 const CRASH_CHUNKS: [u64; 4] = [3, 50, 51, 400];
-const CHUNK: u64 = 64 << 10;
+const CHUNK_LEN: usize = 64 << 10;
+const CHUNK: u64 = CHUNK_LEN as u64;
 
 fn crash_phase1() -> Result<()> {
     ctl("create --level 1 --raid-devices 2 --name crash --bitmap-chunk 64K --time-base 5 --assume-clean /dev/vda /dev/vdb")?;
@@ -401,7 +406,7 @@ fn crash_phase1() -> Result<()> {
     // Hold the array active (dirty) for a while after the writes.
     md.write("safe_mode_delay", "30")?;
     for c in CRASH_CHUNKS {
-        write_direct(&md.dev_path(), c * CHUNK, &pattern(c, CHUNK as usize))?;
+        write_direct(&md.dev_path(), c * CHUNK, &pattern(c, CHUNK_LEN))?;
     }
     let e = examine(Path::new("/dev/vda"))?;
     ensure!(
@@ -427,7 +432,7 @@ fn crash_phase2() -> Result<()> {
     ensure!(bits == CRASH_CHUNKS, "bits after the crash: {bits:?}");
     // Make the mirrors differ inside a dirty chunk: the resync must repair it
     // (it copies slot 0 to slot 1).
-    write_direct(&b, (2048 * 512) + 50 * CHUNK, &vec![0xEE; CHUNK as usize])?;
+    write_direct(&b, (2048 * 512) + 50 * CHUNK, &vec![0xEE; CHUNK_LEN])?;
     let w0 = written_sectors("vda")? + written_sectors("vdb")?;
     ctl("assemble crash /dev/vda /dev/vdb")?;
     let md = md127();
@@ -453,7 +458,7 @@ fn crash_phase2() -> Result<()> {
     );
     for c in CRASH_CHUNKS {
         ensure!(
-            read_direct(&md.dev_path(), c * CHUNK, CHUNK as usize)? == pattern(c, CHUNK as usize),
+            read_direct(&md.dev_path(), c * CHUNK, CHUNK_LEN)? == pattern(c, CHUNK_LEN),
             "chunk {c} data"
         );
     }

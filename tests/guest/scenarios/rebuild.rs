@@ -54,7 +54,8 @@ pub static KILL_BEFORE_TRUE: Scenario = Scenario {
     }],
 };
 
-const CHUNK: u64 = 64 << 10;
+const CHUNK_LEN: usize = 64 << 10;
+const CHUNK: u64 = CHUNK_LEN as u64;
 const CHUNK_SECTORS: u64 = CHUNK / 512;
 
 fn md() -> MdDev {
@@ -67,20 +68,16 @@ fn can_clear(md: &MdDev) -> Result<Option<bool>> {
 
 fn write_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
     for &c in chunks {
-        write_direct(
-            &md.dev_path(),
-            c * CHUNK,
-            &pattern(seed + c, CHUNK as usize),
-        )?;
+        write_direct(&md.dev_path(), c * CHUNK, &pattern(seed + c, CHUNK_LEN))?;
     }
     Ok(())
 }
 
 fn verify_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
     for &c in chunks {
-        let got = read_direct(&md.dev_path(), c * CHUNK, CHUNK as usize)?;
+        let got = read_direct(&md.dev_path(), c * CHUNK, CHUNK_LEN)?;
         ensure!(
-            got == pattern(seed + c, CHUNK as usize),
+            got == pattern(seed + c, CHUNK_LEN),
             "chunk {c} reads back wrong"
         );
     }

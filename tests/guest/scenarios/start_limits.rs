@@ -68,7 +68,8 @@ pub static LONG_DIRTY_LIST: Scenario = Scenario {
 
 /// 4 KiB bitmap chunks; every other chunk of the first `2 * LONG_DIRTY`
 /// written while degraded, so no two dirty chunks merge into a range.
-const SMALL_CHUNK: u64 = 4096;
+const SMALL_CHUNK_LEN: usize = 4096;
+const SMALL_CHUNK: u64 = SMALL_CHUNK_LEN as u64;
 const LONG_DIRTY: u64 = 20_000;
 
 fn long_dirty_chunks() -> Vec<u64> {
@@ -80,7 +81,7 @@ fn long_dirty_list() -> Result<()> {
     ctl("create --level 1 --raid-devices 2 --name ld --bitmap-chunk 4K --time-base 1 --assume-clean /dev/vda /dev/vdb")?;
     let ex = examine(a)?;
     let chunks = json_u64(&ex["bitmap"], "chunks")?;
-    let bitmap_len = json_u64(&ex["bitmap"], "size_bytes")? as usize;
+    let bitmap_len = usize::try_from(json_u64(&ex["bitmap"], "size_bytes")?)?;
     let data_offset = json_u64(&ex, "data_offset_sectors")? * 512;
     ensure!(
         chunks >= 2 * LONG_DIRTY,
@@ -102,7 +103,7 @@ fn long_dirty_list() -> Result<()> {
                     let (d, dirty) = (&d, &dirty);
                     s.spawn(move || -> Result<()> {
                         for &c in dirty.iter().skip(w).step_by(writers) {
-                            d.write_at(c * SMALL_CHUNK, &pattern(100 + c, SMALL_CHUNK as usize))?;
+                            d.write_at(c * SMALL_CHUNK, &pattern(100 + c, SMALL_CHUNK_LEN))?;
                         }
                         Ok(())
                     })
@@ -144,7 +145,7 @@ fn long_dirty_list() -> Result<()> {
         "re-armed {rearmed}, expected {LONG_DIRTY}"
     );
     ensure!(
-        writes as usize >= list_bytes.div_ceil(4095),
+        writes >= list_bytes.div_ceil(4095) as u64,
         "{writes} writes cannot carry a {list_bytes}-byte list in pieces under a page"
     );
     // What md flushed: exactly the requested chunks, no cut token's stray.
@@ -172,10 +173,10 @@ fn long_dirty_list() -> Result<()> {
     let mut off = 0;
     while off < span {
         let len = slab.min(span - off);
-        let got = read_direct(b, data_offset + off, len as usize)?;
-        for (i, blk) in got.chunks(SMALL_CHUNK as usize).enumerate() {
+        let got = read_direct(b, data_offset + off, usize::try_from(len)?)?;
+        for (i, blk) in got.chunks(SMALL_CHUNK_LEN).enumerate() {
             let c = (off / SMALL_CHUNK) + i as u64;
-            if c % 2 == 0 && blk != pattern(100 + c, SMALL_CHUNK as usize).as_slice() {
+            if c % 2 == 0 && blk != pattern(100 + c, SMALL_CHUNK_LEN).as_slice() {
                 bail!("chunk {c} on the rebuilt member differs from what was written");
             }
         }
@@ -211,7 +212,7 @@ fn shrunk_member() -> Result<()> {
     ctl("assemble sh /dev/loop0 /dev/loop1")?;
     let md = md();
     let comp = json_u64(&examine(&loops[0].path)?, "component_size_sectors")?;
-    let blob = pattern(11, (comp * 512) as usize);
+    let blob = pattern(11, usize::try_from(comp * 512)?);
     write_direct(&md.dev_path(), 0, &blob)?;
     ctl("stop md127")?;
     // The file under loop1 is cut to half; the loop device learns it.
@@ -315,7 +316,8 @@ pub static DIRTY_DEGRADED_RAID6: Scenario = Scenario {
     ],
 };
 
-const CHUNK: u64 = 64 << 10;
+const CHUNK_LEN: usize = 64 << 10;
+const CHUNK: u64 = CHUNK_LEN as u64;
 const CHUNK_SECTORS: u64 = CHUNK / 512;
 /// Array chunks (64 KiB) written while degraded; each write is
 /// acknowledged (O_DIRECT returned) before the crash.
@@ -364,20 +366,16 @@ impl Parity {
 
 fn write_chunks(md: &MdDev, seed: u64) -> Result<()> {
     for &c in &PARITY_WRITES {
-        write_direct(
-            &md.dev_path(),
-            c * CHUNK,
-            &pattern(seed + c, CHUNK as usize),
-        )?;
+        write_direct(&md.dev_path(), c * CHUNK, &pattern(seed + c, CHUNK_LEN))?;
     }
     Ok(())
 }
 
 fn verify_chunks(md: &MdDev, seed: u64) -> Result<()> {
     for &c in &PARITY_WRITES {
-        let got = read_direct(&md.dev_path(), c * CHUNK, CHUNK as usize)?;
+        let got = read_direct(&md.dev_path(), c * CHUNK, CHUNK_LEN)?;
         ensure!(
-            got == pattern(seed + c, CHUNK as usize),
+            got == pattern(seed + c, CHUNK_LEN),
             "acknowledged chunk {c} reads back wrong"
         );
     }

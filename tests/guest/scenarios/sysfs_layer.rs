@@ -44,7 +44,7 @@ fn spec(loops: &[Loop]) -> ArraySpec {
         level: Level::Raid1,
         layout: 0,
         chunk_size: Bytes(0),
-        raid_disks: loops.len() as u32,
+        raid_disks: u32::try_from(loops.len()).expect("a few loop devices"),
         component_size: size,
         members: loops
             .iter()
@@ -53,7 +53,7 @@ fn spec(loops: &[Loop]) -> ArraySpec {
                 dev: l.dev,
                 data_offset: DATA_OFFSET,
                 size,
-                slot: Some(i as u32),
+                slot: Some(u32::try_from(i).expect("a few loop devices")),
             })
             .collect(),
         bitmap: Some(BitmapSpec {
