@@ -464,7 +464,12 @@ fn parity_phase2(p: &Parity) -> Result<()> {
     );
     let human = ctl(&format!("examine {}", p.devs[0]))?;
     ensure!(human.contains("Forced Start"), "examine: {human}");
-    let detail = ctl("detail md127")?;
+    // Degraded: detail exits 1, as mdadm --detail --test does.
+    let (code, detail, err) = ctl_exit("detail md127")?;
+    ensure!(
+        code == Some(1),
+        "detail of the degraded array exited {code:?}: {err}"
+    );
     ensure!(detail.contains("Forced Start"), "detail: {detail}");
     let md = md();
     let seed = u64::from(p.level) * 1000;
