@@ -1,26 +1,17 @@
 //! mdextctl create / examine, run as a process on image files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 mod common {
     pub mod signatures;
 }
-use common::signatures::{self, assert_blkid_nothing, assert_blkid_type};
+use common::signatures::{self, assert_blkid_nothing, assert_blkid_type, image};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mdextctl");
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run mdextctl")
-}
-
-fn image(dir: &Path, name: &str, size: u64) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::File::create(&p)
-        .expect("create")
-        .set_len(size)
-        .expect("set_len");
-    p
 }
 
 fn s(p: &Path) -> &str {

@@ -8,18 +8,14 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+mod common {
+    pub mod signatures;
+}
+use common::signatures::image;
+
 const MDEXTCTL: &str = env!("CARGO_BIN_EXE_mdextctl");
 const MDEXTMON: &str = env!("CARGO_BIN_EXE_mdextmon");
 const SIGPIPE: i32 = 13;
-
-fn image(dir: &Path, name: &str, size: u64) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::File::create(&p)
-        .expect("create")
-        .set_len(size)
-        .expect("set_len");
-    p
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -1,19 +1,10 @@
 use super::*;
 use crate::device::Access;
 use crate::probe::test_signatures as signatures;
-use signatures::{assert_blkid_nothing, assert_blkid_type, Sig};
+use signatures::{assert_blkid_nothing, assert_blkid_type, image, Sig};
 use std::process::Command;
 
 const MIB: u64 = 1 << 20;
-
-fn image(dir: &Path, name: &str, size: u64) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::File::create(&p)
-        .expect("create")
-        .set_len(size)
-        .expect("set_len");
-    p
-}
 
 fn probe_path(p: &Path) -> Vec<Found> {
     probe(&Device::open(p, Access::Read).expect("open")).expect("probe")

@@ -4,13 +4,24 @@
 //! is what it claims to be.
 //!
 //! Included with `#[path]` by src/probe.rs (as `probe::test_signatures`,
-//! for the unit tests) and as a module by tests/cli_create.rs.
+//! for the unit tests) and as a module by tests/cli_create.rs and
+//! tests/cli_habits.rs.
 
 #![allow(dead_code)]
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// A sparse image file of `size` bytes named `name` in `dir`.
+pub fn image(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::File::create(&p)
+        .expect("create")
+        .set_len(size)
+        .expect("set_len");
+    p
+}
 
 /// A foreign signature the tests write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
