@@ -235,6 +235,92 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
     };
     let cands = read_candidates(sysfs, &paths, !o.scan)?;
     let cands = select(cands, o.array.as_deref())?;
+    assemble_one(sysfs, o, cands)
+}
+
+/// One array's outcome in [`assemble_all`].
+#[derive(Debug)]
+pub enum ScanOutcome {
+    /// Assembled now.
+    Started(AssembleReport),
+    /// Already running as this md device; left as it is.
+    Running {
+        /// The array's name.
+        name: String,
+        /// Its UUID.
+        uuid: uuid::Uuid,
+        /// The md device.
+        md: String,
+    },
+    /// Could not be assembled (nothing of it was changed).
+    Failed {
+        /// The array's name.
+        name: String,
+        /// Its UUID.
+        uuid: uuid::Uuid,
+        /// Why.
+        error: CtlError,
+    },
+}
+
+/// `assemble --scan` with no array named: every mdext array whose devices
+/// are found, each on its own (one that cannot start does not stop the
+/// others); arrays already running are left as they are.
+pub fn assemble_all(sysfs: &Sysfs, o: &AssembleOptions) -> Result<Vec<ScanOutcome>, CtlError> {
+    let cands = read_candidates(sysfs, &scan_block_devices()?, false)?;
+    let mut groups: Vec<Vec<Candidate>> = Vec::new();
+    for c in cands {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].sb.array.uuid == c.sb.array.uuid)
+        {
+            Some(g) => g.push(c),
+            None => groups.push(vec![c]),
+        }
+    }
+    // Arrays already running hold their devices (a scan skips those): they
+    // are reported from the kernel's list, as it was before this scan.
+    let mut out = Vec::new();
+    for md in running_arrays(sysfs) {
+        if let Ok(r) = Record::read(sysfs, &md, Access::Read) {
+            out.push(ScanOutcome::Running {
+                name: r.meta.name.clone(),
+                uuid: r.meta.uuid,
+                md,
+            });
+        }
+    }
+    if groups.is_empty() && out.is_empty() {
+        return Err(CtlError::Array("no mdext devices found".into()));
+    }
+    for g in groups {
+        let name = g[0].sb.array.name.clone();
+        let uuid = g[0].sb.array.uuid;
+        if let Some(md) = running_md(sysfs, &uuid) {
+            // A device of a running array that md does not hold (say, a
+            // member left out): already reported above.
+            let known = out
+                .iter()
+                .any(|x| matches!(x, ScanOutcome::Running { uuid: u, .. } if *u == uuid));
+            if !known {
+                out.push(ScanOutcome::Running { name, uuid, md });
+            }
+            continue;
+        }
+        out.push(match assemble_one(sysfs, o, g) {
+            Ok(r) => ScanOutcome::Started(r),
+            Err(error) => ScanOutcome::Failed { name, uuid, error },
+        });
+    }
+    Ok(out)
+}
+
+/// Assemble the array whose devices are `cands` (all of one UUID).
+fn assemble_one(
+    sysfs: &Sysfs,
+    o: &AssembleOptions,
+    cands: Vec<Candidate>,
+) -> Result<AssembleReport, CtlError> {
     let uuid = cands
         .first()
         .map(|c| c.sb.array.uuid)

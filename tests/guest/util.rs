@@ -37,8 +37,14 @@ pub struct Loop {
 
 /// `n` fresh loop devices of `mib` MiB each.
 pub fn loop_devices(n: usize, mib: u64) -> Result<Vec<Loop>> {
+    loop_devices_from(0, n, mib)
+}
+
+/// `n` fresh loop devices of `mib` MiB each, from `/dev/loop{first}` on
+/// (for a scenario whose lower loop devices are in use).
+pub fn loop_devices_from(first: usize, n: usize, mib: u64) -> Result<Vec<Loop>> {
     let mut v = Vec::new();
-    for i in 0..n {
+    for i in first..first + n {
         let img = format!("/tmp/disk{i}.img");
         let f = File::create(&img)?;
         f.set_len(mib << 20)?;

@@ -188,34 +188,79 @@ pub fn assemble(a: AssembleArgs) -> Result<ExitCode> {
         run_dir: a.daemon.run_dir,
         mdextmon: mdextmon_path(),
     };
+    if o.scan && o.array.is_none() {
+        return assemble_all(&o, a.json);
+    }
     let r = ctl::assemble(&Sysfs::default(), &o)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
+        print_assembled(&r);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `assemble --scan` with no array named: every array found, each on its
+/// own. Exit 1 when any could not be assembled (the others still are).
+fn assemble_all(o: &ctl::AssembleOptions, json: bool) -> Result<ExitCode> {
+    if o.md_name.is_some() {
+        bail!("--md names one md device: name the array to assemble too");
+    }
+    let outcomes = ctl::assemble_all(&Sysfs::default(), o)?;
+    let mut failed = false;
+    let mut reports = Vec::new();
+    for out in &outcomes {
+        match out {
+            ctl::ScanOutcome::Started(r) => {
+                if !json {
+                    print_assembled(r);
+                }
+                reports.push(r);
+            }
+            ctl::ScanOutcome::Running { name, uuid, md } => {
+                eprintln!("mdextctl: array {name} ({uuid}) is already running as /dev/{md}");
+            }
+            ctl::ScanOutcome::Failed { name, uuid, error } => {
+                failed = true;
+                eprintln!("mdextctl: array {name} ({uuid}): {error}");
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_assembled(r: &ctl::AssembleReport) {
+    println!(
+        "mdextctl: /dev/{} has been started with {} device{} (array {} {})",
+        r.md,
+        r.members.len(),
+        if r.members.len() == 1 { "" } else { "s" },
+        r.name,
+        r.uuid
+    );
+    if let Some(e) = r.forced_start {
         println!(
-            "mdextctl: /dev/{} has been started with {} device{} (array {} {})",
-            r.md,
-            r.members.len(),
-            if r.members.len() == 1 { "" } else { "s" },
-            r.name,
-            r.uuid
-        );
-        if let Some(e) = r.forced_start {
-            println!(
                 "mdextctl: dirty and degraded, started because of --force (forced start recorded at event {e}): stripes written at the crash may hold stale parity; their chunks stay dirty in the bitmap for the missing member's rebuild"
             );
-        }
-        for p in &r.resumed {
-            println!(
-                "mdextctl: {} was being rebuilt; its rebuild starts again",
-                p.display()
-            );
-        }
-        for l in &r.left_out {
-            println!("mdextctl: {} not used: {}", l.path.display(), l.reason);
-        }
-        if !r.missing_slots.is_empty() {
-            println!(
+    }
+    for p in &r.resumed {
+        println!(
+            "mdextctl: {} was being rebuilt; its rebuild starts again",
+            p.display()
+        );
+    }
+    for l in &r.left_out {
+        println!("mdextctl: {} not used: {}", l.path.display(), l.reason);
+    }
+    if !r.missing_slots.is_empty() {
+        println!(
                 "mdextctl: running degraded, slots {:?} missing; {} dirty chunk{} kept for their return{}",
                 r.missing_slots,
                 r.rearmed_chunks,
@@ -226,9 +271,7 @@ pub fn assemble(a: AssembleArgs) -> Result<ExitCode> {
                     String::new()
                 }
             );
-        }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 pub fn stop(a: &StopArgs) -> Result<ExitCode> {

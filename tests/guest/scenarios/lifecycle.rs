@@ -391,6 +391,45 @@ fn filesystem_lifecycle() -> Result<()> {
     sh("timeout 60 umount /mnt/a")?;
     ensure!(check_mismatches(&md127())? == 0, "mismatches");
     ctl("stop life")?;
+    scan_assembles_every_array()
+}
+
+/// `assemble --scan` with no name starts every array it finds, each on its
+/// own; a second scan leaves running arrays as they are and succeeds.
+fn scan_assembles_every_array() -> Result<()> {
+    // loop0 and loop1 hold "life".
+    let loops = loop_devices_from(2, 2, 64)?;
+    let devs: Vec<String> = loops.iter().map(|l| l.path.display().to_string()).collect();
+    let devs = devs.join(" ");
+    ctl(&format!(
+        "create --level 1 --raid-devices 2 --name two --bitmap-chunk 64K --assume-clean --force {devs}"
+    ))?;
+    // Both arrays stopped: one scan starts both.
+    let out = ctl("assemble --scan")?;
+    for name in ["life", "two"] {
+        ensure!(
+            out.contains(&format!("(array {name} ")),
+            "scan did not start {name}: {out}"
+        );
+    }
+    let v: serde_json::Value = serde_json::from_str(&ctl("status --json")?)?;
+    let arrays = v.as_array().context("status --json is not a list")?;
+    let mut names: Vec<&str> = arrays.iter().filter_map(|a| a["name"].as_str()).collect();
+    names.sort_unstable();
+    ensure!(names == ["life", "two"], "status lists {names:?}");
+    ensure!(
+        arrays.iter().all(|a| a["managed"] == true),
+        "not all managed: {v}"
+    );
+    // Again: nothing to start, nothing failed.
+    let (code, _, err) = ctl_exit("assemble --scan")?;
+    ensure!(code == Some(0), "second scan exited {code:?}: {err}");
+    ensure!(
+        err.matches("is already running").count() == 2,
+        "second scan: {err}"
+    );
+    ctl("stop life")?;
+    ctl("stop two")?;
     Ok(())
 }
 
