@@ -257,6 +257,11 @@ struct MemberIo {
     writer: Writer,
 }
 
+/// How many times an admin request is retried after the array moved on
+/// between settling and the request's snapshot (each retry first runs the
+/// machine's own batch).
+const ADMIN_SETTLE_ATTEMPTS: u32 = 50;
+
 /// A long-lived thread that writes one member's metadata, so that the
 /// members of an array are written in parallel without creating threads on
 /// the write-pending path (under `mlockall(MCL_FUTURE)` every new thread
@@ -751,7 +756,7 @@ impl Managed {
     /// `mdextctl fail`.
     pub fn fail(&mut self, device: &str) -> Result<(), ManagedError> {
         let i = self.member_index_of_path(device)?;
-        self.admin(AdminRequest::Fail(i))
+        self.admin(&AdminRequest::Fail(i))
     }
 
     /// `mdextctl remove`. The daemon removes failed members by itself (as
@@ -759,7 +764,7 @@ impl Managed {
     /// missing and that md no longer holds succeeds with nothing to do.
     pub fn remove(&mut self, device: &str) -> Result<(), ManagedError> {
         match self.member_index_of_path(device) {
-            Ok(i) => self.admin(AdminRequest::Remove(i)),
+            Ok(i) => self.admin(&AdminRequest::Remove(i)),
             Err(e) => {
                 let Ok(read) = crate::device::read_superblock(Path::new(device)) else {
                     return Err(e);
@@ -832,7 +837,7 @@ impl Managed {
                 data_size: Sectors(0),
             },
         });
-        let r = self.admin_on(Some(device), AdminRequest::Add(Box::new(facts)));
+        let r = self.admin_on(Some(device), &AdminRequest::Add(Box::new(facts)));
         self.pending = None;
         r
     }
@@ -845,23 +850,31 @@ impl Managed {
         Ok(())
     }
 
-    fn admin(&mut self, req: AdminRequest) -> Result<(), ManagedError> {
+    fn admin(&mut self, req: &AdminRequest) -> Result<(), ManagedError> {
         self.admin_on(None, req)
     }
 
     /// [`Managed::admin`] about a device named in errors.
-    fn admin_on(&mut self, device: Option<&str>, req: AdminRequest) -> Result<(), ManagedError> {
-        // Settle first: the machine refuses requests while it has work.
-        self.wake();
-        let view = self.snapshot()?;
-        let batch =
-            self.mon
-                .step(Event::Admin(req, view))
-                .map_err(|reason| ManagedError::Refused {
-                    md: self.md.name().to_string(),
-                    device: device.map(str::to_string),
-                    reason,
-                })?;
+    fn admin_on(&mut self, device: Option<&str>, req: &AdminRequest) -> Result<(), ManagedError> {
+        // Settle first: the machine refuses requests while it has work. The
+        // kernel may move on between the settling and the snapshot (an idle
+        // array turns active-idle, a write arrives): settle again and retry,
+        // a bounded number of times, each after the machine's own batch ran.
+        let mut attempts = 0;
+        let batch = loop {
+            self.wake();
+            let view = self.snapshot()?;
+            match self.mon.step(Event::Admin(req.clone(), view)) {
+                Err(Refusal::Unsettled) if attempts < ADMIN_SETTLE_ATTEMPTS => attempts += 1,
+                r => {
+                    break r.map_err(|reason| ManagedError::Refused {
+                        md: self.md.name().to_string(),
+                        device: device.map(str::to_string),
+                        reason,
+                    })?
+                }
+            }
+        };
         // The machine chose the slot and the device's own record.
         if let Some(p) = self.pending.as_mut() {
             for a in &batch {
@@ -918,7 +931,7 @@ impl Managed {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        self.admin(AdminRequest::Stop)?;
+        self.admin(&AdminRequest::Stop)?;
         let t0 = Instant::now();
         while self.md.array_state().is_ok_and(|s| s.is_running()) {
             if t0.elapsed() > Duration::from_secs(10) {
