@@ -29,19 +29,45 @@ pub struct Scenario {
     pub phases: &'static [Phase],
 }
 
-fn find(name: &str) -> Option<&'static Scenario> {
+/// A guest test in the systemd guest (`scripts/sysguest`): Debian 12 with
+/// systemd as PID 1, its root filesystem on an mdext RAID1 over the virtio
+/// disks vda and vdb, started by the project's initramfs hook.
+pub struct SystemScenario {
+    pub name: &'static str,
+    /// Sizes in MiB of raw images on a virtio-scsi controller (sda, ...):
+    /// disks the guest can hot-remove and rescan.
+    pub scsi: &'static [u64],
+    pub phases: &'static [Phase],
+    /// Run on the host after the last phase, over the images the guest
+    /// left: root members first, then the SCSI disks.
+    pub after: Option<fn(&HostCheck) -> anyhow::Result<()>>,
+}
+
+/// What a host-side check gets.
+pub struct HostCheck<'a> {
+    pub mdextctl: &'a Path,
+    pub disks: &'a [PathBuf],
+}
+
+fn find(name: &str) -> Option<&'static [Phase]> {
     crate::scenarios::ALL
         .iter()
-        .copied()
         .find(|s| s.name == name)
+        .map(|s| s.phases)
+        .or_else(|| {
+            crate::scenarios::SYSTEM
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.phases)
+        })
 }
 
 pub fn run_in_guest(scenario: &str, phase: &str) -> i32 {
-    let Some(s) = find(scenario) else {
+    let Some(phases) = find(scenario) else {
         eprintln!("MDEXT-FAIL: no scenario '{scenario}'");
         return 2;
     };
-    let Some(p) = s.phases.iter().find(|p| p.name == phase) else {
+    let Some(p) = phases.iter().find(|p| p.name == phase) else {
         eprintln!("MDEXT-FAIL: scenario '{scenario}' has no phase '{phase}'");
         return 2;
     };
@@ -105,19 +131,12 @@ fn run_phase(
         .arg(s.name)
         .arg(p.name);
     let out = c.output().map_err(|e| format!("scripts/guest run: {e}"))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    for l in stderr
-        .lines()
-        .filter(|l| l.starts_with("guest: MDEXT-GUEST-UP") || l.contains("never came up"))
-    {
-        println!(
-            "    {}/{}: {}",
-            s.name,
-            p.name,
-            l.trim_start_matches("guest: ")
-        );
-    }
-    let code = out.status.code().unwrap_or(-1);
+    show_boot(s.name, p.name, &out.stderr);
+    judge(p, out.status.code().unwrap_or(-1))
+}
+
+/// The guest's exit status against what the phase was to end with.
+fn judge(p: &Phase, code: i32) -> Result<(), String> {
     match (p.ends, code) {
         (Ends::Ok, 0) | (Ends::Crash, 125) => Ok(()),
         (Ends::Crash, 0) => Err(format!(
@@ -129,21 +148,134 @@ fn run_phase(
     }
 }
 
+/// Print the harness lines worth keeping (guest up, wall time).
+fn show_boot(s: &str, p: &str, stderr: &[u8]) {
+    let stderr = String::from_utf8_lossy(stderr);
+    for l in stderr
+        .lines()
+        .filter(|l| l.starts_with("guest: MDEXT-GUEST-UP") || l.contains("never came up"))
+    {
+        println!("    {s}/{p}: {}", l.trim_start_matches("guest: "));
+    }
+}
+
+/// Copy a sparse image (the root members' templates).
+fn copy_sparse(from: &Path, to: &Path) -> Result<(), String> {
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(from)
+        .arg(to)
+        .status()
+        .map_err(|e| format!("cp: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("cp {} {}: {st}", from.display(), to.display()))
+    }
+}
+
+/// Build the systemd guest (root tree, initramfs, root array templates).
+fn build_system(paths: &Paths, out: &Path) -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let bindir = paths
+        .mdextctl
+        .parent()
+        .ok_or_else(|| format!("{}: no parent directory", paths.mdextctl.display()))?;
+    let st = Command::new(paths.root.join("scripts/sysguest"))
+        .arg("build")
+        .arg(out)
+        .arg(bindir)
+        .arg(&me)
+        .status()
+        .map_err(|e| format!("scripts/sysguest build: {e}"))?;
+    if !st.success() {
+        return Err(format!("scripts/sysguest build failed: {st}"));
+    }
+    Ok(())
+}
+
+fn run_system_scenario(
+    paths: &Paths,
+    sys: &Path,
+    work: &Path,
+    logs: &Path,
+    s: &SystemScenario,
+) -> Result<(), String> {
+    let mut disks = Vec::new();
+    for m in ["root0", "root1"] {
+        let p = work.join(format!("{}-{m}.img", s.name));
+        copy_sparse(&sys.join(format!("{m}.img")), &p)?;
+        disks.push(p);
+    }
+    let mut scsi = Vec::new();
+    for (i, mb) in s.scsi.iter().enumerate() {
+        let p = work.join(format!("{}-sd{i}.img", s.name));
+        let f = std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        f.set_len(mb << 20)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        scsi.push(p);
+    }
+    for p in s.phases {
+        let log = logs.join(format!("{}-{}.log", s.name, p.name));
+        let mut c = Command::new(paths.root.join("scripts/sysguest"));
+        c.arg("run").arg(sys).arg("--log").arg(&log);
+        c.arg("--timeout")
+            .arg(std::env::var("MDEXT_GUEST_TIMEOUT").unwrap_or_else(|_| "900".into()));
+        for d in &disks {
+            c.arg("--disk").arg(d);
+        }
+        for d in &scsi {
+            c.arg("--scsi").arg(d);
+        }
+        c.arg("--").arg(s.name).arg(p.name);
+        let out = c
+            .output()
+            .map_err(|e| format!("scripts/sysguest run: {e}"))?;
+        show_boot(s.name, p.name, &out.stderr);
+        judge(p, out.status.code().unwrap_or(-1))
+            .map_err(|e| format!("{e} (console: {})", log.display()))?;
+    }
+    if let Some(after) = s.after {
+        let all: Vec<PathBuf> = disks.iter().chain(scsi.iter()).cloned().collect();
+        after(&HostCheck {
+            mdextctl: &paths.mdextctl,
+            disks: &all,
+        })
+        .map_err(|e| format!("host check after the last phase: {e:#}"))?;
+    }
+    for d in disks.iter().chain(scsi.iter()) {
+        let _ = std::fs::remove_file(d);
+    }
+    Ok(())
+}
+
 pub fn run_on_host(args: &[String]) -> i32 {
     let list = args.iter().any(|a| a == "--list");
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let wanted =
+        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
     let selected: Vec<&Scenario> = crate::scenarios::ALL
         .iter()
         .copied()
-        .filter(|s| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str())))
+        .filter(|s| wanted(s.name))
+        .collect();
+    let system: Vec<&SystemScenario> = crate::scenarios::SYSTEM
+        .iter()
+        .copied()
+        .filter(|s| wanted(s.name))
         .collect();
     if list {
         for s in &selected {
             println!("{}: test", s.name);
         }
+        for s in &system {
+            println!("{}: test", s.name);
+        }
         return 0;
     }
-    let filtered = crate::scenarios::ALL.len() - selected.len();
+    let filtered = crate::scenarios::ALL.len() + crate::scenarios::SYSTEM.len()
+        - selected.len()
+        - system.len();
     let t0 = Instant::now();
     let paths = match Paths::resolve(&crate::paths::Env::current()) {
         Ok(p) => p,
@@ -161,19 +293,33 @@ pub fn run_on_host(args: &[String]) -> i32 {
     };
     let logs = paths.root.join("target/guest-logs");
     let _ = std::fs::create_dir_all(&logs);
-    let initramfs = match build_initramfs(&paths, work.path()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("guest: {e}");
-            return 2;
+    let initramfs = if selected.is_empty() {
+        PathBuf::new()
+    } else {
+        match build_initramfs(&paths, work.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("guest: {e}");
+                return 2;
+            }
         }
     };
     println!(
         "\nrunning {} guest tests (kernel {})",
-        selected.len(),
+        selected.len() + system.len(),
         kernel_version(&paths)
     );
     let (mut passed, mut failed) = (0, Vec::new());
+    let mut report = |name: &'static str, t: Instant, res: Result<(), String>| match res {
+        Ok(()) => {
+            passed += 1;
+            println!("test {name} ... ok ({:.1}s)", t.elapsed().as_secs_f64());
+        }
+        Err(e) => {
+            println!("test {name} ... FAILED ({:.1}s)", t.elapsed().as_secs_f64());
+            failed.push((name, e));
+        }
+    };
     for s in &selected {
         let t = Instant::now();
         let res = (|| {
@@ -195,18 +341,27 @@ pub fn run_on_host(args: &[String]) -> i32 {
             }
             Ok::<(), String>(())
         })();
-        match res {
-            Ok(()) => {
-                passed += 1;
-                println!("test {} ... ok ({:.1}s)", s.name, t.elapsed().as_secs_f64());
-            }
+        report(s.name, t, res);
+    }
+    if !system.is_empty() {
+        let t = Instant::now();
+        let sys = work.path().join("sysguest");
+        match build_system(&paths, &sys) {
+            Ok(()) => println!(
+                "    systemd guest built in {:.1}s",
+                t.elapsed().as_secs_f64()
+            ),
             Err(e) => {
-                println!(
-                    "test {} ... FAILED ({:.1}s)",
-                    s.name,
-                    t.elapsed().as_secs_f64()
-                );
-                failed.push((s.name, e));
+                for s in &system {
+                    report(s.name, t, Err(e.clone()));
+                }
+            }
+        }
+        if sys.join("initrd.img").exists() {
+            for s in &system {
+                let t = Instant::now();
+                let res = run_system_scenario(&paths, &sys, work.path(), &logs, s);
+                report(s.name, t, res);
             }
         }
     }
@@ -219,7 +374,8 @@ pub fn run_on_host(args: &[String]) -> i32 {
                 .next()
                 .unwrap_or("")
                 .trim_end_matches(')');
-            if let Ok(text) = std::fs::read_to_string(log) {
+            if let Ok(bytes) = std::fs::read(log) {
+                let text = String::from_utf8_lossy(&bytes);
                 let lines: Vec<&str> = text.lines().collect();
                 for l in &lines[lines.len().saturating_sub(60)..] {
                     println!("  | {}", l.trim_end_matches('\r'));

@@ -1,11 +1,12 @@
 //! The guest scenarios, one module per area.
 
-use crate::harness::Scenario;
+use crate::harness::{Scenario, SystemScenario};
 
 mod lifecycle;
 mod rebuild;
 mod start_limits;
 mod sysfs_layer;
+mod system;
 
 pub static ALL: &[&Scenario] = &[
     &sysfs_layer::RAID1_EXTERNAL_BITMAP,
@@ -28,3 +29,6 @@ pub static ALL: &[&Scenario] = &[
     &start_limits::DIRTY_DEGRADED_RAID5,
     &start_limits::DIRTY_DEGRADED_RAID6,
 ];
+
+/// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).
+pub static SYSTEM: &[&SystemScenario] = &[&system::ROOT_BOOT];
