@@ -20,6 +20,7 @@
 //! - [`daemon`]: mdextmon's I/O loop; [`managed`]: one managed array.
 //! - [`events`]: what mdextmon reports (pure, from state transitions);
 //!   [`report`]: to the journal ([`journal`]), stderr and the PROGRAM.
+//! - [`wait`]: `mdextctl wait`; [`metrics`]: `mdextctl metrics`.
 //! - [`config`]: the configuration file, mdext.conf(5).
 
 pub mod assembly;
@@ -37,9 +38,11 @@ pub mod journal;
 pub mod managed;
 pub mod md;
 pub mod meta;
+pub mod metrics;
 pub mod monitor;
 pub mod probe;
 pub mod report;
 pub mod status;
 pub mod sysfs;
 pub mod units;
+pub mod wait;
