@@ -2,6 +2,7 @@
 
 use crate::harness::Scenario;
 
+mod events;
 mod lifecycle;
 mod rebuild;
 mod start_limits;
@@ -27,4 +28,5 @@ pub static ALL: &[&Scenario] = &[
     &start_limits::SHRUNK_MEMBER,
     &start_limits::DIRTY_DEGRADED_RAID5,
     &start_limits::DIRTY_DEGRADED_RAID6,
+    &events::EVENTS_WAIT_METRICS,
 ];
