@@ -115,7 +115,9 @@ pub struct Facts {
     pub raid_disks: usize,
     /// The member table, by index.
     pub members: Vec<MemberFact>,
-    /// A slot without an in-sync member, by the kernel or the record.
+    /// A slot without an in-sync member, as recorded (the record, not the
+    /// kernel's transient view: a failure is reported as `Fail` and then
+    /// `DegradedArray` once it is recorded).
     pub degraded: bool,
     /// The kernel runs a resync (`sync_action` resync).
     pub resyncing: bool,
@@ -156,7 +158,7 @@ impl Facts {
             name: meta.name.clone(),
             raid_disks: n,
             members,
-            degraded: view.is_some_and(|v| v.degraded > 0) || !meta.all_in_sync(),
+            degraded: !meta.all_in_sync(),
             resyncing: view.is_some_and(|v| v.sync_action == crate::md::SyncAction::Resync),
             can_clear: view.and_then(|v| v.can_clear),
             write_failed: write_failed.to_vec(),

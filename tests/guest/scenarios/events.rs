@@ -272,7 +272,8 @@ fn events_wait_metrics() -> Result<()> {
         "CanClearReleased count"
     );
     ensure!(
-        position(&lines, "Fail ") < position(&lines, "RebuildStarted ")
+        position(&lines, "Fail ") < position(&lines, "DegradedArray ")
+            && position(&lines, "Fail ") < position(&lines, "RebuildStarted ")
             && position(&lines, "RebuildStarted ") < position(&lines, "RebuildFinished "),
         "events out of order"
     );
