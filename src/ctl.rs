@@ -44,8 +44,12 @@ pub struct AssembleOptions {
     /// Start a parity array that is dirty and degraded anyway (md refuses
     /// it; see [`Choice::forced_start`]).
     pub force: bool,
-    /// md device name to use.
+    /// md device name to use (else the configuration's, else the highest
+    /// free number).
     pub md_name: Option<String>,
+    /// The configuration (mdext.conf(5)): `ARRAY ... md=` names the md
+    /// device of an array.
+    pub config: crate::config::Config,
     /// Where the daemon's socket lives.
     pub run_dir: PathBuf,
     /// The mdextmon binary to start if none runs.
@@ -349,7 +353,12 @@ fn assemble_one(
     // daemon is ensured after activation: a kernel that refuses the array
     // leaves no daemon started for nothing. Until mdextmon has taken the
     // array over, it stays read-only; if that fails, it is taken apart.
-    let (md, rearmed, rearm_writes) = activate_choice(sysfs, &choice, o.md_name.clone())?;
+    let md_name = o.md_name.clone().or_else(|| {
+        o.config
+            .md_device(&choice.meta.name, &choice.meta.uuid)
+            .map(str::to_string)
+    });
+    let (md, rearmed, rearm_writes) = activate_choice(sysfs, &choice, md_name)?;
     let mut left_out_extra: Vec<assembly::LeftOut> = Vec::new();
     let handed = ensure_daemon(&o.run_dir, &o.mdextmon).and_then(|()| {
         let req = Request::Manage {

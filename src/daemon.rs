@@ -13,6 +13,7 @@ use crate::control::{self, ErrorKind, Pong, Request, Response};
 use crate::device::DeviceError;
 use crate::managed::{Managed, ManagedError};
 use crate::md::ArrayState;
+use crate::report::Reporter;
 use crate::sysfs::Sysfs;
 use log::{error, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -32,6 +33,10 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// Arrays to manage at start (md device names).
     pub arrays: Vec<String>,
+    /// The configuration file (`PROGRAM`; re-read on SIGHUP).
+    pub config: PathBuf,
+    /// journald's native socket (events go there when it listens).
+    pub journal_socket: PathBuf,
 }
 
 /// Daemon errors.
@@ -67,13 +72,20 @@ pub struct Daemon {
     terminating: bool,
     /// Arrays whose last wake did not settle: retried on a short timeout.
     unsettled: Vec<String>,
+    /// Where events go ([`crate::report`]).
+    reporter: Reporter,
 }
 
 impl Daemon {
     /// Block the signals the loop handles, lock memory, open the socket.
     pub fn new(cfg: Config) -> Result<Daemon, DaemonError> {
         let mut mask = SigSet::empty();
-        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGCHLD,
+        ] {
             mask.add(s);
         }
         mask.thread_block().map_err(setup("blocking signals"))?;
@@ -92,6 +104,7 @@ impl Daemon {
                 source,
             }
         })?;
+        let reporter = Reporter::new(&cfg.journal_socket, event_program(&cfg.config));
         let pid = cfg.run_dir.join("mdextmon.pid");
         let _ = std::fs::write(&pid, format!("{}\n", std::process::id()));
         let mut d = Daemon {
@@ -101,6 +114,7 @@ impl Daemon {
             arrays: BTreeMap::new(),
             terminating: false,
             unsettled: Vec::new(),
+            reporter,
         };
         // With no arrays named, take over every running mdext array (a
         // restart, or a takeover from another instance). An array found
@@ -160,6 +174,7 @@ impl Daemon {
             std::process::id()
         );
         loop {
+            self.report_events();
             if self.terminating {
                 let all_clean = self.arrays.values_mut().all(|m| m.make_clean());
                 if all_clean {
@@ -246,7 +261,9 @@ impl Daemon {
                         Ok(Signal::SIGHUP) => {
                             // Look at everything again on the next turn.
                             self.unsettled.extend(self.arrays.keys().cloned());
+                            self.reporter.set_program(event_program(&self.cfg.config));
                         }
+                        Ok(Signal::SIGCHLD) => self.reporter.reap(),
                         _ => {}
                     }
                 }
@@ -323,6 +340,30 @@ impl Daemon {
             Request::Fail { md, device } => self.member_op(&md, |m| m.fail(&device)),
             Request::Remove { md, device } => self.member_op(&md, |m| m.remove(&device)),
             Request::Add { md, device } => self.member_op(&md, |m| m.add(&device)),
+        }
+    }
+}
+
+impl Daemon {
+    /// Hand every array's new events to the reporter.
+    fn report_events(&mut self) {
+        for m in self.arrays.values_mut() {
+            let ev = m.take_events();
+            self.reporter.report(&ev);
+        }
+        self.reporter.reap();
+    }
+}
+
+/// The event program the configuration names. A configuration that cannot
+/// be read is logged and ignored: the daemon runs without a program rather
+/// than not at all (writes to its arrays would hang).
+fn event_program(path: &std::path::Path) -> Option<PathBuf> {
+    match crate::config::Config::load(path) {
+        Ok(c) => c.program,
+        Err(e) => {
+            error!("{e}; no event program");
+            None
         }
     }
 }

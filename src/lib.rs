@@ -18,21 +18,31 @@
 //! - [`cli`]: what both binaries share as command-line programs (error lines, log lines, EPIPE).
 //! - [`monitor`]: the monitor's pure state machine (events in, actions out).
 //! - [`daemon`]: mdextmon's I/O loop; [`managed`]: one managed array.
+//! - [`events`]: what mdextmon reports (pure, from state transitions);
+//!   [`report`]: to the journal ([`journal`]), stderr and the PROGRAM.
+//! - [`wait`]: `mdextctl wait`; [`metrics`]: `mdextctl metrics`.
+//! - [`config`]: the configuration file, mdext.conf(5).
 
 pub mod assembly;
 pub mod bitmap;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod create;
 pub mod ctl;
 pub mod daemon;
 pub mod device;
+pub mod events;
 pub mod format;
+pub mod journal;
 pub mod managed;
 pub mod md;
 pub mod meta;
+pub mod metrics;
 pub mod monitor;
 pub mod probe;
+pub mod report;
 pub mod status;
 pub mod sysfs;
 pub mod units;
+pub mod wait;

@@ -5,6 +5,7 @@
 //! about metadata are taken here.
 
 use crate::device::{Access, Device, DeviceError};
+use crate::events::Facts;
 use crate::md::{ArrayState, Checkpoint, MemberCommand, MemberFlags};
 use crate::meta::{ArrayMeta, DeviceMeta, MemberState, Superblock};
 use crate::monitor::{
@@ -332,6 +333,12 @@ pub struct Managed {
     gone: bool,
     readonly: bool,
     pending: Option<PendingAdd>,
+    /// What the last look showed, for [`crate::events::events`].
+    facts: Option<Facts>,
+    /// Events not yet taken by the daemon ([`Managed::take_events`]).
+    events: Vec<crate::events::Event>,
+    /// Members whose last metadata write failed, with the error.
+    write_failed: Vec<(String, String)>,
 }
 
 /// The attributes md notifies, kept open. Reading one both re-arms its
@@ -420,6 +427,9 @@ impl Managed {
             gone: false,
             readonly: false,
             pending: None,
+            facts: None,
+            events: Vec::new(),
+            write_failed: Vec::new(),
         };
         m.rewatch()?;
         Ok(m)
@@ -544,6 +554,7 @@ impl Managed {
                     && !self.mon.stopping();
                 return true;
             }
+            self.note(&view);
             let batch = self.mon.observe(&view);
             if batch.is_empty() {
                 // Settled. The assembly starts arrays read-only so that
@@ -569,12 +580,49 @@ impl Managed {
         false
     }
 
+    /// Compare what `view` and the record show with the last look, and
+    /// queue the events ([`crate::events::events`]).
+    fn note(&mut self, view: &KernelView) {
+        let devices: Vec<(usize, &str)> = self
+            .members
+            .iter()
+            .map(|m| (m.index, m.kname.as_str()))
+            .collect();
+        let f = Facts::new(
+            self.md.name(),
+            self.mon.meta(),
+            &devices,
+            Some(view),
+            &self.write_failed,
+        );
+        if self.facts.as_ref() != Some(&f) {
+            self.events
+                .extend(crate::events::events(self.facts.as_ref(), &f));
+            self.facts = Some(f);
+        }
+    }
+
+    /// The events found since the last call (the daemon reports them).
+    pub fn take_events(&mut self) -> Vec<crate::events::Event> {
+        std::mem::take(&mut self.events)
+    }
+
     /// Run a batch in order; on the first failure feed it back and stop.
     fn execute(&mut self, batch: &[Action]) -> Result<(), ExecError> {
         let mut membership_changed = false;
         for (i, a) in batch.iter().enumerate() {
             debug!("{}: {a:?}", self.md.name());
-            if let Err(e) = self.run_action(a, &mut membership_changed) {
+            let r = self.run_action(a, &mut membership_changed);
+            if let Action::WriteMetadata { .. } = a {
+                self.write_failed = match &r {
+                    Err(ExecError::MetadataWrite(errs)) => errs
+                        .iter()
+                        .map(|(m, e)| (dev_path(m), e.to_string()))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+            }
+            if let Err(e) = r {
                 error!("{}: {e}", self.md.name());
                 self.mon.action_failed(i);
                 if membership_changed {
@@ -963,6 +1011,15 @@ impl Managed {
             &devices,
             &kernel_state(&self.md),
         )
+    }
+}
+
+/// `/dev/loop1` for a kernel name, a path unchanged.
+fn dev_path(m: &str) -> String {
+    if m.starts_with('/') {
+        m.to_string()
+    } else {
+        format!("/dev/{m}")
     }
 }
 

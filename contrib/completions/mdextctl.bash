@@ -45,6 +45,9 @@ _mdextctl() {
             mdextctl,help)
                 cmd="mdextctl__subcmd__help"
                 ;;
+            mdextctl,metrics)
+                cmd="mdextctl__subcmd__metrics"
+                ;;
             mdextctl,remove)
                 cmd="mdextctl__subcmd__remove"
                 ;;
@@ -53,6 +56,9 @@ _mdextctl() {
                 ;;
             mdextctl,stop)
                 cmd="mdextctl__subcmd__stop"
+                ;;
+            mdextctl,wait)
+                cmd="mdextctl__subcmd__wait"
                 ;;
             mdextctl__subcmd__help,add)
                 cmd="mdextctl__subcmd__help__subcmd__add"
@@ -78,6 +84,9 @@ _mdextctl() {
             mdextctl__subcmd__help,help)
                 cmd="mdextctl__subcmd__help__subcmd__help"
                 ;;
+            mdextctl__subcmd__help,metrics)
+                cmd="mdextctl__subcmd__help__subcmd__metrics"
+                ;;
             mdextctl__subcmd__help,remove)
                 cmd="mdextctl__subcmd__help__subcmd__remove"
                 ;;
@@ -87,6 +96,9 @@ _mdextctl() {
             mdextctl__subcmd__help,stop)
                 cmd="mdextctl__subcmd__help__subcmd__stop"
                 ;;
+            mdextctl__subcmd__help,wait)
+                cmd="mdextctl__subcmd__help__subcmd__wait"
+                ;;
             *)
                 ;;
         esac
@@ -94,7 +106,7 @@ _mdextctl() {
 
     case "${cmd}" in
         mdextctl)
-            opts="-h -V --help --version create examine assemble stop detail status fail remove add examine-bitmap help"
+            opts="-h -V --help --version create examine assemble stop detail status fail remove add examine-bitmap wait metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -122,13 +134,17 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__assemble)
-            opts="-s -R -f -o -h --scan --run --force --readonly --md --json --help"
+            opts="-s -R -f -o -h --scan --run --force --readonly --md --config --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --md)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -250,7 +266,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__help)
-            opts="create examine assemble stop detail status fail remove add examine-bitmap help"
+            opts="create examine assemble stop detail status fail remove add examine-bitmap wait metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -375,6 +391,20 @@ _mdextctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mdextctl__subcmd__help__subcmd__metrics)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mdextctl__subcmd__help__subcmd__remove)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -410,6 +440,42 @@ _mdextctl() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mdextctl__subcmd__help__subcmd__wait)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mdextctl__subcmd__metrics)
+            opts="-o -h --output --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -459,6 +525,24 @@ _mdextctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mdextctl__subcmd__wait)
+            opts="-s -h --scan --clean --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
     esac
 }
 
@@ -491,6 +575,7 @@ _mdextctl_array_args=(
     "fail 0 --run-dir"
     "remove 0 --run-dir"
     "add 0 --run-dir"
+    "wait 0 --timeout --run-dir"
 )
 
 _mdextctl_with_arrays()

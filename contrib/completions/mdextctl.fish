@@ -41,6 +41,8 @@ complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "fail" -d 'Mark a 
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "remove" -d 'Detach a failed member (through mdextmon)'
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "add" -d 'Add a device to a failed or missing slot and rebuild it (through mdextmon)'
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "examine-bitmap" -d 'Show the dirty chunks of a member\'s write-intent bitmap'
+complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "wait" -d 'Wait for resync/rebuild to finish, or (--clean) for a clean record'
+complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "metrics" -d 'Print every array\'s state for node_exporter\'s textfile collector'
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s l -l level -d 'RAID level: 1 (mirror), 10, 5 or 6' -r -f -a "1\t''
 10\t''
@@ -57,7 +59,8 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s h -l help -
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine" -l json -d 'Print a JSON array with one object per device (keys documented in mdext(5), stable across versions)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine" -l export -d 'Print KEY=value lines for udev (IMPORT{program}): MDEXT_UUID, MDEXT_NAME, MDEXT_LEVEL, MDEXT_RAID_DISKS, MDEXT_MEMBER_UUID, MDEXT_MEMBER_ROLE, MDEXT_EVENTS, MDEXT_STATE'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand assemble" -l md -d 'md device to create (e.g. md127); default: the highest free number' -r
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand assemble" -l md -d 'md device to create (e.g. md127); default: the one the configuration file gives the array (ARRAY ... md=), else the highest free number' -r
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand assemble" -l config -d 'Configuration file (mdext.conf(5)); a missing file is no configuration' -r -F
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand assemble" -s s -l scan -d 'Find the members among all block devices (udev)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand assemble" -s R -l run -d 'Start even if members are missing (degraded)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand assemble" -s f -l force -d 'With --run: start a raid5/raid6 that is dirty (not shut down cleanly) and degraded, which md refuses. Stripes written at the crash may hold stale parity (the write hole); recorded in the metadata'
@@ -75,17 +78,25 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand remove" -s h -l help -
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand add" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine-bitmap" -l json -d 'JSON output (with the dirty chunk ranges)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine-bitmap" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap help" -f -a "create" -d 'Write new mdext metadata on the given devices (destroys what they hold)'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap help" -f -a "examine" -d 'Print the mdext metadata found on member devices'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap help" -f -a "assemble" -d 'Start an array from its members and hand it to mdextmon'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap help" -f -a "stop" -d 'Record an array clean and stop it'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap help" -f -a "detail" -d 'Show one running array (like mdadm --detail)'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap help" -f -a "status" -d 'Show every running mdext array'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap help" -f -a "fail" -d 'Mark a member faulty (through mdextmon)'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap help" -f -a "remove" -d 'Detach a failed member (through mdextmon)'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap help" -f -a "add" -d 'Add a device to a failed or missing slot and rebuild it (through mdextmon)'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap help" -f -a "examine-bitmap" -d 'Show the dirty chunks of a member\'s write-intent bitmap'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand wait" -l timeout -d 'Give up after this many seconds (0: never). Default: never for a resync or rebuild, 30 with --clean' -r
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand wait" -s s -l scan -d 'Every running mdext array'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand wait" -l clean -d 'Wait until every member records the array clean (the shutdown hook\'s `wait --clean --scan`)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand wait" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand metrics" -s o -l output -d 'Write to FILE (atomically: a temporary file renamed over it) instead of stdout, e.g. /var/lib/prometheus/node-exporter/mdext.prom' -r -F
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand metrics" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap wait metrics help" -f -a "create" -d 'Write new mdext metadata on the given devices (destroys what they hold)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap wait metrics help" -f -a "examine" -d 'Print the mdext metadata found on member devices'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap wait metrics help" -f -a "assemble" -d 'Start an array from its members and hand it to mdextmon'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap wait metrics help" -f -a "stop" -d 'Record an array clean and stop it'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap wait metrics help" -f -a "detail" -d 'Show one running array (like mdadm --detail)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap wait metrics help" -f -a "status" -d 'Show every running mdext array'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap wait metrics help" -f -a "fail" -d 'Mark a member faulty (through mdextmon)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap wait metrics help" -f -a "remove" -d 'Detach a failed member (through mdextmon)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap wait metrics help" -f -a "add" -d 'Add a device to a failed or missing slot and rebuild it (through mdextmon)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap wait metrics help" -f -a "examine-bitmap" -d 'Show the dirty chunks of a member\'s write-intent bitmap'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap wait metrics help" -f -a "wait" -d 'Wait for resync/rebuild to finish, or (--clean) for a clean record'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap wait metrics help" -f -a "metrics" -d 'Print every array\'s state for node_exporter\'s textfile collector'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble stop detail status fail remove add examine-bitmap wait metrics help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 
 # ---- mdext hook: array arguments complete with the running mdext arrays.
 
@@ -131,3 +142,4 @@ complete -c mdextctl -n "__mdextctl_wants_array detail 0 --run-dir" -f -a "(__md
 complete -c mdextctl -n "__mdextctl_wants_array fail 0 --run-dir" -f -a "(__mdextctl_arrays)"
 complete -c mdextctl -n "__mdextctl_wants_array remove 0 --run-dir" -f -a "(__mdextctl_arrays)"
 complete -c mdextctl -n "__mdextctl_wants_array add 0 --run-dir" -f -a "(__mdextctl_arrays)"
+complete -c mdextctl -n "__mdextctl_wants_array wait 0 --timeout --run-dir" -f -a "(__mdextctl_arrays)"

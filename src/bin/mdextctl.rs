@@ -43,6 +43,8 @@ macro_rules! eprintln {
 mod completions;
 #[path = "mdextctl/ops.rs"]
 mod ops;
+#[path = "mdextctl/watch.rs"]
+mod watch;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -85,6 +87,10 @@ enum Cmd {
     Add(ops::MemberArgs),
     #[command(about = "Show the dirty chunks of a member's write-intent bitmap")]
     ExamineBitmap(ops::ExamineBitmapArgs),
+    #[command(about = "Wait for resync/rebuild to finish, or (--clean) for a clean record")]
+    Wait(watch::WaitArgs),
+    #[command(about = "Print every array's state for node_exporter's textfile collector")]
+    Metrics(watch::MetricsArgs),
     /// Print a completion script (bash, zsh or fish) to stdout.
     #[command(hide = true)]
     Completions {
@@ -197,6 +203,8 @@ fn main() -> ExitCode {
         Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, &a),
         Cmd::Add(a) => ops::member(ops::MemberOp::Add, &a),
         Cmd::ExamineBitmap(a) => ops::examine_bitmap(&a),
+        Cmd::Wait(a) => watch::wait(&a),
+        Cmd::Metrics(a) => watch::metrics(&a),
         Cmd::Completions { shell } => completions::print(shell),
     };
     let code = match r {

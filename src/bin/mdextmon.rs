@@ -30,6 +30,10 @@ struct Args {
     /// sysfs mount point.
     #[arg(long, default_value = "/sys", hide = true)]
     sysfs: PathBuf,
+    /// Configuration file (mdext.conf(5)): the event PROGRAM. Missing:
+    /// no program.
+    #[arg(long, default_value = mdext::config::DEFAULT_PATH)]
+    config: PathBuf,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log_level: log::LevelFilter,
@@ -53,6 +57,8 @@ fn main() -> ExitCode {
         sysfs: mdext::sysfs::Sysfs::new(args.sysfs),
         run_dir: args.run_dir,
         arrays: args.arrays,
+        config: args.config,
+        journal_socket: PathBuf::from(mdext::journal::SOCKET),
     };
     match mdext::daemon::Daemon::new(cfg).and_then(|d| d.run()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 use crate::harness::{Scenario, SystemScenario};
 
+mod events;
 mod lifecycle;
 mod rebuild;
 mod start_limits;
@@ -28,6 +29,7 @@ pub static ALL: &[&Scenario] = &[
     &start_limits::SHRUNK_MEMBER,
     &start_limits::DIRTY_DEGRADED_RAID5,
     &start_limits::DIRTY_DEGRADED_RAID6,
+    &events::EVENTS_WAIT_METRICS,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).

@@ -218,8 +218,11 @@ fn zsh(generated: &str, arrays: &[ArrayArg]) -> Result<String> {
     let mut body = String::new();
     let mut patched = 0;
     for l in rest.lines() {
+        // One operand (`':array -- ...`) or several (`wait`'s
+        // `'*::arrays -- ...`).
         match l
             .strip_prefix("':array -- ")
+            .or_else(|| l.strip_prefix("'*::arrays -- "))
             .and_then(|_| l.strip_suffix(":_default' \\"))
         {
             Some(head) => {

@@ -52,9 +52,15 @@ pub struct AssembleArgs {
     /// Start read-only.
     #[arg(short = 'o', long)]
     readonly: bool,
-    /// md device to create (e.g. md127); default: the highest free number.
+    /// md device to create (e.g. md127); default: the one the
+    /// configuration file gives the array (ARRAY ... md=), else the
+    /// highest free number.
     #[arg(long = "md", value_name = "mdN")]
     md: Option<String>,
+    /// Configuration file (mdext.conf(5)); a missing file is no
+    /// configuration.
+    #[arg(long, value_name = "FILE", default_value = mdext::config::DEFAULT_PATH)]
+    config: PathBuf,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -185,6 +191,7 @@ pub fn assemble(a: AssembleArgs) -> Result<ExitCode> {
         readonly: a.readonly,
         force: a.force,
         md_name: a.md,
+        config: mdext::config::Config::load(&a.config)?,
         run_dir: a.daemon.run_dir,
         mdextmon: mdextmon_path(),
     };
