@@ -37,6 +37,9 @@ pub struct SystemScenario {
     /// Sizes in MiB of raw images on a virtio-scsi controller (sda, ...):
     /// disks the guest can hot-remove and rescan.
     pub scsi: &'static [u64],
+    /// More kernel command line (e.g. `mdext.writer`: the early writer
+    /// unit runs across the daemon's handover).
+    pub cmdline: &'static str,
     pub phases: &'static [Phase],
     /// Run on the host after the last phase, over the images the guest
     /// left: root members first, then the SCSI disks.
@@ -219,6 +222,7 @@ fn run_system_scenario(
         let log = logs.join(format!("{}-{}.log", s.name, p.name));
         let mut c = Command::new(paths.root.join("scripts/sysguest"));
         c.arg("run").arg(sys).arg("--log").arg(&log);
+        c.arg("--append").arg(s.cmdline);
         c.arg("--timeout")
             .arg(std::env::var("MDEXT_GUEST_TIMEOUT").unwrap_or_else(|_| "900".into()));
         for d in &disks {

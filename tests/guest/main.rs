@@ -27,5 +27,13 @@ fn main() {
         };
         std::process::exit(harness::run_in_guest(s, p));
     }
+    if args.get(1).map(String::as_str) == Some("--writer") {
+        // The systemd guest's early writer unit (scenarios/system.rs).
+        let Some(dir) = args.get(2) else {
+            eprintln!("usage: guest --writer DIR");
+            std::process::exit(2);
+        };
+        std::process::exit(scenarios::writer_service(std::path::Path::new(dir)));
+    }
     std::process::exit(harness::run_on_host(&args[1..]));
 }

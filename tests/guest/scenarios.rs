@@ -34,3 +34,5 @@ pub static ALL: &[&Scenario] = &[
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).
 pub static SYSTEM: &[&SystemScenario] = &[&system::ROOT_BOOT];
+
+pub use system::writer_service;
