@@ -33,6 +33,6 @@ pub static ALL: &[&Scenario] = &[
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).
-pub static SYSTEM: &[&SystemScenario] = &[&system::ROOT_BOOT];
+pub static SYSTEM: &[&SystemScenario] = &[&system::ROOT_BOOT, &system::HOTPLUG];
 
 pub use system::writer_service;

@@ -275,8 +275,14 @@ fn kill_restart(md: &MdDev) -> Result<()> {
 /// After `poweroff`: both root members' metadata reads clean, from the
 /// host (mdextctl examine works on image files).
 fn root_clean_on_host(h: &HostCheck) -> Result<()> {
+    examine_clean(h, &h.disks[..2])
+}
+
+/// `mdextctl examine` of image files on the host: each records the array
+/// clean, all at the same event count.
+fn examine_clean(h: &HostCheck, disks: &[PathBuf]) -> Result<()> {
     let mut events = Vec::new();
-    for d in &h.disks[..2] {
+    for d in disks {
         let o = std::process::Command::new(h.mdextctl)
             .arg("examine")
             .arg("--json")
@@ -303,7 +309,7 @@ fn root_clean_on_host(h: &HostCheck) -> Result<()> {
     }
     ensure!(
         events.windows(2).all(|w| w[0] == w[1]),
-        "root members disagree on events: {events:?}"
+        "members disagree on events: {events:?}"
     );
     Ok(())
 }
@@ -474,4 +480,160 @@ fn unit_prop(prop: &str) -> Result<String> {
     ))?
     .trim()
     .to_string())
+}
+
+pub static HOTPLUG: SystemScenario = SystemScenario {
+    name: "systemd_udev_hot_remove_readd_rebuilds_dirty_chunks",
+    scsi: &[64, 64],
+    cmdline: "",
+    phases: &[Phase {
+        name: "hotplug",
+        run: hotplug,
+        ends: Ends::Ok,
+    }],
+    after: Some(all_clean_on_host),
+};
+
+const CHUNK_LEN: usize = 64 << 10;
+const CHUNK: u64 = CHUNK_LEN as u64;
+const CHUNK_SECTORS: u64 = CHUNK / 512;
+
+/// SCSI disks (sd*) present now, sorted.
+fn scsi_disks() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/block")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("sd"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn member_states(dev: &Path) -> Result<Vec<String>> {
+    let e = examine(dev)?;
+    Ok(e["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .map(|m| m["state"].as_str().unwrap_or("?").to_string())
+        .collect())
+}
+
+fn hotplug() -> Result<()> {
+    let disks = scsi_disks();
+    ensure!(
+        disks == ["sda", "sdb"],
+        "SCSI disks {disks:?}, expected sda and sdb"
+    );
+    // udev watches the disks: the writes of create end in a change event,
+    // on which the rules' `mdextctl incremental` starts the array.
+    ctl("create --level 1 --raid-devices 2 --name data --bitmap-chunk 64K --time-base 1 --assume-clean /dev/sda /dev/sdb")?;
+    let node = wait_until(
+        "udev to start /dev/md/data",
+        Duration::from_secs(120),
+        || std::fs::canonicalize("/dev/md/data").ok(),
+    )?;
+    let name = node
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("/dev/md/data")?
+        .to_string();
+    let md = sysfs().md(&name);
+    println!("udev assembled data as /dev/{name}");
+    wait_until(
+        "the data array managed and whole",
+        Duration::from_secs(60),
+        || (md.can_clear().ok()? == Some(true)).then_some(()),
+    )?;
+    for c in 0..8 {
+        write_direct(&node, c * CHUNK, &pattern(100 + c, CHUNK_LEN))?;
+    }
+    // Hot-remove sdb (the SCSI device goes away, as an unplugged disk).
+    let removed_uuid = examine(Path::new("/dev/sdb"))?["device_uuid"]
+        .as_str()
+        .context("device_uuid")?
+        .to_string();
+    sh("echo 1 > /sys/block/sdb/device/delete")?;
+    wait_until(
+        "the removal recorded (udev: incremental --remove)",
+        Duration::from_secs(60),
+        || {
+            let s = member_states(Path::new("/dev/sda")).ok()?;
+            (s.get(1).map(String::as_str) != Some("in-sync") && md.degraded().ok()? == 1)
+                .then_some(s)
+        },
+    )
+    .map(|s| println!("after hot-remove sda records {s:?}"))?;
+    let dirty = [10u64, 20, 21, 300, 900];
+    for &c in &dirty {
+        write_direct(&node, c * CHUNK, &pattern(200 + c, CHUNK_LEN))?;
+    }
+    // Bring it back: a rescan of every SCSI host finds the disk again
+    // (possibly under another name); udev's rules re-add it.
+    sh("for h in /sys/class/scsi_host/host*/scan; do echo '- - -' > $h; done")?;
+    let back = wait_until("the disk back", Duration::from_secs(60), || {
+        scsi_disks().into_iter().find(|d| d != "sda")
+    })?;
+    println!("hot-added back as {back}");
+    let back_path = PathBuf::from(format!("/dev/{back}"));
+    ensure!(
+        examine(&back_path)?["device_uuid"].as_str() == Some(removed_uuid.as_str()),
+        "{back} is not the removed member"
+    );
+    wait_until(
+        "udev to re-add it and the rebuild to end",
+        Duration::from_secs(300),
+        || {
+            let whole = md.degraded().ok()? == 0
+                && md.read("sync_action").ok()? == "idle"
+                && md.can_clear().ok()? == Some(true);
+            whole.then_some(())
+        },
+    )?;
+    // A new disk's counters start at zero: all it was written is the
+    // rebuild and its metadata.
+    let written = written_sectors(&back)?;
+    let data = dirty.len() as u64 * CHUNK_SECTORS;
+    println!(
+        "bitmap rebuild wrote {written} sectors to the returning member ({data} for {} dirty chunks)",
+        dirty.len()
+    );
+    ensure!(
+        written >= data && written < data + 200,
+        "rebuild wrote {written} sectors, expected {data} plus metadata"
+    );
+    for p in ["/dev/sda", back_path.to_str().unwrap_or_default()] {
+        let s = member_states(Path::new(p))?;
+        ensure!(
+            s == ["in-sync", "in-sync"],
+            "{p} records {s:?} after the rebuild"
+        );
+    }
+    for c in 0..8u64 {
+        let seed = if dirty.contains(&c) { 200 } else { 100 };
+        ensure!(
+            read_direct(&node, c * CHUNK, CHUNK_LEN)? == pattern(seed + c, CHUNK_LEN),
+            "chunk {c} reads back wrong"
+        );
+    }
+    for &c in &dirty {
+        ensure!(
+            read_direct(&node, c * CHUNK, CHUNK_LEN)? == pattern(200 + c, CHUNK_LEN),
+            "chunk {c} reads back wrong"
+        );
+    }
+    let mism = check_mismatches(&md)?;
+    println!("check scrub of the data array: mismatch_cnt {mism}");
+    ensure!(mism == 0, "data array check: mismatch_cnt {mism}");
+    // Left running: poweroff must leave it clean too.
+    Ok(())
+}
+
+/// After `poweroff`: every array's members (root and the SCSI data disks)
+/// read clean from the host.
+fn all_clean_on_host(h: &HostCheck) -> Result<()> {
+    root_clean_on_host(h)?;
+    examine_clean(h, &h.disks[2..])
 }
