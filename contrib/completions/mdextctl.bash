@@ -45,6 +45,9 @@ _mdextctl() {
             mdextctl,help)
                 cmd="mdextctl__subcmd__help"
                 ;;
+            mdextctl,incremental)
+                cmd="mdextctl__subcmd__incremental"
+                ;;
             mdextctl,remove)
                 cmd="mdextctl__subcmd__remove"
                 ;;
@@ -78,6 +81,9 @@ _mdextctl() {
             mdextctl__subcmd__help,help)
                 cmd="mdextctl__subcmd__help__subcmd__help"
                 ;;
+            mdextctl__subcmd__help,incremental)
+                cmd="mdextctl__subcmd__help__subcmd__incremental"
+                ;;
             mdextctl__subcmd__help,remove)
                 cmd="mdextctl__subcmd__help__subcmd__remove"
                 ;;
@@ -94,7 +100,7 @@ _mdextctl() {
 
     case "${cmd}" in
         mdextctl)
-            opts="-h -V --help --version create examine assemble stop detail status fail remove add examine-bitmap help"
+            opts="-h -V --help --version create examine assemble incremental stop detail status fail remove add examine-bitmap help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -194,7 +200,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__detail)
-            opts="-t -h --json --test --help"
+            opts="-t -h --json --export --test --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -250,7 +256,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__help)
-            opts="create examine assemble stop detail status fail remove add examine-bitmap help"
+            opts="create examine assemble incremental stop detail status fail remove add examine-bitmap help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -375,6 +381,20 @@ _mdextctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mdextctl__subcmd__help__subcmd__incremental)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mdextctl__subcmd__help__subcmd__remove)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -406,6 +426,20 @@ _mdextctl() {
         mdextctl__subcmd__help__subcmd__stop)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mdextctl__subcmd__incremental)
+            opts="-R -s -f -h --run --scan --fail --remove --export --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
