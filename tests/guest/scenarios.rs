@@ -2,6 +2,7 @@
 
 use crate::harness::Scenario;
 
+mod incremental;
 mod lifecycle;
 mod rebuild;
 mod start_limits;
@@ -27,4 +28,9 @@ pub static ALL: &[&Scenario] = &[
     &start_limits::SHRUNK_MEMBER,
     &start_limits::DIRTY_DEGRADED_RAID5,
     &start_limits::DIRTY_DEGRADED_RAID6,
+    &incremental::ONE_BY_ONE,
+    &incremental::RUN_READD_REMOVE,
+    &incremental::SCAN_SEVERAL,
+    &incremental::RACE,
+    &incremental::UDEV_RULES,
 ];
