@@ -72,7 +72,7 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand incremental" -l export
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand incremental" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand stop" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand detail" -l json -d 'JSON output'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand detail" -l export -d 'Print KEY=value lines for udev (IMPORT{program}), read from the members\' metadata without asking mdextmon: MD_LEVEL, MD_DEVICES, MD_METADATA, MD_UUID, MD_NAME, MD_DEVNAME (as mdadm --detail --export), MDEXT_UUID, MDEXT_NAME, MDEXT_HEALTH, MDEXT_EVENTS, MDEXT_STATE. Exits 0 whenever the array could be read (udev ignores the keys of a program that fails), 4 otherwise'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand detail" -l export -d 'Print KEY=value lines for udev (IMPORT{program}), read from the members\' metadata without asking mdextmon: MD_LEVEL, MD_DEVICES, MD_METADATA (mdext:TAG), MD_UUID, MD_NAME, MD_DEVNAME (as mdadm --detail --export), MDEXT_UUID, MDEXT_NAME, MDEXT_HEALTH, MDEXT_EVENTS, MDEXT_STATE. Exits 0 whenever the array could be read (udev ignores the keys of a program that fails), 4 otherwise'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand detail" -s t -l test -d 'Accepted for mdadm\'s habit: the exit status always tells the array\'s health'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand detail" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand status" -l json -d 'JSON output'

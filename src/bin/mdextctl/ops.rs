@@ -89,7 +89,7 @@ pub struct DetailArgs {
     json: bool,
     /// Print KEY=value lines for udev (IMPORT{program}), read from the
     /// members' metadata without asking mdextmon: MD_LEVEL, MD_DEVICES,
-    /// MD_METADATA, MD_UUID, MD_NAME, MD_DEVNAME (as mdadm --detail
+    /// MD_METADATA (mdext:TAG), MD_UUID, MD_NAME, MD_DEVNAME (as mdadm --detail
     /// --export), MDEXT_UUID, MDEXT_NAME, MDEXT_HEALTH, MDEXT_EVENTS,
     /// MDEXT_STATE. Exits 0 whenever the array could be read (udev ignores
     /// the keys of a program that fails), 4 otherwise.
@@ -325,7 +325,7 @@ pub fn detail(a: &DetailArgs) -> Result<ExitCode> {
 pub fn detail_export(s: &mdext::status::ArrayStatus) -> String {
     let name = crate::udev_value(&s.name);
     format!(
-        "MD_LEVEL={}\nMD_DEVICES={}\nMD_METADATA=external:{}\nMD_UUID={}\nMD_NAME={name}\n\
+        "MD_LEVEL={}\nMD_DEVICES={}\nMD_METADATA={}\nMD_UUID={}\nMD_NAME={name}\n\
          MD_DEVNAME={name}\nMDEXT_UUID={}\nMDEXT_NAME={name}\nMDEXT_HEALTH={}\n\
          MDEXT_EVENTS={}\nMDEXT_STATE={}\n",
         s.level,

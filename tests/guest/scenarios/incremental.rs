@@ -494,6 +494,7 @@ fn udev_rules() -> Result<()> {
         "MD_DEVNAME=web".to_string(),
         "MD_LEVEL=raid1".to_string(),
         "MD_DEVICES=2".to_string(),
+        format!("MD_METADATA=mdext:{}", &uuid.replace('-', "")[..10]),
         format!("MDEXT_UUID={uuid}"),
         "MDEXT_HEALTH=whole".to_string(),
     ] {
