@@ -14,6 +14,7 @@ use crate::incremental::PendingArray;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
@@ -53,12 +54,18 @@ impl Store {
     /// directory if needed).
     pub fn lock(run_dir: &Path) -> Result<Store, PendingError> {
         let dir = Store::dir(run_dir);
-        std::fs::create_dir_all(&dir).map_err(io(&dir, "creating the directory"))?;
+        // Root only, as mdextmon keeps its run directory.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(&dir, "creating the directory"))?;
         let lp = dir.join("lock");
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lp)
             .map_err(io(&lp, "opening"))?;
         let lock = Flock::lock(f, FlockArg::LockExclusive)
