@@ -162,6 +162,11 @@ fn read_candidates(
     Ok(v)
 }
 
+/// What holds the block device `dev` (an md device using it), if anything.
+pub fn holder_of(sysfs: &Sysfs, dev: DevNum) -> Option<String> {
+    holder_md(sysfs, &sysfs.block_name(dev).ok()?)
+}
+
 fn holder_md(sysfs: &Sysfs, kname: &str) -> Option<String> {
     let dir = sysfs.root().join("class/block").join(kname).join("holders");
     std::fs::read_dir(dir)
@@ -239,6 +244,33 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
     };
     let cands = read_candidates(sysfs, &paths, !o.scan)?;
     let cands = select(cands, o.array.as_deref())?;
+    // Incremental assembly (udev) may be starting the same array: the
+    // pending map's lock orders the two.
+    let store = lock_pending(&o.run_dir)?;
+    let r = assemble_one(sysfs, o, cands)?;
+    forget_pending(&store, &r);
+    Ok(r)
+}
+
+fn lock_pending(run_dir: &Path) -> Result<crate::pending::Store, CtlError> {
+    crate::pending::Store::lock(run_dir).map_err(|e| CtlError::Array(e.to_string()))
+}
+
+/// An array started: what incremental assembly recorded for it is moot.
+fn forget_pending(store: &crate::pending::Store, r: &AssembleReport) {
+    if let Ok(u) = uuid::Uuid::parse_str(&r.uuid) {
+        let _ = store.remove(&u);
+    }
+}
+
+/// Start the array whose devices are `cands` (all of one array), as
+/// `assemble` does, for a caller that holds the pending map's lock
+/// (incremental assembly).
+pub fn assemble_devices(
+    sysfs: &Sysfs,
+    o: &AssembleOptions,
+    cands: Vec<Candidate>,
+) -> Result<AssembleReport, CtlError> {
     assemble_one(sysfs, o, cands)
 }
 
@@ -271,6 +303,9 @@ pub enum ScanOutcome {
 /// are found, each on its own (one that cannot start does not stop the
 /// others); arrays already running are left as they are.
 pub fn assemble_all(sysfs: &Sysfs, o: &AssembleOptions) -> Result<Vec<ScanOutcome>, CtlError> {
+    // Held for the whole scan: incremental assembly (udev) waits, then
+    // finds the arrays running.
+    let store = lock_pending(&o.run_dir)?;
     let cands = read_candidates(sysfs, &scan_block_devices()?, false)?;
     let mut groups: Vec<Vec<Candidate>> = Vec::new();
     for c in cands {
@@ -312,7 +347,10 @@ pub fn assemble_all(sysfs: &Sysfs, o: &AssembleOptions) -> Result<Vec<ScanOutcom
             continue;
         }
         out.push(match assemble_one(sysfs, o, g) {
-            Ok(r) => ScanOutcome::Started(r),
+            Ok(r) => {
+                forget_pending(&store, &r);
+                ScanOutcome::Started(r)
+            }
             Err(error) => ScanOutcome::Failed { name, uuid, error },
         });
     }
@@ -680,6 +718,15 @@ fn describe(
 pub fn detail(sysfs: &Sysfs, run_dir: &Path, arg: &str) -> Result<ArrayStatus, CtlError> {
     let md = resolve_md(sysfs, arg)?;
     describe(sysfs, run_dir, &md, daemon(run_dir).as_ref())
+}
+
+/// One running array as its members record it, without asking mdextmon
+/// (for udev's `detail --export`, which must not wait for a daemon):
+/// `managed` and `mdextmon_pid` are left unset.
+pub fn detail_offline(sysfs: &Sysfs, arg: &str) -> Result<ArrayStatus, CtlError> {
+    let md = resolve_md(sysfs, arg)?;
+    let r = Record::read(sysfs, &md, Access::Read).map_err(|e| CtlError::Array(e.to_string()))?;
+    Ok(r.status())
 }
 
 /// Every running mdext array.

@@ -3,6 +3,7 @@
 use crate::harness::Scenario;
 
 mod events;
+mod incremental;
 mod lifecycle;
 mod rebuild;
 mod start_limits;
@@ -29,4 +30,9 @@ pub static ALL: &[&Scenario] = &[
     &start_limits::DIRTY_DEGRADED_RAID5,
     &start_limits::DIRTY_DEGRADED_RAID6,
     &events::EVENTS_WAIT_METRICS,
+    &incremental::ONE_BY_ONE,
+    &incremental::RUN_READD_REMOVE,
+    &incremental::SCAN_SEVERAL,
+    &incremental::RACE,
+    &incremental::UDEV_RULES,
 ];

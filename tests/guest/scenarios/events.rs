@@ -225,7 +225,9 @@ fn events_wait_metrics() -> Result<()> {
     // printed its first line.
     md.write("sync_max", "0")?;
     ctl("add md125 /dev/loop1")?;
-    sh("(/bin/mdextctl wait md125 >/tmp/wait.out 2>&1; echo $? >/tmp/wait.rc) &")?;
+    // The subshell's own output goes away too: sh() reads its pipes to
+    // their end.
+    sh("(/bin/mdextctl wait md125 >/tmp/wait.out 2>&1; echo $? >/tmp/wait.rc) </dev/null >/dev/null 2>&1 &")?;
     wait_until(
         "wait's first progress line",
         Duration::from_secs(60),
