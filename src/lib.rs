@@ -18,6 +18,7 @@
 //! - [`cli`]: what both binaries share as command-line programs (error lines, log lines, EPIPE).
 //! - [`monitor`]: the monitor's pure state machine (events in, actions out).
 //! - [`daemon`]: mdextmon's I/O loop; [`managed`]: one managed array.
+//! - [`service`]: mdextmon under systemd (sd_notify readiness, status, watchdog).
 
 pub mod assembly;
 pub mod bitmap;
@@ -33,6 +34,7 @@ pub mod md;
 pub mod meta;
 pub mod monitor;
 pub mod probe;
+pub mod service;
 pub mod status;
 pub mod sysfs;
 pub mod units;

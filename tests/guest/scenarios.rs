@@ -4,6 +4,7 @@ use crate::harness::Scenario;
 
 mod lifecycle;
 mod rebuild;
+mod service;
 mod start_limits;
 mod sysfs_layer;
 
@@ -27,4 +28,6 @@ pub static ALL: &[&Scenario] = &[
     &start_limits::SHRUNK_MEMBER,
     &start_limits::DIRTY_DEGRADED_RAID5,
     &start_limits::DIRTY_DEGRADED_RAID6,
+    &service::RESTART_RELEASES_HELD_WRITE,
+    &service::TAKEOVER_UNDER_WRITER,
 ];
