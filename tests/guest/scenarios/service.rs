@@ -168,7 +168,7 @@ fn restart_releases_held_write() -> Result<()> {
     )?;
     ensure!(!writer.is_finished(), "a write passed with no daemon");
     let t0 = Instant::now();
-    let mut b = spawn_mdextmon(&[], "/run/mdext/mdextmon.log")?;
+    let b = spawn_mdextmon(&[], "/run/mdext/mdextmon.log")?;
     wait_until(
         "the held write to complete",
         Duration::from_secs(30),
@@ -193,11 +193,58 @@ fn restart_releases_held_write() -> Result<()> {
     let ev = wait_recorded_clean(&[&loops[0].path, &loops[1].path])?;
     println!("restart: metadata clean on both members at events {ev}");
     ensure!(check_mismatches(&md)? == 0, "mismatch_cnt");
+    sigterm_keeps_array_in_use(&md, b, &loops)?;
     ctl("stop md127")?;
-    // SIGTERM with no array left: exits at once.
+    Ok(())
+}
+
+/// SIGTERM while the array is in use (held open with O_EXCL, as a mount
+/// holds it): the daemon keeps managing it (a write to the clean array is
+/// answered), and exits, the array recorded clean, once it is let go.
+fn sigterm_keeps_array_in_use(
+    md: &MdDev,
+    mut b: std::process::Child,
+    loops: &[Loop],
+) -> Result<()> {
+    let holder = Arc::new(Device::open(&md.dev_path(), Access::ExclusiveWrite)?);
+    wait_until("array_state clean", Duration::from_secs(30), || {
+        (md.read("array_state").ok()? == "clean").then_some(())
+    })?;
     sh(&format!("kill -TERM {}", b.id()))?;
-    let st = b.wait()?;
+    wait_until(
+        "the daemon to say the array keeps it",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string("/run/mdext/mdextmon.log")
+                .ok()?
+                .contains("md127: in use")
+                .then_some(())
+        },
+    )?;
+    let w = {
+        let holder = holder.clone();
+        std::thread::spawn(move || holder.write_at(16 * CHUNK, &pattern(116, CHUNK_LEN)))
+    };
+    wait_until(
+        "a write after SIGTERM to complete",
+        Duration::from_secs(30),
+        || w.is_finished().then_some(()),
+    )?;
+    w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    ensure!(
+        b.try_wait()?.is_none(),
+        "the daemon exited while the array was in use"
+    );
+    drop(holder);
+    let st = wait_until(
+        "the daemon to exit once the array is let go",
+        Duration::from_secs(60),
+        || b.try_wait().ok().flatten(),
+    )?;
     ensure!(st.success(), "mdextmon exited {st}");
+    let ev = wait_recorded_clean(&[&loops[0].path, &loops[1].path])?;
+    println!("SIGTERM: kept while in use, then released clean at events {ev}");
+    verify(md, &BTreeMap::from([(16, 116)]))?;
     Ok(())
 }
 
