@@ -253,7 +253,9 @@ fn sigterm_keeps_array_in_use(
 struct WriterOut {
     last: BTreeMap<u64, u64>,
     writes: u64,
-    longest: Duration,
+    /// The longest write that started before B was started, while the
+    /// handover ran (until B answered), and after.
+    longest: [Duration; 3],
 }
 
 /// Daemon A (spawned by mdextctl) manages the array under an O_DIRECT +
@@ -269,26 +271,29 @@ fn takeover_under_writer() -> Result<()> {
     let a = daemon_pid()?;
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
+    let phase = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
         let md = md.clone();
         let stop = stop.clone();
         let count = count.clone();
+        let phase = phase.clone();
         std::thread::spawn(move || -> Result<WriterOut> {
             let dev = Device::open(&md.dev_path(), Access::SharedWrite)?;
             let f = dev.reopen_buffered(true)?;
             let mut out = WriterOut {
                 last: BTreeMap::new(),
                 writes: 0,
-                longest: Duration::ZERO,
+                longest: [Duration::ZERO; 3],
             };
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 let c = i % 32;
                 let seed = 1000 + i;
+                let ph = phase.load(Ordering::SeqCst).min(2);
                 let t = Instant::now();
                 dev.write_at(c * CHUNK, &pattern(seed, CHUNK_LEN))?;
                 nix::unistd::fdatasync(&f)?;
-                out.longest = out.longest.max(t.elapsed());
+                out.longest[ph] = out.longest[ph].max(t.elapsed());
                 out.last.insert(c, seed);
                 out.writes += 1;
                 count.store(out.writes, Ordering::SeqCst);
@@ -303,6 +308,7 @@ fn takeover_under_writer() -> Result<()> {
     };
     wait_until("20 writes under A", Duration::from_secs(60), n_at(20))?;
     let before = count.load(Ordering::SeqCst);
+    phase.store(1, Ordering::SeqCst);
     let mut b = spawn_mdextmon(&["--takeover"], "/run/mdext/mdextmon-b.log")?;
     wait_until("A to exit", Duration::from_secs(30), || {
         (!alive(a)).then_some(())
@@ -310,6 +316,7 @@ fn takeover_under_writer() -> Result<()> {
     wait_until("B to answer on the socket", Duration::from_secs(30), || {
         pong().filter(|p| p.pid == b.id()).map(|_| ())
     })?;
+    phase.store(2, Ordering::SeqCst);
     let p = pong().context("B does not answer")?;
     ensure!(p.arrays == ["md127"], "B manages {:?}", p.arrays);
     let during = count.load(Ordering::SeqCst);
@@ -323,10 +330,12 @@ fn takeover_under_writer() -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("writer panicked"))??;
     println!(
-        "takeover: {} writes of 64 KiB + fdatasync ({} before B started); longest write {} ms",
+        "takeover: {} writes of 64 KiB + fdatasync ({} before B started); longest write before {} ms, during the handover {} ms, after {} ms",
         out.writes,
         before,
-        out.longest.as_millis()
+        out.longest[0].as_millis(),
+        out.longest[1].as_millis(),
+        out.longest[2].as_millis()
     );
     let log = std::fs::read_to_string("/run/mdext/mdextmon-b.log").unwrap_or_default();
     print!("--- B's log\n{log}");
