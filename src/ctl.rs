@@ -541,10 +541,55 @@ fn verify_rearmed(choice: &Choice, ranges: &[(u64, u64)]) -> Result<(), String> 
 }
 
 /// Ping the daemon; start it if none answers, and wait for its socket.
+///
+/// Where systemd runs the machine ([`crate::service::systemd_runs`]), it
+/// is asked to start `mdextmon.service` (its daemon then lives in the unit,
+/// supervised and restarted on failure; `systemctl start` returns once the
+/// daemon said `READY=1`). Elsewhere (an initramfs without systemd, the
+/// test guests) the daemon is spawned in its own session with argv[0]
+/// `@mdextmon`, systemd's mark for a root storage daemon that no final
+/// killing spree may end. `MDEXT_DAEMON_START=systemd|spawn` overrides the
+/// choice; a run directory other than the default is always spawned (the
+/// unit serves the default one).
 pub fn ensure_daemon(run_dir: &Path, mdextmon: &Path) -> Result<(), CtlError> {
     if control::call(run_dir, &Request::Ping, Duration::from_secs(5)).is_ok() {
         return Ok(());
     }
+    let env = std::env::var(crate::service::START_ENV).ok();
+    let how = crate::service::start_by(env.as_deref(), crate::service::systemd_runs())
+        .map_err(CtlError::Array)?;
+    if how == crate::service::StartBy::Systemd && run_dir == Path::new(control::RUN_DIR) {
+        return start_unit(run_dir);
+    }
+    spawn_daemon(run_dir, mdextmon)
+}
+
+/// `systemctl start mdextmon.service`, then confirm the daemon answers.
+fn start_unit(run_dir: &Path) -> Result<(), CtlError> {
+    let unit = crate::service::UNIT;
+    let out = std::process::Command::new("systemctl")
+        .args(["start", unit])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| CtlError::Array(format!("running systemctl start {unit}: {e}")))?;
+    if !out.status.success() {
+        return Err(CtlError::Array(format!(
+            "systemctl start {unit} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    if wait_for_socket(run_dir, Duration::from_secs(10)) {
+        return Ok(());
+    }
+    Err(CtlError::Array(format!(
+        "systemd started {unit} but mdextmon does not answer on {}",
+        control::socket_path(run_dir).display()
+    )))
+}
+
+/// Spawn mdextmon in its own session, argv[0] `@mdextmon`.
+fn spawn_daemon(run_dir: &Path, mdextmon: &Path) -> Result<(), CtlError> {
     use std::os::unix::process::CommandExt;
     // The daemon's stderr, when mdextctl starts it (systemd starts it with
     // the journal instead).
@@ -556,7 +601,13 @@ pub fn ensure_daemon(run_dir: &Path, mdextmon: &Path) -> Result<(), CtlError> {
         .or_else(|_| std::fs::File::create("/dev/null"))
         .map_err(|e| CtlError::Array(format!("starting mdextmon: {e}")))?;
     let mut cmd = std::process::Command::new(mdextmon);
-    cmd.arg("--run-dir")
+    // A notification socket this mdextctl inherited (run from a unit) is
+    // not the daemon's to speak to.
+    for v in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        cmd.env_remove(v);
+    }
+    cmd.arg0("@mdextmon")
+        .arg("--run-dir")
         .arg(run_dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

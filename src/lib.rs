@@ -24,6 +24,7 @@
 //!   [`report`]: to the journal ([`journal`]), stderr and the PROGRAM.
 //! - [`wait`]: `mdextctl wait`; [`metrics`]: `mdextctl metrics`.
 //! - [`config`]: the configuration file, mdext.conf(5).
+//! - [`service`]: mdextmon under systemd (sd_notify readiness, status, watchdog).
 
 pub mod assembly;
 pub mod bitmap;
@@ -47,6 +48,7 @@ pub mod monitor;
 pub mod pending;
 pub mod probe;
 pub mod report;
+pub mod service;
 pub mod status;
 pub mod sysfs;
 pub mod units;

@@ -6,6 +6,7 @@ mod events;
 mod incremental;
 mod lifecycle;
 mod rebuild;
+mod service;
 mod start_limits;
 mod sysfs_layer;
 
@@ -35,4 +36,6 @@ pub static ALL: &[&Scenario] = &[
     &incremental::SCAN_SEVERAL,
     &incremental::RACE,
     &incremental::UDEV_RULES,
+    &service::RESTART_RELEASES_HELD_WRITE,
+    &service::TAKEOVER_UNDER_WRITER,
 ];
