@@ -87,6 +87,11 @@ pub enum Request {
     },
     /// Exit after leaving every array clean.
     Shutdown,
+    /// Hand every array over to the asking daemon (`mdextmon --takeover`):
+    /// finish what is under way, answer, then stop acting and exit without
+    /// touching the socket file or the arrays. The asker adopts every
+    /// array right after the answer.
+    Handover,
 }
 
 impl Request {
@@ -103,6 +108,7 @@ impl Request {
             Request::Remove { .. } => "remove",
             Request::Add { .. } => "add",
             Request::Shutdown => "shutdown",
+            Request::Handover => "handover",
         }
     }
 }
@@ -350,6 +356,38 @@ pub fn listen(run_dir: &Path) -> Result<UnixListener, ControlError> {
     let l = UnixListener::bind(&path).map_err(io)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     Ok(l)
+}
+
+/// The temporary name a taking-over daemon binds its socket at, beside
+/// the socket the running daemon still listens on.
+pub fn aside_path(run_dir: &Path) -> PathBuf {
+    run_dir.join(format!("{SOCKET_NAME}.{}", std::process::id()))
+}
+
+/// For a takeover: bind a listening socket (0600) at [`aside_path`], while
+/// the running daemon still owns [`socket_path`]. [`install_aside`] then
+/// moves it into place.
+pub fn listen_aside(run_dir: &Path) -> Result<UnixListener, ControlError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = aside_path(run_dir);
+    let io = |source| ControlError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(run_dir).map_err(io)?;
+    // A leftover of an earlier process with our pid.
+    let _ = std::fs::remove_file(&path);
+    let l = UnixListener::bind(&path).map_err(io)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(l)
+}
+
+/// Move the socket bound by [`listen_aside`] over [`socket_path`] in one
+/// `rename(2)`: a client connecting meanwhile reaches the old socket or
+/// the new one, never no socket.
+pub fn install_aside(run_dir: &Path) -> Result<(), ControlError> {
+    let path = socket_path(run_dir);
+    std::fs::rename(aside_path(run_dir), &path).map_err(|source| ControlError::Io { path, source })
 }
 
 /// Check the peer is root (`SO_PEERCRED`).
@@ -641,6 +679,22 @@ impl Server {
             c.answer(resp, deadline);
         }
         self.clients.retain(|c| !c.closed);
+    }
+
+    /// Before the daemon exits: write out the answers still pending, each
+    /// within `limit` (the peer reads them; a peer that does not is given
+    /// up on).
+    pub fn drain(&mut self, limit: Duration) {
+        for c in self
+            .clients
+            .iter_mut()
+            .filter(|c| c.phase == Phase::Writing)
+        {
+            let _ = c.stream.set_nonblocking(false);
+            let _ = c.stream.set_write_timeout(Some(limit));
+            c.flush();
+        }
+        self.clients.clear();
     }
 
     fn accept(&mut self, now: Instant, requests: &mut Vec<(ClientId, Request)>) {

@@ -162,6 +162,11 @@ fn read_candidates(
     Ok(v)
 }
 
+/// What holds the block device `dev` (an md device using it), if anything.
+pub fn holder_of(sysfs: &Sysfs, dev: DevNum) -> Option<String> {
+    holder_md(sysfs, &sysfs.block_name(dev).ok()?)
+}
+
 fn holder_md(sysfs: &Sysfs, kname: &str) -> Option<String> {
     let dir = sysfs.root().join("class/block").join(kname).join("holders");
     std::fs::read_dir(dir)
@@ -239,6 +244,33 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
     };
     let cands = read_candidates(sysfs, &paths, !o.scan)?;
     let cands = select(cands, o.array.as_deref())?;
+    // Incremental assembly (udev) may be starting the same array: the
+    // pending map's lock orders the two.
+    let store = lock_pending(&o.run_dir)?;
+    let r = assemble_one(sysfs, o, cands)?;
+    forget_pending(&store, &r);
+    Ok(r)
+}
+
+fn lock_pending(run_dir: &Path) -> Result<crate::pending::Store, CtlError> {
+    crate::pending::Store::lock(run_dir).map_err(|e| CtlError::Array(e.to_string()))
+}
+
+/// An array started: what incremental assembly recorded for it is moot.
+fn forget_pending(store: &crate::pending::Store, r: &AssembleReport) {
+    if let Ok(u) = uuid::Uuid::parse_str(&r.uuid) {
+        let _ = store.remove(&u);
+    }
+}
+
+/// Start the array whose devices are `cands` (all of one array), as
+/// `assemble` does, for a caller that holds the pending map's lock
+/// (incremental assembly).
+pub fn assemble_devices(
+    sysfs: &Sysfs,
+    o: &AssembleOptions,
+    cands: Vec<Candidate>,
+) -> Result<AssembleReport, CtlError> {
     assemble_one(sysfs, o, cands)
 }
 
@@ -271,6 +303,9 @@ pub enum ScanOutcome {
 /// are found, each on its own (one that cannot start does not stop the
 /// others); arrays already running are left as they are.
 pub fn assemble_all(sysfs: &Sysfs, o: &AssembleOptions) -> Result<Vec<ScanOutcome>, CtlError> {
+    // Held for the whole scan: incremental assembly (udev) waits, then
+    // finds the arrays running.
+    let store = lock_pending(&o.run_dir)?;
     let cands = read_candidates(sysfs, &scan_block_devices()?, false)?;
     let mut groups: Vec<Vec<Candidate>> = Vec::new();
     for c in cands {
@@ -312,7 +347,10 @@ pub fn assemble_all(sysfs: &Sysfs, o: &AssembleOptions) -> Result<Vec<ScanOutcom
             continue;
         }
         out.push(match assemble_one(sysfs, o, g) {
-            Ok(r) => ScanOutcome::Started(r),
+            Ok(r) => {
+                forget_pending(&store, &r);
+                ScanOutcome::Started(r)
+            }
             Err(error) => ScanOutcome::Failed { name, uuid, error },
         });
     }
@@ -503,10 +541,55 @@ fn verify_rearmed(choice: &Choice, ranges: &[(u64, u64)]) -> Result<(), String> 
 }
 
 /// Ping the daemon; start it if none answers, and wait for its socket.
+///
+/// Where systemd runs the machine ([`crate::service::systemd_runs`]), it
+/// is asked to start `mdextmon.service` (its daemon then lives in the unit,
+/// supervised and restarted on failure; `systemctl start` returns once the
+/// daemon said `READY=1`). Elsewhere (an initramfs without systemd, the
+/// test guests) the daemon is spawned in its own session with argv[0]
+/// `@mdextmon`, systemd's mark for a root storage daemon that no final
+/// killing spree may end. `MDEXT_DAEMON_START=systemd|spawn` overrides the
+/// choice; a run directory other than the default is always spawned (the
+/// unit serves the default one).
 pub fn ensure_daemon(run_dir: &Path, mdextmon: &Path) -> Result<(), CtlError> {
     if control::call(run_dir, &Request::Ping, Duration::from_secs(5)).is_ok() {
         return Ok(());
     }
+    let env = std::env::var(crate::service::START_ENV).ok();
+    let how = crate::service::start_by(env.as_deref(), crate::service::systemd_runs())
+        .map_err(CtlError::Array)?;
+    if how == crate::service::StartBy::Systemd && run_dir == Path::new(control::RUN_DIR) {
+        return start_unit(run_dir);
+    }
+    spawn_daemon(run_dir, mdextmon)
+}
+
+/// `systemctl start mdextmon.service`, then confirm the daemon answers.
+fn start_unit(run_dir: &Path) -> Result<(), CtlError> {
+    let unit = crate::service::UNIT;
+    let out = std::process::Command::new("systemctl")
+        .args(["start", unit])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| CtlError::Array(format!("running systemctl start {unit}: {e}")))?;
+    if !out.status.success() {
+        return Err(CtlError::Array(format!(
+            "systemctl start {unit} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    if wait_for_socket(run_dir, Duration::from_secs(10)) {
+        return Ok(());
+    }
+    Err(CtlError::Array(format!(
+        "systemd started {unit} but mdextmon does not answer on {}",
+        control::socket_path(run_dir).display()
+    )))
+}
+
+/// Spawn mdextmon in its own session, argv[0] `@mdextmon`.
+fn spawn_daemon(run_dir: &Path, mdextmon: &Path) -> Result<(), CtlError> {
     use std::os::unix::process::CommandExt;
     // The daemon's stderr, when mdextctl starts it (systemd starts it with
     // the journal instead).
@@ -518,7 +601,13 @@ pub fn ensure_daemon(run_dir: &Path, mdextmon: &Path) -> Result<(), CtlError> {
         .or_else(|_| std::fs::File::create("/dev/null"))
         .map_err(|e| CtlError::Array(format!("starting mdextmon: {e}")))?;
     let mut cmd = std::process::Command::new(mdextmon);
-    cmd.arg("--run-dir")
+    // A notification socket this mdextctl inherited (run from a unit) is
+    // not the daemon's to speak to.
+    for v in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        cmd.env_remove(v);
+    }
+    cmd.arg0("@mdextmon")
+        .arg("--run-dir")
         .arg(run_dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -680,6 +769,15 @@ fn describe(
 pub fn detail(sysfs: &Sysfs, run_dir: &Path, arg: &str) -> Result<ArrayStatus, CtlError> {
     let md = resolve_md(sysfs, arg)?;
     describe(sysfs, run_dir, &md, daemon(run_dir).as_ref())
+}
+
+/// One running array as its members record it, without asking mdextmon
+/// (for udev's `detail --export`, which must not wait for a daemon):
+/// `managed` and `mdextmon_pid` are left unset.
+pub fn detail_offline(sysfs: &Sysfs, arg: &str) -> Result<ArrayStatus, CtlError> {
+    let md = resolve_md(sysfs, arg)?;
+    let r = Record::read(sysfs, &md, Access::Read).map_err(|e| CtlError::Array(e.to_string()))?;
+    Ok(r.status())
 }
 
 /// Every running mdext array.

@@ -7,21 +7,37 @@
 //! There are no timers: with nothing happening, the daemon sleeps in
 //! `poll(2)` with an infinite timeout. A control client that connected but
 //! has not finished its request bounds the sleep by its deadline
-//! ([`control::Server`]); clients never block the loop.
+//! ([`control::Server`]); clients never block the loop. Under systemd with
+//! a watchdog (`WatchdogSec=`), the next `WATCHDOG=1` is such a deadline
+//! too, at half the interval.
+//!
+//! Under systemd (`Type=notify`) it says `READY=1` once the arrays it was
+//! given or found are managed, and keeps a one-line `STATUS=` current
+//! ([`crate::service`]).
+//!
+//! Takeover ([`Config::takeover`]): a new daemon asks the running one to
+//! hand over ([`Request::Handover`]); the old one answers once nothing is
+//! under way and exits without touching the arrays or the socket file, and
+//! the new one moves its own socket into place and adopts every array at
+//! once. A write md holds meanwhile waits for the new daemon, which is
+//! already running and about to look.
 
-use crate::control::{self, ErrorKind, Pong, Request, Response};
+use crate::control::{self, ControlError, ErrorKind, Pong, Request, Response};
 use crate::device::DeviceError;
 use crate::managed::{Managed, ManagedError};
 use crate::md::ArrayState;
 use crate::report::Reporter;
+use crate::service::Notifier;
 use crate::sysfs::Sysfs;
 use log::{error, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use sd_notify::NotifyState;
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Daemon settings.
@@ -37,7 +53,24 @@ pub struct Config {
     pub config: PathBuf,
     /// journald's native socket (events go there when it listens).
     pub journal_socket: PathBuf,
+    /// Replace a running instance (`--takeover`): ask it to hand over,
+    /// then adopt every array. With none running, just start.
+    pub takeover: bool,
+    /// Notifications to the service manager (`Type=notify`).
+    pub notifier: Notifier,
 }
+
+/// How long a daemon asked to hand over may take to answer (it finishes
+/// the batch under way first).
+const HANDOVER_ANSWER: Duration = Duration::from_secs(30);
+
+/// How long an older daemon that cannot hand over is given to die after
+/// SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// While stopping, how often the arrays still in use are looked at again
+/// (nothing notifies an unmount or a close).
+const IN_USE_RECHECK: Duration = Duration::from_secs(2);
 
 /// Daemon errors.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +87,9 @@ pub enum DaemonError {
     /// The control socket could not be created.
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    /// The running daemon could not be taken over.
+    #[error("takeover: {0}")]
+    Takeover(String),
 }
 
 fn setup(what: &'static str) -> impl FnOnce(nix::Error) -> DaemonError {
@@ -74,6 +110,18 @@ pub struct Daemon {
     unsettled: Vec<String>,
     /// Where events go ([`crate::report`]).
     reporter: Reporter,
+    /// While terminating: the arrays in use, which keep the daemon.
+    in_use: Vec<String>,
+    /// While terminating: when to look at the arrays in use again.
+    recheck: Option<Instant>,
+    /// A handover was answered: exit without touching anything.
+    handed_over: bool,
+    notifier: Notifier,
+    /// The watchdog ping interval (half of `WatchdogSec=`) and the next
+    /// ping's deadline.
+    watchdog: Option<(Duration, Instant)>,
+    /// The last `STATUS=` sent.
+    status: String,
 }
 
 impl Daemon {
@@ -98,15 +146,21 @@ impl Daemon {
         ) {
             warn!("mlockall failed ({e}); continuing without locked memory");
         }
-        let server = control::Server::new(control::listen(&cfg.run_dir)?).map_err(|source| {
-            DaemonError::Setup {
-                what: "control socket",
-                source,
-            }
+        let listener = match cfg.takeover {
+            true => match take_over_running(&cfg.run_dir)? {
+                Some(l) => l,
+                None => control::listen(&cfg.run_dir)?,
+            },
+            false => control::listen(&cfg.run_dir)?,
+        };
+        let server = control::Server::new(listener).map_err(|source| DaemonError::Setup {
+            what: "control socket",
+            source,
         })?;
         let reporter = Reporter::new(&cfg.journal_socket, event_program(&cfg.config));
         let pid = cfg.run_dir.join("mdextmon.pid");
         let _ = std::fs::write(&pid, format!("{}\n", std::process::id()));
+        let notifier = cfg.notifier.clone();
         let mut d = Daemon {
             cfg,
             server,
@@ -115,6 +169,12 @@ impl Daemon {
             terminating: false,
             unsettled: Vec::new(),
             reporter,
+            in_use: Vec::new(),
+            recheck: None,
+            handed_over: false,
+            watchdog: notifier.watchdog().map(|w| (w / 2, Instant::now() + w / 2)),
+            notifier,
+            status: String::new(),
         };
         // With no arrays named, take over every running mdext array (a
         // restart, or a takeover from another instance). An array found
@@ -173,14 +233,19 @@ impl Daemon {
             env!("CARGO_PKG_VERSION"),
             std::process::id()
         );
+        // Every array given or found is managed now (taken over, and acted
+        // on once).
+        let status = self.status_line();
+        self.notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        self.status = status;
+        if self.watchdog.is_some() {
+            self.notify(&[NotifyState::Watchdog]);
+        }
         loop {
             self.report_events();
-            if self.terminating {
-                let all_clean = self.arrays.values_mut().all(|m| m.make_clean());
-                if all_clean {
-                    info!("all arrays clean; exiting");
-                    break;
-                }
+            if self.terminating && self.release_unused() {
+                info!("every array released clean; exiting");
+                break;
             }
             // Watch fds of every array, then the signal fd, then the control
             // socket (listener and clients).
@@ -203,12 +268,22 @@ impl Daemon {
                 // array has not settled (an action failed), look again soon:
                 // the kernel does not notify again for what it already shows.
                 // A client's deadline bounds the wait too.
-                let soon = (self.terminating || !self.unsettled.is_empty())
-                    .then_some(Duration::from_millis(200));
-                let timeout = match (soon, self.server.timeout(Instant::now())) {
-                    (None, None) => PollTimeout::NONE,
-                    (a, b) => {
-                        let d = a.into_iter().chain(b).min().unwrap_or_default();
+                // Arrays kept only because they are in use are looked at
+                // again at IN_USE_RECHECK; the watchdog's next ping is a
+                // deadline too.
+                let now = Instant::now();
+                let releasing = self.terminating && self.arrays.len() > self.in_use.len();
+                let soon =
+                    (releasing || !self.unsettled.is_empty()).then_some(Duration::from_millis(200));
+                let recheck = self.recheck.map(|t| t.saturating_duration_since(now));
+                let ping = self.watchdog.map(|(_, t)| t.saturating_duration_since(now));
+                let deadlines: Vec<Duration> = [soon, recheck, ping, self.server.timeout(now)]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let timeout = match deadlines.iter().min() {
+                    None => PollTimeout::NONE,
+                    Some(&d) => {
                         // Whole milliseconds, rounded up: a deadline less
                         // than 1 ms away must not spin.
                         let ms = d.as_micros().div_ceil(1000);
@@ -253,10 +328,10 @@ impl Daemon {
                     match Signal::try_from(s.ssi_signo as i32) {
                         Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => {
                             info!(
-                                "signal {}: leaving every array clean, then exiting",
+                                "signal {}: releasing every array not in use clean; exiting once none is left",
                                 s.ssi_signo
                             );
-                            self.terminating = true;
+                            self.begin_stop();
                         }
                         Ok(Signal::SIGHUP) => {
                             // Look at everything again on the next turn.
@@ -269,8 +344,24 @@ impl Daemon {
                 }
             }
             for (id, req) in self.server.service(&clients, Instant::now()) {
-                let resp = self.handle(req);
+                let resp = if self.handed_over {
+                    Response::error(
+                        ErrorKind::Busy,
+                        "mdextmon is handing over to a new instance; try again",
+                    )
+                } else {
+                    self.handle(req)
+                };
                 self.server.reply(id, &resp, Instant::now());
+            }
+            if self.handed_over {
+                // The answer must reach the new daemon; then nothing more
+                // is done here: no record, no sysfs write, no file
+                // removed (the socket file and pid file are the new
+                // daemon's now).
+                self.server.drain(Duration::from_secs(5));
+                info!("handed every array over to the new mdextmon; exiting");
+                return Ok(());
             }
             // Arrays that are gone (stopped by someone else) are dropped.
             let gone: Vec<String> = self
@@ -283,6 +374,7 @@ impl Daemon {
                 info!("{n}: array stopped; no longer managed");
                 self.arrays.remove(&n);
             }
+            self.service_duties();
         }
         let _ = std::fs::remove_file(control::socket_path(&self.cfg.run_dir));
         let _ = std::fs::remove_file(self.cfg.run_dir.join("mdextmon.pid"));
@@ -316,7 +408,14 @@ impl Daemon {
                 None => not_managed(&md),
             },
             Request::Shutdown => {
-                self.terminating = true;
+                self.begin_stop();
+                Response::Done
+            }
+            Request::Handover => {
+                // Single-threaded: whatever batch an array had under way is
+                // finished. From the answer on, nothing is acted on.
+                info!("a new mdextmon asks to take over; handing over");
+                self.handed_over = true;
                 Response::Done
             }
             Request::Release { md } => match self.arrays.get_mut(&md) {
@@ -352,6 +451,202 @@ impl Daemon {
             self.reporter.report(&ev);
         }
         self.reporter.reap();
+    }
+    fn notify(&self, states: &[NotifyState<'_>]) {
+        if let Err(e) = self.notifier.send(states) {
+            log::debug!("sd_notify: {e}");
+        }
+    }
+
+    /// The `STATUS=` line for the arrays managed now.
+    fn status_line(&self) -> String {
+        let st: Vec<crate::status::ArrayStatus> = self.arrays.values().map(own_status).collect();
+        crate::service::status_line(&st, self.terminating, &self.in_use)
+    }
+
+    /// After each turn: the watchdog ping when due, and `STATUS=` when it
+    /// changed. Nothing at all without a service manager.
+    fn service_duties(&mut self) {
+        if !self.notifier.enabled() {
+            return;
+        }
+        let now = Instant::now();
+        if let Some((every, next)) = self.watchdog {
+            if now >= next {
+                self.notify(&[NotifyState::Watchdog]);
+                self.watchdog = Some((every, now + every));
+            }
+        }
+        let status = self.status_line();
+        if status != self.status {
+            self.notify(&[NotifyState::Status(&status)]);
+            self.status = status;
+        }
+    }
+
+    /// SIGTERM, SIGINT or a shutdown request.
+    fn begin_stop(&mut self) {
+        if !self.terminating {
+            self.terminating = true;
+            self.notify(&[NotifyState::Stopping]);
+        }
+    }
+
+    /// While stopping: release (recorded clean) every array that is not in
+    /// use; keep managing the ones in use, so that no write to a mounted
+    /// array is left waiting for nobody. True once no array is left.
+    fn release_unused(&mut self) -> bool {
+        let now = Instant::now();
+        if self.recheck.is_some_and(|t| now < t) && self.arrays.len() == self.in_use.len() {
+            return false;
+        }
+        let mut in_use = Vec::new();
+        let names: Vec<String> = self.arrays.keys().cloned().collect();
+        for n in names {
+            if array_in_use(&self.cfg.sysfs, &n) {
+                in_use.push(n);
+                continue;
+            }
+            if let Some(m) = self.arrays.get_mut(&n) {
+                if m.make_clean() {
+                    info!("{n}: recorded clean; released");
+                    self.arrays.remove(&n);
+                }
+            }
+        }
+        if !in_use.is_empty() && in_use != self.in_use {
+            warn!(
+                "{}: in use (mounted, or held open exclusively): still managed; unmount or stop it \
+                 and this daemon exits, or start `mdextmon --takeover` to replace it",
+                in_use.join(", ")
+            );
+        }
+        self.recheck = (!in_use.is_empty()).then(|| now + IN_USE_RECHECK);
+        self.in_use = in_use;
+        self.arrays.is_empty()
+    }
+}
+
+/// Whether md device `md` is in use: mounted, swap, held by another block
+/// device, or opened exclusively by a program. Found by opening it with
+/// `O_EXCL` (read-only, closed at once), which the kernel refuses then. A
+/// device that cannot be opened at all counts as in use: not knowing, the
+/// daemon keeps it.
+fn array_in_use(sysfs: &Sysfs, md: &str) -> bool {
+    use nix::fcntl::{open, OFlag};
+    let path = sysfs.md(md).dev_path();
+    match open(
+        &path,
+        OFlag::O_RDONLY | OFlag::O_EXCL | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        Ok(fd) => {
+            drop(fd);
+            false
+        }
+        Err(nix::errno::Errno::EBUSY) => true,
+        Err(e) => {
+            warn!(
+                "{md}: cannot tell whether it is in use ({}: {e}); keeping it",
+                path.display()
+            );
+            true
+        }
+    }
+}
+
+/// `--takeover`: ask the running daemon to hand over, with this daemon's
+/// socket bound beside its own; once it has answered (or, an older version
+/// that cannot hand over, has been killed), move the socket into place.
+/// `None`: no daemon answers, start as usual.
+fn take_over_running(run_dir: &Path) -> Result<Option<UnixListener>, DaemonError> {
+    let old = match control::ping(run_dir, Duration::from_secs(5)) {
+        Ok(p) => p,
+        Err(ControlError::NotRunning(_)) => {
+            info!("takeover: no mdextmon running; starting");
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(DaemonError::Takeover(format!(
+                "the running mdextmon does not answer: {e}"
+            )))
+        }
+    };
+    let listener = control::listen_aside(run_dir)?;
+    info!(
+        "taking over from mdextmon {} (pid {}) managing {}",
+        old.version,
+        old.pid,
+        if old.arrays.is_empty() {
+            "no arrays".to_string()
+        } else {
+            old.arrays.join(", ")
+        }
+    );
+    let t0 = Instant::now();
+    match control::act(run_dir, &Request::Handover, HANDOVER_ANSWER) {
+        Ok(()) => {}
+        Err(ControlError::Daemon {
+            kind: ErrorKind::Malformed,
+            message,
+        }) => {
+            // An older daemon without the handover request. Killing it is
+            // safe at any step (the restart the state machine is checked
+            // against); the held writes wait for this daemon, which adopts
+            // every array right after.
+            warn!(
+                "takeover: pid {} cannot hand over ({message}); killing it",
+                old.pid
+            );
+            kill_and_wait(old.pid)?;
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(control::aside_path(run_dir));
+            return Err(DaemonError::Takeover(format!(
+                "mdextmon pid {} did not hand over: {e}",
+                old.pid
+            )));
+        }
+    }
+    control::install_aside(run_dir)?;
+    info!(
+        "takeover: pid {} handed over after {} ms",
+        old.pid,
+        t0.elapsed().as_millis()
+    );
+    Ok(Some(listener))
+}
+
+/// SIGKILL `pid` and wait (bounded) until it is gone (or a zombie).
+fn kill_and_wait(pid: u32) -> Result<(), DaemonError> {
+    let p = nix::unistd::Pid::from_raw(
+        i32::try_from(pid).map_err(|_| DaemonError::Takeover(format!("pid {pid} out of range")))?,
+    );
+    match nix::sys::signal::kill(p, Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => return Err(DaemonError::Takeover(format!("killing pid {pid}: {e}"))),
+    }
+    let t0 = Instant::now();
+    while process_alive(pid) {
+        if t0.elapsed() > KILL_WAIT {
+            return Err(DaemonError::Takeover(format!(
+                "pid {pid} still alive {} s after SIGKILL",
+                KILL_WAIT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Whether `pid` runs (a zombie has exited).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
     }
 }
 

@@ -15,6 +15,8 @@
 //! - [`bitmap`]: pure helpers over the external bitmap area's bytes.
 //! - [`device`]: member I/O (O_DIRECT, exclusive open); [`probe`]: foreign signatures.
 //! - [`ctl`]: mdextctl's assemble/stop/detail/status.
+//! - [`incremental`]: incremental assembly's decisions (pure); [`pending`]: its
+//!   map under `/run/mdext`; [`hotplug`]: `mdextctl incremental` (the I/O).
 //! - [`cli`]: what both binaries share as command-line programs (error lines, log lines, EPIPE).
 //! - [`monitor`]: the monitor's pure state machine (events in, actions out).
 //! - [`daemon`]: mdextmon's I/O loop; [`managed`]: one managed array.
@@ -22,6 +24,7 @@
 //!   [`report`]: to the journal ([`journal`]), stderr and the PROGRAM.
 //! - [`wait`]: `mdextctl wait`; [`metrics`]: `mdextctl metrics`.
 //! - [`config`]: the configuration file, mdext.conf(5).
+//! - [`service`]: mdextmon under systemd (sd_notify readiness, status, watchdog).
 
 pub mod assembly;
 pub mod bitmap;
@@ -34,14 +37,18 @@ pub mod daemon;
 pub mod device;
 pub mod events;
 pub mod format;
+pub mod hotplug;
+pub mod incremental;
 pub mod journal;
 pub mod managed;
 pub mod md;
 pub mod meta;
 pub mod metrics;
 pub mod monitor;
+pub mod pending;
 pub mod probe;
 pub mod report;
+pub mod service;
 pub mod status;
 pub mod sysfs;
 pub mod units;

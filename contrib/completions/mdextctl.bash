@@ -45,6 +45,9 @@ _mdextctl() {
             mdextctl,help)
                 cmd="mdextctl__subcmd__help"
                 ;;
+            mdextctl,incremental)
+                cmd="mdextctl__subcmd__incremental"
+                ;;
             mdextctl,metrics)
                 cmd="mdextctl__subcmd__metrics"
                 ;;
@@ -84,6 +87,9 @@ _mdextctl() {
             mdextctl__subcmd__help,help)
                 cmd="mdextctl__subcmd__help__subcmd__help"
                 ;;
+            mdextctl__subcmd__help,incremental)
+                cmd="mdextctl__subcmd__help__subcmd__incremental"
+                ;;
             mdextctl__subcmd__help,metrics)
                 cmd="mdextctl__subcmd__help__subcmd__metrics"
                 ;;
@@ -106,7 +112,7 @@ _mdextctl() {
 
     case "${cmd}" in
         mdextctl)
-            opts="-h -V --help --version create examine assemble stop detail status fail remove add examine-bitmap wait metrics help"
+            opts="-h -V --help --version create examine assemble incremental stop detail status fail remove add examine-bitmap wait metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -210,7 +216,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__detail)
-            opts="-t -h --json --test --help"
+            opts="-t -h --json --export --test --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -266,7 +272,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__help)
-            opts="create examine assemble stop detail status fail remove add examine-bitmap wait metrics help"
+            opts="create examine assemble incremental stop detail status fail remove add examine-bitmap wait metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -391,6 +397,20 @@ _mdextctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mdextctl__subcmd__help__subcmd__incremental)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mdextctl__subcmd__help__subcmd__metrics)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -450,6 +470,20 @@ _mdextctl() {
         mdextctl__subcmd__help__subcmd__wait)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mdextctl__subcmd__incremental)
+            opts="-R -s -f -h --run --scan --fail --remove --export --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

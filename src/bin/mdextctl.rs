@@ -41,6 +41,8 @@ macro_rules! eprintln {
 
 #[path = "mdextctl/completions.rs"]
 mod completions;
+#[path = "mdextctl/incremental.rs"]
+mod incremental;
 #[path = "mdextctl/ops.rs"]
 mod ops;
 #[path = "mdextctl/watch.rs"]
@@ -71,6 +73,10 @@ enum Cmd {
     Examine(ExamineArgs),
     #[command(about = "Start an array from its members and hand it to mdextmon")]
     Assemble(ops::AssembleArgs),
+    #[command(
+        about = "Add one device to its array's pending set; start the array once complete (udev)"
+    )]
+    Incremental(incremental::IncrementalArgs),
     #[command(about = "Record an array clean and stop it")]
     Stop(ops::StopArgs),
     #[command(about = "Show one running array (like mdadm --detail)")]
@@ -196,6 +202,7 @@ fn main() -> ExitCode {
         Cmd::Create(a) => run_create(a),
         Cmd::Examine(a) => run_examine(&a),
         Cmd::Assemble(a) => ops::assemble(a),
+        Cmd::Incremental(a) => incremental::incremental(&a),
         Cmd::Stop(a) => ops::stop(&a),
         Cmd::Detail(a) => ops::detail(&a),
         Cmd::Status(a) => ops::status(&a),
@@ -315,13 +322,11 @@ fn state_word(sb: &Superblock) -> &'static str {
     }
 }
 
-fn export(sb: &Superblock) -> String {
-    let a = &sb.array;
-    // Names are restricted to [A-Za-z0-9._:-] by create; any other
-    // character (the format allows more) is replaced for udev's parser.
-    let name: String = a
-        .name
-        .chars()
+/// A name for a udev `KEY=value` line (and a /dev/md/ link): names are
+/// restricted to [A-Za-z0-9._:-] by create; any other character (the
+/// format allows more) is replaced for udev's parser.
+fn udev_value(s: &str) -> String {
+    s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "._:-".contains(c) {
                 c
@@ -329,7 +334,12 @@ fn export(sb: &Superblock) -> String {
                 '_'
             }
         })
-        .collect();
+        .collect()
+}
+
+fn export(sb: &Superblock) -> String {
+    let a = &sb.array;
+    let name = udev_value(&a.name);
     format!(
         "MDEXT_UUID={}\nMDEXT_NAME={}\nMDEXT_LEVEL={}\nMDEXT_RAID_DISKS={}\n\
          MDEXT_MEMBER_UUID={}\nMDEXT_MEMBER_ROLE={}\nMDEXT_EVENTS={}\nMDEXT_STATE={}\n",

@@ -14,16 +14,24 @@ use std::process::ExitCode;
 /// only after every member's metadata records the array whole. Without it,
 /// writes to an mdext array block forever.
 ///
-/// Normally started by `mdextctl assemble`, or by systemd. It stays in the
-/// foreground and logs to stderr, one line per message, with sd-daemon(3)
-/// priority prefixes when stderr is the journal. SIGTERM leaves every array
-/// clean, then exits.
+/// Normally started by systemd (mdextmon.service, `Type=notify`), or by
+/// `mdextctl assemble` where systemd does not run (an initramfs, with
+/// argv[0] "@mdextmon" so that no final killing spree ends it). It stays in
+/// the foreground and logs to stderr, one line per message, with
+/// sd-daemon(3) priority prefixes when stderr is the journal. SIGTERM
+/// releases every array not in use, recorded clean, and exits once no array
+/// is left; arrays in use (mounted) stay managed.
 #[derive(Parser, Debug)]
-#[command(name = "mdextmon", version, about, long_about)]
+#[command(name = "mdextmon", bin_name = "mdextmon", version, about, long_about)]
 struct Args {
     /// md devices to manage from the start (e.g. md127); more can be added
     /// over the control socket.
     arrays: Vec<String>,
+    /// Replace the running mdextmon (the initramfs's, or an older
+    /// version): it hands every array over and exits, and this one adopts
+    /// them. With none running, just start.
+    #[arg(long)]
+    takeover: bool,
     /// Directory for the control socket and pid file.
     #[arg(long, default_value = mdext::control::RUN_DIR)]
     run_dir: PathBuf,
@@ -44,6 +52,10 @@ struct Args {
 // (writes to its arrays would then block). Its only stdout output is clap's
 // help and version, which tolerate a closed pipe.
 fn main() -> ExitCode {
+    // First, while this is the only thread: take NOTIFY_SOCKET and the
+    // watchdog variables out of the environment, so that no child inherits
+    // them.
+    let notifier = mdext::service::Notifier::from_env();
     let args = Args::parse();
     let journal = mdext::cli::stderr_is_journal();
     env_logger::Builder::new()
@@ -59,6 +71,8 @@ fn main() -> ExitCode {
         arrays: args.arrays,
         config: args.config,
         journal_socket: PathBuf::from(mdext::journal::SOCKET),
+        takeover: args.takeover,
+        notifier,
     };
     match mdext::daemon::Daemon::new(cfg).and_then(|d| d.run()) {
         Ok(()) => ExitCode::SUCCESS,

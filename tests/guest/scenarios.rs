@@ -3,8 +3,10 @@
 use crate::harness::{Scenario, SystemScenario};
 
 mod events;
+mod incremental;
 mod lifecycle;
 mod rebuild;
+mod service;
 mod start_limits;
 mod sysfs_layer;
 mod system;
@@ -30,6 +32,13 @@ pub static ALL: &[&Scenario] = &[
     &start_limits::DIRTY_DEGRADED_RAID5,
     &start_limits::DIRTY_DEGRADED_RAID6,
     &events::EVENTS_WAIT_METRICS,
+    &incremental::ONE_BY_ONE,
+    &incremental::RUN_READD_REMOVE,
+    &incremental::SCAN_SEVERAL,
+    &incremental::RACE,
+    &incremental::UDEV_RULES,
+    &service::RESTART_RELEASES_HELD_WRITE,
+    &service::TAKEOVER_UNDER_WRITER,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).

@@ -91,8 +91,16 @@ pub struct DetailArgs {
     /// The array: md device (md127, /dev/md127), name or UUID.
     array: String,
     /// JSON output.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "export")]
     json: bool,
+    /// Print KEY=value lines for udev (IMPORT{program}), read from the
+    /// members' metadata without asking mdextmon: MD_LEVEL, MD_DEVICES,
+    /// MD_METADATA (mdext:TAG), MD_UUID, MD_NAME, MD_DEVNAME (as mdadm --detail
+    /// --export), MDEXT_UUID, MDEXT_NAME, MDEXT_HEALTH, MDEXT_EVENTS,
+    /// MDEXT_STATE. Exits 0 whenever the array could be read (udev ignores
+    /// the keys of a program that fails), 4 otherwise.
+    #[arg(long)]
+    export: bool,
     /// Accepted for mdadm's habit: the exit status always tells the
     /// array's health.
     #[arg(short = 't', long)]
@@ -110,7 +118,7 @@ pub struct StatusArgs {
     daemon: DaemonArgs,
 }
 
-fn mdextmon_path() -> PathBuf {
+pub fn mdextmon_path() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("mdextmon")))
@@ -243,7 +251,7 @@ fn assemble_all(o: &ctl::AssembleOptions, json: bool) -> Result<ExitCode> {
     })
 }
 
-fn print_assembled(r: &ctl::AssembleReport) {
+pub fn print_assembled(r: &ctl::AssembleReport) {
     println!(
         "mdextctl: /dev/{} has been started with {} device{} (array {} {})",
         r.md,
@@ -292,6 +300,18 @@ pub fn stop(a: &StopArgs) -> Result<ExitCode> {
 pub fn detail(a: &DetailArgs) -> Result<ExitCode> {
     // Accepted for mdadm's habit; the exit status says the health always.
     let _ = a.test;
+    if a.export {
+        return Ok(match ctl::detail_offline(&Sysfs::default(), &a.array) {
+            Ok(s) => {
+                print!("{}", detail_export(&s));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mdextctl: {e}");
+                ExitCode::from(mdext::status::EXIT_ERROR)
+            }
+        });
+    }
     let s = match ctl::detail(&Sysfs::default(), &a.daemon.run_dir, &a.array) {
         Ok(s) => s,
         Err(e) => {
@@ -305,6 +325,25 @@ pub fn detail(a: &DetailArgs) -> Result<ExitCode> {
         print!("{}", ctl::render_detail(&s));
     }
     Ok(ExitCode::from(s.health.exit_code()))
+}
+
+/// `detail --export`: mdadm's `--detail --export` keys (what
+/// 63-md-raid-arrays.rules and other tools look for) and mdext's own.
+pub fn detail_export(s: &mdext::status::ArrayStatus) -> String {
+    let name = crate::udev_value(&s.name);
+    format!(
+        "MD_LEVEL={}\nMD_DEVICES={}\nMD_METADATA={}\nMD_UUID={}\nMD_NAME={name}\n\
+         MD_DEVNAME={name}\nMDEXT_UUID={}\nMDEXT_NAME={name}\nMDEXT_HEALTH={}\n\
+         MDEXT_EVENTS={}\nMDEXT_STATE={}\n",
+        s.level,
+        s.raid_disks,
+        mdext::meta::kernel_tag(&s.uuid),
+        s.uuid,
+        s.uuid,
+        s.health.as_str(),
+        s.events,
+        if s.clean { "clean" } else { "dirty" }
+    )
 }
 
 pub fn status(a: &StatusArgs) -> Result<ExitCode> {

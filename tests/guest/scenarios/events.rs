@@ -219,12 +219,32 @@ fn events_wait_metrics() -> Result<()> {
     ensure!(code == Some(0), "wait --clean after the takeover: {code:?}");
     ensure!(record_state(&loops[0].path)?.0 == "clean", "not clean");
 
-    // Re-add, slowed so that the rebuild is still running when wait starts.
-    md.write("sync_speed_max", "1000")?;
+    // Re-add with the rebuild held at its first sector (md's sync_max,
+    // which md resets to "max" when the rebuild completes), so that wait
+    // meets it running whatever the host's speed; released once wait has
+    // printed its first line.
+    md.write("sync_max", "0")?;
     ctl("add md125 /dev/loop1")?;
-    let (code, out, _) = ctl_exit("wait md125")?;
-    md.write("sync_speed_max", "system")?;
-    ensure!(code == Some(0), "wait during a rebuild exited {code:?}");
+    // The subshell's own output goes away too: sh() reads its pipes to
+    // their end.
+    sh("(/bin/mdextctl wait md125 >/tmp/wait.out 2>&1; echo $? >/tmp/wait.rc) </dev/null >/dev/null 2>&1 &")?;
+    wait_until(
+        "wait's first progress line",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string("/tmp/wait.out")
+                .ok()
+                .filter(|o| o.contains("md125: recover"))
+        },
+    )?;
+    md.write("sync_max", "max")?;
+    let code = wait_until("wait to exit", Duration::from_secs(300), || {
+        std::fs::read_to_string("/tmp/wait.rc")
+            .ok()
+            .and_then(|c| c.trim().parse::<i32>().ok())
+    })?;
+    let out = std::fs::read_to_string("/tmp/wait.out")?;
+    ensure!(code == 0, "wait during a rebuild exited {code}: {out}");
     ensure!(out.contains("md125: recover"), "no progress lines: {out}");
     ensure!(out.contains("finished after"), "{out}");
     // Independent witnesses: md says in sync.
