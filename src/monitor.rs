@@ -178,6 +178,24 @@ pub struct KernelView {
     pub members: Vec<KernelMember>,
 }
 
+impl KernelView {
+    /// What the daemon knows of an array whose `array_state` reads `state`
+    /// (`clear` or `inactive`) or whose md device is gone (pass `clear`),
+    /// when the rest cannot be read: no member, nothing syncing.
+    pub fn stopped(state: ArrayState) -> KernelView {
+        KernelView {
+            array_state: state,
+            degraded: 0,
+            sync_action: SyncAction::Idle,
+            sync_completed: SyncCompleted::None,
+            resync_start: Checkpoint::None,
+            can_clear: None,
+            time_base: None,
+            members: Vec::new(),
+        }
+    }
+}
+
 /// What a returning device's own metadata says about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OwnRecord {
@@ -471,6 +489,9 @@ pub struct Monitor {
     /// that copy ([`crate::format::next_events`]).
     rewrite: Option<usize>,
     stopping: bool,
+    /// The machine has seen the array running (so a stopped array was
+    /// stopped under it, not an array that never started).
+    seen_running: bool,
     #[cfg(test)]
     pub(crate) fault: Fault,
 }
@@ -546,6 +567,7 @@ impl Monitor {
             write_at: None,
             rewrite,
             stopping: false,
+            seen_running: false,
             #[cfg(test)]
             fault: Fault::None,
         }
@@ -612,6 +634,7 @@ impl Monitor {
     /// A new snapshot.
     pub fn observe(&mut self, v: &KernelView) -> Vec<Action> {
         let (meta, wrote, acts) = self.plan(v);
+        self.seen_running |= v.array_state.is_running();
         self.meta = meta;
         if wrote {
             self.needs_write = false;
@@ -796,6 +819,48 @@ impl Monitor {
         )
     }
 
+    /// The kernel shows the array stopped (`clear` or `inactive`, or the md
+    /// device deleted). Stopped after running under this machine by
+    /// somebody else (systemd-shutdown's `STOP_ARRAY`, `mdadm --stop`):
+    /// md's stop drained every write and sync first, so the members hold
+    /// the same data and the record is made clean (member states, rebuild
+    /// and resync checkpoints as recorded), as mdmon does when an array goes
+    /// inactive; the daemon then forgets the array. Written to the members
+    /// the record counts as holding data (in sync, rebuilding, spare): md no
+    /// longer lists any, the daemon still holds them open. A stop this
+    /// machine was asked for recorded clean before stopping, and an array
+    /// never seen running (not yet started, or stopped before this daemon
+    /// looked) is left as recorded: nothing is known of how it stopped.
+    fn plan_stopped(&self, mut m: ArrayMeta) -> (ArrayMeta, bool, Vec<Action>) {
+        if !self.seen_running || (m.clean && !self.needs_write) {
+            return (m, false, Vec::new());
+        }
+        m.clean = true;
+        m.events = crate::format::next_events(self.meta.events, self.rewrite);
+        let n = self.slots();
+        let targets: Vec<usize> = m
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| {
+                if *i < n {
+                    matches!(
+                        e.state,
+                        MemberState::InSync | MemberState::Rebuilding { .. }
+                    )
+                } else {
+                    e.state == MemberState::Spare
+                }
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let acts = vec![Action::WriteMetadata {
+            meta: m.clone(),
+            targets,
+        }];
+        (m, true, acts)
+    }
+
     /// Members to write a record to: every device present in the kernel,
     /// not faulty, that the record counts as in sync, rebuilding or spare.
     fn targets(&self, v: &KernelView, meta: &ArrayMeta) -> Vec<usize> {
@@ -830,9 +895,7 @@ impl Monitor {
     fn plan(&self, v: &KernelView) -> (ArrayMeta, bool, Vec<Action>) {
         let mut m = self.meta.clone();
         if !v.array_state.is_running() {
-            // Stopped (or not yet started): nothing to answer, nothing to
-            // record. The daemon exits when `finished`.
-            return (m, false, Vec::new());
+            return self.plan_stopped(m);
         }
         let n = self.slots();
         let mut changed = self.needs_write;
