@@ -349,6 +349,10 @@ pub struct Managed {
 /// cause); a stable array needs one empty batch.
 const MAX_BATCHES: usize = 16;
 
+/// How many times the record of an array stopped under the daemon is
+/// tried before the array is let go.
+const STOPPED_ATTEMPTS: usize = 3;
+
 fn merr(md: &str, member: &str, message: impl Into<String>) -> ManagedError {
     ManagedError::Member {
         md: md.into(),
@@ -447,7 +451,10 @@ impl Managed {
     /// The descriptors to poll (POLLPRI) for this array's notifications.
     pub fn watch_fds(&self) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        self.held.iter().flat_map(HeldMd::notifiers).map(AsFd::as_fd)
+        self.held
+            .iter()
+            .flat_map(HeldMd::notifiers)
+            .map(AsFd::as_fd)
     }
 
     /// Whether the md device has been stopped by someone else.
@@ -539,7 +546,9 @@ impl Managed {
                     ArrayState::Readonly | ArrayState::ReadAuto
                 ) && !self.readonly
                 {
-                    let r = self.held().and_then(|h| h.set_array_state(ArrayState::Clean));
+                    let r = self
+                        .held()
+                        .and_then(|h| h.set_array_state(ArrayState::Clean));
                     if let Err(e) = r {
                         warn!("{}: making it writable: {e}", self.md.name());
                         return false;
@@ -560,25 +569,31 @@ impl Managed {
     /// before stopping), once, then forget the array. Stopped by this
     /// daemon ([`Managed::stop`]): `stop` finishes the job.
     fn stopped(&mut self, view: &KernelView) {
-        if self.mon.stopping() {
-            return;
-        }
-        let batch = self.mon.observe(view);
-        if !batch.is_empty() {
+        let by_us = self.mon.stopping();
+        // A failed write is fed back and retried a few times (the machine
+        // aims the retry at the same copy); then the array is let go.
+        for _ in 0..STOPPED_ATTEMPTS {
+            let batch = self.mon.observe(view);
+            if batch.is_empty() {
+                break;
+            }
             match self.execute(&batch) {
                 Ok(()) => info!(
-                    "{}: stopped by someone else; metadata recorded clean at events {}",
+                    "{}: stopped{}; metadata recorded clean at events {}",
                     self.md.name(),
+                    if by_us { "" } else { " by someone else" },
                     self.mon.meta().events
                 ),
                 Err(e) => error!(
-                    "{}: stopped by someone else; recording it clean failed: {e}",
+                    "{}: stopped; recording it clean failed: {e}",
                     self.md.name()
                 ),
             }
         }
-        self.gone = true;
-        self.held = None;
+        if !by_us {
+            self.gone = true;
+            self.held = None;
+        }
     }
 
     /// Compare what `view` and the record show with the last look, and

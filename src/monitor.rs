@@ -79,6 +79,17 @@
 //! members: the kernel moves it to `write-pending` on a member failure and at
 //! the end of any resync/recovery without notifying it.
 //!
+//! # An array stopped under the machine
+//!
+//! When a snapshot shows the array stopped (`clear`/`inactive`, or the md
+//! device deleted: [`KernelView::stopped`]) after the machine saw it running,
+//! somebody stopped it (systemd-shutdown's `STOP_ARRAY`, `mdadm --stop`).
+//! md drains every write and sync before it stops, so the members agree: the
+//! machine records the array clean (member states and checkpoints as
+//! recorded) on the members the record counts as holding data, as mdmon does
+//! when an array goes inactive, and the daemon then forgets the array. The
+//! model checks this ([`model`], property 5).
+//!
 //! # Contract with assembly (the start protocol)
 //!
 //! Every start, whole or degraded, follows [`start_plan`]: the array is
@@ -471,6 +482,9 @@ pub(crate) enum Fault {
     RetryOtherCopy,
     /// End the start hold at once, before the monitor settled.
     EarlyRelease,
+    /// Forget an array stopped by somebody else without recording it
+    /// clean.
+    ForgetAtStop,
 }
 
 /// The monitor. Holds the record it last wrote (or read at start) and
@@ -828,10 +842,16 @@ impl Monitor {
     /// inactive; the daemon then forgets the array. Written to the members
     /// the record counts as holding data (in sync, rebuilding, spare): md no
     /// longer lists any, the daemon still holds them open. A stop this
-    /// machine was asked for recorded clean before stopping, and an array
-    /// never seen running (not yet started, or stopped before this daemon
-    /// looked) is left as recorded: nothing is known of how it stopped.
+    /// machine was asked for ([`AdminRequest::Stop`]) normally recorded
+    /// clean before stopping (a write that slipped in is covered by the
+    /// same rule). An array never seen running (not yet started, or stopped
+    /// before this daemon looked) is left as recorded: nothing is known of
+    /// how it stopped.
     fn plan_stopped(&self, mut m: ArrayMeta) -> (ArrayMeta, bool, Vec<Action>) {
+        #[cfg(test)]
+        if self.fault == Fault::ForgetAtStop {
+            return (m, false, Vec::new());
+        }
         if !self.seen_running || (m.clean && !self.needs_write) {
             return (m, false, Vec::new());
         }

@@ -558,7 +558,7 @@ impl MdDev {
     /// `bitmap/time_base` in whole seconds (md prints a fraction when the
     /// period is not whole; it is cut). `None` when there is no bitmap.
     pub fn bitmap_time_base(&self) -> Result<Option<u32>, SysfsError> {
-        parse_time_base("bitmap/time_base", self.read("bitmap/time_base")?)
+        parse_time_base("bitmap/time_base", &self.read("bitmap/time_base")?)
     }
 
     /// `bitmap/time_base` (seconds): how often the bitmap daemon runs.
@@ -809,9 +809,7 @@ impl HeldAttr {
             return Err(err(Errno::EIO));
         }
         if self.regular {
-            self.file
-                .set_len(n as u64)
-                .map_err(|e| err(io_errno(&e)))?;
+            self.file.set_len(n as u64).map_err(|e| err(io_errno(&e)))?;
         }
         Ok(())
     }
@@ -847,7 +845,7 @@ fn parse_can_clear(attr: &str, v: String) -> Result<Option<bool>, SysfsError> {
 
 /// `bitmap/time_base` in whole seconds (md prints a fraction when the
 /// period is not whole; it is cut). `None` when there is no bitmap.
-fn parse_time_base(attr: &str, v: String) -> Result<Option<u32>, SysfsError> {
+fn parse_time_base(attr: &str, v: &str) -> Result<Option<u32>, SysfsError> {
     let t = v.trim();
     if t.is_empty() {
         return Ok(None);
@@ -855,7 +853,7 @@ fn parse_time_base(attr: &str, v: String) -> Result<Option<u32>, SysfsError> {
     let whole = t.split('.').next().unwrap_or(t);
     whole.parse().map(Some).map_err(|_| SysfsError::Parse {
         attr: attr.to_string(),
-        value: v.clone(),
+        value: v.to_string(),
     })
 }
 
@@ -1086,7 +1084,7 @@ impl HeldMd {
     pub fn time_base(&self) -> Result<Option<u32>, SysfsError> {
         match &self.time_base {
             None => Ok(None),
-            Some(a) => parse_time_base(a.attr(), a.read_fresh()?),
+            Some(a) => parse_time_base(a.attr(), &a.read_fresh()?),
         }
     }
 
@@ -1111,10 +1109,7 @@ impl HeldMd {
 /// Wait until any watched attribute is notified (`POLLPRI | POLLERR`), or
 /// the timeout passes (`None`: forever). Returns the indices that woke; the
 /// caller re-reads them with [`HeldAttr::read_fresh`].
-pub fn poll_watches(
-    ws: &[&HeldAttr],
-    timeout: Option<Duration>,
-) -> Result<Vec<usize>, SysfsError> {
+pub fn poll_watches(ws: &[&HeldAttr], timeout: Option<Duration>) -> Result<Vec<usize>, SysfsError> {
     let mut fds: Vec<PollFd> = ws
         .iter()
         .map(|w| PollFd::new(w.file.as_fd(), PollFlags::POLLPRI | PollFlags::POLLERR))
@@ -1300,6 +1295,85 @@ mod tests {
         let (_d, s) = fake();
         assert!(s.new_array("../etc").is_err());
         assert!(s.new_array("md126").is_ok());
+    }
+
+    #[test]
+    fn held_attributes_outlive_their_path() {
+        let (d, s) = fake();
+        for (f, v) in [
+            ("bitmap/time_base", "100000\n"),
+            ("dev-loop0/recovery_start", "none\n"),
+        ] {
+            std::fs::write(d.path().join("block/md127/md").join(f), v).expect("write");
+        }
+        let md = s.md("md127");
+        let h = HeldMd::open(&md, &["loop0"]).expect("hold");
+        assert_eq!(h.liveness(), Liveness::Running(ArrayState::Clean));
+        // The path view goes away (switch-root moved /sys; the initramfs
+        // root stays behind): the held attributes keep working.
+        let moved = d.path().join("moved");
+        std::fs::rename(d.path().join("block"), &moved).expect("rename");
+        assert!(md.array_state().is_err(), "the path is gone");
+        h.set_array_state(ArrayState::ActiveIdle).expect("write");
+        h.set_array_state(ArrayState::Clean).expect("write");
+        assert_eq!(h.array_state().expect("read"), ArrayState::Clean);
+        assert_eq!(
+            std::fs::read_to_string(moved.join("md127/md/array_state")).expect("r"),
+            "clean",
+            "one write, the whole value and nothing of the previous one"
+        );
+        assert_eq!(h.can_clear().expect("cc"), Some(true));
+        h.set_can_clear(false).expect("w");
+        assert_eq!(h.can_clear().expect("cc"), Some(false));
+        assert_eq!(h.time_base().expect("tb"), Some(100_000));
+        h.set_time_base(1).expect("w");
+        assert_eq!(h.time_base().expect("tb"), Some(1));
+        let m = h.member("loop0").expect("held member");
+        assert!(m.flags().expect("flags").in_sync);
+        assert_eq!(m.slot().expect("slot"), Some(0));
+        m.command(MemberCommand::Unblock).expect("w");
+        assert_eq!(
+            std::fs::read_to_string(moved.join("md127/md/dev-loop0/state")).expect("r"),
+            "-blocked"
+        );
+        // A vanished path is no evidence of a stopped array; `clear` is.
+        assert_eq!(h.liveness(), Liveness::Running(ArrayState::Clean));
+        std::fs::write(moved.join("md127/md/array_state"), "clear\n").expect("w");
+        assert_eq!(h.liveness(), Liveness::Stopped(ArrayState::Clear));
+        // Only ENODEV says the kernel object is gone.
+        let gone = SysfsError::Read {
+            attr: "block/md127/md/array_state".into(),
+            errno: Errno::ENODEV,
+        };
+        assert!(HeldAttr::is_gone_error(&gone));
+        let enoent = SysfsError::Read {
+            attr: "block/md127/md/array_state".into(),
+            errno: Errno::ENOENT,
+        };
+        assert!(!HeldAttr::is_gone_error(&enoent));
+    }
+
+    #[test]
+    fn held_errors_name_attribute_value_and_errno() {
+        let (d, s) = fake();
+        let p = d.path().join("block/md127/md/degraded");
+        let w = HeldAttr::open(&s, &p).expect("open");
+        assert_eq!(w.read_fresh().expect("r"), "0");
+        let e = w.parse::<ArrayState>().expect_err("not a state");
+        assert!(e.to_string().contains("block/md127/md/degraded"), "{e}");
+        let h = HeldMd::open(&s.md("md127"), &[]).expect("hold");
+        std::fs::remove_file(d.path().join("block/md127/md/bitmap/can_clear")).expect("rm");
+        // Still held: a write goes to the open file, whatever the path.
+        h.set_can_clear(true).expect("held write");
+        let e = s
+            .md("md127")
+            .set_can_clear(false)
+            .expect_err("by path: gone");
+        let m = e.to_string();
+        assert!(
+            m.contains("bitmap/can_clear") && m.contains("'false'") && m.contains("ENOENT"),
+            "{m}"
+        );
     }
 
     #[test]
