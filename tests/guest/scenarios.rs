@@ -3,6 +3,7 @@
 use crate::harness::Scenario;
 
 mod events;
+mod held;
 mod incremental;
 mod lifecycle;
 mod rebuild;
@@ -38,4 +39,6 @@ pub static ALL: &[&Scenario] = &[
     &incremental::UDEV_RULES,
     &service::RESTART_RELEASES_HELD_WRITE,
     &service::TAKEOVER_UNDER_WRITER,
+    &held::BLIND_DAEMON,
+    &held::STOPPED_BY_OTHERS,
 ];
