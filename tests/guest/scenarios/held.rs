@@ -212,8 +212,12 @@ fn blind_daemon() -> Result<()> {
         "after the takeover loop0 records {states:?}"
     );
     ensure!(ev3 >= ev2, "events went back: {ev2} -> {ev3}");
-    let detail = ctl("detail md127")?;
-    println!("{detail}");
+    // detail exits non-zero for a degraded array, as mdadm does.
+    let (_, detail, _) = ctl_status("detail md127")?;
+    ensure!(
+        detail.contains("Managed : by mdextmon (pid ") && detail.contains("Degraded : 1"),
+        "detail after the takeover:\n{detail}"
+    );
     // The failed member comes back and is rebuilt; mirrors agree.
     ctl("add md127 /dev/loop1")?;
     wait_until(
