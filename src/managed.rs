@@ -6,13 +6,13 @@
 
 use crate::device::{Access, Device, DeviceError};
 use crate::events::Facts;
-use crate::md::{ArrayState, Checkpoint, MemberCommand, MemberFlags};
+use crate::md::{ArrayState, Checkpoint, MemberCommand};
 use crate::meta::{ArrayMeta, DeviceMeta, MemberState, Superblock};
 use crate::monitor::{
     Action, AdminRequest, DeviceFacts, Event, KernelMember, KernelView, Monitor, Refusal,
 };
 use crate::status::{ArrayStatus, KernelState};
-use crate::sysfs::{AttrWatch, DevNum, MdDev, Sysfs, SysfsError};
+use crate::sysfs::{DevNum, HeldMd, Liveness, MdDev, Sysfs, SysfsError};
 use crate::units::Sectors;
 use log::{debug, error, info, warn};
 use std::path::{Path, PathBuf};
@@ -329,7 +329,10 @@ pub struct Managed {
     md: MdDev,
     mon: Monitor,
     members: Vec<MemberIo>,
-    watches: Option<Watches>,
+    /// Every attribute read or written, held open from take-over on (so a
+    /// daemon whose `/sys` path vanished keeps working); `None` once the
+    /// daemon stopped the array itself.
+    held: Option<HeldMd>,
     gone: bool,
     readonly: bool,
     pending: Option<PendingAdd>,
@@ -341,57 +344,14 @@ pub struct Managed {
     write_failed: Vec<(String, String)>,
 }
 
-/// The attributes md notifies, kept open. Reading one both re-arms its
-/// notification and gives its current value, so a snapshot reads each once.
-struct Watches {
-    array_state: AttrWatch,
-    degraded: AttrWatch,
-    sync_action: AttrWatch,
-    sync_completed: AttrWatch,
-    /// Each member's `state`, by kernel name (after `remove` an old fd
-    /// never wakes again, so they are opened afresh when members change).
-    members: Vec<(String, AttrWatch)>,
-}
-
-impl Watches {
-    fn open(md: &MdDev, members: &[MemberIo]) -> Result<Watches, SysfsError> {
-        Ok(Watches {
-            array_state: md.watch("array_state")?,
-            degraded: md.watch("degraded")?,
-            sync_action: md.watch("sync_action")?,
-            sync_completed: md.watch("sync_completed")?,
-            members: members
-                .iter()
-                .filter_map(|m| Some((m.kname.clone(), md.member(&m.kname).watch_state().ok()?)))
-                .collect(),
-        })
-    }
-
-    fn all(&self) -> impl Iterator<Item = &AttrWatch> {
-        [
-            &self.array_state,
-            &self.degraded,
-            &self.sync_action,
-            &self.sync_completed,
-        ]
-        .into_iter()
-        .chain(self.members.iter().map(|(_, w)| w))
-    }
-}
-
-/// Read a watched attribute afresh and parse it.
-fn parse_watch<T: std::str::FromStr>(w: &AttrWatch) -> Result<T, SysfsError> {
-    let v = w.read_fresh()?;
-    v.trim().parse().map_err(|_| SysfsError::Parse {
-        attr: w.attr().to_string(),
-        value: v,
-    })
-}
-
 /// Most batches run for one wake (each batch is followed by a fresh
 /// snapshot because the kernel does not notify everything our actions
 /// cause); a stable array needs one empty batch.
 const MAX_BATCHES: usize = 16;
+
+/// How many times the record of an array stopped under the daemon is
+/// tried before the array is let go.
+const STOPPED_ATTEMPTS: usize = 3;
 
 fn merr(md: &str, member: &str, message: impl Into<String>) -> ManagedError {
     ManagedError::Member {
@@ -419,11 +379,13 @@ impl Managed {
                     .map_err(|e| merr(name, "-", e.to_string()))?,
             );
         }
-        let mut m = Managed {
+        let knames: Vec<&str> = members.iter().map(|m| m.kname.as_str()).collect();
+        let held = HeldMd::open(&md, &knames)?;
+        let m = Managed {
             md,
             mon: Monitor::resume(meta, rewrite),
             members,
-            watches: None,
+            held: Some(held),
             gone: false,
             readonly: false,
             pending: None,
@@ -431,13 +393,34 @@ impl Managed {
             events: Vec::new(),
             write_failed: Vec::new(),
         };
-        m.rewatch()?;
         Ok(m)
     }
 
-    fn rewatch(&mut self) -> Result<(), SysfsError> {
-        self.watches = Some(Watches::open(&self.md, &self.members)?);
-        Ok(())
+    /// After the member list changed: hold the attributes of members that
+    /// appeared (opened by path: a member is added by an admin, with a
+    /// working root), close those of members that left. The array's own
+    /// attributes stay as opened at take-over.
+    fn rehold_members(&mut self) {
+        let Some(h) = self.held.as_mut() else { return };
+        for k in h.member_names() {
+            if !self.members.iter().any(|m| m.kname == k) {
+                h.drop_member(&k);
+            }
+        }
+        for m in &self.members {
+            if !h.has_member(&m.kname) {
+                if let Err(e) = h.open_member(&self.md, &m.kname) {
+                    warn!("{}: holding {}'s attributes: {e}", self.md.name(), m.kname);
+                }
+            }
+        }
+    }
+
+    fn held(&self) -> Result<&HeldMd, SysfsError> {
+        self.held.as_ref().ok_or_else(|| SysfsError::Read {
+            attr: format!("block/{}/md", self.md.name()),
+            errno: nix::errno::Errno::ENODEV,
+        })
     }
 
     /// Keep (or stop keeping) a read-only array read-only.
@@ -468,7 +451,10 @@ impl Managed {
     /// The descriptors to poll (POLLPRI) for this array's notifications.
     pub fn watch_fds(&self) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        self.watches.iter().flat_map(Watches::all).map(AsFd::as_fd)
+        self.held
+            .iter()
+            .flat_map(HeldMd::notifiers)
+            .map(AsFd::as_fd)
     }
 
     /// Whether the md device has been stopped by someone else.
@@ -480,38 +466,29 @@ impl Managed {
     /// it to write-pending on failures and at the end of a resync without
     /// notifying it.
     pub fn snapshot(&self) -> Result<KernelView, SysfsError> {
-        let md = &self.md;
-        let w = self.watches.as_ref().ok_or(SysfsError::Read {
-            attr: format!("block/{}/md", md.name()),
-            errno: nix::errno::Errno::ENODEV,
-        })?;
+        let h = self.held()?;
         let mut members = Vec::new();
         for m in &self.members {
             // A member md no longer lists (its state cannot be read) is
             // left out of the view.
-            let Some(flags) = w
-                .members
-                .iter()
-                .find(|(k, _)| *k == m.kname)
-                .and_then(|(_, x)| parse_watch::<MemberFlags>(x).ok())
-            else {
+            let Some(k) = h.member(&m.kname) else {
                 continue;
             };
-            let h = md.member(&m.kname);
+            let Ok(flags) = k.flags() else { continue };
             members.push(KernelMember {
                 index: m.index,
                 flags,
-                slot: h.slot().unwrap_or(None),
-                recovery_start: h.recovery_start().unwrap_or(Checkpoint::None),
+                slot: k.slot().unwrap_or(None),
+                recovery_start: k.recovery_start().unwrap_or(Checkpoint::None),
             });
         }
-        let degraded = parse_watch(&w.degraded)?;
-        let sync_action = parse_watch(&w.sync_action)?;
-        let sync_completed = parse_watch(&w.sync_completed)?;
-        let resync_start = md.resync_start()?;
-        let can_clear = md.can_clear().unwrap_or(None);
-        let time_base = md.bitmap_time_base().unwrap_or(None);
-        let array_state = parse_watch(&w.array_state)?;
+        let degraded = h.degraded()?;
+        let sync_action = h.sync_action()?;
+        let sync_completed = h.sync_completed()?;
+        let resync_start = h.resync_start()?;
+        let can_clear = h.can_clear().unwrap_or(None);
+        let time_base = h.time_base().unwrap_or(None);
+        let array_state = h.array_state()?;
         Ok(KernelView {
             array_state,
             degraded,
@@ -530,28 +507,32 @@ impl Managed {
     /// does not notify again for a write it already holds.
     pub fn wake(&mut self) -> bool {
         // Every snapshot reads each watched attribute once, which also
-        // re-arms its notification.
+        // re-arms its notification. Only the held attributes are read: the
+        // `/sys` path may no longer resolve (a daemon left in the
+        // initramfs's root after switch-root), and its absence says nothing
+        // about the array.
         for _ in 0..MAX_BATCHES {
-            if !self.md.sysfs().md_exists(self.md.name()) {
-                self.gone = true;
+            if self.gone {
                 return true;
             }
             let view = match self.snapshot() {
                 Ok(v) => v,
-                Err(e) => {
-                    self.gone = !self.md.sysfs().md_exists(self.md.name());
-                    if self.gone || self.mon.stopping() {
-                        // Stopping: the attributes go away under us.
-                        debug!("{}: reading state: {e}", self.md.name());
-                    } else {
-                        warn!("{}: reading state: {e}", self.md.name());
+                Err(e) => match self.held().map(HeldMd::liveness) {
+                    // Stopped under us: the rest of the view is gone with it.
+                    Ok(Liveness::Stopped(st)) => KernelView::stopped(st),
+                    _ => {
+                        if self.mon.stopping() {
+                            // Stopping: the attributes go away under us.
+                            debug!("{}: reading state: {e}", self.md.name());
+                        } else {
+                            warn!("{}: reading state: {e}", self.md.name());
+                        }
+                        return false;
                     }
-                    return self.gone;
-                }
+                },
             };
             if !view.array_state.is_running() {
-                self.gone = matches!(view.array_state, ArrayState::Clear | ArrayState::Inactive)
-                    && !self.mon.stopping();
+                self.stopped(&view);
                 return true;
             }
             self.note(&view);
@@ -565,7 +546,10 @@ impl Managed {
                     ArrayState::Readonly | ArrayState::ReadAuto
                 ) && !self.readonly
                 {
-                    if let Err(e) = self.md.set_array_state(ArrayState::Clean) {
+                    let r = self
+                        .held()
+                        .and_then(|h| h.set_array_state(ArrayState::Clean));
+                    if let Err(e) = r {
                         warn!("{}: making it writable: {e}", self.md.name());
                         return false;
                     }
@@ -578,6 +562,38 @@ impl Managed {
             }
         }
         false
+    }
+
+    /// The kernel shows the array stopped. Stopped by somebody else: let
+    /// the machine record what it decides (clean: md drained everything
+    /// before stopping), once, then forget the array. Stopped by this
+    /// daemon ([`Managed::stop`]): `stop` finishes the job.
+    fn stopped(&mut self, view: &KernelView) {
+        let by_us = self.mon.stopping();
+        // A failed write is fed back and retried a few times (the machine
+        // aims the retry at the same copy); then the array is let go.
+        for _ in 0..STOPPED_ATTEMPTS {
+            let batch = self.mon.observe(view);
+            if batch.is_empty() {
+                break;
+            }
+            match self.execute(&batch) {
+                Ok(()) => info!(
+                    "{}: stopped{}; metadata recorded clean at events {}",
+                    self.md.name(),
+                    if by_us { "" } else { " by someone else" },
+                    self.mon.meta().events
+                ),
+                Err(e) => error!(
+                    "{}: stopped; recording it clean failed: {e}",
+                    self.md.name()
+                ),
+            }
+        }
+        if !by_us {
+            self.gone = true;
+            self.held = None;
+        }
     }
 
     /// Compare what `view` and the record show with the last look, and
@@ -626,15 +642,13 @@ impl Managed {
                 error!("{}: {e}", self.md.name());
                 self.mon.action_failed(i);
                 if membership_changed {
-                    let _ = self.rewatch();
+                    self.rehold_members();
                 }
                 return Err(e);
             }
         }
         if membership_changed {
-            if let Err(e) = self.rewatch() {
-                warn!("{}: re-opening watches: {e}", self.md.name());
-            }
+            self.rehold_members();
         }
         Ok(())
     }
@@ -652,9 +666,9 @@ impl Managed {
                 );
                 std::process::abort()
             }
-            Action::SetCanClear(b) => self.md.set_can_clear(*b).map_err(s),
-            Action::SetArrayState(st) => self.md.set_array_state(*st).map_err(s),
-            Action::SetSyncAction(x) => self.md.set_sync_action(*x).map_err(s),
+            Action::SetCanClear(b) => self.held()?.set_can_clear(*b).map_err(s),
+            Action::SetArrayState(st) => self.held()?.set_array_state(*st).map_err(s),
+            Action::SetSyncAction(x) => self.held()?.set_sync_action(*x).map_err(s),
             Action::Member(i, cmd) => {
                 let k = self
                     .members
@@ -662,7 +676,13 @@ impl Managed {
                     .find(|m| m.index == *i)
                     .map(|m| m.kname.clone())
                     .ok_or(ExecError::NoMember(*i))?;
-                self.md.member(&k).command(*cmd).map_err(s)?;
+                let h = self.held()?;
+                match h.member(&k) {
+                    Some(m) => m.command(*cmd).map_err(s)?,
+                    // Not held (its attributes could not be opened when it
+                    // appeared): by path.
+                    None => self.md.member(&k).command(*cmd).map_err(s)?,
+                }
                 if *cmd == MemberCommand::Remove {
                     info!("{}: removed {k} (slot {i})", self.md.name());
                     self.members.retain(|m| m.kname != k);
@@ -671,7 +691,7 @@ impl Managed {
                 Ok(())
             }
             Action::ReleaseHold(t) => {
-                self.md.set_bitmap_time_base(*t).map_err(s)?;
+                self.held()?.set_time_base(*t).map_err(s)?;
                 info!("{}: start hold ended (time_base {t})", self.md.name());
                 Ok(())
             }
@@ -943,20 +963,24 @@ impl Managed {
     /// Try to leave the array clean (SIGTERM, release). True when the
     /// metadata records clean and the kernel agrees.
     pub fn make_clean(&mut self) -> bool {
-        if !self.md.sysfs().md_exists(self.md.name()) {
-            return true;
-        }
         self.wake();
-        if let Ok(ArrayState::Active | ArrayState::ActiveIdle) = self.md.array_state() {
-            let _ = self.md.set_array_state(ArrayState::Clean);
+        let Some(h) = self.held.as_ref() else {
+            // Stopped (and recorded) already.
+            return true;
+        };
+        if let Ok(ArrayState::Active | ArrayState::ActiveIdle) = h.array_state() {
+            let _ = h.set_array_state(ArrayState::Clean);
             self.wake();
         }
-        match self.md.array_state() {
-            Ok(ArrayState::Clean | ArrayState::Readonly | ArrayState::ReadAuto) => {
+        let Some(h) = self.held.as_ref() else {
+            return true;
+        };
+        match h.liveness() {
+            Liveness::Running(ArrayState::Clean | ArrayState::Readonly | ArrayState::ReadAuto) => {
                 self.mon.meta().clean
             }
-            Ok(ArrayState::Inactive | ArrayState::Clear) | Err(_) => true,
-            _ => false,
+            Liveness::Stopped(_) => true,
+            Liveness::Running(_) | Liveness::Unknown => false,
         }
     }
 
@@ -981,14 +1005,18 @@ impl Managed {
         }
         self.admin(&AdminRequest::Stop)?;
         let t0 = Instant::now();
-        while self.md.array_state().is_ok_and(|s| s.is_running()) {
+        while self
+            .held
+            .as_ref()
+            .is_some_and(|h| h.array_state().is_ok_and(|s| s.is_running()))
+        {
             if t0.elapsed() > Duration::from_secs(10) {
                 return Err(ManagedError::Failed(format!("{name}: did not stop")));
             }
             std::thread::sleep(Duration::from_millis(50));
             self.wake();
         }
-        self.watches = None;
+        self.held = None;
         crate::assembly::teardown(self.md.sysfs(), &self.md)
             .map_err(|e| ManagedError::Failed(e.to_string()))?;
         info!(
@@ -1005,12 +1033,17 @@ impl Managed {
             .iter()
             .map(|m| (m.index, m.kname.as_str()))
             .collect();
-        ArrayStatus::new(
-            self.md.name(),
-            self.mon.meta(),
-            &devices,
-            &kernel_state(&self.md),
-        )
+        let kernel = match &self.held {
+            Some(h) => KernelState {
+                array_state: h.array_state().ok(),
+                degraded: h.degraded().ok(),
+                sync_action: h.sync_action().ok(),
+                sync_completed: h.sync_completed().ok(),
+                can_clear: h.can_clear().ok().flatten(),
+            },
+            None => KernelState::default(),
+        };
+        ArrayStatus::new(self.md.name(), self.mon.meta(), &devices, &kernel)
     }
 }
 

@@ -79,6 +79,17 @@
 //! members: the kernel moves it to `write-pending` on a member failure and at
 //! the end of any resync/recovery without notifying it.
 //!
+//! # An array stopped under the machine
+//!
+//! When a snapshot shows the array stopped (`clear`/`inactive`, or the md
+//! device deleted: [`KernelView::stopped`]) after the machine saw it running,
+//! somebody stopped it (systemd-shutdown's `STOP_ARRAY`, `mdadm --stop`).
+//! md drains every write and sync before it stops, so the members agree: the
+//! machine records the array clean (member states and checkpoints as
+//! recorded) on the members the record counts as holding data, as mdmon does
+//! when an array goes inactive, and the daemon then forgets the array. The
+//! model checks this ([`model`], property 5).
+//!
 //! # Contract with assembly (the start protocol)
 //!
 //! Every start, whole or degraded, follows [`start_plan`]: the array is
@@ -176,6 +187,24 @@ pub struct KernelView {
     pub time_base: Option<u32>,
     /// Every member device md lists whose table index is known.
     pub members: Vec<KernelMember>,
+}
+
+impl KernelView {
+    /// What the daemon knows of an array whose `array_state` reads `state`
+    /// (`clear` or `inactive`) or whose md device is gone (pass `clear`),
+    /// when the rest cannot be read: no member, nothing syncing.
+    pub fn stopped(state: ArrayState) -> KernelView {
+        KernelView {
+            array_state: state,
+            degraded: 0,
+            sync_action: SyncAction::Idle,
+            sync_completed: SyncCompleted::None,
+            resync_start: Checkpoint::None,
+            can_clear: None,
+            time_base: None,
+            members: Vec::new(),
+        }
+    }
 }
 
 /// What a returning device's own metadata says about itself.
@@ -453,6 +482,9 @@ pub(crate) enum Fault {
     RetryOtherCopy,
     /// End the start hold at once, before the monitor settled.
     EarlyRelease,
+    /// Forget an array stopped by somebody else without recording it
+    /// clean.
+    ForgetAtStop,
 }
 
 /// The monitor. Holds the record it last wrote (or read at start) and
@@ -471,6 +503,9 @@ pub struct Monitor {
     /// that copy ([`crate::format::next_events`]).
     rewrite: Option<usize>,
     stopping: bool,
+    /// The machine has seen the array running (so a stopped array was
+    /// stopped under it, not an array that never started).
+    seen_running: bool,
     #[cfg(test)]
     pub(crate) fault: Fault,
 }
@@ -546,6 +581,7 @@ impl Monitor {
             write_at: None,
             rewrite,
             stopping: false,
+            seen_running: false,
             #[cfg(test)]
             fault: Fault::None,
         }
@@ -612,6 +648,7 @@ impl Monitor {
     /// A new snapshot.
     pub fn observe(&mut self, v: &KernelView) -> Vec<Action> {
         let (meta, wrote, acts) = self.plan(v);
+        self.seen_running |= v.array_state.is_running();
         self.meta = meta;
         if wrote {
             self.needs_write = false;
@@ -796,6 +833,54 @@ impl Monitor {
         )
     }
 
+    /// The kernel shows the array stopped (`clear` or `inactive`, or the md
+    /// device deleted). Stopped after running under this machine by
+    /// somebody else (systemd-shutdown's `STOP_ARRAY`, `mdadm --stop`):
+    /// md's stop drained every write and sync first, so the members hold
+    /// the same data and the record is made clean (member states, rebuild
+    /// and resync checkpoints as recorded), as mdmon does when an array goes
+    /// inactive; the daemon then forgets the array. Written to the members
+    /// the record counts as holding data (in sync, rebuilding, spare): md no
+    /// longer lists any, the daemon still holds them open. A stop this
+    /// machine was asked for ([`AdminRequest::Stop`]) normally recorded
+    /// clean before stopping (a write that slipped in is covered by the
+    /// same rule). An array never seen running (not yet started, or stopped
+    /// before this daemon looked) is left as recorded: nothing is known of
+    /// how it stopped.
+    fn plan_stopped(&self, mut m: ArrayMeta) -> (ArrayMeta, bool, Vec<Action>) {
+        #[cfg(test)]
+        if self.fault == Fault::ForgetAtStop {
+            return (m, false, Vec::new());
+        }
+        if !self.seen_running || (m.clean && !self.needs_write) {
+            return (m, false, Vec::new());
+        }
+        m.clean = true;
+        m.events = crate::format::next_events(self.meta.events, self.rewrite);
+        let n = self.slots();
+        let targets: Vec<usize> = m
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| {
+                if *i < n {
+                    matches!(
+                        e.state,
+                        MemberState::InSync | MemberState::Rebuilding { .. }
+                    )
+                } else {
+                    e.state == MemberState::Spare
+                }
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let acts = vec![Action::WriteMetadata {
+            meta: m.clone(),
+            targets,
+        }];
+        (m, true, acts)
+    }
+
     /// Members to write a record to: every device present in the kernel,
     /// not faulty, that the record counts as in sync, rebuilding or spare.
     fn targets(&self, v: &KernelView, meta: &ArrayMeta) -> Vec<usize> {
@@ -830,9 +915,7 @@ impl Monitor {
     fn plan(&self, v: &KernelView) -> (ArrayMeta, bool, Vec<Action>) {
         let mut m = self.meta.clone();
         if !v.array_state.is_running() {
-            // Stopped (or not yet started): nothing to answer, nothing to
-            // record. The daemon exits when `finished`.
-            return (m, false, Vec::new());
+            return self.plan_stopped(m);
         }
         let n = self.slots();
         let mut changed = self.needs_write;

@@ -10,8 +10,12 @@
 //! reads like "md127/bitmap/location: writing '+16' refused: invalid argument
 //! (EINVAL)".
 //!
-//! Notifications: [`AttrWatch`] keeps an attribute open; [`poll_watches`] waits
-//! with `POLLPRI | POLLERR` and the caller re-reads from offset 0 after a wake.
+//! Held attributes: [`HeldAttr`] keeps an attribute open (read at offset 0,
+//! written in one `pwrite`); [`poll_watches`] waits with `POLLPRI | POLLERR`
+//! and the caller re-reads from offset 0 after a wake. [`HeldMd`] holds every
+//! attribute a manager of a running array touches, so that losing the path
+//! view of `/sys` (switch-root) blinds nothing; only `ENODEV` on a held
+//! attribute says the array is gone.
 
 use crate::md::{
     ArrayState, Checkpoint, Level, MemberCommand, MemberFlags, SyncAction, SyncCompleted,
@@ -404,10 +408,7 @@ impl MdDev {
 
     fn parse<T: FromStr>(&self, attr: &str) -> Result<T, SysfsError> {
         let v = self.read(attr)?;
-        v.trim().parse().map_err(|_| SysfsError::Parse {
-            attr: self.sysfs.rel(&self.dir.join(attr)),
-            value: v,
-        })
+        parse_value(&self.sysfs.rel(&self.dir.join(attr)), v)
     }
 
     /// `metadata_version=external:<tag>`. Must come before any member is added:
@@ -557,16 +558,7 @@ impl MdDev {
     /// `bitmap/time_base` in whole seconds (md prints a fraction when the
     /// period is not whole; it is cut). `None` when there is no bitmap.
     pub fn bitmap_time_base(&self) -> Result<Option<u32>, SysfsError> {
-        let v = self.read("bitmap/time_base")?;
-        let t = v.trim();
-        if t.is_empty() {
-            return Ok(None);
-        }
-        let whole = t.split('.').next().unwrap_or(t);
-        whole.parse().map(Some).map_err(|_| SysfsError::Parse {
-            attr: "bitmap/time_base".into(),
-            value: v.clone(),
-        })
+        parse_time_base("bitmap/time_base", &self.read("bitmap/time_base")?)
     }
 
     /// `bitmap/time_base` (seconds): how often the bitmap daemon runs.
@@ -605,16 +597,7 @@ impl MdDev {
 
     /// `bitmap/can_clear`: `None` when there is no bitmap (it reads empty).
     pub fn can_clear(&self) -> Result<Option<bool>, SysfsError> {
-        let v = self.read("bitmap/can_clear")?;
-        match v.trim() {
-            "true" => Ok(Some(true)),
-            "false" => Ok(Some(false)),
-            "" => Ok(None),
-            _ => Err(SysfsError::Parse {
-                attr: "bitmap/can_clear".into(),
-                value: v,
-            }),
-        }
+        parse_can_clear("bitmap/can_clear", self.read("bitmap/can_clear")?)
     }
 
     /// `bitmap/can_clear`. The kernel refuses `true` with EBUSY while degraded.
@@ -663,9 +646,10 @@ impl MdDev {
         Ok(n)
     }
 
-    /// Open an attribute for notification waits.
-    pub fn watch(&self, attr: &str) -> Result<AttrWatch, SysfsError> {
-        AttrWatch::open(&self.sysfs, &self.dir.join(attr))
+    /// Open an attribute and hold it ([`HeldAttr`]): for notification
+    /// waits, and for reads and writes that must not depend on the path.
+    pub fn watch(&self, attr: &str) -> Result<HeldAttr, SysfsError> {
+        HeldAttr::open(&self.sysfs, &self.dir.join(attr))
     }
 }
 
@@ -702,14 +686,7 @@ impl Member<'_> {
 
     /// `dev-X/slot`.
     pub fn slot(&self) -> Result<Option<u32>, SysfsError> {
-        let v = self.md.read(&self.attr("slot"))?;
-        if v.trim() == "none" {
-            return Ok(None);
-        }
-        v.trim().parse().map(Some).map_err(|_| SysfsError::Parse {
-            attr: self.attr("slot"),
-            value: v,
-        })
+        parse_slot(&self.attr("slot"), self.md.read(&self.attr("slot"))?)
     }
 
     /// `dev-X/state` flags.
@@ -733,39 +710,65 @@ impl Member<'_> {
     }
 
     /// Watch `dev-X/state`.
-    pub fn watch_state(&self) -> Result<AttrWatch, SysfsError> {
+    pub fn watch_state(&self) -> Result<HeldAttr, SysfsError> {
         self.md.watch(&self.attr("state"))
     }
 }
 
-/// An attribute kept open for POLLPRI notification.
+/// An attribute held open: read with one `pread` at offset 0, written with
+/// one `pwrite` at offset 0 (on sysfs each is one `show`/`store`), polled
+/// for `POLLPRI`. Opened read-write where the attribute allows it,
+/// read-only otherwise.
+///
+/// Held attributes are how a manager survives losing its path view of
+/// `/sys` (a daemon started in the initramfs keeps the initramfs's root
+/// after switch-root, where `/sys/...` no longer resolves): an open
+/// attribute keeps working until the kernel object itself goes away, and
+/// then every access fails with `ENODEV` (never `ENOENT`).
 #[derive(Debug)]
-pub struct AttrWatch {
+pub struct HeldAttr {
     file: File,
     attr: String,
+    /// Not on sysfs (a fake tree of regular files in unit tests): cut the
+    /// file to the value after a write, as `O_TRUNC` does on a path write.
+    regular: bool,
 }
 
-impl std::os::fd::AsFd for AttrWatch {
+impl std::os::fd::AsFd for HeldAttr {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.file.as_fd()
     }
 }
 
-impl AttrWatch {
+impl HeldAttr {
     /// Open an attribute and read it once (sysfs arms the notification on
     /// read).
-    pub fn open(sysfs: &Sysfs, p: &Path) -> Result<AttrWatch, SysfsError> {
+    pub fn open(sysfs: &Sysfs, p: &Path) -> Result<HeldAttr, SysfsError> {
         let attr = sysfs.rel(p);
-        let file = File::open(p).map_err(|e| SysfsError::Read {
+        let err = |e: &std::io::Error| SysfsError::Read {
             attr: attr.clone(),
-            errno: io_errno(&e),
-        })?;
-        let w = AttrWatch { file, attr };
+            errno: io_errno(e),
+        };
+        let file = match OpenOptions::new().read(true).write(true).open(p) {
+            Ok(f) => f,
+            // A read-only attribute (`degraded`, `sync_completed`).
+            Err(e) if matches!(io_errno(&e), Errno::EACCES | Errno::EPERM | Errno::EROFS) => {
+                File::open(p).map_err(|e| err(&e))?
+            }
+            Err(e) => return Err(err(&e)),
+        };
+        let regular = nix::sys::statfs::fstatfs(&file)
+            .is_ok_and(|f| f.filesystem_type() != nix::sys::statfs::SYSFS_MAGIC);
+        let w = HeldAttr {
+            file,
+            attr,
+            regular,
+        };
         w.read_fresh()?;
         Ok(w)
     }
 
-    /// The attribute's name.
+    /// The attribute's name (relative to the sysfs root).
     pub fn attr(&self) -> &str {
         &self.attr
     }
@@ -784,15 +787,329 @@ impl AttrWatch {
             .trim_end_matches('\n')
             .to_string())
     }
+
+    /// Read afresh and parse.
+    pub fn parse<T: FromStr>(&self) -> Result<T, SysfsError> {
+        let v = self.read_fresh()?;
+        parse_value(&self.attr, v)
+    }
+
+    /// Write `value` in one `pwrite(2)` at offset 0.
+    pub fn write(&self, value: &str) -> Result<(), SysfsError> {
+        let err = |errno| SysfsError::Write {
+            attr: self.attr.clone(),
+            value: value.to_string(),
+            errno,
+        };
+        let n = self
+            .file
+            .write_at(value.as_bytes(), 0)
+            .map_err(|e| err(io_errno(&e)))?;
+        if n != value.len() {
+            return Err(err(Errno::EIO));
+        }
+        if self.regular {
+            self.file.set_len(n as u64).map_err(|e| err(io_errno(&e)))?;
+        }
+        Ok(())
+    }
+
+    /// Whether an error from this attribute says its kernel object is gone
+    /// (`ENODEV`: the md device or member was deleted). The only evidence
+    /// of a vanished array that survives a vanished `/sys` path.
+    pub fn is_gone_error(e: &SysfsError) -> bool {
+        e.errno() == Some(Errno::ENODEV)
+    }
+}
+
+/// Parse a value read from `attr`.
+fn parse_value<T: FromStr>(attr: &str, v: String) -> Result<T, SysfsError> {
+    v.trim().parse().map_err(|_| SysfsError::Parse {
+        attr: attr.to_string(),
+        value: v,
+    })
+}
+
+/// `bitmap/can_clear`: `None` when there is no bitmap (it reads empty).
+fn parse_can_clear(attr: &str, v: String) -> Result<Option<bool>, SysfsError> {
+    match v.trim() {
+        "true" => Ok(Some(true)),
+        "false" => Ok(Some(false)),
+        "" => Ok(None),
+        _ => Err(SysfsError::Parse {
+            attr: attr.to_string(),
+            value: v,
+        }),
+    }
+}
+
+/// `bitmap/time_base` in whole seconds (md prints a fraction when the
+/// period is not whole; it is cut). `None` when there is no bitmap.
+fn parse_time_base(attr: &str, v: &str) -> Result<Option<u32>, SysfsError> {
+    let t = v.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let whole = t.split('.').next().unwrap_or(t);
+    whole.parse().map(Some).map_err(|_| SysfsError::Parse {
+        attr: attr.to_string(),
+        value: v.to_string(),
+    })
+}
+
+/// `dev-X/slot`: `None` for `none`.
+fn parse_slot(attr: &str, v: String) -> Result<Option<u32>, SysfsError> {
+    if v.trim() == "none" {
+        return Ok(None);
+    }
+    v.trim().parse().map(Some).map_err(|_| SysfsError::Parse {
+        attr: attr.to_string(),
+        value: v,
+    })
+}
+
+/// One member's attributes, held open ([`HeldMd`]).
+#[derive(Debug)]
+pub struct HeldMember {
+    kname: String,
+    state: HeldAttr,
+    slot: HeldAttr,
+    recovery_start: HeldAttr,
+}
+
+impl HeldMember {
+    /// Open `dev-<kname>/{state,slot,recovery_start}` of `md` by path.
+    pub fn open(md: &MdDev, kname: &str) -> Result<HeldMember, SysfsError> {
+        let m = md.member(kname);
+        Ok(HeldMember {
+            kname: kname.to_string(),
+            state: md.watch(&m.attr("state"))?,
+            slot: md.watch(&m.attr("slot"))?,
+            recovery_start: md.watch(&m.attr("recovery_start"))?,
+        })
+    }
+
+    /// Kernel name (`loop0`).
+    pub fn kname(&self) -> &str {
+        &self.kname
+    }
+
+    /// `dev-X/state` flags.
+    pub fn flags(&self) -> Result<MemberFlags, SysfsError> {
+        self.state.parse()
+    }
+
+    /// Write a command to `dev-X/state`.
+    pub fn command(&self, c: MemberCommand) -> Result<(), SysfsError> {
+        self.state.write(c.as_str())
+    }
+
+    /// `dev-X/slot`.
+    pub fn slot(&self) -> Result<Option<u32>, SysfsError> {
+        parse_slot(self.slot.attr(), self.slot.read_fresh()?)
+    }
+
+    /// `dev-X/recovery_start`.
+    pub fn recovery_start(&self) -> Result<Checkpoint, SysfsError> {
+        self.recovery_start.parse()
+    }
+
+    /// `dev-X/state`, for `POLLPRI`.
+    pub fn state_attr(&self) -> &HeldAttr {
+        &self.state
+    }
+}
+
+/// The attributes of a running md device that its manager reads and writes,
+/// held open from take-over on, as mdmon does: they keep working when the
+/// `/sys` path no longer resolves (see [`HeldAttr`]), so the manager keeps
+/// answering the kernel. Members are opened by path when they appear (a
+/// member added later is added by an admin, with a working root).
+#[derive(Debug)]
+pub struct HeldMd {
+    array_state: HeldAttr,
+    degraded: HeldAttr,
+    sync_action: HeldAttr,
+    sync_completed: HeldAttr,
+    resync_start: HeldAttr,
+    /// `bitmap/can_clear` and `bitmap/time_base` (absent without a bitmap).
+    can_clear: Option<HeldAttr>,
+    time_base: Option<HeldAttr>,
+    members: Vec<HeldMember>,
+}
+
+/// How a held array reads when asked whether it still runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// `array_state` reads a running state.
+    Running(ArrayState),
+    /// `array_state` reads `clear` or `inactive`, or the md device was
+    /// deleted (`ENODEV`, read as `clear`): it was stopped.
+    Stopped(ArrayState),
+    /// `array_state` could not be read for another reason: nothing is
+    /// known.
+    Unknown,
+}
+
+impl HeldMd {
+    /// Open the array attributes of `md` and of the members `knames`, by
+    /// path. A member whose attributes cannot be opened is left out (and
+    /// named in the log by the caller through [`HeldMd::has_member`]).
+    pub fn open(md: &MdDev, knames: &[&str]) -> Result<HeldMd, SysfsError> {
+        let optional = |a: &str| {
+            if md.has_attr(a) {
+                md.watch(a).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let mut h = HeldMd {
+            array_state: md.watch("array_state")?,
+            degraded: md.watch("degraded")?,
+            sync_action: md.watch("sync_action")?,
+            sync_completed: md.watch("sync_completed")?,
+            resync_start: md.watch("resync_start")?,
+            can_clear: optional("bitmap/can_clear")?,
+            time_base: optional("bitmap/time_base")?,
+            members: Vec::new(),
+        };
+        for k in knames {
+            h.open_member(md, k)?;
+        }
+        Ok(h)
+    }
+
+    /// Open a member's attributes by path (a member that just appeared),
+    /// replacing any held for the same kernel name.
+    pub fn open_member(&mut self, md: &MdDev, kname: &str) -> Result<(), SysfsError> {
+        let m = HeldMember::open(md, kname)?;
+        self.members.retain(|x| x.kname != kname);
+        self.members.push(m);
+        Ok(())
+    }
+
+    /// Close a member's attributes (it was removed).
+    pub fn drop_member(&mut self, kname: &str) {
+        self.members.retain(|x| x.kname != kname);
+    }
+
+    /// A held member.
+    pub fn member(&self, kname: &str) -> Option<&HeldMember> {
+        self.members.iter().find(|m| m.kname == kname)
+    }
+
+    /// Whether a member is held.
+    pub fn has_member(&self, kname: &str) -> bool {
+        self.member(kname).is_some()
+    }
+
+    /// Kernel names of the held members.
+    pub fn member_names(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.kname.clone()).collect()
+    }
+
+    /// The attributes md notifies, for `POLLPRI`: `array_state`,
+    /// `degraded`, `sync_action`, `sync_completed`, each member's `state`.
+    pub fn notifiers(&self) -> impl Iterator<Item = &HeldAttr> {
+        [
+            &self.array_state,
+            &self.degraded,
+            &self.sync_action,
+            &self.sync_completed,
+        ]
+        .into_iter()
+        .chain(self.members.iter().map(|m| &m.state))
+    }
+
+    /// Whether the array still runs, from the held `array_state` alone.
+    pub fn liveness(&self) -> Liveness {
+        match self.array_state() {
+            Ok(s) if s.is_running() => Liveness::Running(s),
+            Ok(s) => Liveness::Stopped(s),
+            Err(e) if HeldAttr::is_gone_error(&e) => Liveness::Stopped(ArrayState::Clear),
+            Err(_) => Liveness::Unknown,
+        }
+    }
+
+    /// `array_state`.
+    pub fn array_state(&self) -> Result<ArrayState, SysfsError> {
+        self.array_state.parse()
+    }
+
+    /// `array_state`.
+    pub fn set_array_state(&self, s: ArrayState) -> Result<(), SysfsError> {
+        self.array_state.write(s.as_str())
+    }
+
+    /// `degraded`.
+    pub fn degraded(&self) -> Result<u32, SysfsError> {
+        self.degraded.parse()
+    }
+
+    /// `sync_action`.
+    pub fn sync_action(&self) -> Result<SyncAction, SysfsError> {
+        self.sync_action.parse()
+    }
+
+    /// `sync_action`.
+    pub fn set_sync_action(&self, a: SyncAction) -> Result<(), SysfsError> {
+        self.sync_action.write(a.as_str())
+    }
+
+    /// `sync_completed`.
+    pub fn sync_completed(&self) -> Result<SyncCompleted, SysfsError> {
+        self.sync_completed.parse()
+    }
+
+    /// `resync_start`.
+    pub fn resync_start(&self) -> Result<Checkpoint, SysfsError> {
+        self.resync_start.parse()
+    }
+
+    /// `bitmap/can_clear` (`None` without a bitmap).
+    pub fn can_clear(&self) -> Result<Option<bool>, SysfsError> {
+        match &self.can_clear {
+            None => Ok(None),
+            Some(a) => parse_can_clear(a.attr(), a.read_fresh()?),
+        }
+    }
+
+    /// `bitmap/can_clear`.
+    pub fn set_can_clear(&self, b: bool) -> Result<(), SysfsError> {
+        self.bitmap_attr(&self.can_clear, "bitmap/can_clear")?
+            .write(if b { "true" } else { "false" })
+    }
+
+    /// `bitmap/time_base` in whole seconds (`None` without a bitmap).
+    pub fn time_base(&self) -> Result<Option<u32>, SysfsError> {
+        match &self.time_base {
+            None => Ok(None),
+            Some(a) => parse_time_base(a.attr(), &a.read_fresh()?),
+        }
+    }
+
+    /// `bitmap/time_base` (seconds).
+    pub fn set_time_base(&self, secs: u32) -> Result<(), SysfsError> {
+        self.bitmap_attr(&self.time_base, "bitmap/time_base")?
+            .write(&secs.to_string())
+    }
+
+    fn bitmap_attr<'a>(
+        &self,
+        a: &'a Option<HeldAttr>,
+        name: &str,
+    ) -> Result<&'a HeldAttr, SysfsError> {
+        a.as_ref().ok_or_else(|| SysfsError::Read {
+            attr: name.to_string(),
+            errno: Errno::ENOENT,
+        })
+    }
 }
 
 /// Wait until any watched attribute is notified (`POLLPRI | POLLERR`), or
 /// the timeout passes (`None`: forever). Returns the indices that woke; the
-/// caller re-reads them with [`AttrWatch::read_fresh`].
-pub fn poll_watches(
-    ws: &[&AttrWatch],
-    timeout: Option<Duration>,
-) -> Result<Vec<usize>, SysfsError> {
+/// caller re-reads them with [`HeldAttr::read_fresh`].
+pub fn poll_watches(ws: &[&HeldAttr], timeout: Option<Duration>) -> Result<Vec<usize>, SysfsError> {
     let mut fds: Vec<PollFd> = ws
         .iter()
         .map(|w| PollFd::new(w.file.as_fd(), PollFlags::POLLPRI | PollFlags::POLLERR))
@@ -981,11 +1298,90 @@ mod tests {
     }
 
     #[test]
+    fn held_attributes_outlive_their_path() {
+        let (d, s) = fake();
+        for (f, v) in [
+            ("bitmap/time_base", "100000\n"),
+            ("dev-loop0/recovery_start", "none\n"),
+        ] {
+            std::fs::write(d.path().join("block/md127/md").join(f), v).expect("write");
+        }
+        let md = s.md("md127");
+        let h = HeldMd::open(&md, &["loop0"]).expect("hold");
+        assert_eq!(h.liveness(), Liveness::Running(ArrayState::Clean));
+        // The path view goes away (switch-root moved /sys; the initramfs
+        // root stays behind): the held attributes keep working.
+        let moved = d.path().join("moved");
+        std::fs::rename(d.path().join("block"), &moved).expect("rename");
+        assert!(md.array_state().is_err(), "the path is gone");
+        h.set_array_state(ArrayState::ActiveIdle).expect("write");
+        h.set_array_state(ArrayState::Clean).expect("write");
+        assert_eq!(h.array_state().expect("read"), ArrayState::Clean);
+        assert_eq!(
+            std::fs::read_to_string(moved.join("md127/md/array_state")).expect("r"),
+            "clean",
+            "one write, the whole value and nothing of the previous one"
+        );
+        assert_eq!(h.can_clear().expect("cc"), Some(true));
+        h.set_can_clear(false).expect("w");
+        assert_eq!(h.can_clear().expect("cc"), Some(false));
+        assert_eq!(h.time_base().expect("tb"), Some(100_000));
+        h.set_time_base(1).expect("w");
+        assert_eq!(h.time_base().expect("tb"), Some(1));
+        let m = h.member("loop0").expect("held member");
+        assert!(m.flags().expect("flags").in_sync);
+        assert_eq!(m.slot().expect("slot"), Some(0));
+        m.command(MemberCommand::Unblock).expect("w");
+        assert_eq!(
+            std::fs::read_to_string(moved.join("md127/md/dev-loop0/state")).expect("r"),
+            "-blocked"
+        );
+        // A vanished path is no evidence of a stopped array; `clear` is.
+        assert_eq!(h.liveness(), Liveness::Running(ArrayState::Clean));
+        std::fs::write(moved.join("md127/md/array_state"), "clear\n").expect("w");
+        assert_eq!(h.liveness(), Liveness::Stopped(ArrayState::Clear));
+        // Only ENODEV says the kernel object is gone.
+        let gone = SysfsError::Read {
+            attr: "block/md127/md/array_state".into(),
+            errno: Errno::ENODEV,
+        };
+        assert!(HeldAttr::is_gone_error(&gone));
+        let enoent = SysfsError::Read {
+            attr: "block/md127/md/array_state".into(),
+            errno: Errno::ENOENT,
+        };
+        assert!(!HeldAttr::is_gone_error(&enoent));
+    }
+
+    #[test]
+    fn held_errors_name_attribute_value_and_errno() {
+        let (d, s) = fake();
+        let p = d.path().join("block/md127/md/degraded");
+        let w = HeldAttr::open(&s, &p).expect("open");
+        assert_eq!(w.read_fresh().expect("r"), "0");
+        let e = w.parse::<ArrayState>().expect_err("not a state");
+        assert!(e.to_string().contains("block/md127/md/degraded"), "{e}");
+        let h = HeldMd::open(&s.md("md127"), &[]).expect("hold");
+        std::fs::remove_file(d.path().join("block/md127/md/bitmap/can_clear")).expect("rm");
+        // Still held: a write goes to the open file, whatever the path.
+        h.set_can_clear(true).expect("held write");
+        let e = s
+            .md("md127")
+            .set_can_clear(false)
+            .expect_err("by path: gone");
+        let m = e.to_string();
+        assert!(
+            m.contains("bitmap/can_clear") && m.contains("'false'") && m.contains("ENOENT"),
+            "{m}"
+        );
+    }
+
+    #[test]
     fn poll_times_out_on_quiet_file() {
         let (d, s) = fake();
         // Regular files always report readable, never POLLPRI; a bounded wait
         // returns without a wake.
-        let w = AttrWatch::open(&s, &d.path().join("block/md127/md/array_state")).expect("open");
+        let w = HeldAttr::open(&s, &d.path().join("block/md127/md/array_state")).expect("open");
         assert_eq!(w.read_fresh().expect("read"), "clean");
         let woke = poll_watches(&[&w], Some(Duration::from_millis(10))).expect("poll");
         assert!(woke.is_empty(), "{woke:?}");

@@ -14,7 +14,7 @@
 
 use crate::device::{Access, Device};
 use crate::md::{ArrayState, SyncAction, SyncCompleted};
-use crate::sysfs::{AttrWatch, MdDev, Sysfs};
+use crate::sysfs::{HeldAttr, MdDev, Sysfs};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -139,7 +139,7 @@ pub struct Options {
 
 /// The watches that wake the waiter.
 struct Wakers {
-    attrs: Vec<AttrWatch>,
+    attrs: Vec<HeldAttr>,
     ino: Option<inotify::Inotify>,
 }
 

@@ -579,6 +579,10 @@ fn stop_waits_for_clean_then_records_and_stops() {
     assert_eq!(acts[1..], [Action::SetArrayState(ArrayState::Active)]);
     v.array_state = ArrayState::Inactive;
     assert!(mon.finished(&v));
+    // md's stop drained that write: the record is made clean once more.
+    let acts = mon.observe(&v);
+    assert_eq!(acts.len(), 1);
+    assert!(written(&acts[0]).clean);
     assert_eq!(mon.observe(&v), vec![]);
 }
 

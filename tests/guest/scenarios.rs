@@ -3,6 +3,7 @@
 use crate::harness::{Scenario, SystemScenario};
 
 mod events;
+mod held;
 mod incremental;
 mod lifecycle;
 mod rebuild;
@@ -39,6 +40,8 @@ pub static ALL: &[&Scenario] = &[
     &incremental::UDEV_RULES,
     &service::RESTART_RELEASES_HELD_WRITE,
     &service::TAKEOVER_UNDER_WRITER,
+    &held::BLIND_DAEMON,
+    &held::STOPPED_BY_OTHERS,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).
