@@ -31,7 +31,7 @@ use crate::device::{Access, DevId, Device, DeviceError};
 use crate::format::{self, FormatError, Layout};
 use crate::md::{Checkpoint, Level};
 use crate::meta::{
-    ArrayMeta, BitmapInfo, DeviceMeta, Geometry, MemberEntry, MemberState, Superblock,
+    ArrayMeta, BitmapInfo, BitmapMode, DeviceMeta, Geometry, MemberEntry, MemberState, Superblock,
 };
 use crate::probe::{self, Found, ProbeError};
 use crate::units::{human, Bytes, Sectors};
@@ -70,6 +70,10 @@ pub struct CreateOptions {
     pub time_base: u32,
     /// Skip the initial resync (zeroed bitmap, clean, nothing owed).
     pub assume_clean: bool,
+    /// `--bitmap none` ([`BitmapMode::None`]): no write-intent bitmap at
+    /// all. Otherwise [`BitmapMode::External`]: a bitmap, whose mode the
+    /// first assembly picks by probing the kernel.
+    pub bitmap_mode: BitmapMode,
     /// Overwrite foreign signatures.
     pub force: bool,
 }
@@ -85,6 +89,7 @@ impl CreateOptions {
             chunk: None,
             time_base: DEFAULT_TIME_BASE,
             assume_clean: false,
+            bitmap_mode: BitmapMode::External,
             force: false,
         }
     }
@@ -386,6 +391,7 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
         })
         .collect();
     let array = ArrayMeta {
+        version: format::VERSION,
         uuid: array_uuid,
         name: opts.name.clone(),
         ctime: t,
@@ -404,6 +410,7 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
             chunk: bitmap_chunk,
             time_base: opts.time_base,
             events_cleared: events,
+            mode: opts.bitmap_mode,
         },
         members,
         forced_start: None,
@@ -411,7 +418,7 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
     let bits = bitmap::initial(
         array.bitmap_chunks(),
         layout.bitmap_size,
-        !opts.assume_clean,
+        !opts.assume_clean && opts.bitmap_mode != BitmapMode::None,
     );
     let mut planned = Vec::new();
     for (((_, device), found), uuid) in opened.into_iter().zip(found_all).zip(uuids) {

@@ -488,10 +488,17 @@ impl Device {
             });
         }
         let area = self.read_at(0, META_AREA)?;
-        format::read_area(&area).map_err(|source| DeviceError::Metadata {
-            path: self.path.clone(),
-            source,
-        })
+        let c1_v2 = if self.size.0 >= format::COPY1_V2_OFFSET + COPY_SIZE as u64 {
+            Some(self.read_at(format::COPY1_V2_OFFSET, COPY_SIZE)?)
+        } else {
+            None
+        };
+        format::read_copies(&area[..COPY_SIZE], &area[COPY_SIZE..], c1_v2.as_deref()).map_err(
+            |source| DeviceError::Metadata {
+                path: self.path.clone(),
+                source,
+            },
+        )
     }
 
     /// Write `sb` durably into copy `events % 2` and return that index.
@@ -504,7 +511,7 @@ impl Device {
             path: self.path.clone(),
             source,
         })?;
-        self.write_at(format::copy_offset(e.index), &e.bytes)?;
+        self.write_at(e.offset, &e.bytes)?;
         self.sync()?;
         debug_assert_eq!(e.bytes.len(), COPY_SIZE);
         Ok(e.index)

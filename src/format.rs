@@ -31,8 +31,8 @@
 
 use crate::md::{Checkpoint, Level};
 use crate::meta::{
-    self, ArrayMeta, BitmapInfo, DeviceMeta, Geometry, MemberEntry, MemberState, RebuildKind,
-    Superblock, MAX_MEMBERS, MAX_NAME_LEN,
+    self, ArrayMeta, BitmapInfo, BitmapMode, DeviceMeta, Geometry, MemberEntry, MemberState,
+    RebuildKind, Superblock, MAX_MEMBERS, MAX_NAME_LEN,
 };
 use crate::units::{Bytes, Sectors, SECTOR_SIZE};
 use std::fmt;
@@ -41,8 +41,24 @@ use uuid::Uuid;
 
 /// The magic at byte 0 of each copy.
 pub const MAGIC: [u8; 8] = *b"MDEXT\x00SB";
-/// The only version this code reads and writes.
-pub const VERSION: u32 = 1;
+/// The version `create` writes (and conversion produces).
+pub const VERSION: u32 = 2;
+/// The first version: copy 1 at byte 4096, bitmap at sector 16. Still read
+/// and, until converted, written for arrays that carry it.
+pub const VERSION_1: u32 = 1;
+/// Byte offset of copy 1 in version 1 (sectors 8-15).
+pub const COPY1_V1_OFFSET: u64 = 4096;
+/// Sector of copy 1 in version 2: the last 4 KiB of the first MiB (every
+/// data_offset is at least 2048 sectors).
+pub const COPY1_V2_SECTOR: Sectors = Sectors(2040);
+/// Byte offset of copy 1 in version 2.
+pub const COPY1_V2_OFFSET: u64 = 2040 * 512;
+/// Version 2: md's kernel-managed bitmap region starts at this sector (md's
+/// `bitmap_info.default_offset` for an array set up by `SET_ARRAY_INFO`).
+pub const KERNEL_BITMAP_SECTOR: Sectors = Sectors(8);
+/// Size of md's bitmap superblock (`bitmap_super_t`) at the start of the
+/// kernel region; the kernel's bits follow it.
+pub const MD_BITMAP_SB_SIZE: u64 = 256;
 /// Size of one superblock copy.
 pub const COPY_SIZE: usize = 4096;
 /// [`COPY_SIZE`] as the header's u32 field holds it.
@@ -143,8 +159,12 @@ pub mod off {
     /// u64, the event of the last forced dirty+degraded start; nonzero
     /// exactly when [`super::flag::FORCED_START`] is set, zero otherwise.
     pub const FORCED_START: usize = 200;
-    /// First reserved byte; `RESERVED..HEADER_END` are zero.
-    pub const RESERVED: usize = 208;
+    /// u32 (version 2 only; zero in version 1): the bitmap mode the array
+    /// last ran in, 0 none, 1 external, 2 kernel.
+    pub const BITMAP_MODE: usize = 208;
+    /// First reserved byte; `RESERVED..HEADER_END` are zero (version 1:
+    /// from [`BITMAP_MODE`] on).
+    pub const RESERVED: usize = 212;
 
     /// Member entry: 16 bytes UUID.
     pub const E_UUID: usize = 0;
@@ -199,7 +219,7 @@ pub enum FormatError {
     #[error("bad magic {}", hex(.0))]
     BadMagic([u8; 8]),
     /// A version this code does not know.
-    #[error("unsupported version {0} (this mdext reads version {VERSION})")]
+    #[error("unsupported version {0} (this mdext reads versions {VERSION_1} and {VERSION})")]
     UnsupportedVersion(u32),
     /// The CRC32C does not match.
     #[error("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
@@ -297,6 +317,10 @@ pub struct ReadOutcome {
     pub copy_errors: [Option<FormatError>; COPIES],
     /// The events of the other copy when it is valid too.
     pub other_events: Option<u64>,
+    /// A valid version 1 copy is still on the member (at byte 0 or 4096):
+    /// the member is version 1, or its conversion to version 2 is not
+    /// finished.
+    pub v1_present: bool,
 }
 
 impl ReadOutcome {
@@ -344,9 +368,19 @@ pub fn damaged_copy(members: impl IntoIterator<Item = [bool; 2]>) -> Option<usiz
     found
 }
 
-/// Byte offset of copy `index` within a member.
-pub const fn copy_offset(index: usize) -> u64 {
-    (index * COPY_SIZE) as u64
+/// Byte offset of copy `index` of a `version` copy within a member.
+pub const fn copy_offset(version: u32, index: usize) -> u64 {
+    match (version, index) {
+        (_, 0) => 0,
+        (VERSION_1, _) => COPY1_V1_OFFSET,
+        _ => COPY1_V2_OFFSET,
+    }
+}
+
+/// Bytes of the kernel-managed bitmap region (version 2) for `chunks`:
+/// md's 256-byte superblock and one bit per chunk, rounded up to 4096.
+pub fn kernel_region_size(chunks: u64) -> Bytes {
+    Bytes(MD_BITMAP_SB_SIZE + chunks.div_ceil(8)).align_up(BITMAP_ALIGN)
 }
 
 // ---------------------------------------------------------------------------
@@ -518,14 +552,38 @@ pub fn check_bitmap_chunk(chunk: Bytes) -> Result<(), FormatError> {
 fn validate_bitmap(a: &ArrayMeta, d: &DeviceMeta) -> Result<(), FormatError> {
     let b = &a.bitmap;
     check_bitmap_chunk(b.chunk)?;
-    if b.offset.0 < BITMAP_OFFSET.0 {
+    // Version 1: after both copies. Version 2: after the kernel region.
+    let first = if a.version == VERSION_1 {
+        BITMAP_OFFSET.0
+    } else {
+        KERNEL_BITMAP_SECTOR.0 + kernel_region_size(a.bitmap_chunks()).0 / SECTOR_SIZE
+    };
+    if a.version == VERSION_1 && b.mode != BitmapMode::External {
+        return Err(field(
+            "bitmap_mode",
+            b.mode.name(),
+            "version 1 has only the external bitmap",
+        ));
+    }
+    if a.version != VERSION_1 && first > COPY1_V2_SECTOR.0 {
+        return Err(field(
+            "bitmap_chunk",
+            b.chunk.0,
+            format!(
+                "{} chunks do not fit in the kernel bitmap region (sectors 8 to 2040); use a larger bitmap chunk",
+                a.bitmap_chunks()
+            ),
+        ));
+    }
+    if b.offset.0 < first {
         return Err(field(
             "bitmap_offset",
             b.offset.0,
-            format!(
-                "must be at least {} sectors (after both copies)",
-                BITMAP_OFFSET.0
-            ),
+            if a.version == VERSION_1 {
+                format!("must be at least {first} sectors (after both copies)")
+            } else {
+                format!("must be at least {first} sectors (after the kernel bitmap region)")
+            },
         ));
     }
     if b.offset.0 % (BITMAP_ALIGN / SECTOR_SIZE) != 0 {
@@ -563,6 +621,19 @@ fn validate_bitmap(a: &ArrayMeta, d: &DeviceMeta) -> Result<(), FormatError> {
     // offset < data_offset <= MAX_DEVICE_SECTORS (checked before), so the
     // byte conversion cannot overflow (found by cargo-fuzz).
     let end = b.offset.bytes().0.saturating_add(b.size.0);
+    if a.version != VERSION_1
+        && b.offset.bytes().0 < COPY1_V2_OFFSET + COPY_SIZE as u64
+        && end > COPY1_V2_OFFSET
+    {
+        return Err(field(
+            "bitmap_offset",
+            b.offset.0,
+            format!(
+                "the bitmap area (to byte {end}) overlaps copy 1 at sector {}",
+                COPY1_V2_SECTOR.0
+            ),
+        ));
+    }
     if end > d.data_offset.bytes().0 {
         return Err(field(
             "bitmap_size",
@@ -717,6 +788,9 @@ fn validate_members(a: &ArrayMeta) -> Result<(), FormatError> {
 pub fn validate(sb: &Superblock) -> Result<(), FormatError> {
     let a = &sb.array;
     let d = &sb.device;
+    if a.version != VERSION && a.version != VERSION_1 {
+        return Err(FormatError::UnsupportedVersion(a.version));
+    }
     if a.events == 0 {
         return Err(field("events", 0, "must be at least 1"));
     }
@@ -789,8 +863,10 @@ pub fn validate(sb: &Superblock) -> Result<(), FormatError> {
 /// One encoded copy and the slot it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedCopy {
-    /// Copy index (`events % 2`): write at byte `index * 4096`.
+    /// Copy index (`events % 2`).
     pub index: usize,
+    /// Where to write it: byte [`copy_offset`] of the record's version.
+    pub offset: u64,
     /// The 4096 bytes.
     pub bytes: Vec<u8>,
 }
@@ -805,8 +881,11 @@ pub fn encode(sb: &Superblock) -> Result<EncodedCopy, FormatError> {
     let g = &a.geometry;
     let mut b = vec![0u8; COPY_SIZE];
     b[off::MAGIC..off::MAGIC + 8].copy_from_slice(&MAGIC);
-    put_u32(&mut b, off::VERSION, VERSION);
+    put_u32(&mut b, off::VERSION, a.version);
     put_u32(&mut b, off::COPY_SIZE, COPY_SIZE_FIELD);
+    if a.version >= VERSION {
+        put_u32(&mut b, off::BITMAP_MODE, a.bitmap.mode.code());
+    }
     // The same as `index` (copy_for_events), 0 or 1.
     put_u32(&mut b, off::COPY_INDEX, (a.events % 2) as u32);
     let flags = if a.forced_start.is_some() {
@@ -876,7 +955,11 @@ pub fn encode(sb: &Superblock) -> Result<EncodedCopy, FormatError> {
     }
     let crc = checksum(&b);
     put_u32(&mut b, CRC_OFFSET, crc);
-    Ok(EncodedCopy { index, bytes: b })
+    Ok(EncodedCopy {
+        index,
+        offset: copy_offset(a.version, index),
+        bytes: b,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -900,7 +983,7 @@ pub fn decode_copy(buf: &[u8], found_at: usize) -> Result<Superblock, FormatErro
     // The version is checked before the checksum: a future version may
     // move the checksum, and "unsupported version" is the useful message.
     let version = get_u32(buf, off::VERSION);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(FormatError::UnsupportedVersion(version));
     }
     let copy_size = get_u32(buf, off::COPY_SIZE);
@@ -943,7 +1026,20 @@ pub fn decode_copy(buf: &[u8], found_at: usize) -> Result<Superblock, FormatErro
         check_zero(buf, off::FORCED_START..off::FORCED_START + 8)?;
         None
     };
-    check_zero(buf, off::RESERVED..ZERO_END)?;
+    let mode = if version == VERSION_1 {
+        check_zero(buf, off::BITMAP_MODE..ZERO_END)?;
+        BitmapMode::External
+    } else {
+        check_zero(buf, off::RESERVED..ZERO_END)?;
+        let code = get_u32(buf, off::BITMAP_MODE);
+        BitmapMode::from_code(code).ok_or_else(|| {
+            field(
+                "bitmap_mode",
+                code,
+                "must be 0 (none), 1 (external) or 2 (kernel)",
+            )
+        })?
+    };
 
     let events = get_u64(buf, off::EVENTS);
     if copy_for_events(events) != found_at {
@@ -1042,6 +1138,7 @@ pub fn decode_copy(buf: &[u8], found_at: usize) -> Result<Superblock, FormatErro
     }
     let sb = Superblock {
         array: ArrayMeta {
+            version,
             uuid: get_uuid(buf, off::ARRAY_UUID),
             name,
             ctime: get_u64(buf, off::CTIME),
@@ -1062,6 +1159,7 @@ pub fn decode_copy(buf: &[u8], found_at: usize) -> Result<Superblock, FormatErro
                 chunk: Bytes(u64::from(get_u32(buf, off::BITMAP_CHUNK))),
                 time_base: get_u32(buf, off::TIME_BASE),
                 events_cleared: get_u64(buf, off::EVENTS_CLEARED),
+                mode,
             },
             members,
             forced_start,
@@ -1079,17 +1177,65 @@ pub fn decode_copy(buf: &[u8], found_at: usize) -> Result<Superblock, FormatErro
     Ok(sb)
 }
 
-/// Decode both copies of the 8192-byte metadata area and pick the valid
-/// one with the higher events.
+/// Decode both copies of a version 1 metadata area (the first 8192 bytes of
+/// a member) and pick the valid one with the higher events. A version 2
+/// member's copy 0 is found here too; its copy 1 is not (see
+/// [`read_copies`]).
 pub fn read_area(area: &[u8]) -> Result<ReadOutcome, ReadError> {
     if area.len() != META_AREA {
         return Err(ReadError::BufferSize(area.len()));
     }
-    let r0 = decode_copy(&area[..COPY_SIZE], 0);
-    let r1 = decode_copy(&area[COPY_SIZE..], 1);
-    match (r0, r1) {
+    read_copies(&area[..COPY_SIZE], &area[COPY_SIZE..], None)
+}
+
+/// A copy 1 position only holds copies of its own version.
+fn at_position(
+    r: Result<Superblock, FormatError>,
+    version: u32,
+) -> Result<Superblock, FormatError> {
+    match r {
+        Ok(sb) if sb.array.version != version => Err(field(
+            "version",
+            sb.array.version,
+            format!(
+                "a version {} copy found where version {version} keeps copy 1",
+                sb.array.version
+            ),
+        )),
+        r => r,
+    }
+}
+
+/// Decode every copy position of a member and pick the valid copy with the
+/// highest events: `c0` at byte 0 (either version), `c1_v1` at byte 4096
+/// (version 1's copy 1), `c1_v2` at sector 2040 (version 2's copy 1; `None`
+/// when the device is too small to hold it). During a conversion a member
+/// holds copies of both versions; events only grow across it, so the
+/// newest copy is the authoritative record whatever its version.
+pub fn read_copies(
+    c0: &[u8],
+    c1_v1: &[u8],
+    c1_v2: Option<&[u8]>,
+) -> Result<ReadOutcome, ReadError> {
+    for b in [Some(c0), Some(c1_v1), c1_v2].into_iter().flatten() {
+        if b.len() != COPY_SIZE {
+            return Err(ReadError::BufferSize(b.len()));
+        }
+    }
+    let r0 = decode_copy(c0, 0);
+    let r1 = at_position(decode_copy(c1_v1, 1), VERSION_1);
+    let r2 = match c1_v2 {
+        Some(b) => at_position(decode_copy(b, 1), VERSION),
+        None => Err(FormatError::Blank),
+    };
+    let v1_present = matches!(&r0, Ok(s) if s.array.version == VERSION_1) || r1.is_ok();
+    // Copy 1 where the newest record's version keeps it: a valid version 2
+    // copy 1 is newer than every version 1 copy (conversion writes it
+    // first); a version 2 copy 0 means the member is converted.
+    let v2 = r2.is_ok() || matches!(&r0, Ok(s) if s.array.version == VERSION);
+    let c1 = if v2 { r2 } else { r1 };
+    match (r0, c1) {
         (Ok(s0), Ok(s1)) => {
-            // Parity makes equal events impossible.
             let (superblock, copy, other) = if s0.array.events > s1.array.events {
                 (s0, 0, s1.array.events)
             } else {
@@ -1100,6 +1246,7 @@ pub fn read_area(area: &[u8]) -> Result<ReadOutcome, ReadError> {
                 copy,
                 copy_errors: [None, None],
                 other_events: Some(other),
+                v1_present,
             })
         }
         (Ok(s), Err(e)) => Ok(ReadOutcome {
@@ -1107,12 +1254,14 @@ pub fn read_area(area: &[u8]) -> Result<ReadOutcome, ReadError> {
             copy: 0,
             copy_errors: [None, Some(e)],
             other_events: None,
+            v1_present,
         }),
         (Err(e), Ok(s)) => Ok(ReadOutcome {
             superblock: s,
             copy: 1,
             copy_errors: [Some(e), None],
             other_events: None,
+            v1_present,
         }),
         (Err(e0), Err(e1)) => {
             if e0.is_absent() && e1.is_absent() {
@@ -1130,22 +1279,33 @@ pub fn read_area(area: &[u8]) -> Result<ReadOutcome, ReadError> {
 // ---------------------------------------------------------------------------
 // Layout.
 
-/// Where the bitmap and the data go on a member.
+/// Where the bitmap regions and the data go on a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
-    /// Bitmap offset from the member's sector 0 (always [`BITMAP_OFFSET`]).
+    /// The external bitmap region, from the member's sector 0 (version 1:
+    /// [`BITMAP_OFFSET`]; version 2: right after the kernel region, or at
+    /// sector 2048 when it does not fit below copy 1).
     pub bitmap_offset: Sectors,
-    /// Bitmap area size (a multiple of 4096).
+    /// External bitmap region size (a multiple of 4096).
     pub bitmap_size: Bytes,
     /// Data offset (a multiple of 1 MiB, at least 1 MiB).
     pub data_offset: Sectors,
 }
 
-/// Compute the layout for `geometry` with a bitmap chunk of `bitmap_chunk`
-/// bytes. `geometry.component_size` may be an upper bound (e.g. the
-/// smallest device's size): the bitmap is then large enough for any
-/// smaller component size too.
+/// Compute the version 2 layout for `geometry` with a bitmap chunk of
+/// `bitmap_chunk` bytes. `geometry.component_size` may be an upper bound
+/// (e.g. the smallest device's size): the bitmap is then large enough for
+/// any smaller component size too.
 pub fn layout(geometry: &Geometry, bitmap_chunk: Bytes) -> Result<Layout, FormatError> {
+    layout_for(VERSION, geometry, bitmap_chunk)
+}
+
+/// [`layout`] for either format version.
+pub fn layout_for(
+    version: u32,
+    geometry: &Geometry,
+    bitmap_chunk: Bytes,
+) -> Result<Layout, FormatError> {
     check_bitmap_chunk(bitmap_chunk)?;
     if geometry.component_size > MAX_DEVICE_SECTORS {
         return Err(field(
@@ -1163,10 +1323,30 @@ pub fn layout(geometry: &Geometry, bitmap_chunk: Bytes) -> Result<Layout, Format
     }
     let chunks = meta::bitmap_chunks(geometry.bitmap_span(), bitmap_chunk);
     let bitmap_size = Bytes(chunks.div_ceil(8).max(1)).align_up(BITMAP_ALIGN);
-    let end = Bytes(META_AREA as u64 + bitmap_size.0);
+    let bitmap_offset = if version == VERSION_1 {
+        BITMAP_OFFSET
+    } else {
+        let k_end = KERNEL_BITMAP_SECTOR.0 + kernel_region_size(chunks).0 / SECTOR_SIZE;
+        if k_end > COPY1_V2_SECTOR.0 {
+            return Err(field(
+                "bitmap_chunk",
+                bitmap_chunk.0,
+                format!(
+                    "{chunks} bitmap chunks do not fit in the kernel bitmap region (sectors 8 to {}); use a larger bitmap chunk",
+                    COPY1_V2_SECTOR.0
+                ),
+            ));
+        }
+        if k_end + bitmap_size.0 / SECTOR_SIZE <= COPY1_V2_SECTOR.0 {
+            Sectors(k_end)
+        } else {
+            DATA_ALIGN
+        }
+    };
+    let end = Bytes(bitmap_offset.bytes().0 + bitmap_size.0);
     let data_offset = end.align_up(DATA_ALIGN.bytes().0).sectors_floor();
     Ok(Layout {
-        bitmap_offset: BITMAP_OFFSET,
+        bitmap_offset,
         bitmap_size,
         data_offset: Sectors(data_offset.0.max(DATA_ALIGN.0)),
     })

@@ -95,6 +95,55 @@ pub struct Geometry {
     pub component_size: Sectors,
 }
 
+/// Which write-intent bitmap the array runs with (format version 2 records
+/// the one it last ran in; version 1 always means [`BitmapMode::External`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BitmapMode {
+    /// No bitmap: a full resync after a crash, a full rebuild on re-add.
+    None,
+    /// md's external bitmap (`bitmap/metadata=external`) at `offset`,
+    /// cleared only when mdext allows it (`can_clear`). Kernels up to 6.17.
+    #[default]
+    External,
+    /// md's own bitmap at sector 8 (superblock written by mdext, bits from
+    /// byte 256), attached after the start; the kernel clears bits itself.
+    /// Kernels from 6.18 on.
+    Kernel,
+}
+
+impl BitmapMode {
+    /// The name `examine`, `--bitmap` and the JSON output use.
+    pub fn name(self) -> &'static str {
+        match self {
+            BitmapMode::None => "none",
+            BitmapMode::External => "external",
+            BitmapMode::Kernel => "kernel",
+        }
+    }
+    /// The on-disk code (version 2 `bitmap_mode`).
+    pub fn code(self) -> u32 {
+        match self {
+            BitmapMode::None => 0,
+            BitmapMode::External => 1,
+            BitmapMode::Kernel => 2,
+        }
+    }
+    /// From the on-disk code.
+    pub fn from_code(c: u32) -> Option<BitmapMode> {
+        match c {
+            0 => Some(BitmapMode::None),
+            1 => Some(BitmapMode::External),
+            2 => Some(BitmapMode::Kernel),
+            _ => None,
+        }
+    }
+}
+
+fn default_version() -> u32 {
+    2
+}
+
 /// The external write-intent bitmap's settings and its clearing state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BitmapInfo {
@@ -112,11 +161,17 @@ pub struct BitmapInfo {
     /// sync). A member whose own metadata has events at or above this value
     /// missed no cleared bit and can be rebuilt from the bitmap.
     pub events_cleared: u64,
+    /// The bitmap mode the array last ran in (whose region holds the bits).
+    #[serde(default)]
+    pub mode: BitmapMode,
 }
 
 /// What every member of an array records identically.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArrayMeta {
+    /// The on-disk format version the record is written in (1 or 2).
+    #[serde(default = "default_version")]
+    pub version: u32,
     /// The array's UUID.
     pub uuid: Uuid,
     /// Its name (at most [`MAX_NAME_LEN`] bytes, no NUL).
@@ -277,11 +332,13 @@ pub fn is_mdext_version(v: &str) -> bool {
 }
 
 /// A raid1 record for tests: `n` members, all in sync at event `events`
-/// (their UUIDs are `0x1000 + slot`), clean, nothing owed, the bitmap at
-/// sector 8 with `events_cleared == events`. Callers change what they test.
+/// (their UUIDs are `0x1000 + slot`), clean, nothing owed, format version
+/// 2, the external bitmap at sector 8 (not a valid layout: these records
+/// are not encoded) with `events_cleared == events`. Callers change what they test.
 #[cfg(test)]
 pub(crate) fn test_raid1(n: u32, component: Sectors, chunk: Bytes, events: u64) -> ArrayMeta {
     ArrayMeta {
+        version: 2,
         uuid: Uuid::from_u128(7),
         name: "t".into(),
         ctime: 0,
@@ -302,6 +359,7 @@ pub(crate) fn test_raid1(n: u32, component: Sectors, chunk: Bytes, events: u64) 
             chunk,
             time_base: 1,
             events_cleared: events,
+            mode: BitmapMode::External,
         },
         members: (0..n)
             .map(|i| MemberEntry {

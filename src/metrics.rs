@@ -281,6 +281,7 @@ mod tests {
 
     fn status() -> ArrayStatus {
         let meta = ArrayMeta {
+            version: crate::format::VERSION,
             uuid: uuid::Uuid::from_u128(1),
             name: "we\"b".into(),
             ctime: 0,
@@ -302,6 +303,7 @@ mod tests {
                 chunk: Bytes(64 << 10),
                 time_base: 5,
                 events_cleared: 9,
+                mode: crate::meta::BitmapMode::External,
             },
             members: vec![
                 MemberEntry {

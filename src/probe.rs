@@ -150,7 +150,7 @@ pub fn probe_own(area: &[u8]) -> Option<Found> {
         Ok(r) => Some(Found {
             name: MDEXT_NAME.to_string(),
             what: String::new(),
-            offset: Some(format::copy_offset(r.copy)),
+            offset: Some(format::copy_offset(r.superblock.array.version, r.copy)),
             detail: Some(format!(
                 "name {}, uuid {}",
                 r.superblock.array.name, r.superblock.array.uuid

@@ -91,6 +91,8 @@ pub struct BitmapStatus {
     pub time_base: u32,
     /// The event count at which md was last allowed to clear bits.
     pub events_cleared: u64,
+    /// The bitmap mode the array last ran in: none, external or kernel.
+    pub mode: crate::meta::BitmapMode,
 }
 
 /// A member table entry's state, as `examine` and `detail` spell it.
@@ -331,6 +333,7 @@ impl ArrayStatus {
                 chunks: meta.bitmap_chunks(),
                 time_base: meta.bitmap.time_base,
                 events_cleared: meta.bitmap.events_cleared,
+                mode: meta.bitmap.mode,
             },
             members,
             managed: false,
@@ -355,6 +358,7 @@ mod tests {
 
     fn meta(level: Level, states: &[MemberState]) -> ArrayMeta {
         ArrayMeta {
+            version: crate::format::VERSION,
             uuid: Uuid::from_u128(1),
             name: "t".into(),
             ctime: 0,
@@ -376,6 +380,7 @@ mod tests {
                 chunk: Bytes(64 << 10),
                 time_base: 5,
                 events_cleared: 9,
+                mode: crate::meta::BitmapMode::External,
             },
             members: states.iter().copied().map(entry).collect(),
         }

@@ -67,7 +67,8 @@ fn create_then_examine() {
     let out = stdout(&o);
     assert!(out.starts_with(&format!("{}:\n", a.display())), "{out}");
     assert_eq!(field(&out, "Name"), "web");
-    assert_eq!(field(&out, "Version"), "1");
+    assert_eq!(field(&out, "Version"), "2");
+    assert_eq!(field(&out, "Bitmap Mode"), "external");
     assert_eq!(field(&out, "Raid Level"), "raid1");
     assert_eq!(field(&out, "Raid Devices"), "2");
     assert_eq!(field(&out, "Events"), "2");

@@ -162,7 +162,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__create)
-            opts="-l -n -N -c -f -h --level --raid-devices --name --bitmap-chunk --chunk --time-base --assume-clean --force --help"
+            opts="-l -n -N -c -f -h --level --raid-devices --name --bitmap-chunk --chunk --time-base --assume-clean --bitmap --force --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -206,6 +206,10 @@ _mdextctl() {
                     ;;
                 --time-base)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bitmap)
+                    COMPREPLY=($(compgen -W "internal none" -- "${cur}"))
                     return 0
                     ;;
                 *)

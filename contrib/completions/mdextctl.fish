@@ -54,6 +54,8 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s N -l name -
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -l bitmap-chunk -d 'Bytes of array data per bitmap bit; K/M/G suffixes (default 64M). A power of two, at least 512' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s c -l chunk -d 'Stripe chunk for levels 10, 5 and 6; K/M/G suffixes (default 512K)' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -l time-base -d 'Seconds between bitmap flushes by md (bitmap/time_base), 1-3600' -r
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -l bitmap -d 'Write-intent bitmap: "internal" (default; the mode, md\'s external bitmap or md\'s own bitmap at sector 8, is chosen at each assembly by probing the kernel) or "none" (no bitmap: a full resync after a crash, a full rebuild when a member returns)' -r -f -a "internal\t'A write-intent bitmap, its mode chosen by probing the kernel'
+none\t'No bitmap'"
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -l assume-clean -d 'The devices are already identical: zero bitmap, mark clean, no initial resync. Wrong use leaves mirrors or parity inconsistent'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s f -l force -d 'Overwrite devices that carry another signature (filesystem, partition table, mdadm or mdext metadata...); those signatures are wiped'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -128,14 +128,24 @@ impl From<LevelArg> for Level {
     }
 }
 
+/// `create --bitmap`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BitmapArg {
+    /// A write-intent bitmap, its mode chosen by probing the kernel.
+    Internal,
+    /// No bitmap.
+    None,
+}
+
 fn size_arg(s: &str) -> Result<Bytes, String> {
     parse_size(s)
 }
 
 #[derive(Args, Debug)]
 #[command(
-    long_about = "Write new mdext metadata on DEV...: two superblock copies at bytes 0 and 4096, \
-                  a write-intent bitmap at byte 8192, data from a 1 MiB boundary after it. \
+    long_about = "Write new mdext metadata (format version 2) on DEV...: superblock copies at \
+                  byte 0 and at sector 2040, md's bitmap region at sector 8 and the external \
+                  bitmap after it, data from a 1 MiB boundary. \
                   Every check (devices exist, are unused, distinct, large enough, carry no \
                   other signature) runs before anything is written; if one fails, no device \
                   is modified. Without --assume-clean every bitmap bit is set and the first \
@@ -165,6 +175,12 @@ struct CreateArgs {
     /// initial resync. Wrong use leaves mirrors or parity inconsistent.
     #[arg(long = "assume-clean")]
     assume_clean: bool,
+    /// Write-intent bitmap: "internal" (default; the mode, md's external
+    /// bitmap or md's own bitmap at sector 8, is chosen at each assembly by
+    /// probing the kernel) or "none" (no bitmap: a full resync after a
+    /// crash, a full rebuild when a member returns).
+    #[arg(long = "bitmap", value_enum, default_value = "internal")]
+    bitmap: BitmapArg,
     /// Overwrite devices that carry another signature (filesystem,
     /// partition table, mdadm or mdext metadata...); those signatures are
     /// wiped.
@@ -234,6 +250,10 @@ fn run_create(a: CreateArgs) -> Result<ExitCode> {
         chunk: a.chunk,
         time_base: a.time_base,
         assume_clean: a.assume_clean,
+        bitmap_mode: match a.bitmap {
+            BitmapArg::Internal => mdext::meta::BitmapMode::External,
+            BitmapArg::None => mdext::meta::BitmapMode::None,
+        },
         force: a.force,
     };
     let plan = create::plan(&opts, &a.devices)?;
@@ -395,7 +415,14 @@ fn human_examine(p: &Path, r: &ReadOutcome) -> String {
     let mut o = format!("{}:\n", p.display());
     let mut kv = |k: &str, v: String| o.push_str(&format!("{k:>17} : {v}\n"));
     kv("Magic", "MDEXT\\0SB".into());
-    kv("Version", format!("{}", format::VERSION));
+    kv(
+        "Version",
+        if r.v1_present && a.version == format::VERSION {
+            format!("{} (conversion from 1 not finished)", a.version)
+        } else {
+            a.version.to_string()
+        },
+    );
     kv("Array UUID", a.uuid.to_string());
     kv("Name", a.name.clone());
     kv("Creation Time", utc(a.ctime));
@@ -429,6 +456,7 @@ fn human_examine(p: &Path, r: &ReadOutcome) -> String {
             Checkpoint::At(s) => format!("owed from sector {}", s.0),
         },
     );
+    kv("Bitmap Mode", b.mode.name().into());
     kv("Bitmap Offset", b.offset.to_string());
     kv("Bitmap Size", b.size.to_string());
     kv(
@@ -551,6 +579,7 @@ struct JsonBitmap {
     chunks: u64,
     time_base: u32,
     events_cleared: u64,
+    mode: &'static str,
 }
 
 #[derive(Serialize)]
@@ -567,7 +596,7 @@ impl JsonExamine {
         let g = &a.geometry;
         JsonExamine {
             device: p.display().to_string(),
-            version: format::VERSION,
+            version: a.version,
             array_uuid: a.uuid,
             name: a.name.clone(),
             ctime: a.ctime,
@@ -597,6 +626,7 @@ impl JsonExamine {
                 chunks: a.bitmap_chunks(),
                 time_base: a.bitmap.time_base,
                 events_cleared: a.bitmap.events_cleared,
+                mode: a.bitmap.mode.name(),
             },
             slot: match sb.role() {
                 Role::Slot(n) => Some(n),

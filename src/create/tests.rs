@@ -1,5 +1,16 @@
 use super::*;
-use crate::format::{read_area, META_AREA};
+use crate::format::{read_copies, COPY1_V2_OFFSET, COPY_SIZE, VERSION};
+
+/// The metadata of a member image, every copy position read.
+fn read_img(img: &[u8]) -> crate::format::ReadOutcome {
+    let hi = usize::try_from(COPY1_V2_OFFSET).expect("offset");
+    read_copies(
+        &img[..COPY_SIZE],
+        &img[COPY_SIZE..2 * COPY_SIZE],
+        Some(&img[hi..hi + COPY_SIZE]),
+    )
+    .expect("metadata")
+}
 use crate::probe::test_signatures as signatures;
 use signatures::{assert_blkid_nothing, assert_blkid_type, Sig};
 use tempfile::TempDir;
@@ -39,8 +50,14 @@ fn create_raid1_writes_both_copies_and_bitmap() {
     assert_eq!(sbs.len(), 2);
     for (i, p) in paths.iter().enumerate() {
         let img = std::fs::read(p).expect("read");
-        let r = read_area(&img[..META_AREA]).expect("metadata");
+        let r = read_img(&img);
         assert!(r.both_valid(), "{:?}", r.copy_errors);
+        assert!(!r.v1_present);
+        assert_eq!(r.superblock.array.version, VERSION);
+        assert_eq!(
+            r.superblock.array.bitmap.mode,
+            crate::meta::BitmapMode::External
+        );
         assert_eq!(r.copy, 0);
         assert_eq!(r.other_events, Some(1));
         let sb = &r.superblock;
@@ -72,7 +89,11 @@ fn create_raid1_writes_both_copies_and_bitmap() {
             &img[8192..8200],
             &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]
         );
-        assert!(img[8200..2048 * 512].iter().all(|&b| b == 0));
+        // The kernel region (sectors 8-15) is zero until a kernel-mode
+        // activation writes md's superblock there; copy 1 is at 2040.
+        assert!(img[4096..8192].iter().all(|&b| b == 0));
+        assert!(img[8200..2040 * 512].iter().all(|&b| b == 0));
+        assert!(img[2040 * 512..2048 * 512].iter().any(|&b| b != 0));
         assert!(img[440..512].iter().all(|&b| b == 0));
     }
     assert_eq!(sbs[0].array.uuid, sbs[1].array.uuid);
@@ -103,7 +124,22 @@ fn assume_clean_zero_bitmap() {
     assert_eq!(sbs[0].array.bitmap.chunk, DEFAULT_BITMAP_CHUNK);
     assert_eq!(sbs[0].array.bitmap_chunks(), 1);
     let img = std::fs::read(&paths[0]).expect("read");
-    assert!(img[8192..2048 * 512].iter().all(|&b| b == 0));
+    assert!(img[8192..2040 * 512].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn bitmap_none_records_no_bitmap_and_zero_bits() {
+    let (_d, paths) = images(2, 64 * MIB);
+    let mut o = raid1(2);
+    o.bitmap_mode = crate::meta::BitmapMode::None;
+    o.bitmap_chunk = Some(Bytes(1 << 20));
+    let sbs = plan(&o, &paths).expect("plan").execute().expect("execute");
+    assert_eq!(sbs[0].array.bitmap.mode, crate::meta::BitmapMode::None);
+    // A full resync is owed; no bit claims anything.
+    assert_eq!(sbs[0].array.resync, Checkpoint::At(Sectors(0)));
+    let img = std::fs::read(&paths[0]).expect("read");
+    assert!(img[8192..2040 * 512].iter().all(|&b| b == 0));
+    assert_eq!(read_img(&img).superblock, sbs[0]);
 }
 
 #[test]

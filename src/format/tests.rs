@@ -5,7 +5,9 @@ fn uuid(n: u8) -> Uuid {
     Uuid::from_bytes([n; 16])
 }
 
-/// A valid 2-disk raid1 superblock for device slot 0.
+/// A valid 2-disk raid1 superblock for device slot 0, format version 1
+/// (the tests of the copy rules use version 1's 8192-byte area; version 2's
+/// own tests are in `v2_*`).
 pub(crate) fn sample() -> Superblock {
     let component = Sectors(120_000);
     let g = Geometry {
@@ -15,9 +17,10 @@ pub(crate) fn sample() -> Superblock {
         raid_disks: 2,
         component_size: component,
     };
-    let l = layout(&g, Bytes(65536)).expect("layout");
+    let l = layout_for(VERSION_1, &g, Bytes(65536)).expect("layout");
     Superblock {
         array: ArrayMeta {
+            version: VERSION_1,
             uuid: uuid(0xaa),
             name: "data".into(),
             ctime: 1_700_000_000,
@@ -32,6 +35,7 @@ pub(crate) fn sample() -> Superblock {
                 chunk: Bytes(65536),
                 time_base: 5,
                 events_cleared: 2,
+                mode: crate::meta::BitmapMode::External,
             },
             members: vec![
                 MemberEntry {
@@ -108,6 +112,7 @@ fn layout_numbers() {
 fn layout_helper() {
     let mut g = sample().array.geometry;
     // 120000 sectors / 64K chunk = 938 chunks -> 118 bytes -> 4096.
+    let layout = |g: &Geometry, c| layout_for(VERSION_1, g, c);
     let l = layout(&g, Bytes(65536)).expect("layout");
     assert_eq!(l.bitmap_offset, Sectors(16));
     assert_eq!(l.bitmap_size, Bytes(4096));
@@ -361,9 +366,14 @@ fn decode_header_checks() {
         Err(FormatError::BadMagic(*b"XDEXT\x00SB"))
     );
     assert_eq!(
-        decode_patched(|b| put_u32(b, off::VERSION, 2)),
-        Err(FormatError::UnsupportedVersion(2))
+        decode_patched(|b| put_u32(b, off::VERSION, 3)),
+        Err(FormatError::UnsupportedVersion(3))
     );
+    // Version 1 has no bitmap_mode: the bytes are reserved.
+    assert!(matches!(
+        decode_patched(|b| put_u32(b, off::BITMAP_MODE, 2)),
+        Err(FormatError::Reserved { offset: 208, .. })
+    ));
     assert_field(
         decode_patched(|b| put_u32(b, off::COPY_SIZE, 512)),
         "copy_size",
@@ -755,11 +765,15 @@ prop_compose! {
         ec_frac in 0u64..=100,
         me in 0usize..12,
         forced in prop::option::of(0u64..=100),
+        v2 in prop::bool::ANY,
+        mode in 0u32..3,
     ) -> Superblock {
         let component = Sectors(comp_kib * 2);
         let g = Geometry { level: Level::Raid1, layout: 0, chunk_size: Bytes(0), raid_disks, component_size: component };
         let chunk = Bytes(1 << chunk_shift);
-        let l = layout(&g, chunk).expect("layout");
+        let version = if v2 && layout(&g, chunk).is_ok() { VERSION } else { VERSION_1 };
+        let l = layout_for(version, &g, chunk).expect("layout");
+        let mode = if version == VERSION_1 { BitmapMode::External } else { BitmapMode::from_code(mode).expect("0..3") };
         let n = raid_disks as usize + spares;
         let base = u128::from_le_bytes(seed) | 1;
         let members: Vec<MemberEntry> = (0..n).map(|i| {
@@ -777,6 +791,7 @@ prop_compose! {
             .unwrap_or(Uuid::from_u128(base.wrapping_add(500)));
         Superblock {
             array: ArrayMeta {
+                version,
                 uuid: Uuid::from_u128(base),
                 name,
                 ctime,
@@ -786,7 +801,7 @@ prop_compose! {
                 clean,
                 resync: match resync { None => Checkpoint::None, Some(f) => Checkpoint::At(Sectors(component.0 * f)) },
                 bitmap: BitmapInfo { offset: l.bitmap_offset, size: l.bitmap_size, chunk, time_base,
-                    events_cleared: events / 100 * ec_frac },
+                    events_cleared: events / 100 * ec_frac, mode },
                 members,
                 forced_start: forced.map(|f| 1 + (events - 1) / 100 * f),
             },
@@ -820,4 +835,164 @@ proptest! {
         let _ = decode_copy(&bytes, 0);
         let _ = decode_copy(&bytes, 1);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Version 2.
+
+/// [`sample`] in version 2 (the layout `create` writes).
+pub(crate) fn sample_v2() -> Superblock {
+    let mut sb = sample();
+    let l = layout(&sb.array.geometry, sb.array.bitmap.chunk).expect("layout");
+    sb.array.version = VERSION;
+    sb.array.bitmap.offset = l.bitmap_offset;
+    sb.array.bitmap.size = l.bitmap_size;
+    sb.device.data_offset = l.data_offset;
+    sb
+}
+
+/// A member image holding every copy position: bytes 0..8192 and the
+/// block at sector 2040.
+struct Member {
+    low: Vec<u8>,
+    high: Vec<u8>,
+}
+
+impl Member {
+    fn new() -> Member {
+        Member {
+            low: vec![0u8; META_AREA],
+            high: vec![0u8; COPY_SIZE],
+        }
+    }
+    fn put(&mut self, sb: &Superblock) {
+        let e = encode(sb).expect("encode");
+        let o = usize::try_from(e.offset).expect("offset");
+        if e.offset == COPY1_V2_OFFSET {
+            self.high.copy_from_slice(&e.bytes);
+        } else {
+            self.low[o..o + COPY_SIZE].copy_from_slice(&e.bytes);
+        }
+    }
+    fn read(&self) -> Result<ReadOutcome, ReadError> {
+        read_copies(
+            &self.low[..COPY_SIZE],
+            &self.low[COPY_SIZE..],
+            Some(&self.high),
+        )
+    }
+}
+
+#[test]
+fn v2_layout_numbers() {
+    let sb = sample_v2();
+    // 938 chunks: the kernel region is sectors 8-15 (256 + 118 bytes), the
+    // external bits follow at 16, copy 1 sits at 2040, data at 2048.
+    assert_eq!(sb.array.bitmap.offset, Sectors(16));
+    assert_eq!(sb.device.data_offset, Sectors(2048));
+    let e = encode(&sb).expect("encode");
+    assert_eq!(e.offset, 0);
+    assert_eq!(&e.bytes[8..12], &2u32.to_le_bytes());
+    assert_eq!(&e.bytes[208..212], &1u32.to_le_bytes());
+    let mut s3 = sb.clone();
+    s3.array.events = 3;
+    s3.array.bitmap.mode = BitmapMode::Kernel;
+    let e = encode(&s3).expect("encode");
+    assert_eq!((e.index, e.offset), (1, 2040 * 512));
+    assert_eq!(&e.bytes[208..212], &2u32.to_le_bytes());
+    assert_eq!(decode_copy(&e.bytes, 1).expect("decode"), s3);
+    // A bitmap larger than 3840 bytes pushes the external region past the
+    // kernel region; one that does not fit below copy 1 goes to 2048.
+    let mut g = sb.array.geometry;
+    g.component_size = Sectors(8 * 4096 * 128); // 32768 chunks of 64 KiB
+    let l = layout(&g, Bytes(65536)).expect("layout");
+    assert_eq!(kernel_region_size(32768), Bytes(8192));
+    assert_eq!(l.bitmap_offset, Sectors(8 + 16));
+    assert_eq!(l.data_offset, Sectors(2048));
+    g.component_size = Sectors(600_000 * 8 * 128); // 4.8M chunks: 600 KB
+    let l = layout(&g, Bytes(65536)).expect("layout");
+    assert_eq!(l.bitmap_offset, Sectors(2048));
+    assert!(l.data_offset.0 >= 2048 + 600_000 / 512);
+    // Too many chunks for the kernel region below sector 2040.
+    g.component_size = Sectors(9_000_000 * 128);
+    assert_field(layout(&g, Bytes(65536)), "bitmap_chunk", "65536");
+}
+
+#[test]
+fn v2_validation() {
+    let sb = sample_v2();
+    let mut bad = sb.clone();
+    bad.array.bitmap.offset = Sectors(8);
+    assert_field(encode(&bad), "bitmap_offset", "8");
+    let mut bad = sb.clone();
+    bad.array.bitmap.offset = Sectors(2040);
+    bad.device.data_offset = Sectors(4096);
+    assert_field(encode(&bad), "bitmap_offset", "2040");
+    let mut bad = sample();
+    bad.array.bitmap.mode = BitmapMode::Kernel;
+    assert_field(encode(&bad), "bitmap_mode", "kernel");
+    let mut b = encode(&sb).expect("encode").bytes;
+    put_u32(&mut b, off::BITMAP_MODE, 3);
+    reseal(&mut b);
+    assert_field(decode_copy(&b, 0), "bitmap_mode", "3");
+}
+
+#[test]
+fn v2_reader_picks_newest_across_versions() {
+    // A version 1 member: copies at 0 (events 2) and 4096 (events 1).
+    let v1 = sample();
+    let mut v1_1 = v1.clone();
+    v1_1.array.events = 1;
+    v1_1.array.bitmap.events_cleared = 1;
+    for e in &mut v1_1.array.members {
+        e.events = 1;
+    }
+    let mut m = Member::new();
+    m.put(&v1_1);
+    m.put(&v1);
+    let r = m.read().expect("read");
+    assert_eq!((r.superblock.array.version, r.copy), (VERSION_1, 0));
+    assert!(r.both_valid() && r.v1_present);
+    // Conversion, first write: version 2 copy 1 at sector 2040, events 3.
+    let mut v2 = v1.clone();
+    v2.array.version = VERSION;
+    v2.array.events = 3;
+    m.put(&v2);
+    let r = m.read().expect("read");
+    assert_eq!((r.superblock.array.version, r.copy), (VERSION, 1));
+    assert_eq!(r.superblock.array.events, 3);
+    assert!(r.both_valid() && r.v1_present, "{r:?}");
+    // Second write: version 2 copy 0, events 4.
+    v2.array.events = 4;
+    m.put(&v2);
+    let r = m.read().expect("read");
+    assert_eq!((r.superblock.array.events, r.copy), (4, 0));
+    assert!(r.both_valid() && r.v1_present);
+    // Last step: version 1's copy 1 zeroed.
+    m.low[COPY_SIZE..].fill(0);
+    let r = m.read().expect("read");
+    assert!(r.both_valid() && !r.v1_present);
+    assert_eq!(r.other_events, Some(3));
+    // md's bitmap superblock at sector 8 (kernel mode) is no copy at all.
+    m.low[COPY_SIZE..COPY_SIZE + 4].copy_from_slice(b"bitm");
+    assert!(m.read().expect("read").both_valid());
+    // A torn version 2 copy 0 falls back to copy 1 at 2040.
+    m.low[100] ^= 1;
+    let r = m.read().expect("read");
+    assert_eq!((r.copy, r.superblock.array.events), (1, 3));
+    assert!(matches!(
+        r.copy_errors[0],
+        Some(FormatError::Checksum { .. })
+    ));
+}
+
+#[test]
+fn v2_copy_at_the_wrong_position_is_rejected() {
+    let mut v2 = sample_v2();
+    v2.array.events = 3;
+    let e = encode(&v2).expect("encode");
+    let mut low = vec![0u8; META_AREA];
+    low[COPY_SIZE..].copy_from_slice(&e.bytes);
+    let r = read_copies(&low[..COPY_SIZE], &low[COPY_SIZE..], None);
+    assert!(matches!(r, Err(ReadError::BothBad { .. })), "{r:?}");
 }
