@@ -31,6 +31,7 @@ pub mod bitmap;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod convert;
 pub mod create;
 pub mod ctl;
 pub mod daemon;
