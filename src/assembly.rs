@@ -857,7 +857,9 @@ impl Choice {
             raid_disks: g.raid_disks,
             component_size: g.component_size.kib_floor(),
             members,
-            bitmap: Some(BitmapSpec {
+            // `--bitmap none`: no bitmap, and resync_start 0 after a crash
+            // covers the whole array.
+            bitmap: (self.meta.bitmap.mode != crate::meta::BitmapMode::None).then(|| BitmapSpec {
                 chunk: self.meta.bitmap.chunk,
                 time_base: time_base.unwrap_or(self.meta.bitmap.time_base),
                 location: self.meta.bitmap.offset,

@@ -373,6 +373,18 @@ fn assemble_one(
         )));
     }
     let mut choice = assembly::choose(cands, o.run)?;
+    if let Some(p) = convert_choice(&mut choice)? {
+        eprintln!(
+            "mdextctl: {}: converted {} members to format version {} (events {}){}",
+            choice.meta.name,
+            choice.members.len(),
+            p.record.version,
+            p.record.events,
+            p.relocated
+                .map(|s| format!("; the bitmap moved to sector {}", s.0))
+                .unwrap_or_default()
+        );
+    }
     if choice.members.len() < min_members(&choice) {
         return Err(CtlError::Array(format!(
             "only {} of {} members usable; the array cannot run",
@@ -446,6 +458,102 @@ fn assemble_one(
         forced_start: choice.meta.forced_start,
         rearmed_chunks: rearmed,
         rearm_writes,
+    })
+}
+
+/// The failpoint that stops a conversion after this many writes (guest
+/// tests crash the machine there): `MDEXT_FAILPOINT_CONVERT_WRITES=N`.
+pub const FAILPOINT_CONVERT: &str = "MDEXT_FAILPOINT_CONVERT_WRITES";
+
+/// Convert the members `choice` uses (those the newest record lists in
+/// sync) to format version 2 if any still holds version 1 (`man 5 mdext`,
+/// "Conversion from version 1"). The members are not in use. Returns the
+/// plan run, or `None` when there was nothing to do or the array cannot
+/// be converted (it stays version 1, said on stderr).
+pub fn convert_choice(choice: &mut Choice) -> Result<Option<crate::convert::Plan>, CtlError> {
+    let mut members = Vec::new();
+    for (_, c) in &choice.members {
+        let read = Device::open(&c.path, Access::Read).and_then(|d| {
+            let outcome = d.read_superblock()?;
+            let bits = d.read_bitmap(&choice.meta.bitmap)?;
+            Ok(crate::convert::Member { outcome, bits })
+        });
+        members.push(read.map_err(|e| CtlError::Device(c.path.clone(), e.to_string()))?);
+    }
+    let plan = match crate::convert::plan(&members, crate::meta::unix_now()) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(None),
+        Err(e @ crate::convert::ConvertError::NoRoom(_)) => {
+            eprintln!("mdextctl: {}: {e}", choice.meta.name);
+            return Ok(None);
+        }
+        Err(e) => return Err(CtlError::Array(format!("{}: {e}", choice.meta.name))),
+    };
+    let stop_after: Option<usize> = std::env::var(FAILPOINT_CONVERT)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut open: Vec<Option<Device>> = choice.members.iter().map(|_| None).collect();
+    for (n, w) in plan.writes.iter().enumerate() {
+        if stop_after == Some(n) {
+            return Err(CtlError::Array(format!(
+                "{}: failpoint {FAILPOINT_CONVERT}: conversion stopped after {n} of {} writes",
+                choice.meta.name,
+                plan.writes.len()
+            )));
+        }
+        let path = &choice.members[w.member].1.path;
+        let err = |e: crate::device::DeviceError| {
+            CtlError::Device(
+                path.clone(),
+                format!("converting to format version 2: writing {}: {e}", w.what),
+            )
+        };
+        let dev = match &mut open[w.member] {
+            Some(d) => d,
+            slot => slot.insert(Device::open(path, Access::ExclusiveWrite).map_err(err)?),
+        };
+        dev.write_at(w.offset, &w.bytes)
+            .and_then(|()| dev.sync())
+            .map_err(err)?;
+    }
+    for (_, c) in &mut choice.members {
+        c.sb.array = plan.record.clone();
+    }
+    choice.meta = plan.record.clone();
+    Ok(Some(plan))
+}
+
+/// `mdextctl convert`: convert an array's members (not running) to format
+/// version 2 now rather than at its next assembly. Returns what was done.
+pub fn convert(sysfs: &Sysfs, paths: &[PathBuf]) -> Result<String, CtlError> {
+    let cands = read_candidates(sysfs, paths, true)?;
+    let mut choice = assembly::choose(cands, true)?;
+    let name = choice.meta.name.clone();
+    let left: Vec<String> = choice
+        .left_out
+        .iter()
+        .map(|l| format!("{} ({})", l.path.display(), l.reason))
+        .collect();
+    let v = choice.meta.version;
+    let done = match convert_choice(&mut choice)? {
+        Some(p) => format!(
+            "{name}: {} members converted to format version {} (events {}){}",
+            choice.members.len(),
+            p.record.version,
+            p.record.events,
+            p.relocated
+                .map(|s| format!("; the bitmap moved to sector {}", s.0))
+                .unwrap_or_default()
+        ),
+        None if choice.meta.version == crate::format::VERSION => {
+            format!("{name}: already format version {v}; nothing to do")
+        }
+        None => return Err(CtlError::Array(format!("{name}: not converted"))),
+    };
+    Ok(if left.is_empty() {
+        done
+    } else {
+        format!("{done}; not converted: {}", left.join(", "))
     })
 }
 

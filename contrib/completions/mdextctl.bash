@@ -27,6 +27,9 @@ _mdextctl() {
             mdextctl,assemble)
                 cmd="mdextctl__subcmd__assemble"
                 ;;
+            mdextctl,convert)
+                cmd="mdextctl__subcmd__convert"
+                ;;
             mdextctl,create)
                 cmd="mdextctl__subcmd__create"
                 ;;
@@ -68,6 +71,9 @@ _mdextctl() {
                 ;;
             mdextctl__subcmd__help,assemble)
                 cmd="mdextctl__subcmd__help__subcmd__assemble"
+                ;;
+            mdextctl__subcmd__help,convert)
+                cmd="mdextctl__subcmd__help__subcmd__convert"
                 ;;
             mdextctl__subcmd__help,create)
                 cmd="mdextctl__subcmd__help__subcmd__create"
@@ -112,7 +118,7 @@ _mdextctl() {
 
     case "${cmd}" in
         mdextctl)
-            opts="-h -V --help --version create examine assemble incremental stop detail status fail remove add examine-bitmap wait metrics help"
+            opts="-h -V --help --version create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -154,6 +160,20 @@ _mdextctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mdextctl__subcmd__convert)
+            opts="-h --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;
@@ -276,7 +296,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__help)
-            opts="create examine assemble incremental stop detail status fail remove add examine-bitmap wait metrics help"
+            opts="create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -304,6 +324,20 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__help__subcmd__assemble)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mdextctl__subcmd__help__subcmd__convert)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -93,6 +93,10 @@ enum Cmd {
     Add(ops::MemberArgs),
     #[command(about = "Show the dirty chunks of a member's write-intent bitmap")]
     ExamineBitmap(ops::ExamineBitmapArgs),
+    #[command(
+        about = "Convert a stopped array's members to metadata format version 2 (assemble does it too)"
+    )]
+    Convert(ConvertArgs),
     #[command(about = "Wait for resync/rebuild to finish, or (--clean) for a clean record")]
     Wait(watch::WaitArgs),
     #[command(about = "Print every array's state for node_exporter's textfile collector")]
@@ -226,6 +230,7 @@ fn main() -> ExitCode {
         Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, &a),
         Cmd::Add(a) => ops::member(ops::MemberOp::Add, &a),
         Cmd::ExamineBitmap(a) => ops::examine_bitmap(&a),
+        Cmd::Convert(a) => run_convert(&a),
         Cmd::Wait(a) => watch::wait(&a),
         Cmd::Metrics(a) => watch::metrics(&a),
         Cmd::Completions { shell } => completions::print(shell),
@@ -239,6 +244,27 @@ fn main() -> ExitCode {
     };
     mdext::cli::flush_or_die();
     code
+}
+
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Convert the members of a stopped mdext array from metadata format version 1 \
+                  to version 2 (mdext(5), \"Conversion from version 1\"): crash-safe, one \
+                  write at a time; a power cut at any point leaves an array that assembles, \
+                  and the next assemble or convert finishes the job. Members the newest \
+                  record does not list in sync are left alone. assemble converts by itself; \
+                  this does it now."
+)]
+struct ConvertArgs {
+    /// Member devices of one array (not in use).
+    #[arg(required = true, value_name = "DEV")]
+    devices: Vec<PathBuf>,
+}
+
+fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
+    let msg = mdext::ctl::convert(&mdext::sysfs::Sysfs::default(), &a.devices)?;
+    eprintln!("mdextctl: {msg}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_create(a: CreateArgs) -> Result<ExitCode> {
