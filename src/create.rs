@@ -74,6 +74,9 @@ pub struct CreateOptions {
     /// all. Otherwise [`BitmapMode::External`]: a bitmap, whose mode the
     /// first assembly picks by probing the kernel.
     pub bitmap_mode: BitmapMode,
+    /// The format version to write: [`format::VERSION`]; version 1 only
+    /// for tests of the conversion (`MDEXT_CREATE_VERSION=1`).
+    pub version: u32,
     /// Overwrite foreign signatures.
     pub force: bool,
 }
@@ -90,6 +93,7 @@ impl CreateOptions {
             time_base: DEFAULT_TIME_BASE,
             assume_clean: false,
             bitmap_mode: BitmapMode::External,
+            version: format::VERSION,
             force: false,
         }
     }
@@ -347,7 +351,7 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
         // An upper bound for the layout; the real value follows.
         component_size: min_size,
     };
-    let layout = format::layout(&geometry, bitmap_chunk)?;
+    let layout = format::layout_for(opts.version, &geometry, bitmap_chunk)?;
     let need = layout.data_offset.bytes().0 + MIN_DATA_SIZE.0;
     for (_, dev) in &opened {
         if dev.size().0 < need {
@@ -391,7 +395,7 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
         })
         .collect();
     let array = ArrayMeta {
-        version: format::VERSION,
+        version: opts.version,
         uuid: array_uuid,
         name: opts.name.clone(),
         ctime: t,

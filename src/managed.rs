@@ -914,6 +914,12 @@ impl Managed {
         let src = self.members.first().ok_or(ExecError::NoSourceMember)?;
         let bits = src.dev.read_bitmap(&meta.bitmap)?;
         dev.zero(0, crate::format::META_AREA as u64)?;
+        // Version 2's copy 1 too: an old copy there (of another array, with
+        // any events) must not outlive the new record.
+        dev.zero(
+            crate::format::COPY1_V2_OFFSET,
+            crate::format::COPY_SIZE as u64,
+        )?;
         dev.write_bitmap(&meta.bitmap, &bits)?;
         Ok(())
     }

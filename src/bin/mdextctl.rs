@@ -280,6 +280,11 @@ fn run_create(a: CreateArgs) -> Result<ExitCode> {
             BitmapArg::Internal => mdext::meta::BitmapMode::External,
             BitmapArg::None => mdext::meta::BitmapMode::None,
         },
+        // Tests of the conversion need version 1 members.
+        version: match std::env::var("MDEXT_CREATE_VERSION").as_deref() {
+            Ok("1") => mdext::format::VERSION_1,
+            _ => mdext::format::VERSION,
+        },
         force: a.force,
     };
     let plan = create::plan(&opts, &a.devices)?;

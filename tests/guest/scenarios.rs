@@ -3,6 +3,7 @@
 use crate::harness::{Scenario, SystemScenario};
 
 mod events;
+mod format;
 mod held;
 mod incremental;
 mod lifecycle;
@@ -42,6 +43,7 @@ pub static ALL: &[&Scenario] = &[
     &service::TAKEOVER_UNDER_WRITER,
     &held::BLIND_DAEMON,
     &held::STOPPED_BY_OTHERS,
+    &format::CONVERT_CRASH,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).
