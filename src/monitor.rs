@@ -811,7 +811,12 @@ impl Monitor {
     /// copy was last written while it held complete data (in sync, or in a
     /// bitmap rebuild that itself started from complete data), at or after
     /// the last time the kernel was allowed to clear bits.
+    /// Never for an array without a bitmap (`--bitmap none`): `insync`
+    /// with no bitmap behind it rebuilds nothing (measured: 0 sectors).
     fn bitmap_rebuild_ok(&self, entry: &MemberEntry, dev: &ReturningDevice) -> bool {
+        if self.meta.bitmap.mode == crate::meta::BitmapMode::None {
+            return false;
+        }
         let Some(own) = dev.own else { return false };
         if entry.uuid.is_nil() || entry.uuid != dev.uuid {
             return false;

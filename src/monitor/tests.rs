@@ -300,7 +300,11 @@ fn readd_bitmap_when_own_events_cover_events_cleared() {
 }
 
 fn readd_kind(own: Option<OwnRecord>, same_uuid: bool) -> RebuildKind {
-    let mut mon = settled(degraded_meta(12), &degraded_view());
+    readd_kind_in(degraded_meta(12), own, same_uuid)
+}
+
+fn readd_kind_in(meta: ArrayMeta, own: Option<OwnRecord>, same_uuid: bool) -> RebuildKind {
+    let mut mon = settled(meta, &degraded_view());
     let dev_uuid = if same_uuid { uuid(1) } else { uuid(8) };
     let acts = mon
         .admin(
@@ -359,6 +363,14 @@ fn readd_full_unless_every_condition_holds() {
         checkpoint: Sectors(100),
     };
     assert_eq!(readd_kind(own(12, bm), true), RebuildKind::Bitmap);
+    // No bitmap (`--bitmap none`): always full.
+    let mut none = degraded_meta(12);
+    none.bitmap.mode = crate::meta::BitmapMode::None;
+    assert_eq!(
+        readd_kind_in(none, own(10, MemberState::InSync), true),
+        RebuildKind::Full,
+        "no bitmap behind insync"
+    );
 }
 
 #[test]
