@@ -78,8 +78,7 @@ fn convert_phase1() -> Result<()> {
         "mid-conversion versions: {va} / {vb}"
     );
     ensure!(
-        &read_direct(b, 0, 8)?[..] == b"MDEXT\0SB"
-            && read_direct(b, 0, 4096)?[8..12] == 1u32.to_le_bytes(),
+        read_direct(b, 0, 4096)?[..12] == *b"MDEXT\0SB\x01\0\0\0",
         "vdb's copy 0 is no longer version 1"
     );
     println!("MDEXT-CRASHING");
@@ -113,7 +112,7 @@ fn convert_phase2() -> Result<()> {
         "version 1 copy 1 left at byte 4096"
     );
     ensure!(
-        &read_direct(b, 2040 * 512, 8)?[..] == b"MDEXT\0SB",
+        read_direct(b, 2040 * 512, 4096)?[..8] == *b"MDEXT\0SB",
         "no copy 1 at sector 2040"
     );
     let md = md();
