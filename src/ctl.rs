@@ -608,7 +608,12 @@ fn activate_choice(
             }
         }
     }
-    let plan = crate::monitor::start_plan(&choice.meta, choice.degraded(), &union);
+    let plan = crate::monitor::start_plan(
+        &choice.meta,
+        choice.meta.bitmap.mode,
+        choice.degraded(),
+        &union,
+    );
     let md = assembly::activate(
         sysfs,
         &choice.spec(md_name, StartMode::Readonly, Some(plan.time_base))?,

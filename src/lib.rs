@@ -13,6 +13,8 @@
 //! - [`meta`]: the logical metadata (what an array and its members are).
 //! - [`format`]: the on-disk metadata format (bytes <-> typed values, nothing else).
 //! - [`bitmap`]: pure helpers over the external bitmap area's bytes.
+//! - [`kmode`]: the bitmap modes' pure rules (probe decision, md's bitmap
+//!   superblock for the kernel-managed mode, the bit merge between regions).
 //! - [`device`]: member I/O (O_DIRECT, exclusive open); [`probe`]: foreign signatures.
 //! - [`ctl`]: mdextctl's assemble/stop/detail/status.
 //! - [`incremental`]: incremental assembly's decisions (pure); [`pending`]: its
@@ -41,6 +43,7 @@ pub mod format;
 pub mod hotplug;
 pub mod incremental;
 pub mod journal;
+pub mod kmode;
 pub mod managed;
 pub mod md;
 pub mod meta;

@@ -103,9 +103,22 @@
 //! on every member and `can_clear` agrees with it. The model checker
 //! ([`model`]) starts its arrays through the same [`start_plan`] and
 //! [`crate::assembly::choose`].
+//!
+//! # The kernel-managed bitmap mode (`BitmapMode::Kernel`, md from 6.18 on)
+//!
+//! md sets and clears the bits itself, so the rule above has nothing to
+//! hold: the machine never writes `can_clear` in that mode (it is inert).
+//! What keeps the bits a missing member needs: md keeps the bits of writes
+//! made while degraded, and [`start_plan`] re-arms the dirty chunks at every
+//! dirty or degraded start, with md's bitmap attached after the start under
+//! a write fence (never `active` before). A member's own record and
+//! `events_cleared` still decide bitmap versus full rebuild, and no member
+//! is re-added `insync` while the kernel shows no bitmap attached.
 
 use crate::md::{ArrayState, Checkpoint, MemberCommand, MemberFlags, SyncAction, SyncCompleted};
-use crate::meta::{ArrayMeta, DeviceMeta, MemberEntry, MemberState, RebuildKind, Superblock};
+use crate::meta::{
+    ArrayMeta, BitmapMode, DeviceMeta, MemberEntry, MemberState, RebuildKind, Superblock,
+};
 use crate::units::Sectors;
 use uuid::Uuid;
 
@@ -130,19 +143,46 @@ const _: () = assert!(HOLD_TIME_BASE > crate::format::MAX_TIME_BASE);
 /// (see the module documentation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StartPlan {
-    /// `bitmap/time_base` to activate with: always [`HOLD_TIME_BASE`].
+    /// `bitmap/time_base` to activate with: always [`HOLD_TIME_BASE`] (in
+    /// the kernel-managed mode, the `daemon_sleep` of md's bitmap
+    /// superblock).
     pub time_base: u32,
     /// Chunk ranges to re-arm with `bitmap_set_bits` right after
-    /// activation (inclusive): on a degraded start, every chunk dirty on a
-    /// present member; on a whole start, none (md loads the bits itself and
-    /// the resync covers them).
+    /// activation (inclusive). External mode: on a degraded start, every
+    /// chunk dirty on a present member; on a whole start, none (md loads the
+    /// bits itself and the resync covers them). Kernel-managed mode: every
+    /// chunk dirty on a present member at every dirty or degraded start
+    /// (md clears bits by itself, so nothing else keeps them).
     pub rearm: Vec<(u64, u64)>,
+    /// Kernel-managed mode: md's bitmap is attached after the start
+    /// (`bitmap/location +8`): start `readonly`, fence writes with
+    /// `suspend_lo`/`suspend_hi`, go `clean` (never `active` before the
+    /// bitmap is attached), attach, re-arm, then lift the fence.
+    pub attach_after_start: bool,
 }
 
-/// The start of an array whose record is `meta`, running degraded or not,
-/// whose present members' bitmap areas OR together to `present_bits`.
-pub fn start_plan(meta: &ArrayMeta, degraded: bool, present_bits: &[u8]) -> StartPlan {
-    let rearm = if degraded {
+/// Whether a start owes a resync: the record is dirty or a resync was
+/// interrupted.
+fn owes_resync(meta: &ArrayMeta) -> bool {
+    !meta.clean || meta.resync != Checkpoint::None
+}
+
+/// The start of an array whose record is `meta`, run in bitmap mode
+/// `mode` (the one [`crate::kmode::decide`] chose for the running
+/// kernel), degraded or not, whose present members' bits (of the region
+/// the mode runs from, after any merge) OR together to `present_bits`.
+pub fn start_plan(
+    meta: &ArrayMeta,
+    mode: BitmapMode,
+    degraded: bool,
+    present_bits: &[u8],
+) -> StartPlan {
+    let rearm_needed = match mode {
+        BitmapMode::None => false,
+        BitmapMode::External => degraded,
+        BitmapMode::Kernel => degraded || owes_resync(meta),
+    };
+    let rearm = if rearm_needed {
         crate::bitmap::dirty_ranges(present_bits, meta.bitmap_chunks())
     } else {
         Vec::new()
@@ -150,6 +190,7 @@ pub fn start_plan(meta: &ArrayMeta, degraded: bool, present_bits: &[u8]) -> Star
     StartPlan {
         time_base: HOLD_TIME_BASE,
         rearm,
+        attach_after_start: mode == BitmapMode::Kernel,
     }
 }
 
@@ -734,6 +775,16 @@ impl Monitor {
         }
     }
 
+    /// `bitmap/can_clear` as the machine takes it: inert (`None`) in the
+    /// kernel-managed mode, where md clears bits by itself whatever it
+    /// reads, so the machine never writes it there.
+    fn can_clear(&self, v: &KernelView) -> Option<bool> {
+        match self.meta.bitmap.mode {
+            BitmapMode::Kernel => None,
+            _ => v.can_clear,
+        }
+    }
+
     fn slots(&self) -> usize {
         (self.meta.geometry.raid_disks as usize).min(self.meta.members.len())
     }
@@ -760,13 +811,13 @@ impl Monitor {
                 });
             }
         }
-        let kind = if self.bitmap_rebuild_ok(&entry, &dev) {
+        let kind = if self.bitmap_rebuild_ok(&entry, &dev, v) {
             RebuildKind::Bitmap
         } else {
             RebuildKind::Full
         };
         let mut acts = Vec::new();
-        if v.can_clear == Some(true) {
+        if self.can_clear(v) == Some(true) {
             acts.push(Action::SetCanClear(false));
         }
         acts.push(Action::SetSyncAction(SyncAction::Frozen));
@@ -811,10 +862,18 @@ impl Monitor {
     /// copy was last written while it held complete data (in sync, or in a
     /// bitmap rebuild that itself started from complete data), at or after
     /// the last time the kernel was allowed to clear bits.
-    /// Never for an array without a bitmap (`--bitmap none`): `insync`
-    /// with no bitmap behind it rebuilds nothing (measured: 0 sectors).
-    fn bitmap_rebuild_ok(&self, entry: &MemberEntry, dev: &ReturningDevice) -> bool {
-        if self.meta.bitmap.mode == crate::meta::BitmapMode::None {
+    /// Never for an array without a bitmap (`--bitmap none`), nor while
+    /// the kernel shows no bitmap attached (no `bitmap/time_base`: in the
+    /// kernel-managed mode the bitmap is attached after the start):
+    /// `insync` with no bitmap behind it rebuilds nothing (measured: 0
+    /// sectors) and leaves the member stale.
+    fn bitmap_rebuild_ok(
+        &self,
+        entry: &MemberEntry,
+        dev: &ReturningDevice,
+        v: &KernelView,
+    ) -> bool {
+        if self.meta.bitmap.mode == BitmapMode::None || v.time_base.is_none() {
             return false;
         }
         let Some(own) = dev.own else { return false };
@@ -1044,7 +1103,8 @@ impl Monitor {
         let kernel_all = v.degraded == 0 && slots.iter().all(|s| *s == Slot::InSync);
         let rec_all = n > 0 && m.members[..n].iter().all(|e| e.state.is_in_sync());
         let regime = kernel_all && rec_all;
-        let want_true = v.can_clear == Some(false) && regime;
+        let can_clear = self.can_clear(v);
+        let want_true = can_clear == Some(false) && regime;
         if want_true {
             // `true` must follow a write of all-in-sync with EC == E.
             changed = true;
@@ -1058,7 +1118,7 @@ impl Monitor {
                 m.bitmap.events_cleared = m.events;
             }
         }
-        let need_false = v.can_clear == Some(true)
+        let need_false = can_clear == Some(true)
             && !(regime && m.bitmap.events_cleared == m.events && m.all_in_sync());
 
         let mut acts = Vec::new();

@@ -816,7 +816,12 @@ impl Model {
             t.k.m[j] = if joins { Km::InSync } else { Km::Absent };
         }
         // Started by the shipped start plan.
-        let plan = super::start_plan(&choice.meta, choice.degraded(), &[s.k.bits]);
+        let plan = super::start_plan(
+            &choice.meta,
+            choice.meta.bitmap.mode,
+            choice.degraded(),
+            &[s.k.bits],
+        );
         let rearmed = plan
             .rearm
             .iter()

@@ -666,12 +666,116 @@ fn start_hold_ends_only_once_settled() {
 fn start_plan_holds_every_start_and_rearms_degraded() {
     let m = meta();
     let bits = [0b1010_0001u8];
-    let whole = start_plan(&m, false, &bits);
+    let ext = BitmapMode::External;
+    let whole = start_plan(&m, ext, false, &bits);
     assert_eq!(whole.time_base, HOLD_TIME_BASE);
     assert!(whole.rearm.is_empty());
-    let degraded = start_plan(&m, true, &bits);
+    assert!(!whole.attach_after_start);
+    let degraded = start_plan(&m, ext, true, &bits);
     assert_eq!(degraded.time_base, HOLD_TIME_BASE);
     assert_eq!(degraded.rearm, vec![(0, 0), (5, 5), (7, 7)]);
+    // External mode: a dirty whole start leaves the bits to md's resync.
+    let mut dirty = meta();
+    dirty.clean = false;
+    assert!(start_plan(&dirty, ext, false, &bits).rearm.is_empty());
+    // No bitmap: nothing to re-arm, nothing to attach.
+    let none = start_plan(&m, BitmapMode::None, true, &bits);
+    assert!(none.rearm.is_empty() && !none.attach_after_start);
+}
+
+#[test]
+fn start_plan_kernel_mode_attaches_after_start_and_rearms_dirty_or_degraded() {
+    let k = BitmapMode::Kernel;
+    let bits = [0b1010_0001u8];
+    let want = vec![(0, 0), (5, 5), (7, 7)];
+    // Clean and whole: md may clear the (stale) bits; nothing owed.
+    let clean = start_plan(&meta(), k, false, &bits);
+    assert!(clean.attach_after_start);
+    assert_eq!(clean.time_base, HOLD_TIME_BASE);
+    assert!(clean.rearm.is_empty());
+    // Degraded: re-armed (the missing member needs them).
+    assert_eq!(start_plan(&meta(), k, true, &bits).rearm, want);
+    // Dirty, whole: re-armed (md clears bits by itself).
+    let mut dirty = meta();
+    dirty.clean = false;
+    assert_eq!(start_plan(&dirty, k, false, &bits).rearm, want);
+    // An interrupted resync counts as dirty.
+    let mut resync = meta();
+    resync.resync = Checkpoint::At(Sectors(100));
+    assert_eq!(start_plan(&resync, k, false, &bits).rearm, want);
+}
+
+fn kernel_meta(m: ArrayMeta) -> ArrayMeta {
+    let mut m = m;
+    m.bitmap.mode = BitmapMode::Kernel;
+    m
+}
+
+#[test]
+fn kernel_mode_never_writes_can_clear() {
+    // Degraded with can_clear reading true: the external mode writes false
+    // first; the kernel-managed mode leaves it (inert).
+    let mut v = degraded_view();
+    v.can_clear = Some(true);
+    let (mut mon, acts) = Monitor::start(kernel_meta(degraded_meta(12)), None, &v);
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::SetCanClear(_))),
+        "{acts:?}"
+    );
+    assert_eq!(mon.observe(&v), vec![]);
+    // Whole again with can_clear false: never set true either.
+    let mut w = view();
+    w.can_clear = Some(false);
+    let (mut mon, acts) = Monitor::start(kernel_meta(meta()), None, &w);
+    assert!(!acts.iter().any(|a| matches!(a, Action::SetCanClear(_))));
+    assert_eq!(mon.observe(&w), vec![]);
+    // A re-add: no can_clear write, a bitmap rebuild of the slot's own
+    // device.
+    let mut mon = settled(kernel_meta(degraded_meta(12)), &v);
+    let own = Some(OwnRecord {
+        events: 10,
+        state: MemberState::InSync,
+    });
+    let acts = mon
+        .admin(&AdminRequest::Add(Box::new(facts(uuid(1), own))), &v)
+        .expect("admitted");
+    assert_eq!(acts[0], Action::SetSyncAction(SyncAction::Frozen));
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        Action::AddDevice {
+            bitmap_based: true,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn never_insync_without_a_bitmap_attached() {
+    // The kernel shows no bitmap (not attached yet, or lost): a full
+    // rebuild, in either mode.
+    for m in [degraded_meta(12), kernel_meta(degraded_meta(12))] {
+        let mut v = degraded_view();
+        v.time_base = None;
+        v.can_clear = None;
+        let mut mon = settled(m, &v);
+        let own = Some(OwnRecord {
+            events: 10,
+            state: MemberState::InSync,
+        });
+        let acts = mon
+            .admin(&AdminRequest::Add(Box::new(facts(uuid(1), own))), &v)
+            .expect("admitted");
+        assert!(
+            acts.iter().any(|a| matches!(
+                a,
+                Action::AddDevice {
+                    bitmap_based: false,
+                    ..
+                }
+            )),
+            "{acts:?}"
+        );
+    }
 }
 
 #[test]
