@@ -79,6 +79,11 @@ pub struct ArraySpec {
     pub members: Vec<MemberSpec>,
     /// External bitmap, if any.
     pub bitmap: Option<BitmapSpec>,
+    /// The kernel-managed bitmap at sector 8 (bitmap mode `kernel`): the
+    /// `SET_ARRAY_INFO` ioctl before `metadata_version`, then after the
+    /// readonly start: writes fenced, `clean`, `bitmap/location +8`. The
+    /// caller re-arms and lifts the fence. Only with `bitmap` `None`.
+    pub kernel_bitmap: bool,
     /// `resync_start`.
     pub resync_start: Checkpoint,
     /// Whether to start.
@@ -122,6 +127,11 @@ pub enum Step {
     ResyncStart(Checkpoint),
     /// `array_state`.
     ArrayState(ArrayState),
+    /// The `SET_ARRAY_INFO` ioctl (level, raid_disks, component KiB, chunk,
+    /// layout), before `metadata_version`: md's default bitmap offset 8.
+    SetArrayInfo(Level, u32, KiB, Bytes, u32),
+    /// `suspend_lo=0`, `suspend_hi=<array sectors>`: every write waits.
+    FenceWrites,
 }
 
 impl fmt::Display for Step {
@@ -144,6 +154,12 @@ impl fmt::Display for Step {
             Step::BitmapLocation(s) => write!(f, "bitmap/location=+{}", s.0),
             Step::ResyncStart(c) => write!(f, "resync_start={c}"),
             Step::ArrayState(s) => write!(f, "array_state={s}"),
+            Step::SetArrayInfo(l, n, k, c, lay) => write!(
+                f,
+                "ioctl SET_ARRAY_INFO(level {l}, raid_disks {n}, size {}, chunk {}, layout {lay})",
+                k.0, c.0
+            ),
+            Step::FenceWrites => write!(f, "suspend_lo=0 suspend_hi=<array size>"),
         }
     }
 }
@@ -240,11 +256,23 @@ pub fn plan(spec: &ArraySpec) -> Result<Vec<Step>, AssemblyError> {
             return Err(AssemblyError::Spec("bitmap location 0".into()));
         }
     }
-    let mut v = vec![
-        Step::NewArray,
-        Step::MetadataVersion(spec.metadata_tag.clone()),
-        Step::Level(spec.level),
-    ];
+    if spec.kernel_bitmap && spec.bitmap.is_some() {
+        return Err(AssemblyError::Spec(
+            "both an external and a kernel-managed bitmap".into(),
+        ));
+    }
+    let mut v = vec![Step::NewArray];
+    if spec.kernel_bitmap {
+        v.push(Step::SetArrayInfo(
+            spec.level,
+            spec.raid_disks,
+            spec.component_size,
+            spec.chunk_size,
+            spec.layout,
+        ));
+    }
+    v.push(Step::MetadataVersion(spec.metadata_tag.clone()));
+    v.push(Step::Level(spec.level));
     if spec.layout != 0 {
         v.push(Step::Layout(spec.layout));
     }
@@ -270,6 +298,13 @@ pub fn plan(spec: &ArraySpec) -> Result<Vec<Step>, AssemblyError> {
     v.push(Step::ResyncStart(spec.resync_start));
     if spec.start == StartMode::Readonly {
         v.push(Step::ArrayState(ArrayState::Readonly));
+        if spec.kernel_bitmap {
+            // Never `active` before the bitmap is attached: a write held
+            // in write-pending while `location` is written hangs it.
+            v.push(Step::FenceWrites);
+            v.push(Step::ArrayState(ArrayState::Clean));
+            v.push(Step::BitmapLocation(crate::format::KERNEL_BITMAP_SECTOR));
+        }
     }
     Ok(v)
 }
@@ -302,6 +337,8 @@ fn run_step(sysfs: &Sysfs, md: &MdDev, step: &Step) -> Result<(), SysfsError> {
         Step::BitmapLocation(s) => md.set_bitmap_location(*s),
         Step::ResyncStart(c) => md.set_resync_start(*c),
         Step::ArrayState(s) => md.set_array_state(*s),
+        Step::SetArrayInfo(l, n, k, c, lay) => md.set_array_info(l.number(), *n, *k, *c, *lay),
+        Step::FenceWrites => md.fence_all(),
     }
 }
 
@@ -317,8 +354,19 @@ pub fn execute(
         Some(n) => n.to_string(),
         None => sysfs.free_md_name().ok_or(AssemblyError::NoFreeName)?,
     };
-    let md = sysfs.md(&name);
-    let mut created = false;
+    execute_on(sysfs, sysfs.md(&name), steps, false)
+}
+
+/// [`execute`] on `md`; `created`: the caller already created it with
+/// `new_array` (and `steps` do not), so a failure takes it apart too.
+pub fn execute_on(
+    sysfs: &Sysfs,
+    md: MdDev,
+    steps: &[Step],
+    created: bool,
+) -> Result<MdDev, AssemblyError> {
+    let name = md.name().to_string();
+    let mut created = created;
     for step in steps {
         if let Err(cause) = run_step(sysfs, &md, step) {
             let rollback = if created || *step != Step::NewArray {
@@ -409,6 +457,7 @@ mod tests {
                 time_base: 5,
                 location: Sectors(16),
             }),
+            kernel_bitmap: false,
             resync_start: Checkpoint::None,
             start: StartMode::Readonly,
         }
@@ -602,7 +651,7 @@ mod tests {
             c2.meta = r;
             assert!(!c2.dirty_degraded_parity());
             assert_eq!(
-                c2.spec(None, StartMode::Readonly, None)
+                c2.spec(None, StartMode::Readonly, None, c2.meta.bitmap.mode)
                     .expect("spec")
                     .resync_start,
                 Checkpoint::None
@@ -638,7 +687,12 @@ mod tests {
         let c3 = choose(vec![a], true).expect("choose");
         assert_eq!(c3.resync_start(), Checkpoint::At(Sectors(4096)));
         let spec = c3
-            .spec(None, StartMode::Readonly, Some(3600))
+            .spec(
+                None,
+                StartMode::Readonly,
+                Some(3600),
+                crate::meta::BitmapMode::External,
+            )
             .expect("spec");
         assert_eq!(spec.bitmap.map(|b| b.time_base), Some(3600));
         assert_eq!(spec.resync_start, Checkpoint::At(Sectors(4096)));
@@ -832,6 +886,7 @@ impl Choice {
         md_name: Option<String>,
         start: StartMode,
         time_base: Option<u32>,
+        mode: crate::meta::BitmapMode,
     ) -> Result<ArraySpec, AssemblyError> {
         let g = &self.meta.geometry;
         let members = self
@@ -859,12 +914,21 @@ impl Choice {
             members,
             // `--bitmap none`: no bitmap, and resync_start 0 after a crash
             // covers the whole array.
-            bitmap: (self.meta.bitmap.mode != crate::meta::BitmapMode::None).then(|| BitmapSpec {
+            bitmap: (mode == crate::meta::BitmapMode::External).then(|| BitmapSpec {
                 chunk: self.meta.bitmap.chunk,
                 time_base: time_base.unwrap_or(self.meta.bitmap.time_base),
                 location: self.meta.bitmap.offset,
             }),
-            resync_start: self.resync_start(),
+            kernel_bitmap: mode == crate::meta::BitmapMode::Kernel,
+            // Kernel-managed mode: no resync may start before the bitmap is
+            // attached (md would answer `location` EBUSY); the re-armed dirty
+            // chunks move `resync_start` down once it is
+            // (`bitmap_set_bits`), so the resync covers exactly them.
+            resync_start: if mode == crate::meta::BitmapMode::Kernel {
+                Checkpoint::None
+            } else {
+                self.resync_start()
+            },
             start,
         })
     }

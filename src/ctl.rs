@@ -4,7 +4,9 @@
 use crate::assembly::{self, Candidate, Choice, StartMode};
 use crate::control::{self, Pong, Request};
 use crate::device::{Access, Device};
+use crate::kmode::Region;
 use crate::managed::{running_arrays, Managed, Record};
+use crate::meta::BitmapMode;
 use crate::status::ArrayStatus;
 use crate::sysfs::{DevNum, MdDev, Sysfs};
 use std::path::{Path, PathBuf};
@@ -396,7 +398,7 @@ fn assemble_one(
     // (--force) recorded clean and force-started first, as mdadm does.
     if let Some(mut record) = choice.forced_start(o.force)? {
         record.utime = crate::meta::unix_now();
-        write_record(&choice, &record)?;
+        write_record(&choice, &record, "recording the forced start")?;
         choice.meta = record;
     }
     // The array starts read-only (a write fails, it cannot hang), so the
@@ -408,7 +410,7 @@ fn assemble_one(
             .md_device(&choice.meta.name, &choice.meta.uuid)
             .map(str::to_string)
     });
-    let (md, rearmed, rearm_writes) = activate_choice(sysfs, &choice, md_name)?;
+    let (md, rearmed, rearm_writes) = activate_choice(sysfs, &mut choice, md_name)?;
     let mut left_out_extra: Vec<assembly::LeftOut> = Vec::new();
     let handed = ensure_daemon(&o.run_dir, &o.mdextmon).and_then(|()| {
         let req = Request::Manage {
@@ -558,7 +560,11 @@ pub fn convert(sysfs: &Sysfs, paths: &[PathBuf]) -> Result<String, CtlError> {
 }
 
 /// Write `record` on every member about to be started (not yet in use).
-fn write_record(choice: &Choice, record: &crate::meta::ArrayMeta) -> Result<(), CtlError> {
+fn write_record(
+    choice: &Choice,
+    record: &crate::meta::ArrayMeta,
+    what: &str,
+) -> Result<(), CtlError> {
     for (_, c) in &choice.members {
         let sb = crate::meta::Superblock {
             array: record.clone(),
@@ -566,9 +572,7 @@ fn write_record(choice: &Choice, record: &crate::meta::ArrayMeta) -> Result<(), 
         };
         Device::open(&c.path, Access::ExclusiveWrite)
             .and_then(|d| d.write_superblock(&sb))
-            .map_err(|e| {
-                CtlError::Device(c.path.clone(), format!("recording the forced start: {e}"))
-            })?;
+            .map_err(|e| CtlError::Device(c.path.clone(), format!("{what}: {e}")))?;
     }
     Ok(())
 }
@@ -578,56 +582,181 @@ fn min_members(c: &Choice) -> usize {
     g.level.min_working(g.raid_disks) as usize
 }
 
-/// Activate by the start protocol ([`crate::monitor::start_plan`]): every
-/// start holds the kernel's bit clearing with a long `bitmap/time_base`
-/// (mdextmon ends the hold once its record is durable on every member); a
-/// degraded start re-arms the dirty chunks of the present members, read
-/// before activation, with `bitmap_set_bits` (the degraded-restart trap).
-/// md flushes the bits it took to the bitmap area; every chunk re-armed
-/// must be set there on every present member.
+/// Read the bits of `region` of the member at `path` (the kernel region's
+/// bits start at byte 256 of sector 8).
+fn read_region(
+    path: &Path,
+    meta: &crate::meta::ArrayMeta,
+    region: Region,
+) -> Result<Vec<u8>, CtlError> {
+    let err = |e: crate::device::DeviceError| CtlError::Device(path.to_path_buf(), e.to_string());
+    let d = Device::open(path, Access::Read).map_err(err)?;
+    match region {
+        Region::External => d.read_bitmap(&meta.bitmap).map_err(err),
+        Region::Kernel => {
+            let len = crate::format::kernel_region_size(meta.bitmap_chunks()).0;
+            let len = usize::try_from(len)
+                .map_err(|_| CtlError::Array(format!("kernel bitmap region of {len} bytes")))?;
+            let at = crate::format::KERNEL_BITMAP_SECTOR.bytes().0;
+            let buf = d.read_at(at, len).map_err(err)?;
+            Ok(buf[crate::kmode::SB_SIZE..len].to_vec())
+        }
+    }
+}
+
+/// Write `bits` to `region` of the member at `path` and make them durable;
+/// the kernel region gets md's bitmap superblock `sb` in front.
+fn write_region(
+    path: &Path,
+    meta: &crate::meta::ArrayMeta,
+    region: Region,
+    sb: &[u8; crate::kmode::SB_SIZE],
+    bits: &[u8],
+) -> Result<(), CtlError> {
+    let err = |e: crate::device::DeviceError| CtlError::Device(path.to_path_buf(), e.to_string());
+    let d = Device::open(path, Access::ExclusiveWrite).map_err(err)?;
+    match region {
+        Region::External => d.write_bitmap(&meta.bitmap, bits).map_err(err),
+        Region::Kernel => {
+            let mut buf = sb.to_vec();
+            buf.extend_from_slice(bits);
+            d.write_at(crate::format::KERNEL_BITMAP_SECTOR.bytes().0, &buf)
+                .and_then(|()| d.sync())
+                .map_err(err)
+        }
+    }
+}
+
+/// Activate by the start protocol ([`crate::monitor::start_plan`]) in the
+/// bitmap mode the running kernel allows ([`crate::kmode::decide`], probed
+/// on the new md device before anything else): every start holds the
+/// kernel's bit clearing with a long `bitmap/time_base` (mdextmon ends the
+/// hold once its record is durable on every member); the dirty chunks of
+/// the present members, read before activation, are re-armed with
+/// `bitmap_set_bits` on a degraded start (external mode) or on every
+/// dirty or degraded start (kernel-managed mode). md flushes the bits it
+/// took to the bitmap area; every chunk re-armed must be set there on every
+/// present member. An array whose record names the other mode first has
+/// its dirty chunks merged into the region of the new one on every member,
+/// then the new mode recorded.
 /// Returns the md device, the re-armed count and the writes it took.
 fn activate_choice(
     sysfs: &Sysfs,
-    choice: &Choice,
+    choice: &mut Choice,
     md_name: Option<String>,
 ) -> Result<(MdDev, u64, usize), CtlError> {
+    let name = match md_name {
+        Some(n) => n,
+        None => sysfs
+            .free_md_name()
+            .ok_or(assembly::AssemblyError::NoFreeName)?,
+    };
+    let md = sysfs
+        .new_array(&name)
+        .map_err(|cause| assembly::AssemblyError::Step {
+            md: name.clone(),
+            step: assembly::Step::NewArray,
+            cause: Box::new(cause),
+            rollback: None,
+        })?;
+    match activate_on(sysfs, choice, &md) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let _ = assembly::teardown(sysfs, &md);
+            Err(e)
+        }
+    }
+}
+
+fn activate_on(
+    sysfs: &Sysfs,
+    choice: &mut Choice,
+    md: &MdDev,
+) -> Result<(MdDev, u64, usize), CtlError> {
     let nchunks = choice.meta.bitmap_chunks();
+    let recorded = choice.meta.bitmap.mode;
+    let mode = crate::kmode::decide(recorded, &md.bitmap_offers())
+        .map_err(|e| CtlError::Array(format!("{}: {e}", choice.meta.name)))?;
+    if mode == BitmapMode::Kernel && choice.meta.version < crate::format::VERSION {
+        return Err(CtlError::Array(format!(
+            "{}: this kernel runs only md's own bitmap at sector 8, which format version {} has no room for (it was not converted)",
+            choice.meta.name, choice.meta.version
+        )));
+    }
+    let sb = crate::kmode::encode_super(
+        &crate::kmode::KernelSuper::for_array(&choice.meta, crate::monitor::HOLD_TIME_BASE)
+            .map_err(|e| CtlError::Array(format!("{}: {e}", choice.meta.name)))?,
+    )
+    .map_err(|e| CtlError::Array(format!("{}: {e}", choice.meta.name)))?;
+    if let Some(sw) = crate::kmode::switch(recorded, mode) {
+        // Both regions on every member first; the record with the new mode
+        // last (a cut before it leaves the old region authoritative).
+        for (_, c) in &choice.members {
+            let from = read_region(&c.path, &choice.meta, sw.from)?;
+            let into = read_region(&c.path, &choice.meta, sw.to)?;
+            let merged = crate::kmode::merge(&from, &into, nchunks);
+            write_region(&c.path, &choice.meta, sw.to, &sb, &merged)?;
+        }
+        let mut record = choice.meta.clone();
+        record.events += 1;
+        record.bitmap.mode = mode;
+        record.utime = crate::meta::unix_now();
+        write_record(choice, &record, "recording the bitmap mode")?;
+        for (_, c) in &mut choice.members {
+            c.sb.array = record.clone();
+        }
+        choice.meta = record;
+    }
+    let region = crate::kmode::region(mode);
     // The union of every present member's bits (they are mirrors of each
     // other's bitmap; a member may have missed the last page write).
     let mut union: Vec<u8> = Vec::new();
-    if choice.degraded() {
+    let want_bits = match mode {
+        BitmapMode::None => false,
+        BitmapMode::External => choice.degraded(),
+        BitmapMode::Kernel => true,
+    };
+    if let Some(region) = region.filter(|_| want_bits) {
         for (_, c) in &choice.members {
-            let d = Device::open(&c.path, Access::Read)
-                .map_err(|e| CtlError::Device(c.path.clone(), e.to_string()))?;
-            let bits = d
-                .read_bitmap(&choice.meta.bitmap)
-                .map_err(|e| CtlError::Device(c.path.clone(), e.to_string()))?;
+            let bits = read_region(&c.path, &choice.meta, region)?;
             union.resize(union.len().max(bits.len()), 0);
             for (u, b) in union.iter_mut().zip(&bits) {
                 *u |= b;
             }
         }
     }
-    let plan = crate::monitor::start_plan(
-        &choice.meta,
-        choice.meta.bitmap.mode,
-        choice.degraded(),
-        &union,
-    );
-    let md = assembly::activate(
-        sysfs,
-        &choice.spec(md_name, StartMode::Readonly, Some(plan.time_base))?,
+    if mode == BitmapMode::Kernel {
+        // md's superblock (events_cleared 1: a degraded attach keeps the
+        // bits as needing sync) and the union of the bits, on every member.
+        for (_, c) in &choice.members {
+            write_region(&c.path, &choice.meta, Region::Kernel, &sb, &union)?;
+        }
+    }
+    let plan = crate::monitor::start_plan(&choice.meta, mode, choice.degraded(), &union);
+    let spec = choice.spec(
+        Some(md.name().to_string()),
+        StartMode::Readonly,
+        Some(plan.time_base),
+        mode,
     )?;
+    let steps = assembly::plan(&spec)?;
+    let md = assembly::execute_on(sysfs, md.clone(), &steps[1..], true)?;
     let mut writes = 0;
+    let what = if plan.attach_after_start {
+        "start"
+    } else {
+        "degraded start"
+    };
     if !plan.rearm.is_empty() {
-        let fail = |e: String, md: &MdDev| {
-            let _ = assembly::teardown(sysfs, md);
-            CtlError::Array(format!("{}: degraded start: {e}", md.name()))
-        };
         writes = md
             .bitmap_set_bits(&plan.rearm, nchunks)
-            .map_err(|e| fail(e.to_string(), &md))?;
-        verify_rearmed(choice, &plan.rearm).map_err(|e| fail(e, &md))?;
+            .map_err(|e| CtlError::Array(format!("{}: {what}: {e}", md.name())))?;
+        verify_rearmed(choice, region.unwrap_or(Region::External), &plan.rearm)
+            .map_err(|e| CtlError::Array(format!("{}: {what}: {e}", md.name())))?;
+    }
+    if plan.attach_after_start {
+        md.lift_fence()
+            .map_err(|e| CtlError::Array(format!("{}: lifting the write fence: {e}", md.name())))?;
     }
     Ok((md, crate::bitmap::count_dirty(&union, nchunks), writes))
 }
@@ -638,10 +767,9 @@ fn activate_choice(
 /// where the next start reads it (a crash now loses nothing); it cannot
 /// tell a chunk md marked as needing sync from one it merely loaded at
 /// activation (both read as set), which the exact bitmap rebuild shows.
-fn verify_rearmed(choice: &Choice, ranges: &[(u64, u64)]) -> Result<(), String> {
+fn verify_rearmed(choice: &Choice, region: Region, ranges: &[(u64, u64)]) -> Result<(), String> {
     for (_, c) in &choice.members {
-        let bits = Device::open(&c.path, Access::Read)
-            .and_then(|d| d.read_bitmap(&choice.meta.bitmap))
+        let bits = read_region(&c.path, &choice.meta, region)
             .map_err(|e| format!("reading back the bitmap: {e}"))?;
         if let Some(n) = crate::bitmap::first_missing(&bits, ranges) {
             return Err(format!(
@@ -1051,8 +1179,12 @@ mod tests {
             missing_slots: vec![1],
             resume: Vec::new(),
         };
-        assert_eq!(verify_rearmed(&choice, &[(2, 3), (9, 9)]), Ok(()));
-        let e = verify_rearmed(&choice, &[(2, 3), (9, 12)]).expect_err("10 is not set");
+        assert_eq!(
+            verify_rearmed(&choice, Region::External, &[(2, 3), (9, 9)]),
+            Ok(())
+        );
+        let e = verify_rearmed(&choice, Region::External, &[(2, 3), (9, 12)])
+            .expect_err("10 is not set");
         assert!(e.contains("chunk 10 ") && e.contains("m0"), "{e}");
         assert_eq!(e.lines().count(), 1);
     }

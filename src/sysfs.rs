@@ -369,6 +369,46 @@ pub struct Member<'a> {
     kname: String,
 }
 
+/// md's `mdu_array_info_t` (include/uapi/linux/raid/md_u.h).
+#[repr(C)]
+#[derive(Default)]
+struct MduArrayInfo {
+    major_version: i32,
+    minor_version: i32,
+    patch_version: i32,
+    ctime: u32,
+    level: i32,
+    size: i32,
+    nr_disks: i32,
+    raid_disks: i32,
+    md_minor: i32,
+    not_persistent: i32,
+    utime: u32,
+    state: i32,
+    active_disks: i32,
+    working_disks: i32,
+    failed_disks: i32,
+    spare_disks: i32,
+    layout: i32,
+    chunk_size: i32,
+}
+
+nix::ioctl_write_ptr!(
+    /// md's `SET_ARRAY_INFO` (`_IOW(MD_MAJOR, 0x23, mdu_array_info_t)`).
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be an open md device and `data` a valid `MduArrayInfo`.
+    set_array_info_ioctl,
+    9,
+    0x23,
+    MduArrayInfo
+);
+
+fn libc_eio() -> i32 {
+    Errno::EIO as i32
+}
+
 impl MdDev {
     /// The device name (`md127`).
     pub fn name(&self) -> &str {
@@ -593,6 +633,81 @@ impl MdDev {
                 attr: "bitmap/location".into(),
                 value: v,
             })
+    }
+
+    /// What the kernel offers for a bitmap on this (new, not yet started)
+    /// md device: the probe behind [`crate::kmode::decide`].
+    /// `bitmap/metadata` exists up to 6.17 (the bitmap group comes with the
+    /// device); from 6.18 on only `bitmap_type` does.
+    pub fn bitmap_offers(&self) -> crate::kmode::Offers {
+        crate::kmode::Offers {
+            bitmap_metadata: self.has_attr("bitmap/metadata"),
+            bitmap_type: self.read("bitmap_type").ok(),
+        }
+    }
+
+    /// The `SET_ARRAY_INFO` ioctl on the new, empty md device (0.90-style
+    /// `mdu_array_info_t`, `not_persistent`, state clean): the only way to
+    /// get md's `bitmap_info.default_offset` = 8 on an external-metadata
+    /// array, so issued before `metadata_version`. Level, sizes and slots
+    /// are written again through sysfs afterwards.
+    pub fn set_array_info(
+        &self,
+        level: u32,
+        raid_disks: u32,
+        size: KiB,
+        chunk: Bytes,
+        layout: u32,
+    ) -> Result<(), SysfsError> {
+        let dev = self.dev_path();
+        let fail = |errno: Errno| SysfsError::Write {
+            attr: format!("{} (ioctl SET_ARRAY_INFO)", dev.display()),
+            value: format!("level {level}, raid_disks {raid_disks}, not_persistent"),
+            errno,
+        };
+        let as_int = |v: u64| i32::try_from(v).unwrap_or(i32::MAX);
+        let mut info = MduArrayInfo::default();
+        info.level = as_int(u64::from(level));
+        info.size = as_int(size.0);
+        info.raid_disks = as_int(u64::from(raid_disks));
+        info.nr_disks = info.raid_disks;
+        info.not_persistent = 1;
+        info.state = 1; // 1 << MD_SB_CLEAN
+        info.layout = as_int(u64::from(layout));
+        info.chunk_size = as_int(chunk.0);
+        let f = std::fs::File::open(&dev)
+            .map_err(|e| fail(Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio()))))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: `f` is an open md block device for the duration of the
+        // call and `info` is a live, correctly laid out mdu_array_info_t
+        // (18 32-bit fields) the kernel only reads.
+        unsafe { set_array_info_ioctl(f.as_raw_fd(), &info) }.map_err(fail)?;
+        Ok(())
+    }
+
+    /// Fence every write to the array (`suspend_lo` 0, `suspend_hi` its
+    /// size in sectors): writes wait until [`MdDev::lift_fence`]. The files
+    /// exist only once the array runs (readonly is enough).
+    pub fn fence_all(&self) -> Result<(), SysfsError> {
+        let size_attr = self
+            .sysfs
+            .root()
+            .join("block")
+            .join(&self.name)
+            .join("size");
+        let size = self.sysfs.read_path(&size_attr)?;
+        let sectors: u64 = size.trim().parse().map_err(|_| SysfsError::Parse {
+            attr: format!("block/{}/size", self.name),
+            value: size.clone(),
+        })?;
+        self.write("suspend_lo", "0")?;
+        self.write("suspend_hi", &sectors.to_string())
+    }
+
+    /// Lift the fence of [`MdDev::fence_all`].
+    pub fn lift_fence(&self) -> Result<(), SysfsError> {
+        self.write("suspend_hi", "0")?;
+        self.write("suspend_lo", "0")
     }
 
     /// `bitmap/can_clear`: `None` when there is no bitmap (it reads empty).

@@ -6,6 +6,7 @@ mod events;
 mod format;
 mod held;
 mod incremental;
+mod kmode;
 mod lifecycle;
 mod rebuild;
 mod service;
@@ -44,6 +45,7 @@ pub static ALL: &[&Scenario] = &[
     &held::BLIND_DAEMON,
     &held::STOPPED_BY_OTHERS,
     &format::CONVERT_CRASH,
+    &kmode::ANY_KERNEL_READD,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).

@@ -197,6 +197,7 @@ fn create_examine_activate() -> Result<()> {
                 .context("examine: time_base out of range")?,
             location: Sectors(u(bm, "offset_sectors")?),
         }),
+        kernel_bitmap: false,
         resync_start: match e0["resync_sector"].as_u64() {
             Some(s) => Checkpoint::At(Sectors(s)),
             None => Checkpoint::None,

@@ -61,6 +61,7 @@ fn spec(loops: &[Loop]) -> ArraySpec {
             time_base: 5,
             location: BITMAP_AT,
         }),
+        kernel_bitmap: false,
         resync_start: Checkpoint::None,
         start: StartMode::Readonly,
     }

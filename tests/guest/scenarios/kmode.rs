@@ -1,0 +1,175 @@
+//! Issue 10: the bitmap mode the running kernel allows (external on 6.1 and
+//! 6.12, md's own bitmap at sector 8 from 6.18 on), with exact bitmap
+//! rebuilds in both. The scenario asserts what the kernel it runs on
+//! offers, so the same scenario runs on every kernel.
+
+use crate::harness::{Ends, Phase, Scenario};
+use crate::util::*;
+use anyhow::{ensure, Context, Result};
+use mdext::sysfs::MdDev;
+use std::path::Path;
+use std::time::Duration;
+
+pub static ANY_KERNEL_READD: Scenario = Scenario {
+    name: "bitmap_mode_of_the_kernel_degraded_restart_readd_exact",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: any_kernel_readd,
+        ends: Ends::Ok,
+    }],
+};
+
+const CHUNK_LEN: usize = 64 << 10;
+const CHUNK: u64 = CHUNK_LEN as u64;
+const CHUNK_SECTORS: u64 = CHUNK / 512;
+
+fn md() -> MdDev {
+    sysfs().md("md127")
+}
+
+fn write_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
+    for &c in chunks {
+        write_direct(&md.dev_path(), c * CHUNK, &pattern(seed + c, CHUNK_LEN))?;
+    }
+    Ok(())
+}
+
+fn verify_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
+    for &c in chunks {
+        let got = read_direct(&md.dev_path(), c * CHUNK, CHUNK_LEN)?;
+        ensure!(
+            got == pattern(seed + c, CHUNK_LEN),
+            "chunk {c} reads back wrong"
+        );
+    }
+    Ok(())
+}
+
+/// The mode this kernel allows, probed as a user would: a new md device
+/// with `bitmap/metadata` before the start means the external bitmap.
+fn expected_mode() -> Result<&'static str> {
+    let s = sysfs();
+    let probe = s.new_array("md_probe")?;
+    let external = probe.has_attr("bitmap/metadata");
+    probe.write("array_state", "clear")?;
+    Ok(if external { "external" } else { "kernel" })
+}
+
+/// The set bits in the region the mode runs from, on `dev`.
+fn bits_on(dev: &Path, mode: &str, ext_offset: u64) -> Result<Vec<u64>> {
+    if mode == "kernel" {
+        let b = read_direct(dev, 8 * 512, 4096)?;
+        ensure!(
+            b[0..4] == [0x62, 0x69, 0x74, 0x6d],
+            "no md bitmap superblock at sector 8 of {}",
+            dev.display()
+        );
+        Ok(set_bits(&b[256..]))
+    } else {
+        Ok(set_bits(&read_direct(dev, ext_offset * 512, 4096)?))
+    }
+}
+
+fn fail_and_remove(dev: &str) -> Result<()> {
+    ctl(&format!("fail md127 {dev}"))?;
+    let kname = dev.trim_start_matches("/dev/");
+    wait_until(
+        "the failed member to be detached",
+        Duration::from_secs(10),
+        || (!Path::new(&format!("/sys/block/md127/md/dev-{kname}")).exists()).then_some(()),
+    )?;
+    ctl(&format!("remove md127 {dev}"))?;
+    ensure!(md().degraded()? == 1, "not degraded after remove");
+    Ok(())
+}
+
+fn wait_rebuilt(md: &MdDev, loops: &[Loop]) -> Result<()> {
+    wait_until("recovery to end", Duration::from_secs(180), || {
+        (md.degraded().ok()? == 0 && md.read("sync_action").ok()? == "idle").then_some(())
+    })?;
+    wait_until(
+        "every member recorded in sync",
+        Duration::from_secs(20),
+        || {
+            loops
+                .iter()
+                .all(|l| {
+                    examine(&l.path).ok().is_some_and(|e| {
+                        e["members"]
+                            .as_array()
+                            .is_some_and(|m| m.iter().all(|m| m["state"] == "in-sync"))
+                    })
+                })
+                .then_some(())
+        },
+    )
+}
+
+fn any_kernel_readd() -> Result<()> {
+    let mode = expected_mode()?;
+    println!("this kernel's bitmap mode: {mode}");
+    let loops = loop_devices(2, 64)?;
+    ctl("create --level 1 --raid-devices 2 --name km --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1")?;
+    ctl("assemble km /dev/loop0 /dev/loop1")?;
+    let md = md();
+    let e = examine(&loops[0].path)?;
+    ensure!(
+        e["bitmap"]["mode"] == mode,
+        "recorded mode: {}",
+        e["bitmap"]
+    );
+    let ext_offset = e["bitmap"]["offset_sectors"]
+        .as_u64()
+        .context("examine: offset")?;
+    // What md runs: its own bitmap at +8 ("internal" format) or the
+    // external one at the recorded offset.
+    let loc = md.read("bitmap/location")?;
+    let meta = md.read("bitmap/metadata")?;
+    if mode == "kernel" {
+        ensure!(loc == "+8" && meta == "internal", "{loc} {meta}");
+    } else {
+        ensure!(
+            loc == format!("+{ext_offset}") && meta == "external",
+            "{loc} {meta}"
+        );
+    }
+    // The array takes writes (the fence was lifted).
+    write_chunks(&md, &[1], 0)?;
+    fail_and_remove("/dev/loop1")?;
+    let dirty = [2u64, 7, 8, 100];
+    write_chunks(&md, &dirty, 0)?;
+    // Several time_base periods: md keeps the bits of degraded writes.
+    std::thread::sleep(Duration::from_secs(4));
+    let on = bits_on(&loops[0].path, mode, ext_offset)?;
+    ensure!(on == dirty, "bits while degraded: {on:?}");
+    // A degraded restart: the dirty chunks must survive it.
+    ctl("stop md127")?;
+    let out = ctl("assemble --run km /dev/loop0 /dev/loop1")?;
+    println!("{out}");
+    ensure!(out.contains("/dev/loop1 not used"), "{out}");
+    std::thread::sleep(Duration::from_secs(4));
+    let on = bits_on(&loops[0].path, mode, ext_offset)?;
+    ensure!(on == dirty, "bits after the degraded restart: {on:?}");
+    write_chunks(&md, &[300], 0)?;
+    let w0 = written_sectors("loop1")?;
+    ctl("add md127 /dev/loop1")?;
+    wait_rebuilt(&md, &loops)?;
+    let written = written_sectors("loop1")? - w0;
+    let data = (dirty.len() as u64 + 1) * CHUNK_SECTORS;
+    println!(
+        "{mode} mode: bitmap rebuild after a degraded restart wrote {written} sectors ({data} for {} dirty chunks)",
+        dirty.len() + 1
+    );
+    ensure!(
+        written >= data && written < data + 200,
+        "rebuild wrote {written} sectors, expected {data} plus metadata"
+    );
+    verify_chunks(&md, &dirty, 0)?;
+    verify_chunks(&md, &[1, 300], 0)?;
+    let mm = check_mismatches(&md)?;
+    println!("{mode} mode: mismatch_cnt {mm}");
+    ensure!(mm == 0, "mismatch_cnt after the bitmap rebuild: {mm}");
+    ctl("stop md127")?;
+    Ok(())
+}
