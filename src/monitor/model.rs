@@ -67,6 +67,11 @@
 //!    a state with no held write is reachable without further crashes,
 //!    restarts, failures, action failures, writes or admin requests.
 //!
+//! The kernel-managed bitmap mode ([`Bounds::kernel_mode`]): the kernel
+//! clears bits whatever `can_clear` says; the record names mode `kernel`,
+//! so the shipped start plan re-arms at every dirty or degraded start;
+//! properties 2 to 5 are checked, property 1 does not apply.
+//!
 //! # Search-space reductions (sound for the properties above)
 //! - Bits are cleared as soon as the kernel may clear them (earliest
 //!   clearing is the worst case: bits only ever help a rebuild).
@@ -144,6 +149,12 @@ pub(crate) struct Bounds {
     pub set_bits: bool,
     /// The monitor variant under test.
     pub fault: Fault,
+    /// The kernel-managed bitmap mode (md from 6.18 on): the kernel clears
+    /// bits whatever `can_clear` says (only the hold and NEEDED marks stop
+    /// it), the array's record names mode `kernel` (so the shipped
+    /// [`super::start_plan`] re-arms at every dirty or degraded start), and
+    /// property 1 does not apply (nothing is promised about `can_clear`).
+    pub kernel_mode: bool,
 }
 
 impl Bounds {
@@ -183,6 +194,7 @@ impl Default for Bounds {
             fresh: true,
             set_bits: true,
             fault: Fault::None,
+            kernel_mode: false,
         }
     }
 }
@@ -568,9 +580,18 @@ impl Model {
         }
     }
 
+    /// The record a [`Disk`] abstracts, in the model's bitmap mode.
+    fn meta_of(&self, d: &Disk) -> ArrayMeta {
+        let mut m = to_meta(d, self.n());
+        if self.b.kernel_mode {
+            m.bitmap.mode = crate::meta::BitmapMode::Kernel;
+        }
+        m
+    }
+
     fn monitor(&self, key: &MonKey) -> Monitor {
         Monitor {
-            meta: to_meta(&key.meta, self.n()),
+            meta: self.meta_of(&key.meta),
             needs_write: key.needs_write,
             write_at: key.write_at.map(usize::from),
             rewrite: key.rewrite.map(usize::from),
@@ -582,7 +603,7 @@ impl Model {
 
     fn key(&self, m: &Monitor) -> MonKey {
         let meta = from_meta(&m.meta);
-        debug_assert_eq!(to_meta(&meta, self.n()), m.meta, "lossy abstraction");
+        debug_assert_eq!(self.meta_of(&meta), m.meta, "lossy abstraction");
         MonKey {
             meta,
             needs_write: m.needs_write,
@@ -775,7 +796,7 @@ impl Model {
     /// valid copy, as a superblock.
     fn superblock(&self, s: &S, j: usize) -> Option<Superblock> {
         newest(&s.disk[j]).map(|d| Superblock {
-            array: to_meta(&d, self.n()),
+            array: self.meta_of(&d),
             device: DeviceMeta {
                 uuid: uuid_of(j, s.gen[j]),
                 data_offset: Sectors(DATA_OFFSET),
@@ -984,8 +1005,12 @@ impl Model {
                         .map(|&j| [s.disk[j][0].is_some(), s.disk[j][1].is_some()]),
                 );
                 if let Some(d) = newest {
-                    let (m, acts) =
-                        Monitor::start_with_fault(to_meta(&d, n), rewrite, &self.view(k), b.fault);
+                    let (m, acts) = Monitor::start_with_fault(
+                        self.meta_of(&d),
+                        rewrite,
+                        &self.view(k),
+                        b.fault,
+                    );
                     let mut t = s.clone();
                     t.mon = Some(self.key(&m));
                     t.queue = abstract_actions(&acts);
@@ -1134,7 +1159,7 @@ impl Model {
     /// allowed is the worst case for every property checked (bits only ever
     /// help a rebuild), so this replaces the interleavings of lazy clearing.
     fn clear_bits(&self, s: &mut S) {
-        if s.k.can_clear && !s.k.hold {
+        if (s.k.can_clear || self.b.kernel_mode) && !s.k.hold {
             let clearable = if self.degraded(&s.k) > 0 {
                 s.k.bits & !s.k.needed
             } else {
@@ -1156,7 +1181,7 @@ impl Model {
                 ));
             }
         }
-        if s.k.can_clear && !s.k.hold {
+        if s.k.can_clear && !s.k.hold && !self.b.kernel_mode {
             for j in 0..n {
                 if s.k.m[j] == Km::Absent {
                     continue;
@@ -1618,5 +1643,54 @@ fn checker_finds_a_stopped_array_left_dirty() {
             b.fault = Fault::ForgetAtStop;
         }),
         "STOP",
+    );
+}
+
+/// The bounds of [`model_check_kernel_mode`].
+const STATES_KERNEL: usize = 2_981_786;
+
+/// The kernel-managed bitmap mode (md from 6.18 on) at the default
+/// bounds: the kernel clears bits whatever `can_clear` says, the monitor
+/// never writes it, and no member is ever in sync with a chunk it missed.
+#[test]
+fn model_check_kernel_mode() {
+    let o = expect_clean(Bounds {
+        kernel_mode: true,
+        ..Bounds::default()
+    });
+    assert_eq!(o.states, STATES_KERNEL, "update the documented count");
+}
+
+/// Kernel mode without the re-arm at a degraded start: md clears the bits
+/// the missing member needs and its bitmap rebuild skips them.
+#[test]
+fn checker_finds_the_kernel_mode_trap_without_rearm() {
+    expect_violation(
+        only(|b| {
+            b.fails = 1;
+            b.writes = 1;
+            b.crashes = 1;
+            b.readds = 1;
+            b.set_bits = false;
+            b.kernel_mode = true;
+        }),
+        "DATA",
+    );
+}
+
+/// Kernel mode with the monitor trusting a returning device's events:
+/// caught as in the external mode.
+#[test]
+fn checker_finds_kernel_mode_bitmap_rebuild_trusting_device_events() {
+    expect_violation(
+        only(|b| {
+            b.fails = 1;
+            b.readds = 2;
+            b.restarts = 1;
+            b.crashes = 1;
+            b.kernel_mode = true;
+            b.fault = Fault::TrustDeviceEvents;
+        }),
+        "DATA",
     );
 }
