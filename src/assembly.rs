@@ -127,9 +127,9 @@ pub enum Step {
     ResyncStart(Checkpoint),
     /// `array_state`.
     ArrayState(ArrayState),
-    /// The `SET_ARRAY_INFO` ioctl (level, raid_disks, component KiB, chunk,
-    /// layout), before `metadata_version`: md's default bitmap offset 8.
-    SetArrayInfo(Level, u32, KiB, Bytes, u32),
+    /// The `SET_ARRAY_INFO` ioctl (level, raid_disks, chunk, layout),
+    /// before `metadata_version`: md's default bitmap offset 8.
+    SetArrayInfo(Level, u32, Bytes, u32),
     /// `suspend_lo=0`, `suspend_hi=<array sectors>`: every write waits.
     FenceWrites,
 }
@@ -154,10 +154,10 @@ impl fmt::Display for Step {
             Step::BitmapLocation(s) => write!(f, "bitmap/location=+{}", s.0),
             Step::ResyncStart(c) => write!(f, "resync_start={c}"),
             Step::ArrayState(s) => write!(f, "array_state={s}"),
-            Step::SetArrayInfo(l, n, k, c, lay) => write!(
+            Step::SetArrayInfo(l, n, c, lay) => write!(
                 f,
-                "ioctl SET_ARRAY_INFO(level {l}, raid_disks {n}, size {}, chunk {}, layout {lay})",
-                k.0, c.0
+                "ioctl SET_ARRAY_INFO(level {l}, raid_disks {n}, chunk {}, layout {lay})",
+                c.0
             ),
             Step::FenceWrites => write!(f, "suspend_lo=0 suspend_hi=<array size>"),
         }
@@ -266,7 +266,6 @@ pub fn plan(spec: &ArraySpec) -> Result<Vec<Step>, AssemblyError> {
         v.push(Step::SetArrayInfo(
             spec.level,
             spec.raid_disks,
-            spec.component_size,
             spec.chunk_size,
             spec.layout,
         ));
@@ -337,7 +336,7 @@ fn run_step(sysfs: &Sysfs, md: &MdDev, step: &Step) -> Result<(), SysfsError> {
         Step::BitmapLocation(s) => md.set_bitmap_location(*s),
         Step::ResyncStart(c) => md.set_resync_start(*c),
         Step::ArrayState(s) => md.set_array_state(*s),
-        Step::SetArrayInfo(l, n, k, c, lay) => md.set_array_info(l.number(), *n, *k, *c, *lay),
+        Step::SetArrayInfo(l, n, c, lay) => md.set_array_info(l.number(), *n, *c, *lay),
         Step::FenceWrites => md.fence_all(),
     }
 }

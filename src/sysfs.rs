@@ -655,7 +655,6 @@ impl MdDev {
         &self,
         level: u32,
         raid_disks: u32,
-        size: KiB,
         chunk: Bytes,
         layout: u32,
     ) -> Result<(), SysfsError> {
@@ -668,7 +667,8 @@ impl MdDev {
         let as_int = |v: u64| i32::try_from(v).unwrap_or(i32::MAX);
         let mut info = MduArrayInfo::default();
         info.level = as_int(u64::from(level));
-        info.size = as_int(size.0);
+        // `size` stays 0: md sets dev_sectors from it, and `component_size`
+        // then refuses any value not below it (ENOSPC, measured on 7.2).
         info.raid_disks = as_int(u64::from(raid_disks));
         info.nr_disks = info.raid_disks;
         info.not_persistent = 1;

@@ -134,8 +134,18 @@ fn any_kernel_readd() -> Result<()> {
             "{loc} {meta}"
         );
     }
-    // The array takes writes (the fence was lifted).
+    // The array takes writes (the fence was lifted), and md clears their
+    // bits on a whole array.
     write_chunks(&md, &[1], 0)?;
+    wait_until(
+        "the bits of a whole array cleared",
+        Duration::from_secs(20),
+        || {
+            bits_on(&loops[0].path, mode, ext_offset)
+                .ok()
+                .filter(|b| b.is_empty())
+        },
+    )?;
     fail_and_remove("/dev/loop1")?;
     let dirty = [2u64, 7, 8, 100];
     write_chunks(&md, &dirty, 0)?;
