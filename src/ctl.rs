@@ -593,14 +593,7 @@ fn read_region(
     let d = Device::open(path, Access::Read).map_err(err)?;
     match region {
         Region::External => d.read_bitmap(&meta.bitmap).map_err(err),
-        Region::Kernel => {
-            let len = crate::format::kernel_region_size(meta.bitmap_chunks()).0;
-            let len = usize::try_from(len)
-                .map_err(|_| CtlError::Array(format!("kernel bitmap region of {len} bytes")))?;
-            let at = crate::format::KERNEL_BITMAP_SECTOR.bytes().0;
-            let buf = d.read_at(at, len).map_err(err)?;
-            Ok(buf[crate::kmode::SB_SIZE..len].to_vec())
-        }
+        Region::Kernel => d.read_kernel_bits(meta).map_err(err),
     }
 }
 

@@ -524,6 +524,25 @@ impl Device {
         Ok(buf[..len].to_vec())
     }
 
+    /// The bits of md's own bitmap region (bitmap mode `kernel`): from
+    /// byte 256 of sector 8 to the end of the region for `meta`'s chunks.
+    pub fn read_kernel_bits(&self, meta: &crate::meta::ArrayMeta) -> Result<Vec<u8>, DeviceError> {
+        let len = crate::format::kernel_region_size(meta.bitmap_chunks()).0;
+        let len = usize::try_from(len).map_err(|_| DeviceError::Alloc(usize::MAX))?;
+        let buf = self.read_at(crate::format::KERNEL_BITMAP_SECTOR.bytes().0, len)?;
+        Ok(buf[crate::kmode::SB_SIZE.min(len)..len].to_vec())
+    }
+
+    /// The bits of the region the array's recorded bitmap mode runs from
+    /// (md's region at sector 8 in mode `kernel`, the external region
+    /// otherwise).
+    pub fn read_mode_bits(&self, meta: &crate::meta::ArrayMeta) -> Result<Vec<u8>, DeviceError> {
+        match meta.bitmap.mode {
+            crate::meta::BitmapMode::Kernel => self.read_kernel_bits(meta),
+            _ => self.read_bitmap(&meta.bitmap),
+        }
+    }
+
     /// Write the whole bitmap area (`bits.len()` must equal `info.size`),
     /// then fdatasync.
     pub fn write_bitmap(&self, info: &BitmapInfo, bits: &[u8]) -> Result<(), DeviceError> {

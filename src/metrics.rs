@@ -230,7 +230,7 @@ pub fn gather(
                 .ok()
                 .and_then(|r| {
                     let (_, dev, _, _) = r.devices.first()?;
-                    let bits = dev.read_bitmap(&r.meta.bitmap).ok()?;
+                    let bits = dev.read_mode_bits(&r.meta).ok()?;
                     Some(crate::bitmap::count_dirty(&bits, r.meta.bitmap_chunks()))
                 });
         v.push(ArrayMetrics {

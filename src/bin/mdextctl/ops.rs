@@ -459,7 +459,7 @@ pub fn examine_bitmap(a: &ExamineBitmapArgs) -> Result<ExitCode> {
     use mdext::device::{Access, Device};
     let d = Device::open(&a.device, Access::Read)?;
     let sb = d.read_superblock()?.superblock;
-    let bits = d.read_bitmap(&sb.array.bitmap)?;
+    let bits = d.read_mode_bits(&sb.array)?;
     let chunks = sb.array.bitmap_chunks();
     let dirty = bitmap::count_dirty(&bits, chunks);
     let ranges = bitmap::dirty_ranges(&bits, chunks);
