@@ -248,3 +248,18 @@ pub fn md5(p: &Path) -> Result<String> {
         .unwrap_or_default()
         .to_string())
 }
+
+/// The set bits of `dev` in the region its recorded bitmap mode runs from:
+/// md's own region at sector 8 (bits from byte 256) in mode `kernel`, the
+/// external region at the recorded offset otherwise (first 4 KiB).
+pub fn mode_bits(dev: &Path) -> Result<Vec<u64>> {
+    let e = examine(dev)?;
+    if e["bitmap"]["mode"] == "kernel" {
+        Ok(set_bits(&read_direct(dev, 8 * 512, 4096)?[256..]))
+    } else {
+        let at = e["bitmap"]["offset_sectors"]
+            .as_u64()
+            .context("examine: bitmap offset")?;
+        Ok(set_bits(&read_direct(dev, at * 512, 4096)?))
+    }
+}
