@@ -106,9 +106,12 @@ fn convert_phase2() -> Result<()> {
             e["copies"]
         );
     }
-    // Version 1's copy 1 is gone; version 2's copy 1 is at sector 2040.
+    // Version 1's copy 1 is gone (zeros, or md's own bitmap superblock
+    // where the kernel-managed mode runs); version 2's copy 1 is at sector
+    // 2040.
+    let at4096 = read_direct(a, 4096, 4096)?;
     ensure!(
-        read_direct(a, 4096, 4096)?.iter().all(|&x| x == 0),
+        at4096.iter().all(|&x| x == 0) || at4096[..4] == [0x62, 0x69, 0x74, 0x6d],
         "version 1 copy 1 left at byte 4096"
     );
     ensure!(
