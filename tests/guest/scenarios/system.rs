@@ -872,6 +872,23 @@ fn scsi_disks() -> Vec<String> {
     v
 }
 
+/// The SCSI disk (`sdX`) at LUN `lun` (its device is H:C:T:LUN).
+fn scsi_by_lun(lun: u32) -> Option<String> {
+    scsi_disks().into_iter().find(|d| {
+        std::fs::read_link(format!("/sys/block/{d}/device"))
+            .ok()
+            .and_then(|t| {
+                t.file_name()?
+                    .to_str()?
+                    .rsplit(':')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            == Some(lun)
+    })
+}
+
 fn member_states(dev: &Path) -> Result<Vec<String>> {
     let e = examine(dev)?;
     Ok(e["members"]
@@ -884,17 +901,18 @@ fn member_states(dev: &Path) -> Result<Vec<String>> {
 
 fn hotplug() -> Result<()> {
     let disks = scsi_disks();
-    ensure!(
-        disks == ["sda", "sdb", "sdc", "sdd"],
-        "SCSI disks {disks:?}, expected sda to sdd"
-    );
+    ensure!(disks.len() == 4, "SCSI disks {disks:?}, expected four");
+    // The kernel names SCSI disks in the order their probes end: find
+    // them by LUN (the harness attaches image i as LUN i).
+    let [a, b, c, d] = [0, 1, 2, 3].map(|l| scsi_by_lun(l).unwrap_or_default());
+    println!("SCSI LUNs 0-3: {a} {b} {c} {d}");
     ensure!(
         sh("grep -x 'PROGRAM /usr/local/sbin/mdext-event-log' /etc/mdext.conf").is_ok(),
         "/etc/mdext.conf does not name the event program"
     );
     // udev watches the disks: the writes of create end in a change event,
     // on which the rules' `mdextctl incremental` starts the array.
-    ctl("create --level 1 --raid-devices 2 --name data --bitmap-chunk 64K --time-base 1 --assume-clean /dev/sda /dev/sdb")?;
+    ctl(&format!("create --level 1 --raid-devices 2 --name data --bitmap-chunk 64K --time-base 1 --assume-clean /dev/{a} /dev/{b}"))?;
     let node = wait_until(
         "udev to start /dev/md/data",
         Duration::from_secs(120),
@@ -907,7 +925,7 @@ fn hotplug() -> Result<()> {
         .to_string();
     let md = sysfs().md(&name);
     println!("udev assembled data as /dev/{name}");
-    let uuid = examine(Path::new("/dev/sda"))?["array_uuid"]
+    let uuid = examine(Path::new(&format!("/dev/{a}")))?["array_uuid"]
         .as_str()
         .context("array_uuid")?
         .to_string();
@@ -919,30 +937,30 @@ fn hotplug() -> Result<()> {
     for c in 0..8 {
         write_direct(&node, c * CHUNK, &pattern(100 + c, CHUNK_LEN))?;
     }
-    // Hot-remove sdb (the SCSI device goes away, as an unplugged disk).
-    let removed_uuid = examine(Path::new("/dev/sdb"))?["device_uuid"]
+    // Hot-remove b (the SCSI device goes away, as an unplugged disk).
+    let removed_uuid = examine(Path::new(&format!("/dev/{b}")))?["device_uuid"]
         .as_str()
         .context("device_uuid")?
         .to_string();
-    sh("echo 1 > /sys/block/sdb/device/delete")?;
+    sh(&format!("echo 1 > /sys/block/{b}/device/delete"))?;
     wait_until(
         "the removal recorded (udev: incremental --remove)",
         Duration::from_secs(60),
         || {
-            let s = member_states(Path::new("/dev/sda")).ok()?;
+            let s = member_states(Path::new(&format!("/dev/{a}"))).ok()?;
             (s.get(1).map(String::as_str) != Some("in-sync") && md.degraded().ok()? == 1)
                 .then_some(s)
         },
     )
-    .map(|s| println!("after hot-remove sda records {s:?}"))?;
+    .map(|s| println!("after hot-remove {a} records {s:?}"))?;
     // What an admin sees: the journal's structured entries from the
     // service's daemon, and the configured program run.
-    journal_event("Fail", &uuid, &name, Some("/dev/sdb"))?;
+    journal_event("Fail", &uuid, &name, Some(&format!("/dev/{b}")))?;
     journal_event("DegradedArray", &uuid, &name, None)?;
     let l = program_line("Fail", &uuid)?;
     println!("event program: {l}");
     ensure!(
-        l == format!("Fail /dev/{name} /dev/sdb uuid={uuid} priority=2"),
+        l == format!("Fail /dev/{name} /dev/{b} uuid={uuid} priority=2"),
         "the event program ran as {l:?}"
     );
     let dirty = [10u64, 20, 21, 300, 900];
@@ -955,7 +973,7 @@ fn hotplug() -> Result<()> {
     let back = wait_until("the disk back", Duration::from_secs(60), || {
         scsi_disks()
             .into_iter()
-            .find(|d| !["sda", "sdc", "sdd"].contains(&d.as_str()))
+            .find(|x| ![&a, &c, &d].contains(&x))
     })?;
     println!("hot-added back as {back}");
     let back_path = PathBuf::from(format!("/dev/{back}"));
@@ -985,8 +1003,8 @@ fn hotplug() -> Result<()> {
         written >= data && written < data + 200,
         "rebuild wrote {written} sectors, expected {data} plus metadata"
     );
-    for p in ["/dev/sda", back_path.to_str().unwrap_or_default()] {
-        let s = member_states(Path::new(p))?;
+    for p in [format!("/dev/{a}"), back_path.display().to_string()] {
+        let s = member_states(Path::new(&p))?;
         ensure!(
             s == ["in-sync", "in-sync"],
             "{p} records {s:?} after the rebuild"
@@ -1019,16 +1037,16 @@ fn hotplug() -> Result<()> {
     println!("check scrub of the data array: mismatch_cnt {mism}");
     ensure!(mism == 0, "data array check: mismatch_cnt {mism}");
     // Left running: poweroff must leave it clean too.
-    make_late()
+    make_late(&c, &d)
 }
 
-/// The second data array, "late", on sdc and sdd (the next boot comes up
-/// without sdd), started by udev like data; [`LATE_CHUNKS`] chunks of
+/// The second data array, "late", on LUNs 2 and 3 (the next boot comes
+/// up without LUN 3), started by udev like data; [`LATE_CHUNKS`] chunks of
 /// known data.
 const LATE_CHUNKS: u64 = 8;
 
-fn make_late() -> Result<()> {
-    ctl("create --level 1 --raid-devices 2 --name late --bitmap-chunk 64K --assume-clean /dev/sdc /dev/sdd")?;
+fn make_late(c: &str, d: &str) -> Result<()> {
+    ctl(&format!("create --level 1 --raid-devices 2 --name late --bitmap-chunk 64K --assume-clean /dev/{c} /dev/{d}"))?;
     let node = wait_until(
         "udev to start /dev/md/late",
         Duration::from_secs(120),
