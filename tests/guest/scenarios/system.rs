@@ -1062,6 +1062,12 @@ fn make_late(c: &str, d: &str) -> Result<()> {
     Ok(())
 }
 
+/// systemd's journal MESSAGE_IDs (sd-messages.h): a unit is starting
+/// (SD_MESSAGE_UNIT_STARTING), a unit's start job is done
+/// (SD_MESSAGE_UNIT_STARTED: "Started ..." / "Finished ...").
+const UNIT_STARTING: &str = "7d4958e842da4a758f6c1cdc7b36dcc5";
+const UNIT_STARTED: &str = "39f53479d3a045ac8e11786248231fbf";
+
 /// The scsi disk (`sdX`) whose mdext metadata names array `name`.
 fn disk_of(name: &str) -> Result<Vec<String>> {
     Ok(scsi_disks()
@@ -1109,62 +1115,105 @@ fn last_resort() -> Result<()> {
         .context("/dev/md/late")?
         .to_string();
     let md = sysfs().md(&name);
-    // The witnesses that the timer, not anything else, started it: the
-    // timer ran out, its service ran mdextctl incremental --run, whose
-    // output says it started the array with one device.
+    // The witnesses that the timer, not anything else, started it, from
+    // the journal (what an admin reads): systemd started the timer (udev
+    // asked for it when the lone member came), later started the service,
+    // whose `mdextctl incremental --run` says it started the array with
+    // one device, and the kernel started the array after the service's
+    // process did.
     let show = |unit: &str, p: &str| -> Result<String> {
         Ok(sh(&format!("systemctl show -p {p} --value {unit}"))?
             .trim()
             .to_string())
     };
-    let trig: u64 = wait_until(
-        "the timer's trigger recorded",
-        Duration::from_secs(60),
-        || {
-            show(&timer, "LastTriggerUSecMonotonic")
-                .ok()?
-                .parse()
-                .ok()
-                .filter(|t| *t > 0)
-        },
-    )?;
-    let svc_log = wait_until(
+    let entries = wait_until(
         "the last-resort service's journal",
         Duration::from_secs(60),
         || {
-            let out = sh(&format!("journalctl -q -o cat -u {service}")).ok()?;
-            out.contains("has been started with 1 device")
-                .then_some(out)
+            let out = sh(&format!(
+                "journalctl -q -o json UNIT={timer} UNIT={service} + _SYSTEMD_UNIT={service}"
+            ))
+            .ok()?;
+            let v: Vec<serde_json::Value> = out
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            // The service's "Finished" (unit started, job done) is there.
+            v.iter()
+                .any(|e| {
+                    e["UNIT"].as_str() == Some(service.as_str())
+                        && e["MESSAGE_ID"].as_str() == Some(UNIT_STARTED)
+                })
+                .then_some(v)
         },
     )?;
+    let mono = |e: &serde_json::Value| -> u64 {
+        e["__MONOTONIC_TIMESTAMP"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
+    };
+    for e in &entries {
+        println!(
+            "  journal {:.3}s {}: {}",
+            mono(e) as f64 / 1e6,
+            e["UNIT"]
+                .as_str()
+                .or(e["_SYSTEMD_UNIT"].as_str())
+                .unwrap_or("?"),
+            e["MESSAGE"].as_str().unwrap_or("?")
+        );
+    }
+    let find = |unit: &str, id: &str| {
+        entries
+            .iter()
+            .find(|e| e["UNIT"].as_str() == Some(unit) && e["MESSAGE_ID"].as_str() == Some(id))
+    };
+    let timer_started = find(&timer, UNIT_STARTED)
+        .with_context(|| format!("the journal has no start of {timer}"))?;
+    let svc_starting = find(&service, UNIT_STARTING)
+        .with_context(|| format!("the journal has no start of {service}"))?;
+    let out = entries
+        .iter()
+        .find(|e| {
+            e["_SYSTEMD_UNIT"].as_str() == Some(service.as_str())
+                && e["MESSAGE"].as_str().is_some_and(|m| {
+                    m.contains(&format!("/dev/{name} has been started with 1 device"))
+                })
+        })
+        .with_context(|| format!("{service} did not say it started /dev/{name} with 1 device"))?;
+    ensure!(
+        mono(timer_started) < mono(svc_starting) && mono(svc_starting) <= mono(out),
+        "the journal's order is not timer started, service started, array started"
+    );
     let svc_start: u64 = show(&service, "ExecMainStartTimestampMonotonic")?
         .parse()
         .context("ExecMainStartTimestampMonotonic")?;
     let result = show(&service, "Result")?;
     let status = show(&service, "ExecMainStatus")?;
-    let timer_state = sh(&format!("systemctl status --no-pager {timer} || true"))?;
+    let kernel = sh("journalctl -q -k -o json")?;
+    let active_msg = format!("md/raid1:{name}: active with 1 out of 2 mirrors");
+    let kstart: u64 = kernel
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["MESSAGE"].as_str() == Some(active_msg.as_str()))
+        .and_then(|e| e["_SOURCE_MONOTONIC_TIMESTAMP"].as_str()?.parse().ok())
+        .with_context(|| format!("the kernel log has no {active_msg:?}"))?;
     println!(
-        "last resort: {timer} triggered at {:.3}s, {service} started {:.3}s, Result={result} ExecMainStatus={status}",
-        trig as f64 / 1e6,
-        svc_start as f64 / 1e6
+        "last resort: {timer} started {:.3}s (udev saw the lone member), {service} process started {:.3}s, \
+         kernel started /dev/{name} at {:.3}s; Result={result} ExecMainStatus={status}; LastTriggerUSec={}",
+        mono(timer_started) as f64 / 1e6,
+        svc_start as f64 / 1e6,
+        kstart as f64 / 1e6,
+        show(&timer, "LastTriggerUSec").unwrap_or_default()
     );
-    for l in timer_state.lines().take(4) {
-        println!("  {l}");
-    }
-    for l in svc_log.lines() {
-        println!("  {service}: {l}");
-    }
     ensure!(
         result == "success" && status == "0",
         "{service}: Result={result} ExecMainStatus={status}"
     );
     ensure!(
-        svc_start >= trig,
-        "{service} started before its timer fired"
-    );
-    ensure!(
-        svc_log.contains(&format!("/dev/{name} has been started with 1 device")),
-        "{service} did not start /dev/{name}"
+        kstart >= svc_start,
+        "the kernel started /dev/{name} before {service} ran: not the last resort's doing"
     );
     let mdstat = std::fs::read_to_string("/proc/mdstat")?;
     let block: String = mdstat
