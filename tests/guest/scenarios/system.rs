@@ -1216,11 +1216,13 @@ fn last_resort() -> Result<()> {
         "the kernel started /dev/{name} before {service} ran: not the last resort's doing"
     );
     let mdstat = std::fs::read_to_string("/proc/mdstat")?;
-    let block: String = mdstat
-        .split("\n\n")
-        .find(|b| b.starts_with(&format!("{name} ")))
-        .unwrap_or_default()
-        .to_string();
+    // "md125 : active raid1 sdb[0]" and the next line, "... [2/1] [U_]".
+    let lines: Vec<&str> = mdstat.lines().collect();
+    let block = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("{name} :")))
+        .map(|i| lines[i..(i + 2).min(lines.len())].join("\n"))
+        .unwrap_or_default();
     println!("/proc/mdstat: {}", block.replace('\n', " | "));
     ensure!(
         block.contains("[2/1]"),
