@@ -37,6 +37,9 @@ pub struct SystemScenario {
     /// Sizes in MiB of raw images on a virtio-scsi controller (sda, ...):
     /// disks the guest can hot-remove and rescan.
     pub scsi: &'static [u64],
+    /// SCSI disks (phase name, index into `scsi`) left out of that phase's
+    /// boot: a member missing when the machine comes up.
+    pub absent: &'static [(&'static str, usize)],
     /// More kernel command line (e.g. `mdext.writer`: the early writer
     /// unit runs across the daemon's handover).
     pub cmdline: &'static str,
@@ -50,6 +53,8 @@ pub struct SystemScenario {
 pub struct HostCheck<'a> {
     pub mdextctl: &'a Path,
     pub disks: &'a [PathBuf],
+    /// The serial console of the last phase (its poweroff included).
+    pub console: &'a Path,
 }
 
 fn find(name: &str) -> Option<&'static [Phase]> {
@@ -218,8 +223,10 @@ fn run_system_scenario(
             .map_err(|e| format!("{}: {e}", p.display()))?;
         scsi.push(p);
     }
+    let mut last_log = PathBuf::new();
     for p in s.phases {
         let log = logs.join(format!("{}-{}.log", s.name, p.name));
+        last_log = log.clone();
         let mut c = Command::new(paths.root.join("scripts/sysguest"));
         c.arg("run").arg(sys).arg("--log").arg(&log);
         c.arg("--append").arg(s.cmdline);
@@ -228,8 +235,10 @@ fn run_system_scenario(
         for d in &disks {
             c.arg("--disk").arg(d);
         }
-        for d in &scsi {
-            c.arg("--scsi").arg(d);
+        for (i, d) in scsi.iter().enumerate() {
+            if !s.absent.contains(&(p.name, i)) {
+                c.arg("--scsi").arg(d);
+            }
         }
         c.arg("--").arg(s.name).arg(p.name);
         let out = c
@@ -244,6 +253,7 @@ fn run_system_scenario(
         after(&HostCheck {
             mdextctl: &paths.mdextctl,
             disks: &all,
+            console: &last_log,
         })
         .map_err(|e| format!("host check after the last phase: {e:#}"))?;
     }
