@@ -66,6 +66,12 @@ install() {
         [[ -e ${dracutsysrootdir-}$r ]] && inst_rules "$r"
     done
     [[ -e ${dracutsysrootdir-}/etc/mdext.conf ]] && inst_simple /etc/mdext.conf
+    # md itself, loaded early (systemd-modules-load, or dracut's base
+    # without systemd): mdextctl creates arrays through md_mod's new_array
+    # parameter, which nothing else would load; md loads the personality
+    # (raid1, ...) when the array's level is set.
+    mkdir -p "$initdir/etc/modules-load.d"
+    echo md_mod >"$initdir/etc/modules-load.d/mdext.conf"
     inst_script "$moddir/mdext-assemble.sh" /sbin/mdext-assemble
     inst_hook pre-trigger 30 "$moddir/parse-mdext.sh"
     inst_hook shutdown 30 "$moddir/mdext-shutdown.sh"
@@ -80,7 +86,8 @@ install() {
                 inst_simple "$systemdsystemunitdir/$u"
             fi
         done
-        inst_multiple -o sh
+        inst_multiple sh mount mkdir grep readlink ln
+        inst_script "$moddir/mdext-initrd-root.sh" /usr/sbin/mdext-initrd-root
         if [[ -e $initdir$systemdsystemunitdir/mdextmon-initrd.service ]]; then
             $SYSTEMCTL -q --root "$initdir" add-wants sysinit.target mdextmon-initrd.service
         else
