@@ -86,8 +86,9 @@ install() {
                 inst_simple "$systemdsystemunitdir/$u"
             fi
         done
-        inst_multiple sh mount mkdir grep readlink ln
+        inst_multiple sh mount mkdir grep readlink ln chroot
         inst_script "$moddir/mdext-initrd-root.sh" /usr/sbin/mdext-initrd-root
+        ln -sf mdextmon "$initdir/usr/sbin/@mdextmon"
         if [[ -e $initdir$systemdsystemunitdir/mdextmon-initrd.service ]]; then
             $SYSTEMCTL -q --root "$initdir" add-wants sysinit.target mdextmon-initrd.service
         else
