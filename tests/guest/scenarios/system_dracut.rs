@@ -67,7 +67,7 @@ fn root_boot() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     println!(
-        "boot: initrd (dracut, systemd) started at {:.1}s, switch to the real root at {:.1}s,          multi-user reached and test running at {up:.1}s (uptime, TCG)",
+        "boot: initrd (dracut, systemd) started at {:.1}s, switch to the real root at {:.1}s, multi-user reached and test running at {up:.1}s (uptime, TCG)",
         ts("InitRDTimestampMonotonic"),
         ts("UserspaceTimestampMonotonic"),
     );
