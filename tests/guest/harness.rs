@@ -68,6 +68,12 @@ fn find(name: &str) -> Option<&'static [Phase]> {
                 .find(|s| s.name == name)
                 .map(|s| s.phases)
         })
+        .or_else(|| {
+            crate::scenarios::SYSTEM_DRACUT
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.phases)
+        })
 }
 
 pub fn run_in_guest(scenario: &str, phase: &str) -> i32 {
@@ -184,6 +190,12 @@ fn copy_sparse(from: &Path, to: &Path) -> Result<(), String> {
 
 /// Build the systemd guest (root tree, initramfs, root array templates).
 fn build_system(paths: &Paths, out: &Path) -> Result<(), String> {
+    build_system_variant(paths, out, None)
+}
+
+/// Build the systemd guest with the initramfs of `variant` (`dracut`;
+/// None: initramfs-tools).
+fn build_system_variant(paths: &Paths, out: &Path, variant: Option<&str>) -> Result<(), String> {
     let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let bindir = paths
         .mdextctl
@@ -194,6 +206,7 @@ fn build_system(paths: &Paths, out: &Path) -> Result<(), String> {
         .arg(out)
         .arg(bindir)
         .arg(&me)
+        .args(variant)
         .status()
         .map_err(|e| format!("scripts/sysguest build: {e}"))?;
     if !st.success() {
@@ -278,7 +291,15 @@ pub fn run_on_host(args: &[String]) -> i32 {
         .copied()
         .filter(|s| wanted(s.name))
         .collect();
+    let system_dracut: Vec<&SystemScenario> = crate::scenarios::SYSTEM_DRACUT
+        .iter()
+        .copied()
+        .filter(|s| wanted(s.name))
+        .collect();
     if list {
+        for s in &system_dracut {
+            println!("{}: test", s.name);
+        }
         for s in &selected {
             println!("{}: test", s.name);
         }
@@ -287,9 +308,12 @@ pub fn run_on_host(args: &[String]) -> i32 {
         }
         return 0;
     }
-    let filtered = crate::scenarios::ALL.len() + crate::scenarios::SYSTEM.len()
+    let filtered = crate::scenarios::ALL.len()
+        + crate::scenarios::SYSTEM.len()
+        + crate::scenarios::SYSTEM_DRACUT.len()
         - selected.len()
-        - system.len();
+        - system.len()
+        - system_dracut.len();
     let t0 = Instant::now();
     let paths = match Paths::resolve(&crate::paths::Env::current()) {
         Ok(p) => p,
@@ -320,7 +344,7 @@ pub fn run_on_host(args: &[String]) -> i32 {
     };
     println!(
         "\nrunning {} guest tests (kernel {})",
-        selected.len() + system.len(),
+        selected.len() + system.len() + system_dracut.len(),
         kernel_version(&paths)
     );
     let (mut passed, mut failed) = (0, Vec::new());
@@ -373,6 +397,28 @@ pub fn run_on_host(args: &[String]) -> i32 {
         }
         if sys.join("initrd.img").exists() {
             for s in &system {
+                let t = Instant::now();
+                let res = run_system_scenario(&paths, &sys, work.path(), &logs, s);
+                report(s.name, t, res);
+            }
+        }
+    }
+    if !system_dracut.is_empty() {
+        let t = Instant::now();
+        let sys = work.path().join("sysguest-dracut");
+        match build_system_variant(&paths, &sys, Some("dracut")) {
+            Ok(()) => println!(
+                "    systemd guest (dracut initrd) built in {:.1}s",
+                t.elapsed().as_secs_f64()
+            ),
+            Err(e) => {
+                for s in &system_dracut {
+                    report(s.name, t, Err(e.clone()));
+                }
+            }
+        }
+        if sys.join("initrd.img").exists() {
+            for s in &system_dracut {
                 let t = Instant::now();
                 let res = run_system_scenario(&paths, &sys, work.path(), &logs, s);
                 report(s.name, t, res);
