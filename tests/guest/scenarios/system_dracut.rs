@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 pub static ROOT_BOOT_DRACUT: SystemScenario = SystemScenario {
     name: "systemd_dracut_root_on_mdext_raid1_takeover_poweroff",
     scsi: &[],
+    absent: &[],
     cmdline: "",
     phases: &[Phase {
         name: "boot",
