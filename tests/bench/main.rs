@@ -39,6 +39,7 @@ struct Opts {
     idle: u64,
     iops_secs: u64,
     first_writes: usize,
+    trace: bool,
     in_guest: bool,
 }
 
@@ -49,6 +50,7 @@ fn parse_args() -> Result<Opts> {
         idle: 30,
         iops_secs: 5,
         first_writes: 5,
+        trace: false,
         in_guest: false,
     };
     let mut it = std::env::args().skip(1);
@@ -63,10 +65,11 @@ fn parse_args() -> Result<Opts> {
                 o.first_writes = val("--first-writes")?.parse().context("--first-writes")?
             }
             "--in-guest" => o.in_guest = true,
+            "--trace" => o.trace = true,
             // cargo's test runner may pass these; nothing to filter here.
             "--nocapture" | "--test-threads=1" => {}
             "-h" | "--help" => {
-                println!("usage: scripts/bench [--rounds N (1-3)] [--json FILE] [--idle SECS] [--iops-secs SECS] [--first-writes N]");
+                println!("usage: scripts/bench [--rounds N (1-3)] [--json FILE] [--idle SECS] [--iops-secs SECS] [--first-writes N] [--trace]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument '{other}' (see --help)"),
@@ -112,9 +115,16 @@ fn host(o: &Opts) -> Result<()> {
     std::fs::create_dir_all(&work).context("target/tmp/bench")?;
     let initramfs = work.join("base.cpio");
     let mut build = Command::new(root.join("scripts/guest"));
-    build.arg("build").arg(&initramfs).arg(&me).arg(&ctl).arg(&mon);
-    if let Some(m) = which("mdmon") {
-        build.arg(m);
+    build
+        .arg("build")
+        .arg(&initramfs)
+        .arg(&me)
+        .arg(&ctl)
+        .arg(&mon);
+    for extra in ["mdmon", "strace"] {
+        if let Some(m) = which(extra) {
+            build.arg(m);
+        }
     }
     let st = build.status().context("scripts/guest build")?;
     if !st.success() {
@@ -153,8 +163,14 @@ fn host(o: &Opts) -> Result<()> {
         .arg(o.iops_secs.to_string())
         .arg("--first-writes")
         .arg(o.first_writes.to_string());
+    if o.trace {
+        run.arg("--trace");
+    }
     let t0 = Instant::now();
-    let mut child = run.stdout(Stdio::piped()).spawn().context("scripts/guest run")?;
+    let mut child = run
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("scripts/guest run")?;
     let out = child.stdout.take().context("guest stdout")?;
     let mut records = Vec::new();
     let mut guest_kernel = String::new();
@@ -177,7 +193,10 @@ fn host(o: &Opts) -> Result<()> {
     let wall = t0.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&work);
     if records.is_empty() {
-        bail!("the guest reported no results ({st}); console in {}", log.display());
+        bail!(
+            "the guest reported no results ({st}); console in {}",
+            log.display()
+        );
     }
     let medians = summarise(&records);
     print_table(&medians);
@@ -216,10 +235,16 @@ fn which(b: &str) -> Option<PathBuf> {
 
 /// The metrics of a record, by name, in table order.
 const METRICS: [(&str, &str); 16] = [
-    ("readd_written_over_dirty", "re-add after 10 % scattered writes: written / dirty"),
+    (
+        "readd_written_over_dirty",
+        "re-add after 10 % scattered writes: written / dirty",
+    ),
     ("readd_secs", "re-add: add -> rebuilt, s"),
     ("readd_start_secs", "re-add: add -> recovery seen, s"),
-    ("first_write_median_ms", "first 4 KiB O_DIRECT|O_SYNC write after clean: median, ms"),
+    (
+        "first_write_median_ms",
+        "first 4 KiB O_DIRECT|O_SYNC write after clean: median, ms",
+    ),
     ("first_write_max_ms", "first write after clean: max, ms"),
     ("iops_seq", "4 KiB QD1 O_DIRECT write IOPS, seq"),
     ("iops_rand", "4 KiB QD1 O_DIRECT write IOPS, rand"),
@@ -227,7 +252,10 @@ const METRICS: [(&str, &str); 16] = [
     ("daemon_rss_kib", "daemon VmRSS, KiB"),
     ("daemon_lck_kib", "daemon VmLck, KiB"),
     ("daemon_threads", "daemon threads"),
-    ("daemon_cpu_ms_during_iops", "daemon CPU during the IOPS runs, ms"),
+    (
+        "daemon_cpu_ms_during_iops",
+        "daemon CPU during the IOPS runs, ms",
+    ),
     ("daemon_wakeups_idle", "daemon context switches while idle"),
     ("idle_secs", "idle window, s"),
     ("create_secs", "create + start, s"),
@@ -268,7 +296,10 @@ fn summarise(records: &[Value]) -> Value {
             };
             m.insert(name.into(), x.map_or(Value::Null, |x| json!(x)));
         }
-        let errs: Vec<Value> = mine.iter().filter_map(|r| r.get("error").cloned()).collect();
+        let errs: Vec<Value> = mine
+            .iter()
+            .filter_map(|r| r.get("error").cloned())
+            .collect();
         if !errs.is_empty() {
             m.insert("errors".into(), Value::Array(errs));
         }
@@ -307,7 +338,9 @@ fn print_table(m: &Value) {
             .map(|k| {
                 let v = &m[*k][name];
                 match (v.as_f64(), base) {
-                    (Some(x), Some(b)) if b != 0.0 && *k != "mdadm12_bitmap" && name != "idle_secs" => {
+                    (Some(x), Some(b))
+                        if b != 0.0 && *k != "mdadm12_bitmap" && name != "idle_secs" =>
+                    {
                         format!("{} ({:.2}×)", fmt(v), x / b)
                     }
                     _ => fmt(v),
@@ -331,23 +364,27 @@ fn sh(cmd: &str) -> Result<String> {
 }
 
 fn sh_env(cmd: &str, env: &[(&str, &str)]) -> Result<String> {
+    // Output goes to a file, not a pipe: a daemon the command forks (mdmon)
+    // keeps its inherited descriptors, and a pipe would never reach EOF.
+    // Every command is bounded (busybox timeout).
+    let out_path = "/tmp/bench-sh.out";
     let mut c = Command::new("/bin/sh");
-    c.arg("-c").arg(cmd).env("MDADM_NO_MDMON", "1");
+    c.arg("-c")
+        .arg(format!(
+            "timeout 300 /bin/sh -c '{}' >{out_path} 2>&1 </dev/null",
+            cmd.replace('\'', "'\\''")
+        ))
+        .env("MDADM_NO_MDMON", "1");
     for (k, v) in env {
         c.env(k, v);
     }
     if env.iter().any(|(k, _)| *k == "IMSM_NO_PLATFORM") {
         c.env_remove("MDADM_NO_MDMON");
     }
-    let o = c.output().with_context(|| cmd.to_string())?;
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    if !o.status.success() {
-        bail!(
-            "`{cmd}` failed ({}): {}{}",
-            o.status,
-            out.trim(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        );
+    let st = c.status().with_context(|| cmd.to_string())?;
+    let out = std::fs::read_to_string(out_path).unwrap_or_default();
+    if !st.success() {
+        bail!("`{cmd}` failed ({st}): {}", out.trim());
     }
     Ok(out)
 }
@@ -470,9 +507,13 @@ impl Kind {
                 self.sh(&format!(
                     "mdadm --create /dev/md100 --run --metadata=imsm --raid-devices=2 /dev/{a} /dev/{b} 2>&1"
                 ))?;
-                let base = "mdadm --create /dev/md101 --run --level=1 --raid-devices=2 --assume-clean";
+                let base =
+                    "mdadm --create /dev/md101 --run --level=1 --raid-devices=2 --assume-clean";
                 for (opt, what) in [
-                    ("--bitmap=internal --bitmap-chunk=1M", "imsm internal, 1 MiB"),
+                    (
+                        "--bitmap=internal --bitmap-chunk=1M",
+                        "imsm internal, 1 MiB",
+                    ),
                     ("--bitmap=internal", "imsm internal, default chunk"),
                     ("", "none (IMSM bitmap refused)"),
                 ] {
@@ -490,7 +531,11 @@ impl Kind {
     fn daemon_pid(&self) -> Option<u32> {
         let p = match self.name {
             "mdext" => read("/run/mdext/mdextmon.pid").ok()?,
-            "imsm_mdmon" => sh("pidof mdmon").ok()?.split_whitespace().next()?.to_string(),
+            "imsm_mdmon" => sh("pidof mdmon")
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .to_string(),
             _ => return None,
         };
         p.trim().parse().ok()
@@ -501,20 +546,26 @@ impl Kind {
         match self.name {
             "mdext" => {
                 self.sh(&format!("mdextctl fail {md} /dev/{b}"))?;
-                wait("the failed member to be detached", Duration::from_secs(30), || {
-                    (!Path::new(&format!("/sys/block/{md}/md/dev-{b}")).exists()).then_some(())
-                })?;
+                wait(
+                    "the failed member to be detached",
+                    Duration::from_secs(30),
+                    || (!Path::new(&format!("/sys/block/{md}/md/dev-{b}")).exists()).then_some(()),
+                )?;
                 self.sh(&format!("mdextctl remove {md} /dev/{b}"))?;
             }
             "imsm_mdmon" => {
                 self.sh(&format!("mdadm /dev/{md} --fail /dev/{b} 2>&1"))?;
-                wait("mdmon to detach the failed member", Duration::from_secs(30), || {
-                    (!Path::new(&format!("/sys/block/{md}/md/dev-{b}")).exists()).then_some(())
-                })?;
+                wait(
+                    "mdmon to detach the failed member",
+                    Duration::from_secs(30),
+                    || (!Path::new(&format!("/sys/block/{md}/md/dev-{b}")).exists()).then_some(()),
+                )?;
                 self.sh(&format!("mdadm /dev/md100 --remove /dev/{b} 2>&1"))?;
             }
             _ => {
-                self.sh(&format!("mdadm /dev/{md} --fail /dev/{b} --remove /dev/{b} 2>&1"))?;
+                self.sh(&format!(
+                    "mdadm /dev/{md} --fail /dev/{b} --remove /dev/{b} 2>&1"
+                ))?;
             }
         }
         Ok(())
@@ -584,8 +635,14 @@ fn daemon_counters(pid: u32) -> (f64, u64) {
         for t in rd.flatten() {
             let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
             for l in st.lines() {
-                if l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches") {
-                    sw += l.split_whitespace().nth(1).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+                if l.starts_with("voluntary_ctxt_switches")
+                    || l.starts_with("nonvoluntary_ctxt_switches")
+                {
+                    sw += l
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|x| x.parse::<u64>().ok())
+                        .unwrap_or(0);
                 }
             }
         }
@@ -607,7 +664,9 @@ fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
     let t0 = Instant::now();
     let bitmap = k.create()?;
     rec.insert("bitmap".into(), json!(bitmap));
-    let md = wait("the array to appear", Duration::from_secs(30), || md_of(&k.disks[0]).ok())?;
+    let md = wait("the array to appear", Duration::from_secs(30), || {
+        md_of(&k.disks[0]).ok()
+    })?;
     rec.insert("md".into(), json!(md));
     wait_clean(&md)?;
     rec.insert("create_secs".into(), json!(t0.elapsed().as_secs_f64()));
@@ -633,11 +692,22 @@ fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
     }
     drop(f);
     rec.insert("first_write_ms".into(), json!(lat));
-    rec.insert("first_write_median_ms".into(), json!(median(&mut lat.clone())));
+    rec.insert(
+        "first_write_median_ms".into(),
+        json!(median(&mut lat.clone())),
+    );
     rec.insert(
         "first_write_max_ms".into(),
         json!(lat.iter().copied().reduce(f64::max)),
     );
+
+    if o.trace && rec["round"] == 1 {
+        if let Some(pid) = k.daemon_pid() {
+            if let Err(e) = trace_first_write(&md, &dev, pid) {
+                println!("bench: trace: {e:#}");
+            }
+        }
+    }
 
     // QD1 IOPS, then write end -> clean.
     let pid = k.daemon_pid();
@@ -650,7 +720,11 @@ fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
         let limit = Duration::from_secs(o.iops_secs);
         let mut n = 0u64;
         while t.elapsed() < limit {
-            let blk = if mode == "seq" { n % blocks } else { rng.next() % blocks };
+            let blk = if mode == "seq" {
+                n % blocks
+            } else {
+                rng.next() % blocks
+            };
             f.write_at(buf.get(), blk * 4096)?;
             n += 1;
         }
@@ -664,7 +738,10 @@ fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
         rec.insert("daemon_cpu_ms_during_iops".into(), json!(c1.0 - c0.0));
     }
     rec.insert("write_end_to_clean_all".into(), json!(to_clean));
-    rec.insert("write_end_to_clean_secs".into(), json!(median(&mut to_clean)));
+    rec.insert(
+        "write_end_to_clean_secs".into(),
+        json!(median(&mut to_clean)),
+    );
 
     // Footprint and idle wakeups.
     if let Some(p) = pid {
@@ -723,9 +800,40 @@ fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
     Ok(())
 }
 
+/// strace the daemon (all threads, times per call) across one first write
+/// after clean; the trace goes to the console with a MDEXT-TRACE prefix.
+/// Separate from the timed writes: ptrace slows every call it sees.
+fn trace_first_write(md: &str, dev: &str, pid: u32) -> Result<()> {
+    let tr = format!("/tmp/trace.{pid}");
+    sh(&format!(
+        "(strace -f -tt -T -s 64 -o {tr} -p {pid} >/dev/null 2>&1 &) ; sleep 2"
+    ))?;
+    for seed in 0..2u8 {
+        wait_clean(md)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let f = open_direct(dev, true)?;
+        let t = Instant::now();
+        f.write_at(Buf::new(seed).get(), 4096 * (7 + u64::from(seed)))?;
+        println!(
+            "MDEXT-TRACE write {} returned after {:.3} ms (under strace)",
+            seed,
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        wait_clean(md)?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = sh("kill $(pidof strace)");
+    std::thread::sleep(Duration::from_millis(500));
+    for l in std::fs::read_to_string(&tr).unwrap_or_default().lines() {
+        println!("MDEXT-TRACE {l}");
+    }
+    Ok(())
+}
+
 fn guest(o: &Opts) -> Result<()> {
     // mdadm looks for mdmon in /sbin.
-    let _ = sh("[ -e /bin/mdmon ] && ln -sf /bin/mdmon /sbin/mdmon; mkdir -p /run/mdadm /run/mdext");
+    let _ =
+        sh("[ -e /bin/mdmon ] && ln -sf /bin/mdmon /sbin/mdmon; mkdir -p /run/mdadm /run/mdext");
     let mut disks: Vec<String> = std::fs::read_dir("/sys/block")?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().to_string())
@@ -756,7 +864,12 @@ fn guest(o: &Opts) -> Result<()> {
                 },
             };
             next += 2;
-            println!("bench: round {} {name} on {} {}", round + 1, k.disks[0], k.disks[1]);
+            println!(
+                "bench: round {} {name} on {} {}",
+                round + 1,
+                k.disks[0],
+                k.disks[1]
+            );
             let mut rec = Map::new();
             rec.insert("kind".into(), json!(name));
             rec.insert("round".into(), json!(round + 1));
