@@ -612,10 +612,29 @@ impl Kind {
 
 fn wait_clean(md: &str) -> Result<f64> {
     let t0 = Instant::now();
-    wait(&format!("{md} clean"), Duration::from_secs(60), || {
-        (md_attr(md, "array_state") == "clean").then_some(())
-    })?;
+    let mut last = String::new();
+    let r = wait(&format!("{md} clean"), Duration::from_secs(60), || {
+        last = md_attr(md, "array_state");
+        (last == "clean").then_some(())
+    });
+    r.with_context(|| format!("array_state of {md} stayed '{last}'"))?;
     Ok(t0.elapsed().as_secs_f64())
+}
+
+/// After create: an external-metadata array may start `read-auto` until its
+/// first write (mdmon's IMSM volumes do); one write and the wait for
+/// `clean` follow.
+fn wait_started(md: &str, dev: &str) -> Result<()> {
+    wait(&format!("{md} to start"), Duration::from_secs(60), || {
+        let s = md_attr(md, "array_state");
+        (s == "clean" || s == "read-auto" || s == "active").then_some(())
+    })?;
+    if md_attr(md, "array_state") == "read-auto" {
+        let f = open_direct(dev, true)?;
+        f.write_at(Buf::new(1).get(), 0)?;
+    }
+    wait_clean(md)?;
+    Ok(())
 }
 
 /// (utime + stime in ms, context switches over all threads)
@@ -668,7 +687,7 @@ fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
         md_of(&k.disks[0]).ok()
     })?;
     rec.insert("md".into(), json!(md));
-    wait_clean(&md)?;
+    wait_started(&md, &format!("/dev/{md}"))?;
     rec.insert("create_secs".into(), json!(t0.elapsed().as_secs_f64()));
     let dev = format!("/dev/{md}");
     let sectors: u64 = md_attr(&md, "../size").parse().context("array size")?;
@@ -877,7 +896,10 @@ fn guest(o: &Opts) -> Result<()> {
             if let Err(e) = run_kind(&k, o, &mut rec) {
                 println!("bench: {name} round {}: {e:#}", round + 1);
                 rec.insert("error".into(), json!(format!("{e:#}")));
-                let _ = sh("cat /proc/mdstat");
+                println!(
+                    "{}",
+                    sh("cat /proc/mdstat; ps | grep -e mdmon -e mdextmon").unwrap_or_default()
+                );
                 // Leave nothing running for the next kind.
                 let _ = sh("mdadm --stop --scan 2>&1; mdextctl stop --help >/dev/null 2>&1");
             }
