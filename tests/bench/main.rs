@@ -191,7 +191,6 @@ fn host(o: &Opts) -> Result<()> {
     }
     let st = child.wait()?;
     let wall = t0.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(&work);
     if records.is_empty() {
         bail!(
             "the guest reported no results ({st}); console in {}",
@@ -220,6 +219,9 @@ fn host(o: &Opts) -> Result<()> {
             .with_context(|| p.display().to_string())?;
         println!("bench: results in {}", p.display());
     }
+    // Last: on a filesystem mounted with discard, deleting the images
+    // takes a while.
+    let _ = std::fs::remove_dir_all(&work);
     if !st.success() {
         bail!("guest ended with {st}; console in {}", log.display());
     }
