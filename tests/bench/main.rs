@@ -245,7 +245,7 @@ const METRICS: [(&str, &str); 16] = [
     ("readd_start_secs", "re-add: add -> recovery seen, s"),
     (
         "first_write_median_ms",
-        "first 4 KiB O_DIRECT|O_SYNC write after clean: median, ms",
+        "first 4 KiB O_DIRECT\\|O_SYNC write after clean: median, ms",
     ),
     ("first_write_max_ms", "first write after clean: max, ms"),
     ("iops_seq", "4 KiB QD1 O_DIRECT write IOPS, seq"),
