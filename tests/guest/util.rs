@@ -248,3 +248,17 @@ pub fn md5(p: &Path) -> Result<String> {
         .unwrap_or_default()
         .to_string())
 }
+
+/// The daemon's answer to a ping on the default run directory, if it
+/// answers.
+pub fn pong() -> Option<mdext::control::Pong> {
+    mdext::control::ping(Path::new("/run/mdext"), Duration::from_secs(2)).ok()
+}
+
+/// Whether `pid` runs (a zombie has exited).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with(['Z', 'X']))
+    })
+}

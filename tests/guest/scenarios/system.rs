@@ -32,7 +32,7 @@ const HANDOVER_BOUND: Duration = Duration::from_secs(10);
 const KILL_BOUND: Duration = Duration::from_secs(30);
 
 /// The md device the root filesystem is mounted from.
-fn root_md() -> Result<MdDev> {
+pub(super) fn root_md() -> Result<MdDev> {
     let src = sh("findmnt -n -o SOURCE /")?;
     let src = src.trim();
     let name = Path::new(src)
@@ -60,7 +60,7 @@ fn daemon_pid() -> Result<u32> {
 
 /// Write `mib` MiB to `path` in 64 KiB O_DSYNC writes; the longest single
 /// write and the data's checksum source.
-fn timed_writes(path: &Path, mib: usize, seed: u64) -> Result<Duration> {
+pub(super) fn timed_writes(path: &Path, mib: usize, seed: u64) -> Result<Duration> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -78,7 +78,7 @@ fn timed_writes(path: &Path, mib: usize, seed: u64) -> Result<Duration> {
     Ok(longest)
 }
 
-fn verify_file(path: &Path, mib: usize, seed: u64) -> Result<()> {
+pub(super) fn verify_file(path: &Path, mib: usize, seed: u64) -> Result<()> {
     // Out of the page cache, so the bytes come from the array.
     sh("sync; echo 3 > /proc/sys/vm/drop_caches")?;
     let data = std::fs::read(path).with_context(|| path.display().to_string())?;
@@ -479,7 +479,7 @@ fn verify_paced(path: &Path) -> Result<()> {
 
 /// After `poweroff`: both root members' metadata reads clean, from the
 /// host (mdextctl examine works on image files).
-fn root_clean_on_host(h: &HostCheck) -> Result<()> {
+pub(super) fn root_clean_on_host(h: &HostCheck) -> Result<()> {
     examine_clean(h, &h.disks[..2])
 }
 

@@ -5,14 +5,11 @@
 //! initrd's daemon runs in `mdextmon-initrd.service`, survives the switch
 //! to the real root and is taken over by `mdextmon.service`.
 
-use crate::harness::{Ends, HostCheck, Phase, SystemScenario};
+use super::system::{root_clean_on_host, root_md, timed_writes, verify_file};
+use crate::harness::{Ends, Phase, SystemScenario};
 use crate::util::*;
-use anyhow::{bail, ensure, Context, Result};
-use mdext::sysfs::MdDev;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 pub static ROOT_BOOT_DRACUT: SystemScenario = SystemScenario {
     name: "systemd_dracut_root_on_mdext_raid1_takeover_poweroff",
@@ -31,21 +28,6 @@ fn sysctl_prop(unit: &str, prop: &str) -> Result<String> {
     Ok(sh(&format!("systemctl show -p {prop} --value {unit}"))?
         .trim()
         .to_string())
-}
-
-/// The md device the root filesystem is mounted from.
-fn root_md() -> Result<MdDev> {
-    let src = sh("findmnt -n -o SOURCE /")?;
-    let src = src.trim();
-    let name = Path::new(src)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("root source {src:?}"))?;
-    ensure!(
-        name.starts_with("md"),
-        "the root filesystem is on {src}, not an md array"
-    );
-    Ok(sysfs().md(name))
 }
 
 fn root_boot() -> Result<()> {
@@ -201,79 +183,5 @@ fn root_boot() -> Result<()> {
     let mism = check_mismatches(&md)?;
     println!("check scrub of the root array: mismatch_cnt {mism}");
     ensure!(mism == 0, "root array check: mismatch_cnt {mism}");
-    Ok(())
-}
-
-/// Write `mib` MiB to `path` in 64 KiB O_DSYNC writes; the longest write.
-fn timed_writes(path: &Path, mib: usize, seed: u64) -> Result<Duration> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .custom_flags(nix::libc::O_DSYNC)
-        .open(path)
-        .with_context(|| path.display().to_string())?;
-    let mut longest = Duration::ZERO;
-    for i in 0..(mib * 16) as u64 {
-        let buf = pattern(seed + i, 64 << 10);
-        let t = Instant::now();
-        f.write_all(&buf)?;
-        longest = longest.max(t.elapsed());
-    }
-    Ok(longest)
-}
-
-fn verify_file(path: &Path, mib: usize, seed: u64) -> Result<()> {
-    sh("sync; echo 3 > /proc/sys/vm/drop_caches")?;
-    let data = std::fs::read(path).with_context(|| path.display().to_string())?;
-    ensure!(
-        data.len() == mib << 20,
-        "{} is {} bytes",
-        path.display(),
-        data.len()
-    );
-    for (i, c) in data.chunks(64 << 10).enumerate() {
-        ensure!(
-            c == pattern(seed + i as u64, 64 << 10).as_slice(),
-            "{}: 64 KiB block {i} reads back wrong",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-/// After `poweroff`: both root members read clean from the host, at the
-/// same event count (mdextctl examine works on image files).
-fn root_clean_on_host(h: &HostCheck) -> Result<()> {
-    let mut events = Vec::new();
-    for d in &h.disks[..2] {
-        let o = std::process::Command::new(h.mdextctl)
-            .arg("examine")
-            .arg("--json")
-            .arg(d)
-            .output()?;
-        ensure!(
-            o.status.success(),
-            "examine {}: {}",
-            d.display(),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
-        let m = &v[0];
-        let state = m["state"].as_str().unwrap_or("?");
-        println!(
-            "    host: {} state {state}, events {}",
-            d.display(),
-            m["events"]
-        );
-        if state != "clean" {
-            bail!("{} records the array {state} after poweroff", d.display());
-        }
-        events.push(m["events"].as_u64().context("events")?);
-    }
-    ensure!(
-        events.windows(2).all(|w| w[0] == w[1]),
-        "members disagree on events: {events:?}"
-    );
     Ok(())
 }
