@@ -22,8 +22,14 @@ fn json_u64(v: &serde_json::Value, k: &str) -> Result<u64> {
 }
 
 /// The chunks set in `dev`'s bitmap area (`len` bytes at sector 16).
+/// The external bitmap region's set bits (format 2 puts the region after
+/// md's region at sector 8, whose size depends on the chunk count).
 fn bits_on(dev: &Path, len: usize) -> Result<Vec<u64>> {
-    Ok(set_bits(&read_direct(dev, 16 * 512, len)?))
+    Ok(set_bits(&read_direct(dev, bitmap_at(dev)?, len)?))
+}
+
+fn bitmap_at(dev: &Path) -> Result<u64> {
+    Ok(json_u64(&examine(dev)?["bitmap"], "offset_sectors")? * 512)
 }
 
 /// Wait for a rebuild to end and mdextmon to allow clearing again.
@@ -122,7 +128,7 @@ fn long_dirty_list() -> Result<()> {
         dirty.len()
     );
     let list_bytes = mdext::bitmap::ranges_to_set_bits(&mdext::bitmap::dirty_ranges(
-        &read_direct(a, 16 * 512, bitmap_len)?,
+        &read_direct(a, bitmap_at(a)?, bitmap_len)?,
         chunks,
     ))
     .len();
