@@ -798,9 +798,10 @@ pub fn ensure_daemon(run_dir: &Path, mdextmon: &Path) -> Result<(), CtlError> {
     spawn_daemon(run_dir, mdextmon)
 }
 
-/// `systemctl start mdextmon.service`, then confirm the daemon answers.
+/// `systemctl start mdextmon.service` (`mdextmon-initrd.service` in an
+/// initrd), then confirm the daemon answers.
 fn start_unit(run_dir: &Path) -> Result<(), CtlError> {
-    let unit = crate::service::UNIT;
+    let unit = crate::service::unit(crate::service::in_initrd());
     let out = std::process::Command::new("systemctl")
         .args(["start", unit])
         .stdin(std::process::Stdio::null())

@@ -27,10 +27,34 @@ pub const START_ENV: &str = "MDEXT_DAEMON_START";
 /// The unit `mdextctl` asks systemd to start.
 pub const UNIT: &str = "mdextmon.service";
 
+/// The unit `mdextctl` asks systemd to start in an initrd that runs
+/// systemd (dracut): the daemon that serves the root array across the
+/// switch to the real root, where `mdextmon.service` takes it over.
+pub const INITRD_UNIT: &str = "mdextmon-initrd.service";
+
+/// The file every initrd has (systemd's initrd interface): its presence
+/// tells an initrd from the real root.
+pub const INITRD_RELEASE: &str = "/etc/initrd-release";
+
+/// The unit to start: [`INITRD_UNIT`] in an initrd, [`UNIT`] elsewhere.
+pub fn unit(in_initrd: bool) -> &'static str {
+    if in_initrd {
+        INITRD_UNIT
+    } else {
+        UNIT
+    }
+}
+
+/// Whether this runs in an initrd ([`INITRD_RELEASE`] exists).
+pub fn in_initrd() -> bool {
+    std::path::Path::new(INITRD_RELEASE).exists()
+}
+
 /// How the daemon gets started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartBy {
-    /// `systemctl start mdextmon.service`.
+    /// `systemctl start mdextmon.service` (`mdextmon-initrd.service` in
+    /// an initrd).
     Systemd,
     /// Spawned directly (no service manager: an initramfs without systemd,
     /// the test guests).
@@ -220,6 +244,12 @@ pub fn status_line(arrays: &[ArrayStatus], stopping: bool, in_use: &[String]) ->
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn initrd_starts_the_initrd_unit() {
+        assert_eq!(super::unit(true), "mdextmon-initrd.service");
+        assert_eq!(super::unit(false), "mdextmon.service");
+    }
+
     use super::*;
     use crate::meta::MemberState;
     use crate::status::KernelState;

@@ -37,6 +37,9 @@ pub struct SystemScenario {
     /// Sizes in MiB of raw images on a virtio-scsi controller (sda, ...):
     /// disks the guest can hot-remove and rescan.
     pub scsi: &'static [u64],
+    /// SCSI disks (phase name, index into `scsi`) left out of that phase's
+    /// boot: a member missing when the machine comes up.
+    pub absent: &'static [(&'static str, usize)],
     /// More kernel command line (e.g. `mdext.writer`: the early writer
     /// unit runs across the daemon's handover).
     pub cmdline: &'static str,
@@ -50,6 +53,8 @@ pub struct SystemScenario {
 pub struct HostCheck<'a> {
     pub mdextctl: &'a Path,
     pub disks: &'a [PathBuf],
+    /// The serial console of the last phase (its poweroff included).
+    pub console: &'a Path,
 }
 
 fn find(name: &str) -> Option<&'static [Phase]> {
@@ -59,6 +64,12 @@ fn find(name: &str) -> Option<&'static [Phase]> {
         .map(|s| s.phases)
         .or_else(|| {
             crate::scenarios::SYSTEM
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.phases)
+        })
+        .or_else(|| {
+            crate::scenarios::SYSTEM_DRACUT
                 .iter()
                 .find(|s| s.name == name)
                 .map(|s| s.phases)
@@ -179,6 +190,12 @@ fn copy_sparse(from: &Path, to: &Path) -> Result<(), String> {
 
 /// Build the systemd guest (root tree, initramfs, root array templates).
 fn build_system(paths: &Paths, out: &Path) -> Result<(), String> {
+    build_system_variant(paths, out, None)
+}
+
+/// Build the systemd guest with the initramfs of `variant` (`dracut`;
+/// None: initramfs-tools).
+fn build_system_variant(paths: &Paths, out: &Path, variant: Option<&str>) -> Result<(), String> {
     let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let bindir = paths
         .mdextctl
@@ -189,6 +206,7 @@ fn build_system(paths: &Paths, out: &Path) -> Result<(), String> {
         .arg(out)
         .arg(bindir)
         .arg(&me)
+        .args(variant)
         .status()
         .map_err(|e| format!("scripts/sysguest build: {e}"))?;
     if !st.success() {
@@ -218,8 +236,10 @@ fn run_system_scenario(
             .map_err(|e| format!("{}: {e}", p.display()))?;
         scsi.push(p);
     }
+    let mut last_log = PathBuf::new();
     for p in s.phases {
         let log = logs.join(format!("{}-{}.log", s.name, p.name));
+        last_log = log.clone();
         let mut c = Command::new(paths.root.join("scripts/sysguest"));
         c.arg("run").arg(sys).arg("--log").arg(&log);
         c.arg("--append").arg(s.cmdline);
@@ -228,8 +248,10 @@ fn run_system_scenario(
         for d in &disks {
             c.arg("--disk").arg(d);
         }
-        for d in &scsi {
-            c.arg("--scsi").arg(d);
+        for (i, d) in scsi.iter().enumerate() {
+            if !s.absent.contains(&(p.name, i)) {
+                c.arg("--scsi").arg(d);
+            }
         }
         c.arg("--").arg(s.name).arg(p.name);
         let out = c
@@ -244,6 +266,7 @@ fn run_system_scenario(
         after(&HostCheck {
             mdextctl: &paths.mdextctl,
             disks: &all,
+            console: &last_log,
         })
         .map_err(|e| format!("host check after the last phase: {e:#}"))?;
     }
@@ -268,7 +291,15 @@ pub fn run_on_host(args: &[String]) -> i32 {
         .copied()
         .filter(|s| wanted(s.name))
         .collect();
+    let system_dracut: Vec<&SystemScenario> = crate::scenarios::SYSTEM_DRACUT
+        .iter()
+        .copied()
+        .filter(|s| wanted(s.name))
+        .collect();
     if list {
+        for s in &system_dracut {
+            println!("{}: test", s.name);
+        }
         for s in &selected {
             println!("{}: test", s.name);
         }
@@ -277,9 +308,12 @@ pub fn run_on_host(args: &[String]) -> i32 {
         }
         return 0;
     }
-    let filtered = crate::scenarios::ALL.len() + crate::scenarios::SYSTEM.len()
+    let filtered = crate::scenarios::ALL.len()
+        + crate::scenarios::SYSTEM.len()
+        + crate::scenarios::SYSTEM_DRACUT.len()
         - selected.len()
-        - system.len();
+        - system.len()
+        - system_dracut.len();
     let t0 = Instant::now();
     let paths = match Paths::resolve(&crate::paths::Env::current()) {
         Ok(p) => p,
@@ -310,7 +344,7 @@ pub fn run_on_host(args: &[String]) -> i32 {
     };
     println!(
         "\nrunning {} guest tests (kernel {})",
-        selected.len() + system.len(),
+        selected.len() + system.len() + system_dracut.len(),
         kernel_version(&paths)
     );
     let (mut passed, mut failed) = (0, Vec::new());
@@ -363,6 +397,28 @@ pub fn run_on_host(args: &[String]) -> i32 {
         }
         if sys.join("initrd.img").exists() {
             for s in &system {
+                let t = Instant::now();
+                let res = run_system_scenario(&paths, &sys, work.path(), &logs, s);
+                report(s.name, t, res);
+            }
+        }
+    }
+    if !system_dracut.is_empty() {
+        let t = Instant::now();
+        let sys = work.path().join("sysguest-dracut");
+        match build_system_variant(&paths, &sys, Some("dracut")) {
+            Ok(()) => println!(
+                "    systemd guest (dracut initrd) built in {:.1}s",
+                t.elapsed().as_secs_f64()
+            ),
+            Err(e) => {
+                for s in &system_dracut {
+                    report(s.name, t, Err(e.clone()));
+                }
+            }
+        }
+        if sys.join("initrd.img").exists() {
+            for s in &system_dracut {
                 let t = Instant::now();
                 let res = run_system_scenario(&paths, &sys, work.path(), &logs, s);
                 report(s.name, t, res);

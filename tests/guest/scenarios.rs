@@ -13,6 +13,7 @@ mod service;
 mod start_limits;
 mod sysfs_layer;
 mod system;
+mod system_dracut;
 
 pub static ALL: &[&Scenario] = &[
     &sysfs_layer::RAID1_EXTERNAL_BITMAP,
@@ -50,5 +51,9 @@ pub static ALL: &[&Scenario] = &[
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).
 pub static SYSTEM: &[&SystemScenario] = &[&system::ROOT_BOOT, &system::HOTPLUG];
+
+/// Scenarios in the systemd guest whose initrd is made by dracut
+/// (`scripts/sysguest build ... dracut`).
+pub static SYSTEM_DRACUT: &[&SystemScenario] = &[&system_dracut::ROOT_BOOT_DRACUT];
 
 pub use system::writer_service;

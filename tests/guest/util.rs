@@ -263,3 +263,17 @@ pub fn mode_bits(dev: &Path) -> Result<Vec<u64>> {
         Ok(set_bits(&read_direct(dev, at * 512, 4096)?))
     }
 }
+
+/// The daemon's answer to a ping on the default run directory, if it
+/// answers.
+pub fn pong() -> Option<mdext::control::Pong> {
+    mdext::control::ping(Path::new("/run/mdext"), Duration::from_secs(2)).ok()
+}
+
+/// Whether `pid` runs (a zombie has exited).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with(['Z', 'X']))
+    })
+}

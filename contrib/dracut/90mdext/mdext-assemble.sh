@@ -1,8 +1,9 @@
 #!/bin/sh
 # Start the mdext arrays found on the block devices udev knows; with --run,
-# start those with missing members degraded too. mdextctl starts mdextmon,
-# which keeps running across switch-root (its argv[0] starts with '@', so
-# systemd leaves it alone) until mdextmon.service takes it over.
+# start those with missing members degraded too. The daemon is
+# mdextmon-initrd.service (mdextctl starts it if it is not running yet),
+# which keeps running across the switch to the real root until
+# mdextmon.service there takes it over.
 type info >/dev/null 2>&1 || . /lib/dracut-lib.sh
 if [ "$1" = "--run" ]; then
     info "mdext: starting arrays with missing members degraded (last resort)"

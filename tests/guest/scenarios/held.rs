@@ -33,22 +33,9 @@ pub static STOPPED_BY_OTHERS: Scenario = Scenario {
 
 const CHUNK_LEN: usize = 64 << 10;
 const CHUNK: u64 = CHUNK_LEN as u64;
-const RUN: &str = "/run/mdext";
 
 fn md() -> MdDev {
     sysfs().md("md127")
-}
-
-fn pong() -> Option<mdext::control::Pong> {
-    mdext::control::ping(Path::new(RUN), Duration::from_secs(2)).ok()
-}
-
-/// Whether `pid` runs (a zombie has exited).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, r)| !r.trim_start().starts_with(['Z', 'X']))
-    })
 }
 
 /// Spawn `PROGRAM ARGS` with stderr appended to `log`.

@@ -42,22 +42,10 @@ fn md() -> MdDev {
     sysfs().md("md127")
 }
 
-fn pong() -> Option<mdext::control::Pong> {
-    mdext::control::ping(Path::new(RUN), Duration::from_secs(2)).ok()
-}
-
 fn daemon_pid() -> Result<u32> {
     Ok(std::fs::read_to_string(format!("{RUN}/mdextmon.pid"))?
         .trim()
         .parse()?)
-}
-
-/// Whether `pid` runs (a zombie has exited).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, r)| !r.trim_start().starts_with(['Z', 'X']))
-    })
 }
 
 /// Spawn `/bin/mdextmon ARGS` with its stderr appended to `log`; returns

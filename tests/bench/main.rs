@@ -1,0 +1,913 @@
+//! `scripts/bench`: mdext side by side with mdadm's own metadata in one guest.
+//!
+//! Host mode (the default) builds the guest initramfs, makes fresh sparse
+//! disk images (2 × 256 MiB per kind per round), boots one guest with
+//! `scripts/guest run` and this same binary inside it (`--in-guest`),
+//! collects one JSON record per kind and round from the console, prints a
+//! table of medians with ratios to mdadm 1.2 + internal bitmap and writes
+//! the records and medians as JSON.
+//!
+//! Guest mode runs, for each round, every kind in a rotated order (so noise
+//! falls on all alike): create on its two fresh disks, first 4 KiB
+//! O_DIRECT|O_SYNC write after the array went clean, 4 KiB QD1 O_DIRECT write
+//! IOPS (sequential and random) with the time from the last write to
+//! `clean`, daemon footprint and idle wakeups, then fail + remove a member,
+//! 10 % scattered writes, re-add and rebuild: sectors written to the
+//! returning member over the dirty sectors, and the times.
+//!
+//! Speed is reported, never asserted: this is not a test and is not part of
+//! `cargo test --test guest`.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Map, Value};
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KINDS: [&str; 4] = ["mdadm12_bitmap", "mdadm12_nobitmap", "imsm_mdmon", "mdext"];
+const DISK_MIB: u64 = 256;
+const CHUNK: u64 = 1 << 20;
+const MARK: &str = "MDEXT-BENCH ";
+
+#[derive(Clone, Debug)]
+struct Opts {
+    rounds: usize,
+    json: Option<PathBuf>,
+    idle: u64,
+    iops_secs: u64,
+    first_writes: usize,
+    trace: bool,
+    in_guest: bool,
+}
+
+fn parse_args() -> Result<Opts> {
+    let mut o = Opts {
+        rounds: 3,
+        json: None,
+        idle: 30,
+        iops_secs: 5,
+        first_writes: 5,
+        trace: false,
+        in_guest: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--rounds" => o.rounds = val("--rounds")?.parse().context("--rounds")?,
+            "--json" => o.json = Some(PathBuf::from(val("--json")?)),
+            "--idle" => o.idle = val("--idle")?.parse().context("--idle")?,
+            "--iops-secs" => o.iops_secs = val("--iops-secs")?.parse().context("--iops-secs")?,
+            "--first-writes" => {
+                o.first_writes = val("--first-writes")?.parse().context("--first-writes")?
+            }
+            "--in-guest" => o.in_guest = true,
+            "--trace" => o.trace = true,
+            // cargo's test runner may pass these; nothing to filter here.
+            "--nocapture" | "--test-threads=1" => {}
+            "-h" | "--help" => {
+                println!("usage: scripts/bench [--rounds N (1-3)] [--json FILE] [--idle SECS] [--iops-secs SECS] [--first-writes N] [--trace]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument '{other}' (see --help)"),
+        }
+    }
+    if !(1..=3).contains(&o.rounds) {
+        bail!(
+            "--rounds {}: 1 to 3 (each round takes 8 fresh virtio disks; the guest's PCI bus holds 24)",
+            o.rounds
+        );
+    }
+    Ok(o)
+}
+
+fn main() {
+    let r = parse_args().and_then(|o| if o.in_guest { guest(&o) } else { host(&o) });
+    if let Err(e) = r {
+        eprintln!("bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------- host side
+
+fn host(o: &Opts) -> Result<()> {
+    let me = std::env::current_exe().context("current_exe")?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // target/<profile>/deps/bench-HASH -> target/<profile>/
+    let bindir = me
+        .parent()
+        .and_then(Path::parent)
+        .context("binary directory")?
+        .to_path_buf();
+    let ctl = bindir.join("mdextctl");
+    let mon = bindir.join("mdextmon");
+    for b in [&ctl, &mon] {
+        if !b.exists() {
+            bail!("{} missing (cargo build --release)", b.display());
+        }
+    }
+    let work = root.join("target/tmp/bench");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).context("target/tmp/bench")?;
+    let initramfs = work.join("base.cpio");
+    let mut build = Command::new(root.join("scripts/guest"));
+    build
+        .arg("build")
+        .arg(&initramfs)
+        .arg(&me)
+        .arg(&ctl)
+        .arg(&mon);
+    for extra in ["mdmon", "strace"] {
+        if let Some(m) = which(extra) {
+            build.arg(m);
+        }
+    }
+    let st = build.status().context("scripts/guest build")?;
+    if !st.success() {
+        bail!("scripts/guest build failed: {st}");
+    }
+    let kver = std::fs::read_to_string(work.join("base.cpio.kver")).unwrap_or_default();
+    let mut disks = Vec::new();
+    for i in 0..o.rounds * KINDS.len() * 2 {
+        let p = work.join(format!("disk{i:02}.img"));
+        let f = std::fs::File::create(&p).with_context(|| p.display().to_string())?;
+        f.set_len(DISK_MIB << 20)?;
+        disks.push(p);
+    }
+    std::fs::create_dir_all(root.join("target/guest-logs"))?;
+    let log = root.join("target/guest-logs/bench.log");
+    let name = me.file_name().and_then(|n| n.to_str()).unwrap_or("bench");
+    let mut run = Command::new(root.join("scripts/guest"));
+    run.arg("run")
+        .arg("--initramfs")
+        .arg(&initramfs)
+        .arg("--timeout")
+        .arg("3000")
+        .arg("--log")
+        .arg(&log);
+    for d in &disks {
+        run.arg("--disk").arg(d);
+    }
+    run.arg("--")
+        .arg(format!("/bin/{name}"))
+        .arg("--in-guest")
+        .arg("--rounds")
+        .arg(o.rounds.to_string())
+        .arg("--idle")
+        .arg(o.idle.to_string())
+        .arg("--iops-secs")
+        .arg(o.iops_secs.to_string())
+        .arg("--first-writes")
+        .arg(o.first_writes.to_string());
+    if o.trace {
+        run.arg("--trace");
+    }
+    let t0 = Instant::now();
+    let mut child = run
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("scripts/guest run")?;
+    let out = child.stdout.take().context("guest stdout")?;
+    let mut records = Vec::new();
+    let mut guest_kernel = String::new();
+    for line in BufReader::new(out).lines() {
+        let line = line.unwrap_or_default();
+        let line = line.trim_end_matches('\r');
+        if let Some(j) = line.find(MARK) {
+            match serde_json::from_str::<Value>(&line[j + MARK.len()..]) {
+                Ok(v) => records.push(v),
+                Err(e) => eprintln!("bench: unreadable record ({e}): {line}"),
+            }
+        } else {
+            if let Some(k) = line.split("kernel=").nth(1) {
+                guest_kernel = k.split_whitespace().next().unwrap_or("").to_string();
+            }
+            println!("{line}");
+        }
+    }
+    let st = child.wait()?;
+    let wall = t0.elapsed().as_secs_f64();
+    if records.is_empty() {
+        bail!(
+            "the guest reported no results ({st}); console in {}",
+            log.display()
+        );
+    }
+    let medians = summarise(&records);
+    print_table(&medians);
+    let doc = json!({
+        "kernel": if guest_kernel.is_empty() { kver.trim().to_string() } else { guest_kernel },
+        "rounds": o.rounds,
+        "disk_mib": DISK_MIB,
+        "bitmap_chunk": CHUNK,
+        "idle_secs": o.idle,
+        "iops_secs": o.iops_secs,
+        "guest_exit": st.code(),
+        "guest_wall_secs": wall,
+        "host_cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "date": Command::new("date").arg("-u").arg("+%Y-%m-%dT%H:%M:%SZ").output().ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        "medians": medians,
+        "records": records,
+    });
+    if let Some(p) = &o.json {
+        std::fs::write(p, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| p.display().to_string())?;
+        println!("bench: results in {}", p.display());
+    }
+    // Last: on a filesystem mounted with discard, deleting the images
+    // takes a while.
+    let _ = std::fs::remove_dir_all(&work);
+    if !st.success() {
+        bail!("guest ended with {st}; console in {}", log.display());
+    }
+    Ok(())
+}
+
+fn which(b: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(b))
+        .find(|p| p.exists())
+}
+
+/// The metrics of a record, by name, in table order.
+const METRICS: [(&str, &str); 16] = [
+    (
+        "readd_written_over_dirty",
+        "re-add after 10 % scattered writes: written / dirty",
+    ),
+    ("readd_secs", "re-add: add -> rebuilt, s"),
+    ("readd_start_secs", "re-add: add -> recovery seen, s"),
+    (
+        "first_write_median_ms",
+        "first 4 KiB O_DIRECT\\|O_SYNC write after clean: median, ms",
+    ),
+    ("first_write_max_ms", "first write after clean: max, ms"),
+    ("iops_seq", "4 KiB QD1 O_DIRECT write IOPS, seq"),
+    ("iops_rand", "4 KiB QD1 O_DIRECT write IOPS, rand"),
+    ("write_end_to_clean_secs", "write end -> array clean, s"),
+    ("daemon_rss_kib", "daemon VmRSS, KiB"),
+    ("daemon_lck_kib", "daemon VmLck, KiB"),
+    ("daemon_threads", "daemon threads"),
+    (
+        "daemon_cpu_ms_during_iops",
+        "daemon CPU during the IOPS runs, ms",
+    ),
+    ("daemon_wakeups_idle", "daemon context switches while idle"),
+    ("idle_secs", "idle window, s"),
+    ("create_secs", "create + start, s"),
+    ("bitmap", "bitmap"),
+];
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn summarise(records: &[Value]) -> Value {
+    let mut out = Map::new();
+    for k in KINDS {
+        let mine: Vec<&Value> = records.iter().filter(|r| r["kind"] == k).collect();
+        let mut m = Map::new();
+        for (name, _) in METRICS {
+            if name == "bitmap" {
+                if let Some(b) = mine.iter().find_map(|r| r["bitmap"].as_str()) {
+                    m.insert(name.into(), json!(b));
+                }
+                continue;
+            }
+            let mut v: Vec<f64> = mine.iter().filter_map(|r| r[name].as_f64()).collect();
+            // The max of first writes is the max over rounds.
+            let x = if name == "first_write_max_ms" {
+                v.iter().copied().reduce(f64::max)
+            } else {
+                median(&mut v)
+            };
+            m.insert(name.into(), x.map_or(Value::Null, |x| json!(x)));
+        }
+        let errs: Vec<Value> = mine
+            .iter()
+            .filter_map(|r| r.get("error").cloned())
+            .collect();
+        if !errs.is_empty() {
+            m.insert("errors".into(), Value::Array(errs));
+        }
+        m.insert("rounds".into(), json!(mine.len()));
+        out.insert(k.into(), Value::Object(m));
+    }
+    Value::Object(out)
+}
+
+fn fmt(v: &Value) -> String {
+    match v {
+        Value::Null => "—".into(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => {
+            let x = n.as_f64().unwrap_or(0.0);
+            if x.abs() >= 100.0 || x.fract() == 0.0 {
+                format!("{x:.0}")
+            } else if x.abs() >= 10.0 {
+                format!("{x:.1}")
+            } else {
+                format!("{x:.3}")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+fn print_table(m: &Value) {
+    println!();
+    println!("| metric | {} |", KINDS.join(" | "));
+    println!("|---|{}", "---|".repeat(KINDS.len()));
+    for (name, label) in METRICS {
+        let base = m["mdadm12_bitmap"][name].as_f64();
+        let cells: Vec<String> = KINDS
+            .iter()
+            .map(|k| {
+                let v = &m[*k][name];
+                match (v.as_f64(), base) {
+                    (Some(x), Some(b))
+                        if b != 0.0 && *k != "mdadm12_bitmap" && name != "idle_secs" =>
+                    {
+                        format!("{} ({:.2}×)", fmt(v), x / b)
+                    }
+                    _ => fmt(v),
+                }
+            })
+            .collect();
+        println!("| {label} | {} |", cells.join(" | "));
+    }
+    for k in KINDS {
+        if let Some(e) = m[k].get("errors") {
+            println!("{k}: errors: {e}");
+        }
+    }
+    println!("(medians over rounds; (×) = ratio to mdadm12_bitmap)");
+}
+
+// --------------------------------------------------------------- guest side
+
+fn sh(cmd: &str) -> Result<String> {
+    sh_env(cmd, &[])
+}
+
+fn sh_env(cmd: &str, env: &[(&str, &str)]) -> Result<String> {
+    // Output goes to a file, not a pipe: a daemon the command forks (mdmon)
+    // keeps its inherited descriptors, and a pipe would never reach EOF.
+    // Every command is bounded (busybox timeout).
+    let out_path = "/tmp/bench-sh.out";
+    let mut c = Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(format!(
+            "timeout 300 /bin/sh -c '{}' >{out_path} 2>&1 </dev/null",
+            cmd.replace('\'', "'\\''")
+        ))
+        .env("MDADM_NO_MDMON", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    if env.iter().any(|(k, _)| *k == "IMSM_NO_PLATFORM") {
+        c.env_remove("MDADM_NO_MDMON");
+    }
+    let st = c.status().with_context(|| cmd.to_string())?;
+    let out = std::fs::read_to_string(out_path).unwrap_or_default();
+    if !st.success() {
+        bail!("`{cmd}` failed ({st}): {}", out.trim());
+    }
+    Ok(out)
+}
+
+fn read(p: &str) -> Result<String> {
+    Ok(std::fs::read_to_string(p)
+        .with_context(|| p.to_string())?
+        .trim()
+        .to_string())
+}
+
+/// Poll a condition (a measurement loop, not synchronisation of a test).
+fn wait<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(x) = f() {
+            return Ok(x);
+        }
+        if t0.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn written_sectors(disk: &str) -> Result<u64> {
+    let s = read(&format!("/sys/block/{disk}/stat"))?;
+    s.split_whitespace()
+        .nth(6)
+        .and_then(|x| x.parse().ok())
+        .with_context(|| format!("/sys/block/{disk}/stat: {s}"))
+}
+
+/// The raid1 md device that holds `disk`.
+fn md_of(disk: &str) -> Result<String> {
+    let mut found = None;
+    for e in std::fs::read_dir(format!("/sys/block/{disk}/holders"))? {
+        let n = e?.file_name().to_string_lossy().to_string();
+        if read(&format!("/sys/block/{n}/md/level")).unwrap_or_default() == "raid1" {
+            found = Some(n);
+        }
+    }
+    found.with_context(|| format!("no raid1 array holds {disk}"))
+}
+
+fn md_attr(md: &str, a: &str) -> String {
+    read(&format!("/sys/block/{md}/md/{a}")).unwrap_or_default()
+}
+
+/// A page-aligned 4 KiB buffer.
+struct Buf {
+    v: Vec<u8>,
+    off: usize,
+}
+
+impl Buf {
+    fn new(seed: u8) -> Buf {
+        let mut v = vec![seed; 8192];
+        let off = (4096 - (v.as_ptr() as usize % 4096)) % 4096;
+        v[off] = seed.wrapping_add(1);
+        Buf { v, off }
+    }
+    fn get(&self) -> &[u8] {
+        &self.v[self.off..self.off + 4096]
+    }
+}
+
+fn open_direct(dev: &str, sync: bool) -> Result<std::fs::File> {
+    let mut flags = nix::libc::O_DIRECT;
+    if sync {
+        flags |= nix::libc::O_SYNC;
+    }
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(flags)
+        .open(dev)
+        .with_context(|| format!("open {dev} O_DIRECT"))
+}
+
+/// A tiny xorshift for random offsets (no dependency).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+struct Kind {
+    name: &'static str,
+    disks: [String; 2],
+    env: Vec<(&'static str, &'static str)>,
+}
+
+impl Kind {
+    fn sh(&self, cmd: &str) -> Result<String> {
+        sh_env(cmd, &self.env)
+    }
+
+    /// Create and start the array; returns the bitmap description.
+    fn create(&self) -> Result<String> {
+        let [a, b] = &self.disks;
+        match self.name {
+            "mdext" => {
+                self.sh(&format!("mdextctl create --level 1 --raid-devices 2 --name bench --bitmap-chunk 1M --assume-clean /dev/{a} /dev/{b}"))?;
+                self.sh(&format!("mdextctl assemble bench /dev/{a} /dev/{b}"))?;
+                Ok("mdext external, 1 MiB".into())
+            }
+            "mdadm12_bitmap" => {
+                self.sh(&format!("mdadm --create /dev/md0 --run --metadata=1.2 --level=1 --raid-devices=2 --bitmap=internal --bitmap-chunk=1M --assume-clean /dev/{a} /dev/{b} 2>&1"))?;
+                Ok("internal, 1 MiB".into())
+            }
+            "mdadm12_nobitmap" => {
+                self.sh(&format!("mdadm --create /dev/md0 --run --metadata=1.2 --level=1 --raid-devices=2 --bitmap=none --assume-clean /dev/{a} /dev/{b} 2>&1"))?;
+                Ok("none".into())
+            }
+            "imsm_mdmon" => {
+                self.sh(&format!(
+                    "mdadm --create /dev/md100 --run --metadata=imsm --raid-devices=2 /dev/{a} /dev/{b} 2>&1"
+                ))?;
+                let base =
+                    "mdadm --create /dev/md101 --run --level=1 --raid-devices=2 --assume-clean";
+                for (opt, what) in [
+                    (
+                        "--bitmap=internal --bitmap-chunk=1M",
+                        "imsm internal, 1 MiB",
+                    ),
+                    ("--bitmap=internal", "imsm internal, default chunk"),
+                    ("", "none (IMSM bitmap refused)"),
+                ] {
+                    match self.sh(&format!("{base} {opt} /dev/md100 2>&1")) {
+                        Ok(_) => return Ok(what.into()),
+                        Err(e) => println!("bench: imsm volume with '{opt}': {e:#}"),
+                    }
+                }
+                bail!("IMSM volume could not be created")
+            }
+            _ => bail!("unknown kind"),
+        }
+    }
+
+    fn daemon_pid(&self) -> Option<u32> {
+        let p = match self.name {
+            "mdext" => read("/run/mdext/mdextmon.pid").ok()?,
+            "imsm_mdmon" => sh("pidof mdmon")
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .to_string(),
+            _ => return None,
+        };
+        p.trim().parse().ok()
+    }
+
+    fn fail_remove(&self, md: &str) -> Result<()> {
+        let b = &self.disks[1];
+        match self.name {
+            "mdext" => {
+                self.sh(&format!("mdextctl fail {md} /dev/{b}"))?;
+                wait(
+                    "the failed member to be detached",
+                    Duration::from_secs(30),
+                    || (!Path::new(&format!("/sys/block/{md}/md/dev-{b}")).exists()).then_some(()),
+                )?;
+                self.sh(&format!("mdextctl remove {md} /dev/{b}"))?;
+            }
+            "imsm_mdmon" => {
+                self.sh(&format!("mdadm /dev/{md} --fail /dev/{b} 2>&1"))?;
+                wait(
+                    "mdmon to detach the failed member",
+                    Duration::from_secs(30),
+                    || (!Path::new(&format!("/sys/block/{md}/md/dev-{b}")).exists()).then_some(()),
+                )?;
+                self.sh(&format!("mdadm /dev/md100 --remove /dev/{b} 2>&1"))?;
+            }
+            _ => {
+                self.sh(&format!(
+                    "mdadm /dev/{md} --fail /dev/{b} --remove /dev/{b} 2>&1"
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn readd(&self, md: &str) -> Result<()> {
+        let b = &self.disks[1];
+        match self.name {
+            "mdext" => self.sh(&format!("mdextctl add {md} /dev/{b}"))?,
+            "imsm_mdmon" => self.sh(&format!("mdadm /dev/md100 --add /dev/{b} 2>&1"))?,
+            "mdadm12_bitmap" => self.sh(&format!("mdadm /dev/{md} --re-add /dev/{b} 2>&1"))?,
+            _ => self.sh(&format!(
+                "mdadm /dev/{md} --re-add /dev/{b} 2>&1 || mdadm /dev/{md} --add /dev/{b} 2>&1"
+            ))?,
+        };
+        Ok(())
+    }
+
+    fn stop(&self, md: &str) -> Result<()> {
+        match self.name {
+            "mdext" => {
+                self.sh(&format!("mdextctl stop {md}"))?;
+                if let Some(pid) = self.daemon_pid() {
+                    let _ = sh(&format!("kill -TERM {pid}"));
+                    wait("mdextmon to exit", Duration::from_secs(30), || {
+                        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+                    })?;
+                }
+            }
+            "imsm_mdmon" => {
+                self.sh(&format!("mdadm --stop /dev/{md} 2>&1"))?;
+                self.sh("mdadm --stop /dev/md100 2>&1")?;
+                let _ = wait("mdmon to exit", Duration::from_secs(30), || {
+                    sh("pidof mdmon").is_err().then_some(())
+                });
+            }
+            _ => {
+                self.sh(&format!("mdadm --stop /dev/{md} 2>&1"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn wait_clean(md: &str) -> Result<f64> {
+    let t0 = Instant::now();
+    let mut last = String::new();
+    let r = wait(&format!("{md} clean"), Duration::from_secs(60), || {
+        last = md_attr(md, "array_state");
+        (last == "clean").then_some(())
+    });
+    r.with_context(|| format!("array_state of {md} stayed '{last}'"))?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// After create: an external-metadata array may start `read-auto` until its
+/// first write (mdmon's IMSM volumes do); one write and the wait for
+/// `clean` follow.
+fn wait_started(md: &str, dev: &str) -> Result<()> {
+    wait(&format!("{md} to start"), Duration::from_secs(60), || {
+        let s = md_attr(md, "array_state");
+        (s == "clean" || s == "read-auto" || s == "active").then_some(())
+    })?;
+    if md_attr(md, "array_state") == "read-auto" {
+        let f = open_direct(dev, true)?;
+        f.write_at(Buf::new(1).get(), 0)?;
+    }
+    wait_clean(md)?;
+    Ok(())
+}
+
+/// (utime + stime in ms, context switches over all threads)
+fn daemon_counters(pid: u32) -> (f64, u64) {
+    let cpu = read(&format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let s: f64 = f.get(12)?.parse().ok()?;
+            Some((u + s) * 10.0)
+        })
+        .unwrap_or(f64::NAN);
+    let mut sw = 0;
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in rd.flatten() {
+            let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            for l in st.lines() {
+                if l.starts_with("voluntary_ctxt_switches")
+                    || l.starts_with("nonvoluntary_ctxt_switches")
+                {
+                    sw += l
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|x| x.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+            }
+        }
+    }
+    (cpu, sw)
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<f64> {
+    let st = read(&format!("/proc/{pid}/status")).ok()?;
+    st.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
+    let t0 = Instant::now();
+    let bitmap = k.create()?;
+    rec.insert("bitmap".into(), json!(bitmap));
+    let md = wait("the array to appear", Duration::from_secs(30), || {
+        md_of(&k.disks[0]).ok()
+    })?;
+    rec.insert("md".into(), json!(md));
+    wait_started(&md, &format!("/dev/{md}"))?;
+    rec.insert("create_secs".into(), json!(t0.elapsed().as_secs_f64()));
+    let dev = format!("/dev/{md}");
+    let sectors: u64 = md_attr(&md, "../size").parse().context("array size")?;
+    let bytes = sectors * 512;
+    let blocks = bytes / 4096;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (k.name.len() as u64) << 7);
+    let buf = Buf::new(0x5a);
+
+    // First write after the array went clean.
+    let f = open_direct(&dev, true)?;
+    let mut lat = Vec::new();
+    for _ in 0..o.first_writes {
+        wait_clean(&md)?;
+        // A little past the moment of `clean`, so the metadata write that
+        // marked it clean has finished everywhere.
+        std::thread::sleep(Duration::from_millis(300));
+        let off = (rng.next() % blocks) * 4096;
+        let t = Instant::now();
+        f.write_at(buf.get(), off)?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    drop(f);
+    rec.insert("first_write_ms".into(), json!(lat));
+    rec.insert(
+        "first_write_median_ms".into(),
+        json!(median(&mut lat.clone())),
+    );
+    rec.insert(
+        "first_write_max_ms".into(),
+        json!(lat.iter().copied().reduce(f64::max)),
+    );
+
+    if o.trace && rec["round"] == 1 {
+        if let Some(pid) = k.daemon_pid() {
+            if let Err(e) = trace_first_write(&md, &dev, pid) {
+                println!("bench: trace: {e:#}");
+            }
+        }
+    }
+
+    // QD1 IOPS, then write end -> clean.
+    let pid = k.daemon_pid();
+    let c0 = pid.map(daemon_counters);
+    let mut to_clean = Vec::new();
+    for mode in ["seq", "rand"] {
+        wait_clean(&md)?;
+        let f = open_direct(&dev, false)?;
+        let t = Instant::now();
+        let limit = Duration::from_secs(o.iops_secs);
+        let mut n = 0u64;
+        while t.elapsed() < limit {
+            let blk = if mode == "seq" {
+                n % blocks
+            } else {
+                rng.next() % blocks
+            };
+            f.write_at(buf.get(), blk * 4096)?;
+            n += 1;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        drop(f);
+        rec.insert(format!("iops_{mode}"), json!(n as f64 / secs));
+        to_clean.push(wait_clean(&md)?);
+    }
+    if let (Some(p), Some(c0)) = (pid, c0) {
+        let c1 = daemon_counters(p);
+        rec.insert("daemon_cpu_ms_during_iops".into(), json!(c1.0 - c0.0));
+    }
+    rec.insert("write_end_to_clean_all".into(), json!(to_clean));
+    rec.insert(
+        "write_end_to_clean_secs".into(),
+        json!(median(&mut to_clean)),
+    );
+
+    // Footprint and idle wakeups.
+    if let Some(p) = pid {
+        rec.insert("daemon_rss_kib".into(), json!(status_kib(p, "VmRSS:")));
+        rec.insert("daemon_lck_kib".into(), json!(status_kib(p, "VmLck:")));
+        rec.insert("daemon_threads".into(), json!(status_kib(p, "Threads:")));
+        if o.idle > 0 {
+            wait_clean(&md)?;
+            // Let the bitmap's own clearing (time_base) settle first.
+            std::thread::sleep(Duration::from_secs(12));
+            let a = daemon_counters(p);
+            std::thread::sleep(Duration::from_secs(o.idle));
+            let b = daemon_counters(p);
+            rec.insert("daemon_wakeups_idle".into(), json!(b.1.saturating_sub(a.1)));
+            rec.insert("idle_secs".into(), json!(o.idle));
+        }
+    }
+
+    // Re-add after 10 % scattered writes.
+    k.fail_remove(&md)?;
+    let chunks = bytes / CHUNK;
+    let f = open_direct(&dev, false)?;
+    let mut dirty = 0u64;
+    for c in (0..chunks).step_by(10) {
+        let within = (rng.next() % (CHUNK / 4096)) * 4096;
+        f.write_at(buf.get(), c * CHUNK + within)?;
+        dirty += 1;
+    }
+    drop(f);
+    let b = &k.disks[1];
+    let w0 = written_sectors(b)?;
+    let t = Instant::now();
+    k.readd(&md)?;
+    let mut started = None;
+    wait("the rebuild to end", Duration::from_secs(900), || {
+        let action = md_attr(&md, "sync_action");
+        if started.is_none() && action == "recover" {
+            started = Some(t.elapsed().as_secs_f64());
+        }
+        let degraded = md_attr(&md, "degraded");
+        (degraded == "0" && action == "idle").then_some(())
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    let written = written_sectors(b)? - w0;
+    let dirty_sectors = dirty * (CHUNK / 512);
+    rec.insert("readd_secs".into(), json!(secs));
+    rec.insert("readd_start_secs".into(), json!(started));
+    rec.insert("readd_dirty_chunks".into(), json!(dirty));
+    rec.insert("readd_written_sectors".into(), json!(written));
+    rec.insert(
+        "readd_written_over_dirty".into(),
+        json!(written as f64 / dirty_sectors as f64),
+    );
+    wait_clean(&md)?;
+    k.stop(&md)?;
+    Ok(())
+}
+
+/// strace the daemon (all threads, times per call) across one first write
+/// after clean; the trace goes to the console with a MDEXT-TRACE prefix.
+/// Separate from the timed writes: ptrace slows every call it sees.
+fn trace_first_write(md: &str, dev: &str, pid: u32) -> Result<()> {
+    let tr = format!("/tmp/trace.{pid}");
+    sh(&format!(
+        "(strace -f -tt -T -s 64 -o {tr} -p {pid} >/dev/null 2>&1 &) ; sleep 2"
+    ))?;
+    for seed in 0..2u8 {
+        wait_clean(md)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let f = open_direct(dev, true)?;
+        let t = Instant::now();
+        f.write_at(Buf::new(seed).get(), 4096 * (7 + u64::from(seed)))?;
+        println!(
+            "MDEXT-TRACE write {} returned after {:.3} ms (under strace)",
+            seed,
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        wait_clean(md)?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = sh("kill $(pidof strace)");
+    std::thread::sleep(Duration::from_millis(500));
+    for l in std::fs::read_to_string(&tr).unwrap_or_default().lines() {
+        println!("MDEXT-TRACE {l}");
+    }
+    Ok(())
+}
+
+fn guest(o: &Opts) -> Result<()> {
+    // mdadm looks for mdmon in /sbin.
+    let _ =
+        sh("[ -e /bin/mdmon ] && ln -sf /bin/mdmon /sbin/mdmon; mkdir -p /run/mdadm /run/mdext");
+    let mut disks: Vec<String> = std::fs::read_dir("/sys/block")?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("vd"))
+        .collect();
+    disks.sort_by_key(|d| (d.len(), d.clone()));
+    let need = o.rounds * KINDS.len() * 2;
+    if disks.len() < need {
+        bail!("{} virtio disks, {need} needed", disks.len());
+    }
+    println!(
+        "bench: kernel {}, {} disks, mdadm {}",
+        read("/proc/sys/kernel/osrelease")?,
+        disks.len(),
+        sh("mdadm --version 2>&1").unwrap_or_default().trim()
+    );
+    let mut next = 0;
+    for round in 0..o.rounds {
+        for i in 0..KINDS.len() {
+            let name = KINDS[(i + round) % KINDS.len()];
+            let k = Kind {
+                name,
+                disks: [disks[next].clone(), disks[next + 1].clone()],
+                env: if name == "imsm_mdmon" {
+                    vec![("IMSM_NO_PLATFORM", "1"), ("IMSM_DEVNAME_AS_SERIAL", "1")]
+                } else {
+                    vec![]
+                },
+            };
+            next += 2;
+            println!(
+                "bench: round {} {name} on {} {}",
+                round + 1,
+                k.disks[0],
+                k.disks[1]
+            );
+            let mut rec = Map::new();
+            rec.insert("kind".into(), json!(name));
+            rec.insert("round".into(), json!(round + 1));
+            let t = Instant::now();
+            if let Err(e) = run_kind(&k, o, &mut rec) {
+                println!("bench: {name} round {}: {e:#}", round + 1);
+                rec.insert("error".into(), json!(format!("{e:#}")));
+                println!(
+                    "{}",
+                    sh("cat /proc/mdstat; ps | grep -e mdmon -e mdextmon").unwrap_or_default()
+                );
+                // Leave nothing running for the next kind.
+                let _ = sh("mdadm --stop --scan 2>&1; mdextctl stop --help >/dev/null 2>&1");
+            }
+            rec.insert("wall_secs".into(), json!(t.elapsed().as_secs_f64()));
+            println!("{MARK}{}", Value::Object(rec));
+        }
+    }
+    Ok(())
+}
