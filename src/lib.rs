@@ -41,6 +41,7 @@ pub mod format;
 pub mod hotplug;
 pub mod incremental;
 pub mod journal;
+pub mod logsink;
 pub mod managed;
 pub mod md;
 pub mod meta;

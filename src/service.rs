@@ -130,6 +130,10 @@ impl Notifier {
         };
         let msg = message(states);
         let sock = UnixDatagram::unbound()?;
+        // Never block: the service manager may itself wait on a write to
+        // an array this daemon must answer. A notification that does not
+        // fit now fails (EAGAIN) and the caller sends it again later.
+        sock.set_nonblocking(true)?;
         let bytes = path.as_encoded_bytes();
         if let Some(name) = bytes.strip_prefix(b"@") {
             use std::os::linux::net::SocketAddrExt;
@@ -360,5 +364,38 @@ mod tests {
             "READY=1\nSTATUS=1 array: md127 clean\n"
         );
         assert!(Notifier::none().send(&[NotifyState::Ready]).is_ok());
+    }
+
+    /// The service manager stops reading (PID 1 waits on a write to an
+    /// array this daemon must answer; its notify socket queues only
+    /// `net.unix.max_dgram_qlen` datagrams, 10 by default): a send fails
+    /// at once instead of blocking, and goes out again once there is room.
+    #[test]
+    fn a_full_notify_socket_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&p).unwrap();
+        let n = Notifier {
+            socket: Some(p.into_os_string()),
+            watchdog: None,
+        };
+        let mut refused = 0;
+        for i in 0..10_000 {
+            if n.send(&[NotifyState::Status(&format!("turn {i}"))])
+                .is_err()
+            {
+                refused += 1;
+                break;
+            }
+        }
+        assert_eq!(
+            refused, 1,
+            "10 000 datagrams queued: the socket never filled"
+        );
+        let mut buf = [0u8; 256];
+        let len = rx.recv(&mut buf).unwrap();
+        assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), "STATUS=turn 0\n");
+        n.send(&[NotifyState::Ready])
+            .expect("room again after one read");
     }
 }
