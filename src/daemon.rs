@@ -122,6 +122,11 @@ pub struct Daemon {
     watchdog: Option<(Duration, Instant)>,
     /// The last `STATUS=` sent.
     status: String,
+    /// `READY=1` went out.
+    ready: bool,
+    /// A notification did not go (the manager's queue was full): look
+    /// again soon.
+    unsent: bool,
 }
 
 impl Daemon {
@@ -175,6 +180,8 @@ impl Daemon {
             watchdog: notifier.watchdog().map(|w| (w / 2, Instant::now() + w / 2)),
             notifier,
             status: String::new(),
+            ready: false,
+            unsent: false,
         };
         // With no arrays named, take over every running mdext array (a
         // restart, or a takeover from another instance). An array found
@@ -235,12 +242,7 @@ impl Daemon {
         );
         // Every array given or found is managed now (taken over, and acted
         // on once).
-        let status = self.status_line();
-        self.notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
-        self.status = status;
-        if self.watchdog.is_some() {
-            self.notify(&[NotifyState::Watchdog]);
-        }
+        self.service_duties();
         loop {
             self.report_events();
             if self.terminating && self.release_unused() {
@@ -273,8 +275,8 @@ impl Daemon {
                 // deadline too.
                 let now = Instant::now();
                 let releasing = self.terminating && self.arrays.len() > self.in_use.len();
-                let soon =
-                    (releasing || !self.unsettled.is_empty()).then_some(Duration::from_millis(200));
+                let soon = (releasing || !self.unsettled.is_empty() || self.unsent)
+                    .then_some(Duration::from_millis(200));
                 let recheck = self.recheck.map(|t| t.saturating_duration_since(now));
                 let ping = self.watchdog.map(|(_, t)| t.saturating_duration_since(now));
                 let deadlines: Vec<Duration> = [soon, recheck, ping, self.server.timeout(now)]
@@ -452,9 +454,15 @@ impl Daemon {
         }
         self.reporter.reap();
     }
-    fn notify(&self, states: &[NotifyState<'_>]) {
-        if let Err(e) = self.notifier.send(states) {
-            log::debug!("sd_notify: {e}");
+    /// Send a notification; false if it did not go (the service manager's
+    /// queue is full, or it is gone). Never blocks.
+    fn notify(&self, states: &[NotifyState<'_>]) -> bool {
+        match self.notifier.send(states) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("sd_notify: {e}");
+                false
+            }
         }
     }
 
@@ -464,24 +472,37 @@ impl Daemon {
         crate::service::status_line(&st, self.terminating, &self.in_use)
     }
 
-    /// After each turn: the watchdog ping when due, and `STATUS=` when it
-    /// changed. Nothing at all without a service manager.
+    /// At the start and after each turn: `READY=1` until it went, the
+    /// watchdog ping when due, and `STATUS=` when it changed. Nothing at
+    /// all without a service manager.
     fn service_duties(&mut self) {
         if !self.notifier.enabled() {
             return;
         }
         let now = Instant::now();
+        // A notification that did not go is sent again after the next
+        // turn: the status is level-triggered (the latest line wins), and
+        // a missed ping stays due.
+        let status = self.status_line();
+        if !self.ready {
+            if self.notify(&[NotifyState::Ready, NotifyState::Status(&status)]) {
+                self.ready = true;
+                self.status = status.clone();
+                if let Some((every, _)) = self.watchdog {
+                    self.watchdog = Some((every, now));
+                }
+            }
+        } else if status != self.status && self.notify(&[NotifyState::Status(&status)]) {
+            self.status = status.clone();
+        }
         if let Some((every, next)) = self.watchdog {
-            if now >= next {
-                self.notify(&[NotifyState::Watchdog]);
+            if self.ready && now >= next && self.notify(&[NotifyState::Watchdog]) {
                 self.watchdog = Some((every, now + every));
             }
         }
-        let status = self.status_line();
-        if status != self.status {
-            self.notify(&[NotifyState::Status(&status)]);
-            self.status = status;
-        }
+        self.unsent = !self.ready
+            || status != self.status
+            || self.watchdog.is_some_and(|(_, next)| now >= next);
     }
 
     /// SIGTERM, SIGINT or a shutdown request.

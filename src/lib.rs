@@ -44,6 +44,7 @@ pub mod hotplug;
 pub mod incremental;
 pub mod journal;
 pub mod kmode;
+pub mod logsink;
 pub mod managed;
 pub mod md;
 pub mod meta;

@@ -13,7 +13,6 @@
 use crate::events::Event;
 use crate::journal::Journal;
 use log::warn;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -97,11 +96,7 @@ impl Reporter {
             // Events reach stderr too when it is not the journal (a
             // terminal, mdextctl's log file): no entry is doubled.
             if !sent || !self.stderr_is_journal {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "{}",
-                    stderr_line(e, self.stderr_is_journal)
-                );
+                crate::logsink::write_line(&stderr_line(e, self.stderr_is_journal));
             }
             self.run_program(e);
         }

@@ -130,6 +130,10 @@ impl Notifier {
         };
         let msg = message(states);
         let sock = UnixDatagram::unbound()?;
+        // Never block: the service manager may itself wait on a write to
+        // an array this daemon must answer. A notification that does not
+        // fit now fails (EAGAIN) and the caller sends it again later.
+        sock.set_nonblocking(true)?;
         let bytes = path.as_encoded_bytes();
         if let Some(name) = bytes.strip_prefix(b"@") {
             use std::os::linux::net::SocketAddrExt;
@@ -161,8 +165,12 @@ pub fn message(states: &[NotifyState<'_>]) -> String {
     msg
 }
 
-/// One array's state in a few words: `md127 clean`, `md126 degraded (1 of
-/// 2)`, `md125 rebuilding 42%`.
+/// One array's state in a few words: `md127 in sync`, `md126 degraded (1
+/// of 2)`, `md125 rebuilding 42%`, `md124 read-only`.
+///
+/// Whether a whole array is clean or active is left out on purpose: it
+/// flips with every burst of writes, and each change of the line is a
+/// datagram that the service manager must read and process.
 pub fn array_summary(s: &ArrayStatus) -> String {
     let pct = |p: &Progress| {
         let pct = p
@@ -204,10 +212,12 @@ pub fn array_summary(s: &ArrayStatus) -> String {
         Health::Unknown => format!("{} state unknown", s.md),
         Health::Whole => {
             let st = match s.array_state {
-                Some(ArrayState::Clean) => "clean",
-                Some(ArrayState::Active | ArrayState::ActiveIdle | ArrayState::WritePending) => {
-                    "active"
-                }
+                Some(
+                    ArrayState::Clean
+                    | ArrayState::Active
+                    | ArrayState::ActiveIdle
+                    | ArrayState::WritePending,
+                ) => "in sync",
                 Some(ArrayState::Readonly | ArrayState::ReadAuto) => "read-only",
                 Some(other) => other.as_str(),
                 None => "state unknown",
@@ -219,7 +229,7 @@ pub fn array_summary(s: &ArrayStatus) -> String {
 
 /// The `STATUS=` line: how many arrays and each one's state, and, while
 /// stopping, which arrays keep the daemon (in use). For example `3
-/// arrays: md127 clean, md126 degraded (1 of 2), md125 rebuilding 42%`.
+/// arrays: md127 in sync, md126 degraded (1 of 2), md125 rebuilding 42%`.
 pub fn status_line(arrays: &[ArrayStatus], stopping: bool, in_use: &[String]) -> String {
     let mut line = match arrays.len() {
         0 => "no arrays".to_string(),
@@ -301,11 +311,11 @@ mod tests {
         ];
         assert_eq!(
             status_line(&a, false, &[]),
-            "3 arrays: md127 clean, md126 degraded (1 of 2), md125 rebuilding 42%"
+            "3 arrays: md127 in sync, md126 degraded (1 of 2), md125 rebuilding 42%"
         );
         assert_eq!(
             status_line(&a[..1], true, &["md127".into()]),
-            "stopping once not in use: md127; 1 array: md127 clean"
+            "stopping once not in use: md127; 1 array: md127 in sync"
         );
         assert_eq!(status_line(&[], false, &[]), "no arrays");
         let ro = status("md1", ArrayState::Readonly, 0, SyncAction::Idle, None);
@@ -350,15 +360,48 @@ mod tests {
         };
         n.send(&[
             NotifyState::Ready,
-            NotifyState::Status("1 array: md127 clean"),
+            NotifyState::Status("1 array: md127 in sync"),
         ])
         .unwrap();
         let mut buf = [0u8; 256];
         let len = rx.recv(&mut buf).unwrap();
         assert_eq!(
             std::str::from_utf8(&buf[..len]).unwrap(),
-            "READY=1\nSTATUS=1 array: md127 clean\n"
+            "READY=1\nSTATUS=1 array: md127 in sync\n"
         );
         assert!(Notifier::none().send(&[NotifyState::Ready]).is_ok());
+    }
+
+    /// The service manager stops reading (PID 1 waits on a write to an
+    /// array this daemon must answer; its notify socket queues only
+    /// `net.unix.max_dgram_qlen` datagrams, 10 by default): a send fails
+    /// at once instead of blocking, and goes out again once there is room.
+    #[test]
+    fn a_full_notify_socket_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&p).unwrap();
+        let n = Notifier {
+            socket: Some(p.into_os_string()),
+            watchdog: None,
+        };
+        let mut refused = 0;
+        for i in 0..10_000 {
+            if n.send(&[NotifyState::Status(&format!("turn {i}"))])
+                .is_err()
+            {
+                refused += 1;
+                break;
+            }
+        }
+        assert_eq!(
+            refused, 1,
+            "10 000 datagrams queued: the socket never filled"
+        );
+        let mut buf = [0u8; 256];
+        let len = rx.recv(&mut buf).unwrap();
+        assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), "STATUS=turn 0\n");
+        n.send(&[NotifyState::Ready])
+            .expect("room again after one read");
     }
 }

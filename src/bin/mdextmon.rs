@@ -64,6 +64,10 @@ fn main() -> ExitCode {
             let line = mdext::cli::log_line("mdextmon", rec.level(), journal, *rec.args());
             writeln!(buf, "{line}")
         })
+        // Never blocks the daemon on a full journal stream (logsink).
+        .target(env_logger::Target::Pipe(Box::new(
+            mdext::logsink::Stderr::default(),
+        )))
         .init();
     let cfg = mdext::daemon::Config {
         sysfs: mdext::sysfs::Sysfs::new(args.sysfs),
@@ -86,7 +90,7 @@ fn main() -> ExitCode {
                 journal,
                 format_args!("{msg}"),
             );
-            let _ = writeln!(std::io::stderr(), "{line}");
+            mdext::logsink::write_line(&line);
             ExitCode::FAILURE
         }
     }

@@ -151,10 +151,22 @@ impl Responder {
     }
 }
 
-/// Print what helps debug a failure: /proc/mdstat and the kernel log tail.
+/// Print what helps debug a failure: /proc/mdstat, every array's state,
+/// where each mdextmon thread and every blocked task waits, and the kernel
+/// log tail. Each command is bounded: a hang is what is being debugged.
 pub fn dump_state() {
-    for c in ["cat /proc/mdstat", "dmesg | tail -40"] {
-        if let Ok(o) = sh(c) {
+    for c in [
+        "cat /proc/mdstat",
+        "grep -H . /sys/block/md*/md/array_state",
+        "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = mdextmon ] || continue; \
+           for t in $p/task/*; do echo \"$t $(cat $t/comm) wchan=$(cat $t/wchan)\"; \
+           cat $t/stack; done; done",
+        "for t in /proc/[0-9]*; do grep -q '^State:.*D' $t/status 2>/dev/null && \
+           echo \"$t $(cat $t/comm) wchan=$(cat $t/wchan)\"; done",
+        "timeout 5 systemctl status --no-pager mdextmon.service",
+        "dmesg | tail -40",
+    ] {
+        if let Ok(o) = sh(&format!("{c}; true")) {
             println!("--- {c}\n{o}");
         }
     }
