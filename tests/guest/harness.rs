@@ -278,9 +278,22 @@ fn run_system_scenario(
 
 pub fn run_on_host(args: &[String]) -> i32 {
     let list = args.iter().any(|a| a == "--list");
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let wanted =
-        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    // FILTER... selects by substring; `--skip PATTERN` (repeatable, as
+    // libtest's) leaves out what contains PATTERN.
+    let mut filters: Vec<&String> = Vec::new();
+    let mut skips: Vec<&String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--skip" {
+            skips.extend(it.next());
+        } else if !a.starts_with('-') {
+            filters.push(a);
+        }
+    }
+    let wanted = |name: &str| {
+        (filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+            && !skips.iter().any(|f| name.contains(f.as_str()))
+    };
     let selected: Vec<&Scenario> = crate::scenarios::ALL
         .iter()
         .copied()
