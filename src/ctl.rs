@@ -748,6 +748,18 @@ fn activate_on(
             .map_err(|e| CtlError::Array(format!("{}: {what}: {e}", md.name())))?;
     }
     if plan.attach_after_start {
+        // Back to read-only before the fence goes, as an external-mode
+        // start leaves the array: no write can be held before mdextmon
+        // manages it, and `assemble --readonly` keeps it so. No write is
+        // pending (fenced writes wait before md marks the array dirty), so
+        // md accepts the switch; the bitmap stays attached.
+        md.set_array_state(crate::md::ArrayState::Readonly)
+            .map_err(|e| {
+                CtlError::Array(format!(
+                    "{}: read-only after the bitmap attach: {e}",
+                    md.name()
+                ))
+            })?;
         md.lift_fence()
             .map_err(|e| CtlError::Array(format!("{}: lifting the write fence: {e}", md.name())))?;
     }

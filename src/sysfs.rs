@@ -242,9 +242,31 @@ impl Sysfs {
                 why: "an md device name is 'md' followed by digits, or 'md_' and a name".into(),
             });
         }
+        self.prefer_sync_del_gendisk();
         let p = self.root.join("module/md_mod/parameters/new_array");
         self.write_path(&p, name)?;
         Ok(self.md(name))
+    }
+
+    /// md from 6.18 on (upstream 25db5f284fb8, "md: add
+    /// legacy_async_del_gendisk mode") offers the module parameter
+    /// `legacy_async_del_gendisk`: `Y`, the default for now, removes a
+    /// stopped array's block device only when its last reference goes, and
+    /// the kernel warns at every new md device that this mode will be
+    /// removed; `N` removes it as part of the stop. mdadm 4.5 and later
+    /// write `N` before creating an array; so does mdext, which never
+    /// touches a stopped array's attributes. Best effort: on a kernel
+    /// without the parameter, or where it cannot be written, nothing
+    /// changes. Returns whether the parameter now reads `N`.
+    pub fn prefer_sync_del_gendisk(&self) -> bool {
+        let p = self
+            .root
+            .join("module/md_mod/parameters/legacy_async_del_gendisk");
+        match std::fs::read_to_string(&p) {
+            Ok(v) if v.trim() == "N" => true,
+            Ok(_) => self.write_path(&p, "N").is_ok(),
+            Err(_) => false,
+        }
     }
 
     /// A handle on an existing md device (no I/O).
@@ -1403,6 +1425,21 @@ mod tests {
         assert!(!valid_md_name("md"));
         assert!(!valid_md_name("sda"));
         assert!(!valid_md_name("md1x"));
+    }
+
+    #[test]
+    fn new_array_asks_for_the_synchronous_del_gendisk_where_offered() {
+        let (d, s) = fake();
+        let p = d
+            .path()
+            .join("module/md_mod/parameters/legacy_async_del_gendisk");
+        // Before 6.18: no such parameter, nothing written.
+        assert!(!s.prefer_sync_del_gendisk());
+        assert!(!p.exists());
+        std::fs::write(&p, "Y\n").expect("write");
+        s.new_array("md126").expect("new_array");
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "N");
+        assert!(s.prefer_sync_del_gendisk());
     }
 
     #[test]

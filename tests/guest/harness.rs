@@ -90,6 +90,10 @@ pub fn run_in_guest(scenario: &str, phase: &str) -> i32 {
             println!("MDEXT-PASS {scenario}/{phase}");
             0
         }
+        Err(e) if e.downcast_ref::<crate::util::NotApplicable>().is_some() => {
+            println!("MDEXT-SKIP {scenario}/{phase}: {e}");
+            NOT_APPLICABLE
+        }
         Err(e) => {
             println!("MDEXT-FAIL {scenario}/{phase}: {e:#}");
             crate::util::dump_state();
@@ -146,8 +150,30 @@ fn run_phase(
         .arg(p.name);
     let out = c.output().map_err(|e| format!("scripts/guest run: {e}"))?;
     show_boot(s.name, p.name, &out.stderr);
-    judge(p, out.status.code().unwrap_or(-1))
+    let code = out.status.code().unwrap_or(-1);
+    if code == NOT_APPLICABLE {
+        // The reason, from the guest's MDEXT-SKIP line.
+        let console = std::fs::read(log).unwrap_or_default();
+        let reason = String::from_utf8_lossy(&console)
+            .lines()
+            .find_map(|l| l.split_once("MDEXT-SKIP ").map(|(_, r)| r.to_string()))
+            .map(|r| {
+                r.split_once(": ")
+                    .map_or(r.clone(), |(_, why)| why.to_string())
+            })
+            .unwrap_or_else(|| "does not apply to this kernel".into());
+        return Err(format!("{SKIPPED}{}", reason.trim_end_matches('\r')));
+    }
+    judge(p, code)
 }
+
+/// Marks a phase's "error" that is a skip (the scenario does not apply to
+/// the running kernel): the harness counts it as ignored, with the reason.
+const SKIPPED: &str = "\u{1}not applicable: ";
+
+/// The guest's exit status for a phase that does not apply to the
+/// running kernel (automake's "skipped" status).
+pub const NOT_APPLICABLE: i32 = 77;
 
 /// The guest's exit status against what the phase was to end with.
 fn judge(p: &Phase, code: i32) -> Result<(), String> {
@@ -360,11 +386,19 @@ pub fn run_on_host(args: &[String]) -> i32 {
         selected.len() + system.len() + system_dracut.len(),
         kernel_version(&paths)
     );
-    let (mut passed, mut failed) = (0, Vec::new());
+    let (mut passed, mut failed, mut ignored) = (0, Vec::new(), 0);
     let mut report = |name: &'static str, t: Instant, res: Result<(), String>| match res {
         Ok(()) => {
             passed += 1;
             println!("test {name} ... ok ({:.1}s)", t.elapsed().as_secs_f64());
+        }
+        Err(e) if e.starts_with(SKIPPED) => {
+            ignored += 1;
+            let why = e[SKIPPED.len()..].split(" (console: ").next().unwrap_or("");
+            println!(
+                "test {name} ... ignored, {why} ({:.1}s)",
+                t.elapsed().as_secs_f64()
+            );
         }
         Err(e) => {
             println!("test {name} ... FAILED ({:.1}s)", t.elapsed().as_secs_f64());
@@ -457,7 +491,7 @@ pub fn run_on_host(args: &[String]) -> i32 {
         }
     }
     println!(
-        "\ntest result: {}. {passed} passed; {} failed; 0 ignored; 0 measured; {filtered} filtered out; finished in {:.2}s\n",
+        "\ntest result: {}. {passed} passed; {} failed; {ignored} ignored; 0 measured; {filtered} filtered out; finished in {:.2}s\n",
         if failed.is_empty() { "ok" } else { "FAILED" },
         failed.len(),
         t0.elapsed().as_secs_f64()

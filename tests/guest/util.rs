@@ -289,3 +289,52 @@ pub fn alive(pid: u32) -> bool {
             .is_some_and(|(_, r)| !r.trim_start().starts_with(['Z', 'X']))
     })
 }
+
+/// The array runs md's own bitmap at sector 8 (kernels from 6.18 on),
+/// where `can_clear` is inert: the can_clear checks do not apply.
+pub fn kernel_mode(md: &MdDev) -> bool {
+    md.read("bitmap/metadata").is_ok_and(|m| m == "internal")
+}
+
+/// `can_clear` reads `want`, or the array runs in the kernel-managed mode.
+pub fn can_clear_is(md: &MdDev, want: bool) -> Result<bool> {
+    Ok(kernel_mode(md) || md.can_clear()? == Some(want))
+}
+
+/// A scenario that does not apply to the running kernel (it tests the
+/// external bitmap's can_clear protocol, and md from 6.18 on offers no
+/// external bitmap): the harness reports it as ignored, with the reason.
+#[derive(Debug)]
+pub struct NotApplicable(pub String);
+
+impl std::fmt::Display for NotApplicable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotApplicable {}
+
+/// Whether this kernel offers md's external bitmap to an external-metadata
+/// array (md up to 6.17): probed on a scratch md device, as mdext does.
+pub fn kernel_offers_external_bitmap() -> Result<bool> {
+    let sysfs = sysfs();
+    let name = "md_probe";
+    let md = sysfs.new_array(name)?;
+    let offered = md.has_attr("bitmap/metadata");
+    // `clear` takes the scratch device away again.
+    md.set_array_state(mdext::md::ArrayState::Clear)?;
+    Ok(offered)
+}
+
+/// End the scenario as not applicable unless the kernel offers the
+/// external bitmap.
+pub fn needs_external_bitmap(what: &str) -> Result<()> {
+    if kernel_offers_external_bitmap()? {
+        return Ok(());
+    }
+    Err(NotApplicable(format!(
+        "{what}: this kernel offers no external bitmap (md from 6.18 on runs the kernel-managed mode)"
+    ))
+    .into())
+}

@@ -326,7 +326,7 @@ fn wait_whole(md: &MdDev) -> Result<()> {
     wait_until(
         "can_clear true after the rebuild",
         Duration::from_secs(20),
-        || (md.can_clear().ok()? == Some(true)).then_some(()),
+        || can_clear_is(md, true).ok()?.then_some(()),
     )
 }
 

@@ -181,5 +181,31 @@ fn any_kernel_readd() -> Result<()> {
     println!("{mode} mode: mismatch_cnt {mm}");
     ensure!(mm == 0, "mismatch_cnt after the bitmap rebuild: {mm}");
     ctl("stop md127")?;
+    sync_del_gendisk()
+}
+
+/// md from 6.18 on: mdext asks for the synchronous del_gendisk mode before
+/// its first md device, as mdadm 4.5+ does. Witnesses: the parameter reads
+/// N, the stopped array's block device is gone as the stop returns (the
+/// legacy mode leaves it until the last reference goes), and the kernel
+/// never warned that the legacy mode will be removed.
+fn sync_del_gendisk() -> Result<()> {
+    let p = Path::new("/sys/module/md_mod/parameters/legacy_async_del_gendisk");
+    if !p.exists() {
+        println!("no legacy_async_del_gendisk parameter on this kernel (md before 6.18)");
+        return Ok(());
+    }
+    let v = std::fs::read_to_string(p)?;
+    ensure!(v.trim() == "N", "legacy_async_del_gendisk reads {v:?}");
+    ensure!(
+        !Path::new("/sys/block/md127").exists(),
+        "/sys/block/md127 is still there after the stop returned"
+    );
+    let log = sh("dmesg")?;
+    ensure!(
+        !log.contains("async del_gendisk mode will be removed"),
+        "the kernel warned about the legacy del_gendisk mode"
+    );
+    println!("legacy_async_del_gendisk N; md127 gone when the stop returned; no warning");
     Ok(())
 }

@@ -66,17 +66,6 @@ fn can_clear(md: &MdDev) -> Result<Option<bool>> {
     Ok(md.can_clear()?)
 }
 
-/// The array runs md's own bitmap at sector 8 (kernels from 6.18 on),
-/// where `can_clear` is inert: the can_clear checks do not apply.
-fn kernel_mode(md: &MdDev) -> bool {
-    md.read("bitmap/metadata").is_ok_and(|m| m == "internal")
-}
-
-/// `can_clear` reads `want`, or the array runs in the kernel-managed mode.
-fn can_clear_is(md: &MdDev, want: bool) -> Result<bool> {
-    Ok(kernel_mode(md) || can_clear(md)? == Some(want))
-}
-
 fn write_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
     for &c in chunks {
         write_direct(&md.dev_path(), c * CHUNK, &pattern(seed + c, CHUNK_LEN))?;
@@ -313,7 +302,7 @@ fn replaced_returns() -> Result<()> {
     wait_until("recovery running", Duration::from_secs(10), || {
         (md.read("sync_action").ok()? == "recover").then_some(())
     })?;
-    ensure!(can_clear(&md)? == Some(false), "can_clear during a rebuild");
+    ensure!(can_clear_is(&md, false)?, "can_clear during a rebuild");
     ensure!(
         member_states(&loops[0].path)?[1] == "rebuilding",
         "rebuild not recorded"
@@ -397,6 +386,7 @@ fn daemon_alive() -> bool {
 }
 
 fn kill_before_true() -> Result<()> {
+    needs_external_bitmap("the can_clear protocol")?;
     let loops = loop_devices(2, 64)?;
     ctl("create --level 1 --raid-devices 2 --name kb --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1")?;
     start_daemon(Some("before-can-clear-true"))?;
@@ -479,7 +469,7 @@ fn takeover_failed() -> Result<()> {
         md.member("loop1").flags()?.blocked,
         "failed member not blocked"
     );
-    ensure!(can_clear(&md)? == Some(true), "can_clear changed by itself");
+    ensure!(can_clear_is(&md, true)?, "can_clear changed by itself");
     let dirty = [9u64, 10];
     let writer = {
         let md = md.clone();
@@ -502,7 +492,7 @@ fn takeover_failed() -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("writer panicked"))??;
     ensure!(
-        can_clear(&md)? == Some(false),
+        can_clear_is(&md, false)?,
         "can_clear after takeover of a degraded array"
     );
     ensure!(
@@ -575,10 +565,7 @@ fn mid_rebuild_phase1() -> Result<()> {
             "{d} does not record slot 1 rebuilding right after add"
         );
     }
-    ensure!(
-        can_clear(&md)? == Some(false),
-        "can_clear during the rebuild"
-    );
+    ensure!(can_clear_is(&md, false)?, "can_clear during the rebuild");
     ensure!(
         md.read("sync_action")?.trim() != "idle",
         "the rebuild is not under way"

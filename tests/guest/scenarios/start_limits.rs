@@ -40,7 +40,7 @@ fn wait_whole(md: &MdDev, limit: Duration) -> Result<()> {
     wait_until(
         "can_clear true after the rebuild",
         Duration::from_secs(30),
-        || (md.can_clear().ok()? == Some(true)).then_some(()),
+        || can_clear_is(md, true).ok()?.then_some(()),
     )
 }
 
@@ -55,7 +55,7 @@ fn fail_and_remove(md: &MdDev, dev: &str) -> Result<()> {
     )?;
     ctl(&format!("remove md127 {dev}"))?;
     ensure!(md.degraded()? >= 1, "not degraded after remove");
-    ensure!(md.can_clear()? == Some(false), "can_clear while degraded");
+    ensure!(can_clear_is(md, false)?, "can_clear while degraded");
     Ok(())
 }
 

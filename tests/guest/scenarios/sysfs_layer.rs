@@ -68,6 +68,7 @@ fn spec(loops: &[Loop]) -> ArraySpec {
 }
 
 fn raid1_external_bitmap() -> Result<()> {
+    needs_external_bitmap("the sysfs layer with an external bitmap")?;
     let loops = loop_devices(2, 64)?;
     let sysfs = sysfs();
     let md = assembly::activate(&sysfs, &spec(&loops))?;
@@ -213,6 +214,7 @@ fn expect_step_error(
 }
 
 fn wrong_order() -> Result<()> {
+    needs_external_bitmap("md's refusals of misordered external-bitmap writes")?;
     let loops = loop_devices(2, 64)?;
     let sysfs = sysfs();
     let good = assembly::plan(&spec(&loops))?;
