@@ -265,14 +265,35 @@ pub fn md5(p: &Path) -> Result<String> {
 /// md's own region at sector 8 (bits from byte 256) in mode `kernel`, the
 /// external region at the recorded offset otherwise (first 4 KiB).
 pub fn mode_bits(dev: &Path) -> Result<Vec<u64>> {
+    let len = if mode_bits_at(dev)? % 512 == 0 {
+        4096
+    } else {
+        4096 - 256
+    };
+    mode_bits_len(dev, len)
+}
+
+/// The set bits of `dev` in the first `len` bytes of its mode's bitmap.
+pub fn mode_bits_len(dev: &Path, len: usize) -> Result<Vec<u64>> {
+    let at = mode_bits_at(dev)?;
+    // O_DIRECT: read whole 4 KiB blocks around the bits.
+    let from = usize::try_from(at % 4096)?;
+    let bytes = read_direct(dev, at - at % 4096, (from + len).div_ceil(4096) * 4096)?;
+    Ok(set_bits(&bytes[from..from + len]))
+}
+
+/// The byte offset on `dev` of the first bitmap bit in the region its
+/// recorded bitmap mode runs from: byte 256 of sector 8 in mode `kernel`,
+/// the external region's start otherwise.
+pub fn mode_bits_at(dev: &Path) -> Result<u64> {
     let e = examine(dev)?;
     if e["bitmap"]["mode"] == "kernel" {
-        Ok(set_bits(&read_direct(dev, 8 * 512, 4096)?[256..]))
+        Ok(8 * 512 + 256)
     } else {
-        let at = e["bitmap"]["offset_sectors"]
+        Ok(e["bitmap"]["offset_sectors"]
             .as_u64()
-            .context("examine: bitmap offset")?;
-        Ok(set_bits(&read_direct(dev, at * 512, 4096)?))
+            .context("examine: bitmap offset")?
+            * 512)
     }
 }
 

@@ -21,15 +21,19 @@ fn json_u64(v: &serde_json::Value, k: &str) -> Result<u64> {
     v[k].as_u64().with_context(|| format!("no '{k}' in {v}"))
 }
 
-/// The chunks set in `dev`'s bitmap area (`len` bytes at sector 16).
-/// The external bitmap region's set bits (format 2 puts the region after
-/// md's region at sector 8, whose size depends on the chunk count).
+/// The chunks set in the first `len` bytes of `dev`'s bitmap, in the
+/// region its recorded mode runs from (md's at sector 8 in mode `kernel`;
+/// the external region, after md's, otherwise).
 fn bits_on(dev: &Path, len: usize) -> Result<Vec<u64>> {
-    Ok(set_bits(&read_direct(dev, bitmap_at(dev)?, len)?))
+    mode_bits_len(dev, len)
 }
 
-fn bitmap_at(dev: &Path) -> Result<u64> {
-    Ok(json_u64(&examine(dev)?["bitmap"], "offset_sectors")? * 512)
+/// The first `len` bytes of `dev`'s bitmap in its mode's region.
+fn bitmap_bytes(dev: &Path, len: usize) -> Result<Vec<u8>> {
+    let at = mode_bits_at(dev)?;
+    let from = usize::try_from(at % 4096)?;
+    let bytes = read_direct(dev, at - at % 4096, (from + len).div_ceil(4096) * 4096)?;
+    Ok(bytes[from..from + len].to_vec())
 }
 
 /// Wait for a rebuild to end and mdextmon to allow clearing again.
@@ -128,7 +132,7 @@ fn long_dirty_list() -> Result<()> {
         dirty.len()
     );
     let list_bytes = mdext::bitmap::ranges_to_set_bits(&mdext::bitmap::dirty_ranges(
-        &read_direct(a, bitmap_at(a)?, bitmap_len)?,
+        &bitmap_bytes(a, bitmap_len)?,
         chunks,
     ))
     .len();
@@ -406,7 +410,7 @@ fn parity_phase1(p: &Parity) -> Result<()> {
     write_chunks(&md, u64::from(p.level) * 1000)?;
     let state = examine(Path::new(p.devs[0]))?["state"].clone();
     ensure!(state == "dirty", "metadata before the crash: {state}");
-    let bits = bits_on(Path::new(p.devs[0]), 4096)?;
+    let bits = mode_bits(Path::new(p.devs[0]))?;
     ensure!(!bits.is_empty(), "no dirty bits before the crash");
     println!(
         "raid{}: dirty bitmap chunks before the crash: {bits:?}",
@@ -420,7 +424,7 @@ fn parity_phase1(p: &Parity) -> Result<()> {
 
 fn parity_phase2(p: &Parity) -> Result<()> {
     let first = Path::new(p.devs[0]);
-    let bits = bits_on(first, 4096)?;
+    let bits = mode_bits(first)?;
     ensure!(!bits.is_empty(), "no dirty bits after the crash");
     let ex = examine(first)?;
     ensure!(
