@@ -4,8 +4,12 @@
 //! pure state machine ([`crate::monitor`]) and carries out the actions it
 //! returns, in order, stopping at the first failure.
 //!
-//! There are no timers: with nothing happening, the daemon sleeps in
-//! `poll(2)` with an infinite timeout. A control client that connected but
+//! No timer runs while the arrays are clean: with nothing happening, the
+//! daemon sleeps in `poll(2)` with an infinite timeout. An array last seen
+//! busy (writable and not clean) is looked at again every
+//! [`crate::managed::BUSY_RECHECK`] whether or not md notified: md's
+//! notifications are edges, and a systemd guest under load once showed the
+//! daemon asleep while md held a write. A control client that connected but
 //! has not finished its request bounds the sleep by its deadline
 //! ([`control::Server`]); clients never block the loop. Under systemd with
 //! a watchdog (`WatchdogSec=`), the next `WATCHDOG=1` is such a deadline
@@ -279,10 +283,19 @@ impl Daemon {
                     .then_some(Duration::from_millis(200));
                 let recheck = self.recheck.map(|t| t.saturating_duration_since(now));
                 let ping = self.watchdog.map(|(_, t)| t.saturating_duration_since(now));
-                let deadlines: Vec<Duration> = [soon, recheck, ping, self.server.timeout(now)]
-                    .into_iter()
-                    .flatten()
-                    .collect();
+                // An array last seen busy (writable, not clean) is looked at
+                // again every BUSY_RECHECK even without a notification.
+                let busy = self
+                    .arrays
+                    .values()
+                    .filter_map(Managed::recheck_due)
+                    .min()
+                    .map(|t| t.saturating_duration_since(now));
+                let deadlines: Vec<Duration> =
+                    [soon, recheck, ping, busy, self.server.timeout(now)]
+                        .into_iter()
+                        .flatten()
+                        .collect();
                 let timeout = match deadlines.iter().min() {
                     None => PollTimeout::NONE,
                     Some(&d) => {
@@ -323,6 +336,12 @@ impl Daemon {
                     if !m.wake() {
                         self.unsettled.push(name);
                     }
+                }
+            }
+            let now = Instant::now();
+            for (name, m) in self.arrays.iter_mut() {
+                if m.recheck_due().is_some_and(|t| t <= now) && !m.recheck() {
+                    self.unsettled.push(name.clone());
                 }
             }
             if sig {

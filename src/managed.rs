@@ -342,7 +342,18 @@ pub struct Managed {
     events: Vec<crate::events::Event>,
     /// Members whose last metadata write failed, with the error.
     write_failed: Vec<(String, String)>,
+    /// The array state the last look showed, and when it was taken.
+    last_look: Option<(ArrayState, std::time::Instant)>,
 }
+
+/// How often an array last seen writable and not clean (`active`,
+/// `active-idle`, `write-pending`) is looked at again without a
+/// notification. md's notifications are edges, and at least one of its
+/// transitions is silent (a write resets `active-idle` to `active`
+/// without one); a systemd guest under load showed the daemon asleep in
+/// poll(2) while md held a write in `write-pending`. A clean array waits
+/// for notifications alone: no timer runs while nothing is written.
+pub const BUSY_RECHECK: Duration = Duration::from_secs(1);
 
 /// Most batches run for one wake (each batch is followed by a fresh
 /// snapshot because the kernel does not notify everything our actions
@@ -392,6 +403,7 @@ impl Managed {
             facts: None,
             events: Vec::new(),
             write_failed: Vec::new(),
+            last_look: None,
         };
         Ok(m)
     }
@@ -426,6 +438,38 @@ impl Managed {
     /// Keep (or stop keeping) a read-only array read-only.
     pub fn set_readonly(&mut self, ro: bool) {
         self.readonly = ro;
+    }
+
+    /// When the array is due for a look without a notification: once
+    /// [`BUSY_RECHECK`] has passed since the last look, if that look showed
+    /// it writable and not clean. `None` for a clean, read-only or stopped
+    /// array.
+    pub fn recheck_due(&self) -> Option<std::time::Instant> {
+        match self.last_look {
+            Some((ArrayState::Active | ArrayState::ActiveIdle | ArrayState::WritePending, at))
+                if !self.gone =>
+            {
+                Some(at + BUSY_RECHECK)
+            }
+            _ => None,
+        }
+    }
+
+    /// Look again without a notification ([`Managed::recheck_due`]). A
+    /// write md holds that no notification announced is logged: it is
+    /// the case this check exists for.
+    pub fn recheck(&mut self) -> bool {
+        let before = self.last_look.map(|(s, _)| s);
+        if let Ok(ArrayState::WritePending) = self.held().and_then(HeldMd::array_state) {
+            if before != Some(ArrayState::WritePending) {
+                warn!(
+                    "{}: a write held in write-pending was found by the periodic check (last look: {}), not announced by a notification",
+                    self.md.name(),
+                    before.map_or("none", |s| s.as_str())
+                );
+            }
+        }
+        self.wake()
     }
 
     /// The array's name.
@@ -531,6 +575,7 @@ impl Managed {
                     }
                 },
             };
+            self.last_look = Some((view.array_state, std::time::Instant::now()));
             if !view.array_state.is_running() {
                 self.stopped(&view);
                 return true;
