@@ -349,8 +349,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn notifications_reach_the_socket_and_nothing_without_one() {
+    /// A notify socket in a temporary directory, and a notifier for it.
+    fn listening() -> (tempfile::TempDir, UnixDatagram, Notifier) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("notify");
         let rx = UnixDatagram::bind(&p).unwrap();
@@ -358,6 +358,12 @@ mod tests {
             socket: Some(p.into_os_string()),
             watchdog: None,
         };
+        (dir, rx, n)
+    }
+
+    #[test]
+    fn notifications_reach_the_socket_and_nothing_without_one() {
+        let (_dir, rx, n) = listening();
         n.send(&[
             NotifyState::Ready,
             NotifyState::Status("1 array: md127 in sync"),
@@ -378,13 +384,7 @@ mod tests {
     /// at once instead of blocking, and goes out again once there is room.
     #[test]
     fn a_full_notify_socket_never_blocks() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("notify");
-        let rx = UnixDatagram::bind(&p).unwrap();
-        let n = Notifier {
-            socket: Some(p.into_os_string()),
-            watchdog: None,
-        };
+        let (_dir, rx, n) = listening();
         let mut refused = 0;
         for i in 0..10_000 {
             if n.send(&[NotifyState::Status(&format!("turn {i}"))])

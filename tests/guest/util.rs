@@ -359,3 +359,23 @@ pub fn needs_external_bitmap(what: &str) -> Result<()> {
     ))
     .into())
 }
+
+/// Write 64 KiB array chunks `chunks` (O_DIRECT), each with the pattern
+/// of `seed + chunk`.
+pub fn write_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
+    for &c in chunks {
+        write_direct(&md.dev_path(), c << 16, &pattern(seed + c, 64 << 10))?;
+    }
+    Ok(())
+}
+
+/// Read back 64 KiB array chunks written by [`write_chunks`] with `seed`.
+pub fn verify_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
+    for &c in chunks {
+        let got = read_direct(&md.dev_path(), c << 16, 64 << 10)?;
+        if got != pattern(seed + c, 64 << 10) {
+            bail!("chunk {c} reads back wrong");
+        }
+    }
+    Ok(())
+}

@@ -97,24 +97,6 @@ fn uuid_of(dev: &Path) -> Result<String> {
         .to_string())
 }
 
-fn write_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
-    for &c in chunks {
-        write_direct(&md.dev_path(), c * CHUNK, &pattern(seed + c, CHUNK_LEN))?;
-    }
-    Ok(())
-}
-
-fn verify_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
-    for &c in chunks {
-        let got = read_direct(&md.dev_path(), c * CHUNK, CHUNK_LEN)?;
-        ensure!(
-            got == pattern(seed + c, CHUNK_LEN),
-            "chunk {c} reads back wrong"
-        );
-    }
-    Ok(())
-}
-
 /// md5 of the first `mib` MiB of the array.
 fn md5_head(md: &MdDev, mib: u64) -> Result<String> {
     Ok(sh(&format!(

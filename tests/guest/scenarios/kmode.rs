@@ -28,24 +28,6 @@ fn md() -> MdDev {
     sysfs().md("md127")
 }
 
-fn write_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
-    for &c in chunks {
-        write_direct(&md.dev_path(), c * CHUNK, &pattern(seed + c, CHUNK_LEN))?;
-    }
-    Ok(())
-}
-
-fn verify_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
-    for &c in chunks {
-        let got = read_direct(&md.dev_path(), c * CHUNK, CHUNK_LEN)?;
-        ensure!(
-            got == pattern(seed + c, CHUNK_LEN),
-            "chunk {c} reads back wrong"
-        );
-    }
-    Ok(())
-}
-
 /// The mode this kernel allows, probed as a user would: a new md device
 /// with `bitmap/metadata` before the start means the external bitmap.
 fn expected_mode() -> Result<&'static str> {

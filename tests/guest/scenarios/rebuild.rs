@@ -66,24 +66,6 @@ fn can_clear(md: &MdDev) -> Result<Option<bool>> {
     Ok(md.can_clear()?)
 }
 
-fn write_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
-    for &c in chunks {
-        write_direct(&md.dev_path(), c * CHUNK, &pattern(seed + c, CHUNK_LEN))?;
-    }
-    Ok(())
-}
-
-fn verify_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
-    for &c in chunks {
-        let got = read_direct(&md.dev_path(), c * CHUNK, CHUNK_LEN)?;
-        ensure!(
-            got == pattern(seed + c, CHUNK_LEN),
-            "chunk {c} reads back wrong"
-        );
-    }
-    Ok(())
-}
-
 fn member_states(dev: &Path) -> Result<Vec<String>> {
     let e = examine(dev)?;
     Ok(e["members"]
