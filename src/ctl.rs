@@ -620,6 +620,10 @@ fn write_region(
     }
 }
 
+/// `MDEXT_BITMAP_MODE=kernel`: start arrays in the kernel-managed bitmap
+/// mode even where the kernel offers the external bitmap.
+pub const BITMAP_MODE_ENV: &str = "MDEXT_BITMAP_MODE";
+
 /// Activate by the start protocol ([`crate::monitor::start_plan`]) in the
 /// bitmap mode the running kernel allows ([`crate::kmode::decide`], probed
 /// on the new md device before anything else): every start holds the
@@ -668,7 +672,22 @@ fn activate_on(
 ) -> Result<(MdDev, u64, usize), CtlError> {
     let nchunks = choice.meta.bitmap_chunks();
     let recorded = choice.meta.bitmap.mode;
-    let mode = crate::kmode::decide(recorded, &md.bitmap_offers())
+    let offers = match std::env::var(BITMAP_MODE_ENV) {
+        Err(_) => md.bitmap_offers(),
+        // The kernel-managed route works on every kernel mdext runs on;
+        // this runs it where the external one is offered too (to move an
+        // array to a 6.18+ machine already in that mode, and for tests).
+        Ok(v) if v == "kernel" => crate::kmode::Offers {
+            bitmap_metadata: false,
+            bitmap_type: Some("none [bitmap]".into()),
+        },
+        Ok(v) => {
+            return Err(CtlError::Array(format!(
+                "{BITMAP_MODE_ENV}={v:?}: the only value it takes is \"kernel\" (unset: the kernel's offer decides)"
+            )))
+        }
+    };
+    let mode = crate::kmode::decide(recorded, &offers)
         .map_err(|e| CtlError::Array(format!("{}: {e}", choice.meta.name)))?;
     if mode == BitmapMode::Kernel && choice.meta.version < crate::format::VERSION {
         return Err(CtlError::Array(format!(

@@ -47,6 +47,7 @@ pub static ALL: &[&Scenario] = &[
     &held::STOPPED_BY_OTHERS,
     &format::CONVERT_CRASH,
     &kmode::ANY_KERNEL_READD,
+    &kmode::MODE_MOVE,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).

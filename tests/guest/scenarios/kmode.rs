@@ -5,7 +5,7 @@
 
 use crate::harness::{Ends, Phase, Scenario};
 use crate::util::*;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use mdext::sysfs::MdDev;
 use std::path::Path;
 use std::time::Duration;
@@ -19,6 +19,100 @@ pub static ANY_KERNEL_READD: Scenario = Scenario {
         ends: Ends::Ok,
     }],
 };
+
+/// An array run in the kernel-managed mode (forced with
+/// `MDEXT_BITMAP_MODE=kernel`), degraded, written and crashed, comes back
+/// on a kernel that offers the external bitmap in the external mode: its
+/// dirty chunks are merged into the external region and the returning
+/// member is rebuilt from them alone. (The other direction, external to
+/// kernel-managed, is `convert_v1_crash_mid_conversion_then_assemble` and
+/// every start on 6.18+ of an array made on an older kernel.)
+pub static MODE_MOVE: Scenario = Scenario {
+    name: "bitmap_mode_move_kernel_to_external_keeps_dirty_chunks",
+    disks: &[64, 64],
+    phases: &[
+        Phase {
+            name: "kernel_mode_degrade_write_crash",
+            run: move_phase1,
+            ends: Ends::Crash,
+        },
+        Phase {
+            name: "external_mode_readd",
+            run: move_phase2,
+            ends: Ends::Ok,
+        },
+    ],
+};
+
+/// Chunks written while degraded before the crash.
+const MOVE_DIRTY: [u64; 4] = [3, 4, 40, 500];
+
+fn move_phase1() -> Result<()> {
+    std::env::set_var(mdext::ctl::BITMAP_MODE_ENV, "kernel");
+    ctl("create --level 1 --raid-devices 2 --name mv --bitmap-chunk 64K --time-base 1 --assume-clean /dev/vda /dev/vdb")?;
+    ctl("assemble mv /dev/vda /dev/vdb")?;
+    let md = md();
+    let e = examine(Path::new("/dev/vda"))?;
+    ensure!(
+        e["bitmap"]["mode"] == "kernel",
+        "recorded mode: {}",
+        e["bitmap"]
+    );
+    ensure!(
+        md.read("bitmap/location")? == "+8" && md.read("bitmap/metadata")? == "internal",
+        "md does not run its own bitmap at +8"
+    );
+    fail_and_remove("/dev/vdb")?;
+    write_chunks(&md, &MOVE_DIRTY, 20)?;
+    let bits = mode_bits(Path::new("/dev/vda"))?;
+    ensure!(bits == MOVE_DIRTY, "bits before the crash: {bits:?}");
+    println!("MDEXT-CRASHING");
+    sh("echo b > /proc/sysrq-trigger")?;
+    std::thread::sleep(Duration::from_secs(30));
+    bail!("still alive after sysrq b")
+}
+
+fn move_phase2() -> Result<()> {
+    let (a, b) = (Path::new("/dev/vda"), Path::new("/dev/vdb"));
+    let external = kernel_offers_external_bitmap()?;
+    let want = if external { "external" } else { "kernel" };
+    let out = ctl("assemble --run mv /dev/vda /dev/vdb")?;
+    println!("{out}");
+    ensure!(out.contains("/dev/vdb not used"), "{out}");
+    let md = md();
+    let e = examine(a)?;
+    ensure!(
+        e["bitmap"]["mode"] == want,
+        "recorded mode after the move: {}",
+        e["bitmap"]
+    );
+    let bits = mode_bits(a)?;
+    ensure!(
+        bits == MOVE_DIRTY,
+        "bits in the {want} region after the move: {bits:?}"
+    );
+    write_chunks(&md, &[100], 20)?;
+    let w0 = written_sectors("vdb")?;
+    ctl("add md127 /dev/vdb")?;
+    wait_rebuilt(&md, &[a, b])?;
+    let written = written_sectors("vdb")? - w0;
+    let data = (MOVE_DIRTY.len() as u64 + 1) * CHUNK_SECTORS;
+    println!(
+        "kernel -> {want} mode: rebuild wrote {written} sectors ({data} for {} dirty chunks)",
+        MOVE_DIRTY.len() + 1
+    );
+    ensure!(
+        written >= data && written < data + 200,
+        "rebuild wrote {written} sectors, expected {data} plus metadata"
+    );
+    verify_chunks(&md, &MOVE_DIRTY, 20)?;
+    verify_chunks(&md, &[100], 20)?;
+    let mm = check_mismatches(&md)?;
+    println!("kernel -> {want} mode: mismatch_cnt {mm}");
+    ensure!(mm == 0, "mismatch_cnt after the rebuild: {mm}");
+    ctl("stop md127")?;
+    Ok(())
+}
 
 const CHUNK_LEN: usize = 64 << 10;
 const CHUNK: u64 = CHUNK_LEN as u64;
@@ -66,7 +160,7 @@ fn fail_and_remove(dev: &str) -> Result<()> {
     Ok(())
 }
 
-fn wait_rebuilt(md: &MdDev, loops: &[Loop]) -> Result<()> {
+fn wait_rebuilt(md: &MdDev, members: &[&Path]) -> Result<()> {
     wait_until("recovery to end", Duration::from_secs(180), || {
         (md.degraded().ok()? == 0 && md.read("sync_action").ok()? == "idle").then_some(())
     })?;
@@ -74,10 +168,10 @@ fn wait_rebuilt(md: &MdDev, loops: &[Loop]) -> Result<()> {
         "every member recorded in sync",
         Duration::from_secs(20),
         || {
-            loops
+            members
                 .iter()
-                .all(|l| {
-                    examine(&l.path).ok().is_some_and(|e| {
+                .all(|p| {
+                    examine(p).ok().is_some_and(|e| {
                         e["members"]
                             .as_array()
                             .is_some_and(|m| m.iter().all(|m| m["state"] == "in-sync"))
@@ -146,7 +240,8 @@ fn any_kernel_readd() -> Result<()> {
     write_chunks(&md, &[300], 0)?;
     let w0 = written_sectors("loop1")?;
     ctl("add md127 /dev/loop1")?;
-    wait_rebuilt(&md, &loops)?;
+    let paths: Vec<&Path> = loops.iter().map(|l| l.path.as_path()).collect();
+    wait_rebuilt(&md, &paths)?;
     let written = written_sectors("loop1")? - w0;
     let data = (dirty.len() as u64 + 1) * CHUNK_SECTORS;
     println!(
