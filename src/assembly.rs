@@ -82,8 +82,8 @@ pub struct ArraySpec {
     /// The kernel-managed bitmap at sector 8 (bitmap mode `kernel`): the
     /// `SET_ARRAY_INFO` ioctl before `metadata_version`, then after the
     /// readonly start: writes fenced, `clean`, `bitmap/location +8`. The
-    /// caller re-arms, returns the array to `readonly` and lifts the
-    /// fence. Only with `bitmap` `None`.
+    /// caller re-arms, returns the array to `readonly` for `assemble
+    /// --readonly`, and lifts the fence. Only with `bitmap` `None`.
     pub kernel_bitmap: bool,
     /// `resync_start`.
     pub resync_start: Checkpoint,

@@ -410,7 +410,7 @@ fn assemble_one(
             .md_device(&choice.meta.name, &choice.meta.uuid)
             .map(str::to_string)
     });
-    let (md, rearmed, rearm_writes) = activate_choice(sysfs, &mut choice, md_name)?;
+    let (md, rearmed, rearm_writes) = activate_choice(sysfs, &mut choice, md_name, o.readonly)?;
     let mut left_out_extra: Vec<assembly::LeftOut> = Vec::new();
     let handed = ensure_daemon(&o.run_dir, &o.mdextmon).and_then(|()| {
         let req = Request::Manage {
@@ -641,6 +641,7 @@ fn activate_choice(
     sysfs: &Sysfs,
     choice: &mut Choice,
     md_name: Option<String>,
+    readonly: bool,
 ) -> Result<(MdDev, u64, usize), CtlError> {
     let name = match md_name {
         Some(n) => n,
@@ -656,7 +657,7 @@ fn activate_choice(
             cause: Box::new(cause),
             rollback: None,
         })?;
-    match activate_on(sysfs, choice, &md) {
+    match activate_on(sysfs, choice, &md, readonly) {
         Ok(r) => Ok(r),
         Err(e) => {
             let _ = assembly::teardown(sysfs, &md);
@@ -669,6 +670,7 @@ fn activate_on(
     sysfs: &Sysfs,
     choice: &mut Choice,
     md: &MdDev,
+    readonly: bool,
 ) -> Result<(MdDev, u64, usize), CtlError> {
     let nchunks = choice.meta.bitmap_chunks();
     let recorded = choice.meta.bitmap.mode;
@@ -767,18 +769,22 @@ fn activate_on(
             .map_err(|e| CtlError::Array(format!("{}: {what}: {e}", md.name())))?;
     }
     if plan.attach_after_start {
-        // Back to read-only before the fence goes, as an external-mode
-        // start leaves the array: no write can be held before mdextmon
-        // manages it, and `assemble --readonly` keeps it so. No write is
-        // pending (fenced writes wait before md marks the array dirty), so
-        // md accepts the switch; the bitmap stays attached.
-        md.set_array_state(crate::md::ArrayState::Readonly)
-            .map_err(|e| {
-                CtlError::Array(format!(
-                    "{}: read-only after the bitmap attach: {e}",
-                    md.name()
-                ))
-            })?;
+        // `assemble --readonly`: back to read-only before the fence goes
+        // (the attach needed `clean`). No write is pending (fenced writes
+        // wait before md marks the array dirty), so md accepts the
+        // switch; the bitmap stays attached. Not otherwise: returned to
+        // read-only, a root array assembled in the initramfs on 7.2.13
+        // left its root mount blocked for good (guest), while left
+        // `clean` it boots.
+        if readonly {
+            md.set_array_state(crate::md::ArrayState::Readonly)
+                .map_err(|e| {
+                    CtlError::Array(format!(
+                        "{}: read-only after the bitmap attach: {e}",
+                        md.name()
+                    ))
+                })?;
+        }
         md.lift_fence()
             .map_err(|e| CtlError::Array(format!("{}: lifting the write fence: {e}", md.name())))?;
     }
