@@ -258,11 +258,33 @@ fn check_name(n: &str) -> Result<String, String> {
     }
 }
 
+/// Read a file without updating its access time where the caller may
+/// (its owner, or CAP_FOWNER): mdextmon re-reads the file on SIGHUP, and
+/// an access-time update on a root filesystem held by an array the daemon
+/// serves would wait on the daemon itself.
+fn read_noatime(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(path)
+    };
+    let mut f = match open(nix::libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => open(0)?,
+        r => r?,
+    };
+    let mut s = String::new();
+    f.read_to_string(&mut s)?;
+    Ok(s)
+}
+
 impl Config {
     /// Read `path`. A missing file gives the defaults; any other problem
     /// is an error.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
+        match read_noatime(path) {
             Ok(t) => parse(&path.display().to_string(), &t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
             Err(e) => Err(ConfigError::Read {

@@ -137,12 +137,7 @@ impl Daemon {
     /// Block the signals the loop handles, lock memory, open the socket.
     pub fn new(cfg: Config) -> Result<Daemon, DaemonError> {
         let mut mask = SigSet::empty();
-        for s in [
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-            Signal::SIGCHLD,
-        ] {
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
             mask.add(s);
         }
         mask.thread_block().map_err(setup("blocking signals"))?;
@@ -359,7 +354,6 @@ impl Daemon {
                             self.unsettled.extend(self.arrays.keys().cloned());
                             self.reporter.set_program(event_program(&self.cfg.config));
                         }
-                        Ok(Signal::SIGCHLD) => self.reporter.reap(),
                         _ => {}
                     }
                 }
@@ -471,7 +465,6 @@ impl Daemon {
             let ev = m.take_events();
             self.reporter.report(&ev);
         }
-        self.reporter.reap();
     }
     /// Send a notification; false if it did not go (the service manager's
     /// queue is full, or it is gone). Never blocks.

@@ -5,16 +5,23 @@
 //! `PROGRAM EVENT MD-DEVICE [MEMBER]` (mdadm's convention) with the same
 //! facts in its environment.
 //!
-//! The program never blocks the daemon: it is spawned and not waited for;
-//! finished children are reaped on SIGCHLD ([`Reporter::reap`]). A program
-//! that hangs keeps its slot; past [`MAX_CHILDREN`] running at once,
-//! further events are not handed to it (and that is logged).
+//! The program never blocks the daemon: the daemon's loop only queues the
+//! event ([`MAX_QUEUED`] at most); a thread of its own starts the program
+//! (starting a process waits for the exec, which reads the program's file,
+//! perhaps from an array this daemon must serve meanwhile), and reaps
+//! finished instances. A program that hangs keeps its slot; past
+//! [`MAX_CHILDREN`] running at once, further events are not handed to it
+//! (and that is logged).
 
 use crate::events::Event;
 use crate::journal::Journal;
 use log::warn;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Most PROGRAM instances running at once.
 pub const MAX_CHILDREN: usize = 16;
@@ -55,25 +62,37 @@ pub fn stderr_line(e: &Event, journal: bool) -> String {
     format!("mdextmon: {word}{name}: {}", e.message)
 }
 
-/// Sends events on.
+/// Sends events on. Journal and stderr entries go from the caller's
+/// thread without blocking; the program is started by [`ProgramRunner`]'s
+/// thread.
 pub struct Reporter {
     journal_path: PathBuf,
     journal: Option<Journal>,
     stderr_is_journal: bool,
     program: Option<PathBuf>,
-    children: Vec<Child>,
+    runner: Option<ProgramRunner>,
+    spawn: Option<Spawn>,
 }
+
+/// How a program instance is started (a test puts its own here).
+pub type Spawn = Box<dyn FnMut(&Path, &Event) -> std::io::Result<Child> + Send>;
 
 impl Reporter {
     /// A reporter sending to the journal socket at `journal` (if something
     /// listens there) and running `program`.
     pub fn new(journal: &Path, program: Option<PathBuf>) -> Reporter {
+        Reporter::with_spawn(journal, program, Box::new(spawn_program))
+    }
+
+    /// Like [`Reporter::new`], starting program instances with `spawn`.
+    pub fn with_spawn(journal: &Path, program: Option<PathBuf>, spawn: Spawn) -> Reporter {
         Reporter {
             journal_path: journal.to_path_buf(),
             journal: Journal::connect(journal),
             stderr_is_journal: crate::cli::stderr_is_journal(),
             program,
-            children: Vec::new(),
+            runner: None,
+            spawn: Some(spawn),
         }
     }
 
@@ -82,7 +101,7 @@ impl Reporter {
         self.program = program;
     }
 
-    /// Report each event and run the program for it.
+    /// Report each event and hand it to the program. Never waits.
     pub fn report(&mut self, events: &[Event]) {
         for e in events {
             let f = fields(e);
@@ -106,38 +125,31 @@ impl Reporter {
         let Some(p) = self.program.clone() else {
             return;
         };
-        self.reap();
-        if self.children.len() >= MAX_CHILDREN {
-            warn!(
-                "{}: {} instances of {} still running; not run for {}",
-                e.md,
-                self.children.len(),
-                p.display(),
-                e.kind.name()
-            );
-            return;
-        }
-        let mut cmd = Command::new(&p);
-        cmd.arg(e.kind.name()).arg(format!("/dev/{}", e.md));
-        if let Some(m) = &e.member {
-            cmd.arg(m);
-        }
-        for (k, v) in fields(e) {
-            if k.starts_with("MDEXT_") {
-                cmd.env(k, v);
+        if self.runner.is_none() {
+            let Some(spawn) = self.spawn.take() else {
+                return;
+            };
+            match ProgramRunner::start(spawn) {
+                Ok(r) => self.runner = Some(r),
+                Err(err) => {
+                    warn!("starting the event program's thread: {err}");
+                    return;
+                }
             }
         }
-        cmd.env("MDEXT_MESSAGE", &e.message)
-            .env("MDEXT_PRIORITY", e.kind.priority().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        // Its own process group: a signal to the daemon's group (a
-        // terminal's ^C) does not reach it, nor the other way round.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        match cmd.spawn() {
-            Ok(c) => self.children.push(c),
-            Err(err) => warn!(
-                "{}: running {} for {}: {err}",
+        let Some(r) = &self.runner else {
+            return;
+        };
+        match r.jobs.try_send((p.clone(), e.clone())) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => warn!(
+                "{}: {MAX_QUEUED} events already wait for {}; not run for {}",
+                e.md,
+                p.display(),
+                e.kind.name()
+            ),
+            Err(TrySendError::Disconnected(_)) => warn!(
+                "{}: the event program's thread is gone; {} not run for {}",
                 e.md,
                 p.display(),
                 e.kind.name()
@@ -145,25 +157,121 @@ impl Reporter {
         }
     }
 
-    /// Reap finished program instances (never waits). A non-zero exit is
-    /// logged.
-    pub fn reap(&mut self) {
-        self.children.retain_mut(|c| match c.try_wait() {
-            Ok(None) => true,
-            Ok(Some(st)) => {
-                if !st.success() {
-                    warn!("event program (pid {}) ended with {st}", c.id());
-                }
-                false
-            }
-            Err(_) => false,
-        });
-    }
-
     /// Program instances still running.
     pub fn running(&self) -> usize {
-        self.children.len()
+        self.runner
+            .as_ref()
+            .map_or(0, |r| r.running.load(Ordering::Relaxed))
     }
+}
+
+/// Most events waiting for the program's thread.
+pub const MAX_QUEUED: usize = 64;
+
+/// How often the program's thread looks for finished instances while any
+/// runs (it sleeps on its queue alone when none does).
+const REAP_EVERY: Duration = Duration::from_millis(500);
+
+/// Stack of the program's thread (it builds a command line and spawns).
+const RUNNER_STACK: usize = 256 << 10;
+
+/// The thread that starts the program. Starting a process waits until it
+/// has executed the program, and executing it reads the program's file:
+/// if that file lives on an array this daemon manages and the array holds
+/// a write for the daemon (a journal commit the atime update waits on),
+/// the daemon's own loop would wait on itself. So the loop only queues;
+/// this thread starts, counts and reaps.
+struct ProgramRunner {
+    jobs: SyncSender<(PathBuf, Event)>,
+    running: Arc<AtomicUsize>,
+}
+
+impl ProgramRunner {
+    fn start(mut spawn: Spawn) -> std::io::Result<ProgramRunner> {
+        let (jobs, rx) = sync_channel::<(PathBuf, Event)>(MAX_QUEUED);
+        let running = Arc::new(AtomicUsize::new(0));
+        let count = running.clone();
+        std::thread::Builder::new()
+            .name("event-program".into())
+            .stack_size(RUNNER_STACK)
+            .spawn(move || {
+                let mut children: Vec<Child> = Vec::new();
+                loop {
+                    let job = if children.is_empty() {
+                        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                    } else {
+                        rx.recv_timeout(REAP_EVERY)
+                    };
+                    reap(&mut children);
+                    match job {
+                        Ok((p, e)) => {
+                            if children.len() >= MAX_CHILDREN {
+                                warn!(
+                                    "{}: {} instances of {} still running; not run for {}",
+                                    e.md,
+                                    children.len(),
+                                    p.display(),
+                                    e.kind.name()
+                                );
+                            } else {
+                                match spawn(&p, &e) {
+                                    Ok(c) => children.push(c),
+                                    Err(err) => warn!(
+                                        "{}: running {} for {}: {err}",
+                                        e.md,
+                                        p.display(),
+                                        e.kind.name()
+                                    ),
+                                }
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        // The reporter is gone (the daemon ends): running
+                        // instances are left to finish on their own.
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                    count.store(children.len(), Ordering::Relaxed);
+                }
+            })?;
+        Ok(ProgramRunner { jobs, running })
+    }
+}
+
+/// Start `PROGRAM EVENT MD-DEVICE [MEMBER]` with the event's facts in its
+/// environment, in its own process group (a signal to the daemon's group,
+/// a terminal's ^C, does not reach it, nor the other way round).
+pub fn spawn_program(p: &Path, e: &Event) -> std::io::Result<Child> {
+    let mut cmd = Command::new(p);
+    cmd.arg(e.kind.name()).arg(format!("/dev/{}", e.md));
+    if let Some(m) = &e.member {
+        cmd.arg(m);
+    }
+    for (k, v) in fields(e) {
+        if k.starts_with("MDEXT_") {
+            cmd.env(k, v);
+        }
+    }
+    cmd.env("MDEXT_MESSAGE", &e.message)
+        .env("MDEXT_PRIORITY", e.kind.priority().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn()
+}
+
+/// Reap finished program instances (never waits). A non-zero exit is
+/// logged.
+fn reap(children: &mut Vec<Child>) {
+    children.retain_mut(|c| match c.try_wait() {
+        Ok(None) => true,
+        Ok(Some(st)) => {
+            if !st.success() {
+                warn!("event program (pid {}) ended with {st}", c.id());
+            }
+            false
+        }
+        Err(_) => false,
+    });
 }
 
 #[cfg(test)]
@@ -228,21 +336,26 @@ mod tests {
         }
     }
 
+    fn script(d: &Path, name: &str, body: &str) -> PathBuf {
+        let p = d.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write");
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        p
+    }
+
     #[test]
     fn the_program_runs_with_arguments_and_environment() {
         let d = tempfile::tempdir().expect("tmp");
         let out = d.path().join("out");
-        let prog = d.path().join("prog");
-        std::fs::write(
-            &prog,
-            format!(
-                "#!/bin/sh\necho \"$1 $2 $3|$MDEXT_EVENT $MDEXT_MD_DEVICE $MDEXT_MEMBER $MDEXT_ARRAY_NAME\" >> {}\n",
+        let prog = script(
+            d.path(),
+            "prog",
+            &format!(
+                "echo \"$1 $2 $3|$MDEXT_EVENT $MDEXT_MD_DEVICE $MDEXT_MEMBER $MDEXT_ARRAY_NAME\" >> {}",
                 out.display()
             ),
-        )
-        .expect("write");
-        std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .expect("chmod");
+        );
         let mut r = Reporter::new(&d.path().join("no-journal"), Some(prog));
         r.report(&[ev(Kind::Fail, Some("/dev/loop1"))]);
         wait_for("program output", || {
@@ -252,19 +365,23 @@ mod tests {
             std::fs::read_to_string(&out).expect("out"),
             "Fail /dev/md127 /dev/loop1|Fail /dev/md127 /dev/loop1 re\n"
         );
-        wait_for("reaped", || {
-            r.reap();
-            r.running() == 0
-        });
+        wait_for("reaped", || r.running() == 0);
     }
 
     #[test]
     fn a_hanging_program_never_blocks_and_is_bounded() {
         let d = tempfile::tempdir().expect("tmp");
-        let prog = d.path().join("hang");
-        std::fs::write(&prog, "#!/bin/sh\nexec sleep 600\n").expect("write");
-        std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .expect("chmod");
+        let stop = d.path().join("stop");
+        let started = d.path().join("started");
+        let prog = script(
+            d.path(),
+            "hang",
+            &format!(
+                "echo >> {}\nwhile [ ! -e {} ]; do sleep 0.05; done",
+                started.display(),
+                stop.display()
+            ),
+        );
         let mut r = Reporter::new(&d.path().join("no-journal"), Some(prog));
         let many: Vec<Event> = (0..MAX_CHILDREN + 3)
             .map(|_| ev(Kind::RebuildStarted, None))
@@ -272,10 +389,54 @@ mod tests {
         let t0 = Instant::now();
         r.report(&many);
         assert!(t0.elapsed() < Duration::from_secs(10));
+        wait_for("MAX_CHILDREN instances started", || {
+            std::fs::read_to_string(&started).is_ok_and(|s| s.len() == MAX_CHILDREN)
+        });
         assert_eq!(r.running(), MAX_CHILDREN);
-        for c in &mut r.children {
-            let _ = c.kill();
-            let _ = c.wait();
+        std::fs::write(&stop, "").expect("stop");
+        wait_for("every instance reaped", || r.running() == 0);
+        assert_eq!(
+            std::fs::read_to_string(&started).expect("started").len(),
+            MAX_CHILDREN,
+            "events past the limit were not run"
+        );
+    }
+
+    /// Starting a program can wait on the very array the daemon serves
+    /// (the exec reads the program's file): the daemon's call returns
+    /// while a start is stuck, and later events queue behind it.
+    #[test]
+    fn a_stuck_program_start_never_blocks_the_caller() {
+        let d = tempfile::tempdir().expect("tmp");
+        let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = std::sync::Mutex::new(release_rx);
+        let spawn: Spawn = Box::new(move |_p, _e| {
+            let _ = entered_tx.send(());
+            let _ = release_rx.lock().map(|r| r.recv());
+            Command::new("true").spawn()
+        });
+        let mut r = Reporter::with_spawn(
+            &d.path().join("no-journal"),
+            Some(PathBuf::from("/prog")),
+            spawn,
+        );
+        r.report(&[ev(Kind::Fail, Some("/dev/loop1"))]);
+        entered
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the program's start began");
+        // The first start is stuck now; the caller goes on.
+        let t0 = Instant::now();
+        r.report(&[ev(Kind::DegradedArray, None), ev(Kind::Fail, None)]);
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        for _ in 0..3 {
+            release.send(()).expect("release");
         }
+        for _ in 0..2 {
+            entered
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the queued events' starts");
+        }
+        wait_for("reaped", || r.running() == 0);
     }
 }
