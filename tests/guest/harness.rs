@@ -76,6 +76,11 @@ fn find(name: &str) -> Option<&'static [Phase]> {
         })
 }
 
+/// A phase still running this long after it began is presumed stuck (the
+/// host kills the guest at 900 s, boot included): the blocked tasks' stacks
+/// go to the console while there is time.
+const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
 pub fn run_in_guest(scenario: &str, phase: &str) -> i32 {
     let Some(phases) = find(scenario) else {
         eprintln!("MDEXT-FAIL: no scenario '{scenario}'");
@@ -85,6 +90,7 @@ pub fn run_in_guest(scenario: &str, phase: &str) -> i32 {
         eprintln!("MDEXT-FAIL: scenario '{scenario}' has no phase '{phase}'");
         return 2;
     };
+    crate::util::stuck_dump(STUCK_AFTER);
     match (p.run)() {
         Ok(()) => {
             println!("MDEXT-PASS {scenario}/{phase}");

@@ -172,6 +172,35 @@ pub fn dump_state() {
     }
 }
 
+/// Once `after` has passed, dump what a stuck guest is stuck on: SysRq `w`
+/// (every blocked task's kernel stack, printed to the console whatever the
+/// log level, and without reading any filesystem a held array may be
+/// under) and every md array's state. A diagnostic only: it never decides
+/// a test. The failing phase's own [`dump_state`] runs where the phase can
+/// still fail by itself; this is for the phase that never returns.
+pub fn stuck_dump(after: Duration) {
+    let _ = std::thread::Builder::new()
+        .name("stuck-dump".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            let _ = std::fs::write("/proc/sysrq-trigger", "w");
+            let mut states = Vec::new();
+            if let Ok(rd) = std::fs::read_dir("/sys/block") {
+                for e in rd.flatten() {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if let Ok(st) = std::fs::read_to_string(e.path().join("md/array_state")) {
+                        states.push(format!("{n} {}", st.trim()));
+                    }
+                }
+            }
+            eprintln!(
+                "MDEXT-STUCK: the phase still runs after {} s; blocked tasks dumped (SysRq w); arrays: {}",
+                after.as_secs(),
+                states.join(", ")
+            );
+        });
+}
+
 /// The real sysfs.
 pub fn sysfs() -> Sysfs {
     Sysfs::default()
