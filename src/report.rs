@@ -6,12 +6,13 @@
 //! facts in its environment.
 //!
 //! The program never blocks the daemon: the daemon's loop only queues the
-//! event ([`MAX_QUEUED`] at most); a thread of its own starts the program
-//! (starting a process waits for the exec, which reads the program's file,
-//! perhaps from an array this daemon must serve meanwhile), and reaps
-//! finished instances. A program that hangs keeps its slot; past
-//! [`MAX_CHILDREN`] running at once, further events are not handed to it
-//! (and that is logged).
+//! event ([`MAX_QUEUED`] at most; past that, events are not handed on, and
+//! that is logged). A thread of its own runs the program, one instance at a
+//! time in the order of the events, each to its end before the next (as
+//! `mdadm --monitor` does): starting a process waits for its exec, which
+//! reads the program's file, perhaps from an array this daemon must serve
+//! meanwhile, and a program that never ends holds up only the programs of
+//! later events.
 
 use crate::events::Event;
 use crate::journal::Journal;
@@ -19,12 +20,8 @@ use log::warn;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Most PROGRAM instances running at once.
-pub const MAX_CHILDREN: usize = 16;
 
 /// The journald fields of an event.
 pub fn fields(e: &Event) -> Vec<(&'static str, String)> {
@@ -157,7 +154,7 @@ impl Reporter {
         }
     }
 
-    /// Program instances still running.
+    /// Program instances running (0 or 1).
     pub fn running(&self) -> usize {
         self.runner
             .as_ref()
@@ -168,19 +165,15 @@ impl Reporter {
 /// Most events waiting for the program's thread.
 pub const MAX_QUEUED: usize = 64;
 
-/// How often the program's thread looks for finished instances while any
-/// runs (it sleeps on its queue alone when none does).
-const REAP_EVERY: Duration = Duration::from_millis(500);
-
 /// Stack of the program's thread (it builds a command line and spawns).
 const RUNNER_STACK: usize = 256 << 10;
 
-/// The thread that starts the program. Starting a process waits until it
+/// The thread that runs the program. Starting a process waits until it
 /// has executed the program, and executing it reads the program's file:
 /// if that file lives on an array this daemon manages and the array holds
 /// a write for the daemon (a journal commit the atime update waits on),
 /// the daemon's own loop would wait on itself. So the loop only queues;
-/// this thread starts, counts and reaps.
+/// this thread starts each instance and waits for it to end.
 struct ProgramRunner {
     jobs: SyncSender<(PathBuf, Event)>,
     running: Arc<AtomicUsize>,
@@ -195,42 +188,25 @@ impl ProgramRunner {
             .name("event-program".into())
             .stack_size(RUNNER_STACK)
             .spawn(move || {
-                let mut children: Vec<Child> = Vec::new();
-                loop {
-                    let job = if children.is_empty() {
-                        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-                    } else {
-                        rx.recv_timeout(REAP_EVERY)
-                    };
-                    reap(&mut children);
-                    match job {
-                        Ok((p, e)) => {
-                            if children.len() >= MAX_CHILDREN {
-                                warn!(
-                                    "{}: {} instances of {} still running; not run for {}",
-                                    e.md,
-                                    children.len(),
-                                    p.display(),
-                                    e.kind.name()
-                                );
-                            } else {
-                                match spawn(&p, &e) {
-                                    Ok(c) => children.push(c),
-                                    Err(err) => warn!(
-                                        "{}: running {} for {}: {err}",
-                                        e.md,
-                                        p.display(),
-                                        e.kind.name()
-                                    ),
-                                }
-                            }
-                        }
-                        Err(RecvTimeoutError::Timeout) => {}
-                        // The reporter is gone (the daemon ends): running
-                        // instances are left to finish on their own.
-                        Err(RecvTimeoutError::Disconnected) => break,
+                // Ends when the reporter is gone (the daemon ends).
+                while let Ok((p, e)) = rx.recv() {
+                    count.store(1, Ordering::Relaxed);
+                    match spawn(&p, &e).and_then(|mut c| c.wait()) {
+                        Ok(st) if !st.success() => warn!(
+                            "{}: event program {} for {} ended with {st}",
+                            e.md,
+                            p.display(),
+                            e.kind.name()
+                        ),
+                        Ok(_) => {}
+                        Err(err) => warn!(
+                            "{}: running {} for {}: {err}",
+                            e.md,
+                            p.display(),
+                            e.kind.name()
+                        ),
                     }
-                    count.store(children.len(), Ordering::Relaxed);
+                    count.store(0, Ordering::Relaxed);
                 }
             })?;
         Ok(ProgramRunner { jobs, running })
@@ -257,21 +233,6 @@ pub fn spawn_program(p: &Path, e: &Event) -> std::io::Result<Child> {
         .stdout(Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.spawn()
-}
-
-/// Reap finished program instances (never waits). A non-zero exit is
-/// logged.
-fn reap(children: &mut Vec<Child>) {
-    children.retain_mut(|c| match c.try_wait() {
-        Ok(None) => true,
-        Ok(Some(st)) => {
-            if !st.success() {
-                warn!("event program (pid {}) ended with {st}", c.id());
-            }
-            false
-        }
-        Err(_) => false,
-    });
 }
 
 #[cfg(test)]
@@ -369,7 +330,38 @@ mod tests {
     }
 
     #[test]
-    fn a_hanging_program_never_blocks_and_is_bounded() {
+    fn programs_run_one_at_a_time_in_the_order_of_the_events() {
+        let d = tempfile::tempdir().expect("tmp");
+        let out = d.path().join("out");
+        // Each instance takes a while, and would be overtaken by the next
+        // if they overlapped.
+        let prog = script(
+            d.path(),
+            "prog",
+            &format!(
+                "[ \"$1\" = Fail ] && sleep 0.3\necho \"$1\" >> {}",
+                out.display()
+            ),
+        );
+        let mut r = Reporter::new(&d.path().join("no-journal"), Some(prog));
+        r.report(&[
+            ev(Kind::Fail, Some("/dev/loop1")),
+            ev(Kind::DegradedArray, None),
+            ev(Kind::RebuildStarted, Some("/dev/loop1")),
+            ev(Kind::RebuildFinished, Some("/dev/loop1")),
+        ]);
+        wait_for("four lines", || {
+            std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() == 4)
+        });
+        assert_eq!(
+            std::fs::read_to_string(&out).expect("out"),
+            "Fail\nDegradedArray\nRebuildStarted\nRebuildFinished\n"
+        );
+        wait_for("ended", || r.running() == 0);
+    }
+
+    #[test]
+    fn a_hanging_program_never_blocks_and_the_queue_is_bounded() {
         let d = tempfile::tempdir().expect("tmp");
         let stop = d.path().join("stop");
         let started = d.path().join("started");
@@ -383,22 +375,30 @@ mod tests {
             ),
         );
         let mut r = Reporter::new(&d.path().join("no-journal"), Some(prog));
-        let many: Vec<Event> = (0..MAX_CHILDREN + 3)
+        let many: Vec<Event> = (0..MAX_QUEUED + 10)
             .map(|_| ev(Kind::RebuildStarted, None))
             .collect();
         let t0 = Instant::now();
         r.report(&many);
         assert!(t0.elapsed() < Duration::from_secs(10));
-        wait_for("MAX_CHILDREN instances started", || {
-            std::fs::read_to_string(&started).is_ok_and(|s| s.len() == MAX_CHILDREN)
+        wait_for("the first instance started", || {
+            std::fs::read_to_string(&started).is_ok_and(|s| s.len() == 1)
         });
-        assert_eq!(r.running(), MAX_CHILDREN);
+        assert_eq!(r.running(), 1);
         std::fs::write(&stop, "").expect("stop");
-        wait_for("every instance reaped", || r.running() == 0);
-        assert_eq!(
-            std::fs::read_to_string(&started).expect("started").len(),
-            MAX_CHILDREN,
-            "events past the limit were not run"
+        // The queue held MAX_QUEUED, and one more if the thread had taken
+        // the first out before the queue filled; the rest were dropped.
+        wait_for("every queued instance run", || {
+            r.running() == 0
+                && std::fs::read_to_string(&started)
+                    .is_ok_and(|s| (MAX_QUEUED..=MAX_QUEUED + 1).contains(&s.len()))
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let n = std::fs::read_to_string(&started).expect("started").len();
+        assert!(
+            (MAX_QUEUED..=MAX_QUEUED + 1).contains(&n),
+            "{n} instances ran of {} events",
+            MAX_QUEUED + 10
         );
     }
 

@@ -1,6 +1,6 @@
 //! In-guest helpers for scenarios.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use mdext::device::{Access, Device};
 use mdext::md::ArrayState;
 use mdext::sysfs::{poll_watches, DevNum, MdDev, Sysfs};
@@ -304,11 +304,37 @@ pub fn mode_bits(dev: &Path) -> Result<Vec<u64>> {
 
 /// The set bits of `dev` in the first `len` bytes of its mode's bitmap.
 pub fn mode_bits_len(dev: &Path, len: usize) -> Result<Vec<u64>> {
+    Ok(set_bits(&mode_bytes(dev, len)?))
+}
+
+/// The first `len` bytes of `dev`'s bitmap, in the region its recorded
+/// mode runs from ([`mode_bits_at`]).
+pub fn mode_bytes(dev: &Path, len: usize) -> Result<Vec<u8>> {
     let at = mode_bits_at(dev)?;
     // O_DIRECT: read whole 4 KiB blocks around the bits.
     let from = usize::try_from(at % 4096)?;
     let bytes = read_direct(dev, at - at % 4096, (from + len).div_ceil(4096) * 4096)?;
-    Ok(set_bits(&bytes[from..from + len]))
+    Ok(bytes[from..from + len].to_vec())
+}
+
+/// `mdextctl fail` then `remove` of `dev` in md127, waiting for mdextmon to
+/// detach it; `can_clear` must stay false after each (external mode).
+/// Returns how many slots are degraded after the removal (at least one).
+pub fn fail_and_remove(md: &MdDev, dev: &str) -> Result<u32> {
+    ctl(&format!("fail md127 {dev}"))?;
+    ensure!(can_clear_is(md, false)?, "can_clear after fail");
+    // mdextmon records the failure and detaches the member by itself.
+    let kname = dev.trim_start_matches("/dev/");
+    wait_until(
+        "the failed member to be detached",
+        Duration::from_secs(10),
+        || (!Path::new(&format!("/sys/block/md127/md/dev-{kname}")).exists()).then_some(()),
+    )?;
+    ctl(&format!("remove md127 {dev}"))?;
+    ensure!(can_clear_is(md, false)?, "can_clear after remove");
+    let degraded = md.degraded()?;
+    ensure!(degraded >= 1, "not degraded after remove");
+    Ok(degraded)
 }
 
 /// The byte offset on `dev` of the first bitmap bit in the region its

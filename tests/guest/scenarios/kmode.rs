@@ -62,7 +62,10 @@ fn move_phase1() -> Result<()> {
         md.read("bitmap/location")? == "+8" && md.read("bitmap/metadata")? == "internal",
         "md does not run its own bitmap at +8"
     );
-    fail_and_remove("/dev/vdb")?;
+    ensure!(
+        fail_and_remove(&md, "/dev/vdb")? == 1,
+        "not degraded by one slot"
+    );
     write_chunks(&md, &MOVE_DIRTY, 20)?;
     let bits = mode_bits(Path::new("/dev/vda"))?;
     ensure!(bits == MOVE_DIRTY, "bits before the crash: {bits:?}");
@@ -92,24 +95,11 @@ fn move_phase2() -> Result<()> {
         "bits in the {want} region after the move: {bits:?}"
     );
     write_chunks(&md, &[100], 20)?;
-    let w0 = written_sectors("vdb")?;
-    ctl("add md127 /dev/vdb")?;
-    wait_rebuilt(&md, &[a, b])?;
-    let written = written_sectors("vdb")? - w0;
-    let data = (MOVE_DIRTY.len() as u64 + 1) * CHUNK_SECTORS;
-    println!(
-        "kernel -> {want} mode: rebuild wrote {written} sectors ({data} for {} dirty chunks)",
-        MOVE_DIRTY.len() + 1
-    );
-    ensure!(
-        written >= data && written < data + 200,
-        "rebuild wrote {written} sectors, expected {data} plus metadata"
-    );
+    let what = format!("kernel -> {want} mode: rebuild");
+    readd_exact(&md, "vdb", &[a, b], MOVE_DIRTY.len() + 1, &what)?;
     verify_chunks(&md, &MOVE_DIRTY, 20)?;
     verify_chunks(&md, &[100], 20)?;
-    let mm = check_mismatches(&md)?;
-    println!("kernel -> {want} mode: mismatch_cnt {mm}");
-    ensure!(mm == 0, "mismatch_cnt after the rebuild: {mm}");
+    no_mismatch(&md, &what)?;
     ctl("stop md127")?;
     Ok(())
 }
@@ -147,16 +137,34 @@ fn bits_on(dev: &Path, mode: &str, ext_offset: u64) -> Result<Vec<u64>> {
     }
 }
 
-fn fail_and_remove(dev: &str) -> Result<()> {
-    ctl(&format!("fail md127 {dev}"))?;
-    let kname = dev.trim_start_matches("/dev/");
-    wait_until(
-        "the failed member to be detached",
-        Duration::from_secs(10),
-        || (!Path::new(&format!("/sys/block/md127/md/dev-{kname}")).exists()).then_some(()),
-    )?;
-    ctl(&format!("remove md127 {dev}"))?;
-    ensure!(md().degraded()? == 1, "not degraded after remove");
+/// `mdextctl add md127 /dev/KNAME` and the rebuild awaited; it must have
+/// written `chunks` dirty chunks' data to the member, plus metadata.
+/// `what` labels the printed figures.
+fn readd_exact(
+    md: &MdDev,
+    kname: &str,
+    members: &[&Path],
+    chunks: usize,
+    what: &str,
+) -> Result<()> {
+    let w0 = written_sectors(kname)?;
+    ctl(&format!("add md127 /dev/{kname}"))?;
+    wait_rebuilt(md, members)?;
+    let written = written_sectors(kname)? - w0;
+    let data = chunks as u64 * CHUNK_SECTORS;
+    println!("{what} wrote {written} sectors ({data} for {chunks} dirty chunks)");
+    ensure!(
+        written >= data && written < data + 200,
+        "{what} wrote {written} sectors, expected {data} plus metadata"
+    );
+    Ok(())
+}
+
+/// md's scrub finds every copy alike.
+fn no_mismatch(md: &MdDev, what: &str) -> Result<()> {
+    let mm = check_mismatches(md)?;
+    println!("{what}: mismatch_cnt {mm}");
+    ensure!(mm == 0, "mismatch_cnt after the {what}: {mm}");
     Ok(())
 }
 
@@ -222,7 +230,10 @@ fn any_kernel_readd() -> Result<()> {
                 .filter(|b| b.is_empty())
         },
     )?;
-    fail_and_remove("/dev/loop1")?;
+    ensure!(
+        fail_and_remove(&md, "/dev/loop1")? == 1,
+        "not degraded by one slot"
+    );
     let dirty = [2u64, 7, 8, 100];
     write_chunks(&md, &dirty, 0)?;
     // Several time_base periods: md keeps the bits of degraded writes.
@@ -238,25 +249,12 @@ fn any_kernel_readd() -> Result<()> {
     let on = bits_on(&loops[0].path, mode, ext_offset)?;
     ensure!(on == dirty, "bits after the degraded restart: {on:?}");
     write_chunks(&md, &[300], 0)?;
-    let w0 = written_sectors("loop1")?;
-    ctl("add md127 /dev/loop1")?;
     let paths: Vec<&Path> = loops.iter().map(|l| l.path.as_path()).collect();
-    wait_rebuilt(&md, &paths)?;
-    let written = written_sectors("loop1")? - w0;
-    let data = (dirty.len() as u64 + 1) * CHUNK_SECTORS;
-    println!(
-        "{mode} mode: bitmap rebuild after a degraded restart wrote {written} sectors ({data} for {} dirty chunks)",
-        dirty.len() + 1
-    );
-    ensure!(
-        written >= data && written < data + 200,
-        "rebuild wrote {written} sectors, expected {data} plus metadata"
-    );
+    let what = format!("{mode} mode: bitmap rebuild after a degraded restart");
+    readd_exact(&md, "loop1", &paths, dirty.len() + 1, &what)?;
     verify_chunks(&md, &dirty, 0)?;
     verify_chunks(&md, &[1, 300], 0)?;
-    let mm = check_mismatches(&md)?;
-    println!("{mode} mode: mismatch_cnt {mm}");
-    ensure!(mm == 0, "mismatch_cnt after the bitmap rebuild: {mm}");
+    no_mismatch(&md, &what)?;
     ctl("stop md127")?;
     sync_del_gendisk()
 }

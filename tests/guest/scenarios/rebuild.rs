@@ -124,22 +124,6 @@ fn wait_whole(md: &MdDev) -> Result<()> {
     Ok(())
 }
 
-fn fail_and_remove(md: &MdDev, dev: &str) -> Result<()> {
-    ctl(&format!("fail md127 {dev}"))?;
-    ensure!(can_clear_is(md, false)?, "can_clear after fail");
-    // mdextmon records the failure and detaches the member by itself.
-    let kname = dev.trim_start_matches("/dev/");
-    wait_until(
-        "the failed member to be detached",
-        Duration::from_secs(10),
-        || (!Path::new(&format!("/sys/block/md127/md/dev-{kname}")).exists()).then_some(()),
-    )?;
-    ctl(&format!("remove md127 {dev}"))?;
-    ensure!(can_clear_is(md, false)?, "can_clear after remove");
-    ensure!(md.degraded()? == 1, "not degraded after remove");
-    Ok(())
-}
-
 fn fail_readd() -> Result<()> {
     let loops = loop_devices(2, 64)?;
     ctl("create --level 1 --raid-devices 2 --name re --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1")?;
@@ -154,7 +138,10 @@ fn fail_readd() -> Result<()> {
         recorded_whole(&loops[0].path)?,
         "healthy array not recorded whole"
     );
-    fail_and_remove(&md, "/dev/loop1")?;
+    ensure!(
+        fail_and_remove(&md, "/dev/loop1")? == 1,
+        "not degraded by one slot"
+    );
     ensure!(
         member_states(&loops[0].path)?[1] == "failed",
         "failure not recorded"
@@ -205,7 +192,10 @@ fn degraded_crash_phase1() -> Result<()> {
     ctl("create --level 1 --raid-devices 2 --name dc --bitmap-chunk 64K --time-base 1 --assume-clean /dev/vda /dev/vdb")?;
     ctl("assemble dc /dev/vda /dev/vdb")?;
     let md = md();
-    fail_and_remove(&md, "/dev/vdb")?;
+    ensure!(
+        fail_and_remove(&md, "/dev/vdb")? == 1,
+        "not degraded by one slot"
+    );
     write_chunks(&md, &CRASH_DIRTY, 10)?;
     ensure!(
         bits_on(Path::new("/dev/vda"))? == CRASH_DIRTY,
@@ -275,7 +265,10 @@ fn replaced_returns() -> Result<()> {
         .context("size")?;
     ctl("assemble rp /dev/loop0 /dev/loop1")?;
     let md = md();
-    fail_and_remove(&md, "/dev/loop1")?;
+    ensure!(
+        fail_and_remove(&md, "/dev/loop1")? == 1,
+        "not degraded by one slot"
+    );
     write_chunks(&md, &[1, 2, 3], 20)?;
     // A blank replacement: a full rebuild, slowed so its state can be seen.
     md.write("sync_speed_max", "8000")?;
@@ -316,7 +309,10 @@ fn replaced_returns() -> Result<()> {
     );
     // The replacement leaves; the old member returns. Bits were cleared
     // since it left (can_clear went true): only a full rebuild is safe.
-    fail_and_remove(&md, "/dev/loop2")?;
+    ensure!(
+        fail_and_remove(&md, "/dev/loop2")? == 1,
+        "not degraded by one slot"
+    );
     write_chunks(&md, &[4], 20)?;
     let w1 = written_sectors("loop1")?;
     ctl("add md127 /dev/loop1")?;
@@ -374,7 +370,10 @@ fn kill_before_true() -> Result<()> {
     start_daemon(Some("before-can-clear-true"))?;
     ctl("assemble kb /dev/loop0 /dev/loop1")?;
     let md = md();
-    fail_and_remove(&md, "/dev/loop1")?;
+    ensure!(
+        fail_and_remove(&md, "/dev/loop1")? == 1,
+        "not degraded by one slot"
+    );
     let dirty = [5u64, 6, 300];
     write_chunks(&md, &dirty, 30)?;
     // The rebuild of 3 chunks can end while the daemon still handles the
@@ -532,7 +531,10 @@ fn mid_rebuild_phase1() -> Result<()> {
     ctl("create --level 1 --raid-devices 2 --name mr --bitmap-chunk 64K --time-base 1 --assume-clean /dev/vda /dev/vdb")?;
     ctl("assemble mr /dev/vda /dev/vdb")?;
     let md = md();
-    fail_and_remove(&md, "/dev/vdb")?;
+    ensure!(
+        fail_and_remove(&md, "/dev/vdb")? == 1,
+        "not degraded by one slot"
+    );
     write_chunks(&md, &MID_DIRTY, 50)?;
     // A blank replacement: a full rebuild, slowed so that the crash lands
     // in it. The crash comes as soon as `add` returns, before any progress
@@ -616,7 +618,10 @@ fn other_levels() -> Result<()> {
         ))?;
         ctl(&format!("assemble l{level} {devs}"))?;
         let md = md();
-        fail_and_remove(&md, "/dev/loop1")?;
+        ensure!(
+            fail_and_remove(&md, "/dev/loop1")? == 1,
+            "not degraded by one slot"
+        );
         let blob = pattern(u64::from(level), 4 << 20);
         write_direct(&md.dev_path(), 8 << 20, &blob)?;
         let w0 = written_sectors("loop1")?;

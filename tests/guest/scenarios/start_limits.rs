@@ -28,14 +28,6 @@ fn bits_on(dev: &Path, len: usize) -> Result<Vec<u64>> {
     mode_bits_len(dev, len)
 }
 
-/// The first `len` bytes of `dev`'s bitmap in its mode's region.
-fn bitmap_bytes(dev: &Path, len: usize) -> Result<Vec<u8>> {
-    let at = mode_bits_at(dev)?;
-    let from = usize::try_from(at % 4096)?;
-    let bytes = read_direct(dev, at - at % 4096, (from + len).div_ceil(4096) * 4096)?;
-    Ok(bytes[from..from + len].to_vec())
-}
-
 /// Wait for a rebuild to end and mdextmon to allow clearing again.
 fn wait_whole(md: &MdDev, limit: Duration) -> Result<()> {
     wait_until("recovery to end", limit, || {
@@ -46,21 +38,6 @@ fn wait_whole(md: &MdDev, limit: Duration) -> Result<()> {
         Duration::from_secs(30),
         || can_clear_is(md, true).ok()?.then_some(()),
     )
-}
-
-/// `mdextctl fail` + `remove` of `dev`, waiting for mdextmon to detach it.
-fn fail_and_remove(md: &MdDev, dev: &str) -> Result<()> {
-    ctl(&format!("fail md127 {dev}"))?;
-    let kname = dev.trim_start_matches("/dev/");
-    wait_until(
-        "the failed member to be detached",
-        Duration::from_secs(10),
-        || (!Path::new(&format!("/sys/block/md127/md/dev-{kname}")).exists()).then_some(()),
-    )?;
-    ctl(&format!("remove md127 {dev}"))?;
-    ensure!(md.degraded()? >= 1, "not degraded after remove");
-    ensure!(can_clear_is(md, false)?, "can_clear while degraded");
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -132,7 +109,7 @@ fn long_dirty_list() -> Result<()> {
         dirty.len()
     );
     let list_bytes = mdext::bitmap::ranges_to_set_bits(&mdext::bitmap::dirty_ranges(
-        &bitmap_bytes(a, bitmap_len)?,
+        &mode_bytes(a, bitmap_len)?,
         chunks,
     ))
     .len();
