@@ -332,6 +332,14 @@ pub struct Managed {
     /// Every attribute read or written, held open from take-over on (so a
     /// daemon whose `/sys` path vanished keeps working); `None` once the
     /// daemon stopped the array itself.
+    ///
+    /// Reading a held attribute re-arms its notification: md's
+    /// notification since the last read is spent by any read, and poll(2)
+    /// reports nothing more. So every read of them is one [`Managed::wake`]
+    /// acts on (or is followed by a wake), never a read for show: a status
+    /// request that read `array_state` just after md moved it to
+    /// `write-pending` left the held write unannounced, and the daemon
+    /// asleep beside it. Status comes from `seen`.
     held: Option<HeldMd>,
     gone: bool,
     readonly: bool,
@@ -344,15 +352,20 @@ pub struct Managed {
     write_failed: Vec<(String, String)>,
     /// The array state the last look showed, and when it was taken.
     last_look: Option<(ArrayState, std::time::Instant)>,
+    /// What the last look showed of the kernel, for status.
+    seen: KernelState,
 }
 
 /// How often an array last seen writable and not clean (`active`,
 /// `active-idle`, `write-pending`) is looked at again without a
 /// notification. md's notifications are edges, and at least one of its
 /// transitions is silent (a write resets `active-idle` to `active`
-/// without one); a systemd guest under load showed the daemon asleep in
-/// poll(2) while md held a write in `write-pending`. A clean array waits
-/// for notifications alone: no timer runs while nothing is written.
+/// without one). Systemd guests under load showed the daemon asleep in
+/// poll(2) while md held a write in `write-pending`; the cause found was
+/// the daemon's own reads for its status (see the `held` field), which
+/// spent the notification. This check stays as a second line. A clean
+/// array waits for notifications alone: no timer runs while nothing is
+/// written.
 pub const BUSY_RECHECK: Duration = Duration::from_secs(1);
 
 /// Most batches run for one wake (each batch is followed by a fresh
@@ -404,6 +417,7 @@ impl Managed {
             events: Vec::new(),
             write_failed: Vec::new(),
             last_look: None,
+            seen: KernelState::default(),
         };
         Ok(m)
     }
@@ -576,6 +590,13 @@ impl Managed {
                 },
             };
             self.last_look = Some((view.array_state, std::time::Instant::now()));
+            self.seen = KernelState {
+                array_state: Some(view.array_state),
+                degraded: Some(view.degraded),
+                sync_action: Some(view.sync_action),
+                sync_completed: Some(view.sync_completed),
+                can_clear: view.can_clear,
+            };
             if !view.array_state.is_running() {
                 self.stopped(&view);
                 return true;
@@ -1014,24 +1035,25 @@ impl Managed {
     /// Try to leave the array clean (SIGTERM, release). True when the
     /// metadata records clean and the kernel agrees.
     pub fn make_clean(&mut self) -> bool {
+        // Decided on what the wakes saw: a read of the held state here
+        // would spend a notification nobody acts on.
         self.wake();
         let Some(h) = self.held.as_ref() else {
             // Stopped (and recorded) already.
             return true;
         };
-        if let Ok(ArrayState::Active | ArrayState::ActiveIdle) = h.array_state() {
+        if let Some(ArrayState::Active | ArrayState::ActiveIdle) = self.seen.array_state {
             let _ = h.set_array_state(ArrayState::Clean);
             self.wake();
         }
-        let Some(h) = self.held.as_ref() else {
+        if self.held.is_none() || self.gone {
             return true;
-        };
-        match h.liveness() {
-            Liveness::Running(ArrayState::Clean | ArrayState::Readonly | ArrayState::ReadAuto) => {
+        }
+        match self.seen.array_state {
+            Some(ArrayState::Clean | ArrayState::Readonly | ArrayState::ReadAuto) => {
                 self.mon.meta().clean
             }
-            Liveness::Stopped(_) => true,
-            Liveness::Running(_) | Liveness::Unknown => false,
+            _ => false,
         }
     }
 
@@ -1084,14 +1106,10 @@ impl Managed {
             .iter()
             .map(|m| (m.index, m.kname.as_str()))
             .collect();
+        // What the last wake saw, never a fresh read of the held
+        // attributes (see `held`).
         let kernel = match &self.held {
-            Some(h) => KernelState {
-                array_state: h.array_state().ok(),
-                degraded: h.degraded().ok(),
-                sync_action: h.sync_action().ok(),
-                sync_completed: h.sync_completed().ok(),
-                can_clear: h.can_clear().ok().flatten(),
-            },
+            Some(_) => self.seen.clone(),
             None => KernelState::default(),
         };
         ArrayStatus::new(self.md.name(), self.mon.meta(), &devices, &kernel)

@@ -43,6 +43,7 @@ pub static ALL: &[&Scenario] = &[
     &incremental::UDEV_RULES,
     &service::RESTART_RELEASES_HELD_WRITE,
     &service::TAKEOVER_UNDER_WRITER,
+    &service::STATUS_UNDER_WRITES,
     &held::BLIND_DAEMON,
     &held::STOPPED_BY_OTHERS,
     &format::CONVERT_CRASH,

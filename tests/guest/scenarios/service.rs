@@ -34,6 +34,16 @@ pub static TAKEOVER_UNDER_WRITER: Scenario = Scenario {
     }],
 };
 
+pub static STATUS_UNDER_WRITES: Scenario = Scenario {
+    name: "status_requests_never_spend_a_write_notification",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: status_under_writes,
+        ends: Ends::Ok,
+    }],
+};
+
 const CHUNK_LEN: usize = 64 << 10;
 const CHUNK: u64 = CHUNK_LEN as u64;
 const RUN: &str = "/run/mdext";
@@ -351,5 +361,80 @@ fn takeover_under_writer() -> Result<()> {
     })?;
     sh(&format!("kill -TERM {}", c.id()))?;
     ensure!(c.wait()?.success(), "C did not exit cleanly");
+    Ok(())
+}
+
+/// Rounds of "wait for clean, then write" in [`status_under_writes`].
+const STATUS_ROUNDS: u64 = 150;
+
+/// A client asks for the status without a pause while a writer, over and
+/// over, waits for the array to be recorded clean and writes one block, so
+/// that md holds each write in `write-pending` for the daemon. Every write
+/// must pass: the daemon once answered status from a fresh read of the
+/// attributes it polls, which spent md's notification of a write that
+/// arrived meanwhile and left the write held with the daemon asleep (the
+/// systemd guests' hangs: its `STATUS=` line was built the same way).
+fn status_under_writes() -> Result<()> {
+    let loops = loop_devices(2, 64)?;
+    ctl("create --level 1 --raid-devices 2 --name st --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1")?;
+    ctl("assemble st /dev/loop0 /dev/loop1")?;
+    let md = md();
+    // md marks an idle array active-idle after safe_mode_delay; a short
+    // one makes every round a clean -> write-pending transition quickly.
+    md.write("safe_mode_delay", "0.02")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let asked = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (stop, asked) = (stop.clone(), asked.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let r = mdext::control::call(
+                    Path::new(RUN),
+                    &mdext::control::Request::Status,
+                    Duration::from_secs(10),
+                );
+                if r.is_ok() {
+                    asked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let dev = Arc::new(Device::open(&md.dev_path(), Access::SharedWrite)?);
+    let result = (|| -> Result<()> {
+        for round in 0..STATUS_ROUNDS {
+            wait_until("array_state clean", Duration::from_secs(30), || {
+                (md.read("array_state").ok()? == "clean").then_some(())
+            })?;
+            let (tx, rx) = mpsc::channel();
+            let d = dev.clone();
+            let w = std::thread::spawn(move || {
+                let _ = tx.send(d.write_at((round % 64) * CHUNK, &pattern(round, CHUNK_LEN)));
+            });
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(r) => {
+                    let _ = w.join();
+                    r?
+                }
+                Err(_) => anyhow::bail!(
+                    "round {round}: a write after clean still held after 30 s (array_state {})",
+                    md.read("array_state").unwrap_or_default()
+                ),
+            }
+        }
+        Ok(())
+    })();
+    stop.store(true, Ordering::Relaxed);
+    let _ = client.join();
+    result?;
+    drop(dev);
+    let n = asked.load(Ordering::Relaxed);
+    println!("{STATUS_ROUNDS} writes after clean passed, {n} status requests answered meanwhile");
+    ensure!(n >= STATUS_ROUNDS, "only {n} status requests were answered");
+    let expect: BTreeMap<u64, u64> = (STATUS_ROUNDS - 64..STATUS_ROUNDS)
+        .map(|r| (r % 64, r))
+        .collect();
+    verify(&md, &expect)?;
+    ctl("stop md127")?;
+    drop(loops);
     Ok(())
 }
