@@ -350,9 +350,10 @@ pub struct Managed {
     events: Vec<crate::events::Event>,
     /// Members whose last metadata write failed, with the error.
     write_failed: Vec<(String, String)>,
-    /// The array state the last look showed, and when it was taken.
-    last_look: Option<(ArrayState, std::time::Instant)>,
-    /// What the last look showed of the kernel, for status.
+    /// When the last look was taken.
+    looked_at: Option<std::time::Instant>,
+    /// What the last look showed of the kernel (for status, and for when
+    /// to look again).
     seen: KernelState,
 }
 
@@ -416,7 +417,7 @@ impl Managed {
             facts: None,
             events: Vec::new(),
             write_failed: Vec::new(),
-            last_look: None,
+            looked_at: None,
             seen: KernelState::default(),
         };
         Ok(m)
@@ -459,12 +460,11 @@ impl Managed {
     /// it writable and not clean. `None` for a clean, read-only or stopped
     /// array.
     pub fn recheck_due(&self) -> Option<std::time::Instant> {
-        match self.last_look {
-            Some((ArrayState::Active | ArrayState::ActiveIdle | ArrayState::WritePending, at))
-                if !self.gone =>
-            {
-                Some(at + BUSY_RECHECK)
-            }
+        match (self.seen.array_state, self.looked_at) {
+            (
+                Some(ArrayState::Active | ArrayState::ActiveIdle | ArrayState::WritePending),
+                Some(at),
+            ) if !self.gone => Some(at + BUSY_RECHECK),
             _ => None,
         }
     }
@@ -473,7 +473,7 @@ impl Managed {
     /// write md holds that no notification announced is logged: it is
     /// the case this check exists for.
     pub fn recheck(&mut self) -> bool {
-        let before = self.last_look.map(|(s, _)| s);
+        let before = self.seen.array_state;
         if let Ok(ArrayState::WritePending) = self.held().and_then(HeldMd::array_state) {
             if before != Some(ArrayState::WritePending) {
                 warn!(
@@ -589,7 +589,7 @@ impl Managed {
                     }
                 },
             };
-            self.last_look = Some((view.array_state, std::time::Instant::now()));
+            self.looked_at = Some(std::time::Instant::now());
             self.seen = KernelState {
                 array_state: Some(view.array_state),
                 degraded: Some(view.degraded),

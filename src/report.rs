@@ -119,39 +119,36 @@ impl Reporter {
     }
 
     fn run_program(&mut self, e: &Event) {
-        let Some(p) = self.program.clone() else {
+        let Some(p) = &self.program else {
             return;
         };
-        if self.runner.is_none() {
-            let Some(spawn) = self.spawn.take() else {
-                return;
-            };
+        // The thread starts with the first event that has a program.
+        if let Some(spawn) = self.spawn.take() {
             match ProgramRunner::start(spawn) {
                 Ok(r) => self.runner = Some(r),
-                Err(err) => {
-                    warn!("starting the event program's thread: {err}");
-                    return;
-                }
+                Err(err) => warn!("starting the event program's thread: {err}"),
             }
         }
         let Some(r) = &self.runner else {
+            warn!(
+                "{}: no event program thread; {} not run for {}",
+                e.md,
+                p.display(),
+                e.kind.name()
+            );
             return;
         };
-        match r.jobs.try_send((p.clone(), e.clone())) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => warn!(
-                "{}: {MAX_QUEUED} events already wait for {}; not run for {}",
-                e.md,
-                p.display(),
-                e.kind.name()
-            ),
-            Err(TrySendError::Disconnected(_)) => warn!(
-                "{}: the event program's thread is gone; {} not run for {}",
-                e.md,
-                p.display(),
-                e.kind.name()
-            ),
-        }
+        let why = match r.jobs.try_send((p.clone(), e.clone())) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => format!("{MAX_QUEUED} events already wait for it"),
+            Err(TrySendError::Disconnected(_)) => "its thread is gone".to_string(),
+        };
+        warn!(
+            "{}: {} not run for {}: {why}",
+            e.md,
+            p.display(),
+            e.kind.name()
+        );
     }
 
     /// Program instances running (0 or 1).
