@@ -511,8 +511,16 @@ impl Device {
             path: self.path.clone(),
             source,
         })?;
+        crate::failpoint::point("sb-write-before");
+        if let Some(a) = crate::failpoint::hit("sb-write-torn") {
+            // A torn write: the first half of the copy reaches the disk.
+            self.write_at(e.offset, &e.bytes[..COPY_SIZE / 2])?;
+            self.sync()?;
+            crate::failpoint::perform("sb-write-torn", a);
+        }
         self.write_at(e.offset, &e.bytes)?;
         self.sync()?;
+        crate::failpoint::point("sb-write-after");
         debug_assert_eq!(e.bytes.len(), COPY_SIZE);
         Ok(e.index)
     }

@@ -39,6 +39,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod device;
 pub mod events;
+pub mod failpoint;
 pub mod format;
 pub mod hotplug;
 pub mod incremental;

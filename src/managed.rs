@@ -723,16 +723,14 @@ impl Managed {
         let s = ExecError::Sysfs;
         match a {
             Action::WriteMetadata { meta, targets } => self.write_metadata(meta, targets),
-            Action::SetCanClear(true) if failpoint("before-can-clear-true") => {
-                // Test hook: die like SIGKILL between recording the array
-                // whole and allowing the kernel to clear bits.
-                error!(
-                    "{}: failpoint before-can-clear-true: aborting",
-                    self.md.name()
-                );
-                std::process::abort()
+            Action::SetCanClear(b) => {
+                if *b {
+                    // Test hook: between recording the array whole and
+                    // allowing the kernel to clear bits.
+                    crate::failpoint::point("before-can-clear-true");
+                }
+                self.held()?.set_can_clear(*b).map_err(s)
             }
-            Action::SetCanClear(b) => self.held()?.set_can_clear(*b).map_err(s),
             Action::SetArrayState(st) => self.held()?.set_array_state(*st).map_err(s),
             Action::SetSyncAction(x) => self.held()?.set_sync_action(*x).map_err(s),
             Action::Member(i, cmd) => {
@@ -1123,10 +1121,4 @@ fn dev_path(m: &str) -> String {
     } else {
         format!("/dev/{m}")
     }
-}
-
-/// Fault injection for the guest tests: `MDEXT_FAILPOINT=<name>` in the
-/// daemon's environment makes it stop dead at that point.
-fn failpoint(name: &str) -> bool {
-    std::env::var("MDEXT_FAILPOINT").is_ok_and(|v| v == name)
 }

@@ -16,6 +16,7 @@ mod paths;
 mod scenarios;
 #[path = "../common/signatures.rs"]
 mod signatures;
+mod torture;
 mod util;
 
 fn main() {
@@ -26,6 +27,12 @@ fn main() {
             std::process::exit(2);
         };
         std::process::exit(harness::run_in_guest(s, p));
+    }
+    if args.get(1).map(String::as_str) == Some("--in-guest-torture") {
+        std::process::exit(torture::guest_main(&args[2..]));
+    }
+    if args.iter().any(|a| a == "--torture") {
+        std::process::exit(torture::host_main(&args[1..]));
     }
     if args.get(1).map(String::as_str) == Some("--writer") {
         // The systemd guest's early writer unit (scenarios/system.rs).
