@@ -523,6 +523,34 @@ mod tests {
         )
         .expect("choose");
         assert_eq!(c.members.len(), 2);
+        // Two events behind, and behind the array's last whole record
+        // (events_cleared 8), yet recorded in sync by the newest copy: a
+        // stale copy of the member put back in its place (it missed
+        // records, and data whose bits md may have cleared). Left out; the
+        // array needs --run.
+        let found = || {
+            let mut a = sb(9, 0, [InSync, InSync]);
+            a.sb.array.bitmap.events_cleared = 8;
+            vec![a, sb(7, 1, [InSync, InSync])]
+        };
+        let e = choose(found(), false).expect_err("a stale copy used as in sync");
+        assert!(e.to_string().contains("--run"), "{e}");
+        let c = choose(found(), true).expect("run degraded");
+        assert_eq!(c.members.len(), 1);
+        assert_eq!(c.missing_slots, vec![1]);
+        assert!(
+            c.left_out[0].reason.contains("stale") && c.left_out[0].reason.contains("event 7"),
+            "{:?}",
+            c.left_out
+        );
+        // Two behind but not behind events_cleared (1 here): a member that
+        // never left (a record that skipped an event); used.
+        let c = choose(
+            vec![sb(9, 0, [InSync, InSync]), sb(7, 1, [InSync, InSync])],
+            false,
+        )
+        .expect("choose");
+        assert_eq!(c.members.len(), 2);
     }
 
     #[test]
@@ -934,10 +962,33 @@ impl Choice {
     }
 }
 
+/// How far a device's own metadata may lag the newest and the device still
+/// be used as the newest record says, whatever else: one event, the record
+/// a power cut can leave written on some members and not yet on others
+/// (every record goes to all members before the next is made).
+pub const EVENT_MARGIN: u64 = 1;
+
+/// Whether a device whose own metadata is at `own_events` missed records of
+/// the array `meta` describes, and so possibly data: a copy of a member put
+/// back in its place. Further behind than [`EVENT_MARGIN`] (a record that
+/// skipped an event to spare a torn copy, a conversion cut half-way, can
+/// leave a member that never left the array two or three events behind),
+/// it is stale when its record predates the last time the array was
+/// recorded whole and its bits allowed to clear (`events_cleared`, renewed
+/// at every start of a whole array): since then md may have cleared bits
+/// of writes the device never saw. Without a bitmap, any lag beyond the
+/// margin is stale.
+pub fn is_stale(meta: &crate::meta::ArrayMeta, own_events: u64) -> bool {
+    own_events + EVENT_MARGIN < meta.events
+        && (meta.bitmap.mode == crate::meta::BitmapMode::None
+            || own_events < meta.bitmap.events_cleared)
+}
+
 /// Decide which of `found` (all of one array, by UUID) to activate.
 ///
 /// The member with the highest event count carries the array's truth. A
-/// device is used when that record lists it as in sync in a slot; a device
+/// device that missed its records ([`is_stale`]) is left out.
+/// A device is used when that record lists it as in sync in a slot; a device
 /// the record lists as failed, missing or rebuilding, or does not list at
 /// all, is left out and reported (never silently used). Degraded assembly
 /// needs `run`, like `mdadm --run`.
@@ -965,6 +1016,16 @@ pub fn choose(found: Vec<Candidate>, run: bool) -> Result<Choice, AssemblyError>
             continue;
         }
         let idx = meta.index_of(&c.sb.device.uuid);
+        if idx.is_some() && is_stale(&meta, c.sb.array.events) {
+            left_out.push(LeftOut {
+                path: c.path,
+                reason: format!(
+                    "stale: its own metadata is at event {}, the array's at {}: it missed updates (add it back to rebuild it)",
+                    c.sb.array.events, meta.events
+                ),
+            });
+            continue;
+        }
         if let Some(i) = idx.filter(|&i| i < n) {
             if matches!(
                 meta.members[i].state,

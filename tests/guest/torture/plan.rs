@@ -165,7 +165,9 @@ impl Run {
             // The array becomes whole at the start and after the rebuild.
             r.range(1, 2) as u32
         } else {
-            r.range(1, 6) as u32
+            // The assembly writes one record per member; most moments fall
+            // in the workload after it.
+            r.range(1, 12) as u32
         };
         let corruption = [
             Corruption::Newest,
@@ -181,10 +183,13 @@ impl Run {
             (2, Fault::WriteErrors),
             (2, Fault::Vanish),
             (2, Fault::Corrupt(corruption)),
+            // A power cut and a lost member together on raid5/6 is the
+            // write hole (mdextctl refuses the start without --force): out
+            // of the campaign's faults there, see docs/reliability.md.
             (
                 1,
                 Fault::Blank {
-                    crash: nth % 2 == 0,
+                    crash: nth % 2 == 0 && matches!(level, 1 | 10),
                 },
             ),
             (2, Fault::Stale),
