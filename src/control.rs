@@ -34,7 +34,7 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
 
 /// A request from mdextctl.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "kebab-case")]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// Is the daemon alive? Answers with its version and pid.
     Ping,
@@ -95,6 +95,20 @@ pub enum Request {
 }
 
 impl Request {
+    /// The md device the request names, if it names one.
+    pub fn md(&self) -> Option<&str> {
+        match self {
+            Request::Manage { md, .. }
+            | Request::Release { md }
+            | Request::Stop { md }
+            | Request::Detail { md }
+            | Request::Fail { md, .. }
+            | Request::Remove { md, .. }
+            | Request::Add { md, .. } => Some(md),
+            Request::Ping | Request::Status | Request::Shutdown | Request::Handover => None,
+        }
+    }
+
     /// The command's name on the wire.
     pub fn name(&self) -> &'static str {
         match self {
@@ -263,7 +277,18 @@ pub fn parse_request(line: &str) -> Result<Request, ControlError> {
             line.len()
         )));
     }
-    serde_json::from_str(line.trim()).map_err(|e| ControlError::Malformed(e.to_string()))
+    let req: Request =
+        serde_json::from_str(line.trim()).map_err(|e| ControlError::Malformed(e.to_string()))?;
+    // md names become sysfs paths (/sys/block/<md>/md): a path or an empty
+    // name must not reach them.
+    if let Some(md) = req.md() {
+        if !crate::sysfs::valid_md_name(md) {
+            return Err(ControlError::Malformed(format!(
+                "md {md:?} is not an md device name (md127, md_home)"
+            )));
+        }
+    }
+    Ok(req)
 }
 
 /// Send one request and wait for the answer.
@@ -410,6 +435,10 @@ pub const MAX_CLIENTS: usize = 256;
 /// How long a client has to send its request once connected, and then to
 /// read the answer; past it the connection is closed.
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long a [`Server`] out of file descriptors waits before it tries to
+/// accept again, when no client closes meanwhile.
+pub const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 
 /// A client connection of a [`Server`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -559,6 +588,11 @@ pub struct Server {
     next: u64,
     max_clients: usize,
     deadline: Duration,
+    /// Out of file descriptors with no idle client to close: the listener
+    /// is left out of the poll set until a client goes or this time comes
+    /// (otherwise its queued connection wakes `poll(2)` at once, again and
+    /// again).
+    accept_paused: Option<Instant>,
 }
 
 impl Server {
@@ -571,6 +605,7 @@ impl Server {
             next: 0,
             max_clients: MAX_CLIENTS,
             deadline: CLIENT_DEADLINE,
+            accept_paused: None,
         })
     }
 
@@ -589,7 +624,11 @@ impl Server {
     /// What to poll: the listener first, then each client, in the order
     /// [`Server::service`] expects their `revents`.
     pub fn poll_fds(&self) -> Vec<PollFd<'_>> {
-        let mut v = vec![PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+        let listen = match self.accept_paused {
+            Some(_) => PollFlags::empty(),
+            None => PollFlags::POLLIN,
+        };
+        let mut v = vec![PollFd::new(self.listener.as_fd(), listen)];
         for c in &self.clients {
             let ev = match c.phase {
                 Phase::Reading => PollFlags::POLLIN,
@@ -606,7 +645,9 @@ impl Server {
     pub fn timeout(&self, now: Instant) -> Option<Duration> {
         self.clients
             .iter()
-            .map(|c| c.deadline.saturating_duration_since(now))
+            .map(|c| c.deadline)
+            .chain(self.accept_paused)
+            .map(|t| t.saturating_duration_since(now))
             .min()
     }
 
@@ -618,6 +659,9 @@ impl Server {
     pub fn service(&mut self, revents: &[PollFlags], now: Instant) -> Vec<(ClientId, Request)> {
         let deadline = now + self.deadline;
         let mut requests = Vec::new();
+        if self.accept_paused.is_some_and(|t| t <= now) {
+            self.accept_paused = None;
+        }
         for (c, ev) in self.clients.iter_mut().zip(revents.iter().skip(1)) {
             if ev.is_empty() || c.closed {
                 continue;
@@ -664,8 +708,17 @@ impl Server {
                 Phase::Answering => {}
             }
         }
-        self.clients.retain(|c| !c.closed);
+        self.retain();
         requests
+    }
+
+    /// Drop the closed clients; a descriptor freed lets accepting resume.
+    fn retain(&mut self) {
+        let before = self.clients.len();
+        self.clients.retain(|c| !c.closed);
+        if self.clients.len() < before {
+            self.accept_paused = None;
+        }
     }
 
     /// Answer a request [`Server::service`] returned.
@@ -678,7 +731,7 @@ impl Server {
         {
             c.answer(resp, deadline);
         }
-        self.clients.retain(|c| !c.closed);
+        self.retain();
     }
 
     /// Before the daemon exits: write out the answers still pending, each
@@ -703,8 +756,22 @@ impl Server {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // The connection was reset before it was accepted.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
-                    log::warn!("control socket: accept: {e}");
+                    // Out of descriptors (EMFILE, ENFILE) or memory: the
+                    // connection stays queued. Close the oldest idle
+                    // client and try again; with none to close, stop
+                    // polling the listener until a client goes.
+                    if self.make_room(now, requests) {
+                        self.retain();
+                        continue;
+                    }
+                    log::warn!(
+                        "control socket: accept: {e}; no new connection is taken until one of the {} open ones closes",
+                        self.clients.len()
+                    );
+                    self.accept_paused = Some(now + ACCEPT_RETRY);
                     return;
                 }
             };
@@ -818,6 +885,52 @@ mod tests {
             .expect_err("long")
             .to_string()
             .contains("too long"));
+    }
+
+    /// Defects: an md name went into sysfs paths as given ("/etc",
+    /// "../.."), and unknown fields were ignored (a misspelt "readonly"
+    /// made the array writable).
+    #[test]
+    fn md_names_and_unknown_fields_are_refused() {
+        for md in [
+            "",
+            "/etc",
+            "../..",
+            "md127/../../x",
+            "sda",
+            "md",
+            "md_",
+            "md1 ",
+        ] {
+            for cmd in ["manage", "release", "stop", "detail"] {
+                let line = serde_json::json!({"cmd": cmd, "md": md}).to_string();
+                let e = parse_request(&line).expect_err(&line);
+                assert_eq!(
+                    e.to_string(),
+                    format!("malformed control message: md {md:?} is not an md device name (md127, md_home)"),
+                    "{line}"
+                );
+            }
+            let line =
+                serde_json::json!({"cmd": "fail", "md": md, "device": "/dev/sdb"}).to_string();
+            assert!(parse_request(&line).is_err(), "{line}");
+        }
+        for md in ["md0", "md127", "md_home", "md_a-b"] {
+            let line = serde_json::json!({"cmd": "stop", "md": md}).to_string();
+            assert_eq!(parse_request(&line).expect(&line).md(), Some(md));
+        }
+        let e = parse_request(r#"{"cmd":"manage","md":"md127","read-only":true}"#)
+            .expect_err("unknown field");
+        assert!(e.to_string().contains("unknown field `read-only`"), "{e}");
+        let e = parse_request(r#"{"cmd":"stop","md":"md127","force":true}"#)
+            .expect_err("unknown field");
+        assert!(e.to_string().contains("unknown field `force`"), "{e}");
+        // serde checks no fields of variants without any (ping, status,
+        // shutdown, handover): an extra field there changes nothing.
+        assert_eq!(
+            parse_request(r#"{"cmd":"ping","verbose":1}"#).expect("ping"),
+            Request::Ping
+        );
     }
 
     #[test]

@@ -352,7 +352,9 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
         component_size: min_size,
     };
     let layout = format::layout_for(opts.version, &geometry, bitmap_chunk)?;
-    let need = layout.data_offset.bytes().0 + MIN_DATA_SIZE.0;
+    // At least MIN_DATA_SIZE of data, and at least one whole chunk (the
+    // component size is rounded down to chunks).
+    let need = layout.data_offset.bytes().0 + MIN_DATA_SIZE.0.max(round.bytes().0);
     for (_, dev) in &opened {
         if dev.size().0 < need {
             return Err(CreateError::TooSmall {

@@ -140,7 +140,14 @@ fn read_candidates(
             .and_then(|d| Ok((d.read_superblock()?.superblock, d.size())));
         let (sb, size) = match read {
             Ok(r) => r,
-            Err(e) if strict => return Err(CtlError::Device(p.clone(), e.to_string())),
+            Err(e) if strict => {
+                // The device's errors name it already: once is enough.
+                let m = e.to_string();
+                let m = m
+                    .strip_prefix(&format!("{}: ", p.display()))
+                    .map_or(m.clone(), str::to_string);
+                return Err(CtlError::Device(p.clone(), m));
+            }
             Err(_) => continue,
         };
         if let Ok(k) = sysfs.block_name(dev) {
@@ -188,8 +195,13 @@ pub fn running_md(sysfs: &Sysfs, uuid: &uuid::Uuid) -> Option<String> {
     })
 }
 
-/// Pick the array's devices among the candidates.
-fn select(cands: Vec<Candidate>, want: Option<&str>) -> Result<Vec<Candidate>, CtlError> {
+/// Pick the array's devices among the candidates. Devices the user listed
+/// (`listed`, not `--scan`) must all be of the array asked for.
+fn select(
+    cands: Vec<Candidate>,
+    want: Option<&str>,
+    listed: bool,
+) -> Result<Vec<Candidate>, CtlError> {
     let mut uuids: Vec<(uuid::Uuid, String)> = Vec::new();
     for c in &cands {
         if !uuids.iter().any(|(u, _)| *u == c.sb.array.uuid) {
@@ -228,6 +240,16 @@ fn select(cands: Vec<Candidate>, want: Option<&str>) -> Result<Vec<Candidate>, C
             }
         },
     };
+    if let (true, Some(w)) = (listed, want) {
+        if let Some(c) = cands.iter().find(|c| c.sb.array.uuid != pick) {
+            return Err(CtlError::Array(format!(
+                "{}: belongs to array {} ({}), not '{w}'",
+                c.path.display(),
+                c.sb.array.name,
+                c.sb.array.uuid
+            )));
+        }
+    }
     Ok(cands
         .into_iter()
         .filter(|c| c.sb.array.uuid == pick)
@@ -245,7 +267,7 @@ pub fn assemble(sysfs: &Sysfs, o: &AssembleOptions) -> Result<AssembleReport, Ct
         o.devices.clone()
     };
     let cands = read_candidates(sysfs, &paths, !o.scan)?;
-    let cands = select(cands, o.array.as_deref())?;
+    let cands = select(cands, o.array.as_deref(), !o.scan)?;
     // Incremental assembly (udev) may be starting the same array: the
     // pending map's lock orders the two.
     let store = lock_pending(&o.run_dir)?;
@@ -1218,6 +1240,45 @@ mod tests {
             .expect_err("10 is not set");
         assert!(e.contains("chunk 10 ") && e.contains("m0"), "{e}");
         assert_eq!(e.lines().count(), 1);
+    }
+
+    /// Defect: `assemble one A B` with B of another array dropped B
+    /// without a word; the refusal then said only that a member was
+    /// missing.
+    #[test]
+    fn listed_devices_of_another_array_are_named() {
+        use crate::units::{Bytes, Sectors};
+        let cand = |name: &str, uuid: u128, path: &str| {
+            let mut meta = crate::meta::test_raid1(2, Sectors(1 << 16), Bytes(65536), 3);
+            meta.name = name.into();
+            meta.uuid = uuid::Uuid::from_u128(uuid);
+            Candidate {
+                path: path.into(),
+                dev: DevNum { major: 7, minor: 0 },
+                sb: crate::meta::Superblock {
+                    device: crate::meta::DeviceMeta {
+                        uuid: meta.members[0].uuid,
+                        data_offset: Sectors(2048),
+                        data_size: Sectors(1 << 16),
+                    },
+                    array: meta,
+                },
+                size: Bytes(64 << 20),
+            }
+        };
+        let cands = || vec![cand("one", 1, "/dev/loop0"), cand("three", 3, "/dev/loop5")];
+        let e = select(cands(), Some("one"), true).expect_err("another array's device");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "/dev/loop5: belongs to array three ({}), not 'one'",
+                uuid::Uuid::from_u128(3)
+            )
+        );
+        // --scan: the others' devices are simply not this array's.
+        let picked = select(cands(), Some("one"), false).expect("scan");
+        assert_eq!(picked.len(), 1);
+        assert_eq!(picked[0].path, std::path::Path::new("/dev/loop0"));
     }
 
     #[test]

@@ -451,9 +451,9 @@ impl Daemon {
                 },
                 None => not_managed(&md),
             },
-            Request::Fail { md, device } => self.member_op(&md, |m| m.fail(&device)),
-            Request::Remove { md, device } => self.member_op(&md, |m| m.remove(&device)),
-            Request::Add { md, device } => self.member_op(&md, |m| m.add(&device)),
+            Request::Fail { md, device } => self.member_op(&md, &device, |m| m.fail(&device)),
+            Request::Remove { md, device } => self.member_op(&md, &device, |m| m.remove(&device)),
+            Request::Add { md, device } => self.member_op(&md, &device, |m| m.add(&device)),
         }
     }
 }
@@ -719,6 +719,7 @@ impl Daemon {
     fn member_op(
         &mut self,
         md: &str,
+        device: &str,
         f: impl FnOnce(&mut Managed) -> Result<(), ManagedError>,
     ) -> Response {
         match self.arrays.get_mut(md) {
@@ -733,9 +734,57 @@ impl Daemon {
                 self.unsettled.push(md.to_string());
                 match r {
                     Ok(()) => Response::Done,
-                    Err(e) => managed_error(&e),
+                    Err(e) => naming_device(managed_error(&e), md, device),
                 }
             }
         }
+    }
+}
+
+/// An error answer to fail, remove or add that names the device asked
+/// about, if it does not already ("md127: member 0 is active: fail it
+/// first" did not say which device that was).
+fn naming_device(resp: Response, md: &str, device: &str) -> Response {
+    match resp {
+        Response::Error { kind, message } if !message.contains(device) => {
+            let rest = message
+                .strip_prefix(md)
+                .and_then(|r| r.strip_prefix(": "))
+                .unwrap_or(&message);
+            Response::error(kind, format!("{md}: {device}: {rest}"))
+        }
+        r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defect: "md127: member 0 is active: fail it first" did not say
+    /// which device the refused remove was about.
+    #[test]
+    fn member_errors_name_the_device() {
+        let r = naming_device(
+            Response::error(
+                ErrorKind::Refused,
+                "md127: member 0 is active: fail it first",
+            ),
+            "md127",
+            "/dev/loop2",
+        );
+        assert_eq!(
+            r,
+            Response::error(
+                ErrorKind::Refused,
+                "md127: /dev/loop2: member 0 is active: fail it first"
+            )
+        );
+        let named = Response::error(ErrorKind::Refused, "/dev/loop0 is not a member of md127");
+        assert_eq!(naming_device(named.clone(), "md127", "/dev/loop0"), named);
+        assert_eq!(
+            naming_device(Response::Done, "md127", "/dev/loop0"),
+            Response::Done
+        );
     }
 }

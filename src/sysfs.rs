@@ -362,7 +362,9 @@ pub struct BlockStat {
     pub write_sectors: Sectors,
 }
 
-fn valid_md_name(name: &str) -> bool {
+/// Whether `name` is a kernel md device name: `md` and digits (`md127`)
+/// or `md_` and a name (`md_home`); never a path.
+pub fn valid_md_name(name: &str) -> bool {
     if let Some(rest) = name.strip_prefix("md_") {
         !rest.is_empty()
             && rest.len() <= 28

@@ -240,6 +240,29 @@ fn too_small_refused() {
     plan(&raid1(2), &ok).expect("minimum size");
 }
 
+/// A stripe chunk larger than the data area: the component size rounds to
+/// 0 chunks. The refusal gave the 5 MiB minimum as the need ("67108864
+/// bytes, need at least 5242880"), which the device plainly exceeds.
+#[test]
+fn chunk_larger_than_the_data_area_names_the_real_need() {
+    let (_d, paths) = images(3, 64 * MIB);
+    let mut o = CreateOptions::new(Level::Raid5, 3, "test");
+    o.chunk = Some(Bytes(64 * MIB));
+    let msg = plan(&o, &paths).expect_err("too small").to_string();
+    let need = 64 * MIB + MIB;
+    assert!(
+        msg.contains(&format!(
+            "too small: {} bytes, need at least {need} bytes",
+            64 * MIB
+        )),
+        "{msg}"
+    );
+    assert!(paths.iter().all(|p| contents(p).iter().all(|&b| b == 0)));
+    // One chunk of data fits: accepted.
+    let (_d2, ok) = images(3, need);
+    plan(&o, &ok).expect("one chunk of data");
+}
+
 #[test]
 fn duplicates_refused() {
     let (d, paths) = images(2, 64 * MIB);

@@ -2,6 +2,7 @@
 
 use crate::harness::{Scenario, SystemScenario};
 
+mod bad_input;
 mod events;
 mod format;
 mod held;
@@ -24,6 +25,7 @@ pub static ALL: &[&Scenario] = &[
     &lifecycle::CRASH_RESYNC,
     &lifecycle::DEGRADED_ASSEMBLY,
     &lifecycle::BAD_INPUT,
+    &bad_input::RUNNING_ARRAYS,
     &rebuild::FAIL_READD,
     &rebuild::DEGRADED_CRASH,
     &rebuild::REPLACED_RETURNS,

@@ -460,6 +460,18 @@ pub fn examine_bitmap(a: &ExamineBitmapArgs) -> Result<ExitCode> {
     let d = Device::open(&a.device, Access::Read)?;
     let sb = d.read_superblock()?.superblock;
     let bits = d.read_mode_bits(&sb.array)?;
+    // As examine: the bitmap is shown either way; a device that cannot hold
+    // what it records is reported, and the exit status says so.
+    let shrunk = mdext::assembly::device_too_small(&sb.device, d.size()).map(|why| {
+        format!(
+            "mdextctl: {}: {why}; assemble leaves it out",
+            a.device.display()
+        )
+    });
+    let status = match &shrunk {
+        Some(_) => ExitCode::FAILURE,
+        None => ExitCode::SUCCESS,
+    };
     let chunks = sb.array.bitmap_chunks();
     let dirty = bitmap::count_dirty(&bits, chunks);
     let ranges = bitmap::dirty_ranges(&bits, chunks);
@@ -473,7 +485,10 @@ pub fn examine_bitmap(a: &ExamineBitmapArgs) -> Result<ExitCode> {
             stray_bits: bitmap::has_stray_bits(&bits, chunks),
         };
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
+        if let Some(w) = &shrunk {
+            eprintln!("{w}");
+        }
+        return Ok(status);
     }
     let (w, r) = (64, 16);
     println!("{}:", a.device.display());
@@ -493,7 +508,10 @@ pub fn examine_bitmap(a: &ExamineBitmapArgs) -> Result<ExitCode> {
     for l in bitmap::grid(&bits, chunks, w, r) {
         println!("  {l}");
     }
-    Ok(ExitCode::SUCCESS)
+    if let Some(w) = &shrunk {
+        eprintln!("{w}");
+    }
+    Ok(status)
 }
 
 #[cfg(test)]
