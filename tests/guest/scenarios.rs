@@ -5,6 +5,7 @@ use crate::harness::{Scenario, SystemScenario};
 mod bad_input;
 mod events;
 mod format;
+mod found_by_torture;
 mod held;
 mod incremental;
 mod kmode;
@@ -51,6 +52,7 @@ pub static ALL: &[&Scenario] = &[
     &format::CONVERT_CRASH,
     &kmode::ANY_KERNEL_READD,
     &kmode::MODE_MOVE,
+    &found_by_torture::STALE_COPY,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).

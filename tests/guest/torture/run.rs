@@ -352,16 +352,30 @@ fn victim_on_spare(r: &Run) -> bool {
 
 // ---- waits ----
 
+/// The run kills the daemon at a failpoint, which may fire in any later
+/// step: waits restart it where they find it gone (in any other run a dead
+/// daemon is a failure).
+static REVIVE: AtomicBool = AtomicBool::new(false);
+
+fn revive_if_dead() {
+    if REVIVE.load(Ordering::SeqCst) && daemon_pid().is_none() {
+        println!("TORTURE-FAULT mdextmon died at its failpoint; restarting it");
+        let _ = restart_daemon();
+    }
+}
+
 /// Whole, rebuilt, and (external bitmap) allowed to clear again.
 fn wait_whole(r: &Run) -> Result<()> {
     let md = md();
     wait_until("the array whole and idle", LONG, || {
+        revive_if_dead();
         let idle = md.read("sync_action").ok()? == "idle";
         let synced = md.read("resync_start").ok()? == "none";
         (md.degraded().ok()? == 0 && idle && synced).then_some(())
     })?;
     if !kernel_mode(&md) {
         wait_until("can_clear true", LONG, || {
+            revive_if_dead();
             can_clear_is(&md, true).ok()?.then_some(())
         })?;
     }
@@ -654,6 +668,7 @@ fn finish(r: &Run, inflight: bool) -> Result<Outcome> {
 /// The run's boot `p.seg`. Returns when the run ended (its verdict), or
 /// cuts the power after recording the boot to go on with.
 pub fn execute(r: &Run, p: &mut Progress) -> Result<Outcome> {
+    REVIVE.store(matches!(r.fault, Fault::KillMeta { .. }), Ordering::SeqCst);
     if p.seg > 0 {
         recreate_dm(
             r,
@@ -874,6 +889,15 @@ fn meta_workload(r: &Run, restart: bool) -> Result<()> {
         || {
             md().degraded().is_ok_and(|d| d == 0)
                 && md().read("sync_action").is_ok_and(|s| s == "idle")
+        },
+        restart,
+    )?;
+    // The daemon may die at its failpoint only now (can_clear=true after
+    // the rebuild): the wait revives it.
+    wait_or_revive(
+        || {
+            let md = md();
+            kernel_mode(&md) || can_clear_is(&md, true).unwrap_or(false)
         },
         restart,
     )?;
