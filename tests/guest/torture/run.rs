@@ -798,9 +798,12 @@ pub fn execute(r: &Run, p: &mut Progress) -> Result<Outcome> {
                 // (refused without --force; docs/reliability.md).
                 wait_clean()?;
             }
-            // Hold the recovery half-way so the power cut lands inside it.
-            let comp: u64 = md().read("component_size")?.parse::<u64>()? * 2;
-            md().write("sync_max", &((comp / 2) & !127).to_string())?;
+            // Slow the recovery to a crawl (1 KiB/s) so the power cut lands
+            // inside it. Not `sync_max`: a raid10 recovery held there spins
+            // in md127_resync on 6.1 (soft lockup, the one vCPU never comes
+            // back; campaign seed 0x527725d61c6475c2).
+            md().write("sync_speed_min", "1")?;
+            md().write("sync_speed_max", "1")?;
             ctl(&format!("add {MD} {}", victim.display()))?;
             wait_until("recovery to run", LONG, || {
                 (md().read("sync_action").ok()? == "recover").then_some(())
