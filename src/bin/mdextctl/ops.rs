@@ -376,6 +376,11 @@ pub struct MemberArgs {
     array: String,
     /// The member device.
     device: PathBuf,
+    /// add, raid1: record the device write-mostly and set md's
+    /// writemostly flag on it (md then reads from it only when no other
+    /// member can serve the read); kept at every assembly.
+    #[arg(short = 'W', long = "write-mostly")]
+    write_mostly: bool,
     #[command(flatten)]
     daemon: DaemonArgs,
 }
@@ -395,6 +400,9 @@ pub fn member(op: MemberOp, a: &MemberArgs) -> Result<ExitCode> {
     use mdext::control::{act, Request};
     let sysfs = Sysfs::default();
     let md = ctl::resolve_md(&sysfs, &a.array)?;
+    if a.write_mostly && !matches!(op, MemberOp::Add) {
+        bail!("--write-mostly goes with add only");
+    }
     let device = a.device.to_string_lossy().into_owned();
     let req = match op {
         MemberOp::Fail => Request::Fail {
@@ -408,6 +416,7 @@ pub fn member(op: MemberOp, a: &MemberArgs) -> Result<ExitCode> {
         MemberOp::Add => Request::Add {
             md: md.clone(),
             device,
+            write_mostly: a.write_mostly,
         },
     };
     act(&a.daemon.run_dir, &req, std::time::Duration::from_secs(60))?;
