@@ -8,6 +8,7 @@ mod format;
 mod held;
 mod incremental;
 mod kmode;
+mod levels;
 mod lifecycle;
 mod rebuild;
 mod service;
@@ -51,6 +52,8 @@ pub static ALL: &[&Scenario] = &[
     &format::CONVERT_CRASH,
     &kmode::ANY_KERNEL_READD,
     &kmode::MODE_MOVE,
+    &levels::LEVELS_READD,
+    &levels::LEVELS_CRASH,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).
