@@ -238,7 +238,16 @@ pub fn plan(spec: &ArraySpec) -> Result<Vec<Step>, AssemblyError> {
         if let Some(b) = &spec.bitmap {
             // The kernel accepts a bitmap that overlaps the data and then
             // silently writes no bits: check it here.
-            let chunks = crate::meta::bitmap_chunks(spec.component_size.sectors(), b.chunk);
+            // md sizes the bitmap from the array size on raid10.
+            let span = crate::meta::Geometry {
+                level: spec.level,
+                layout: spec.layout,
+                chunk_size: spec.chunk_size,
+                raid_disks: spec.raid_disks,
+                component_size: spec.component_size.sectors(),
+            }
+            .bitmap_span();
+            let chunks = crate::meta::bitmap_chunks(span, b.chunk);
             let end = b.location.bytes().0 + chunks.div_ceil(8);
             if end > m.data_offset.bytes().0 {
                 return Err(AssemblyError::Spec(format!(
@@ -772,6 +781,25 @@ mod tests {
             time_base: 5,
             location: Sectors(2046),
         });
+        assert!(plan(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("runs into the data"));
+        // raid10 n2 on 2 devices of 62 MiB: 62 MiB of array, 3968 bits of
+        // 16 KiB = 496 bytes, which the 512 bytes of sector 2047 hold; n2
+        // on 4 devices has twice the array and 992 bytes of bits.
+        let mut s = spec();
+        s.level = Level::Raid10;
+        s.layout = 0x102;
+        s.chunk_size = Bytes(65536);
+        s.bitmap = Some(BitmapSpec {
+            chunk: Bytes(16384),
+            time_base: 5,
+            location: Sectors(2047),
+        });
+        assert!(plan(&s).is_ok());
+        s.raid_disks = 4;
+        s.members[1].slot = Some(3);
         assert!(plan(&s)
             .unwrap_err()
             .to_string()

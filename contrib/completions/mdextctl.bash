@@ -298,7 +298,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__fail)
-            opts="-W -h --write-mostly --help"
+            opts="-h --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -572,7 +572,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__remove)
-            opts="-W -h --write-mostly --help"
+            opts="-h --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

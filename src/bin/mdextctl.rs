@@ -90,7 +90,7 @@ enum Cmd {
     #[command(
         about = "Add a device to a failed or missing slot and rebuild it (through mdextmon)"
     )]
-    Add(ops::MemberArgs),
+    Add(ops::AddArgs),
     #[command(about = "Show the dirty chunks of a member's write-intent bitmap")]
     ExamineBitmap(ops::ExamineBitmapArgs),
     #[command(
@@ -243,7 +243,7 @@ fn main() -> ExitCode {
         Cmd::Status(a) => ops::status(&a),
         Cmd::Fail(a) => ops::member(ops::MemberOp::Fail, &a),
         Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, &a),
-        Cmd::Add(a) => ops::member(ops::MemberOp::Add, &a),
+        Cmd::Add(a) => ops::member_with(ops::MemberOp::Add, &a.member, a.write_mostly),
         Cmd::ExamineBitmap(a) => ops::examine_bitmap(&a),
         Cmd::Convert(a) => run_convert(&a),
         Cmd::Wait(a) => watch::wait(&a),
@@ -336,7 +336,7 @@ fn run_create(a: CreateArgs) -> Result<ExitCode> {
                 n => format!(" ({n} slot{} missing)", if n == 1 { "" } else { "s" }),
             },
             human(sb.array.geometry.component_size.bytes()),
-            if opts.assume_clean {
+            if sb.array.clean {
                 ", clean"
             } else {
                 "; the first assembly resyncs it"
