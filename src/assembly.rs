@@ -36,6 +36,8 @@ pub struct MemberSpec {
     pub size: KiB,
     /// Its slot; `None` adds it as a spare.
     pub slot: Option<u32>,
+    /// raid1: `dev-X/state=writemostly` before the start.
+    pub write_mostly: bool,
 }
 
 /// The external bitmap's settings.
@@ -116,6 +118,8 @@ pub enum Step {
     Size(DevNum, KiB),
     /// `dev-X/slot`.
     Slot(DevNum, u32),
+    /// `dev-X/state=writemostly`.
+    WriteMostly(DevNum),
     /// `bitmap/metadata=external`.
     BitmapExternal,
     /// `bitmap/chunksize`.
@@ -149,6 +153,7 @@ impl fmt::Display for Step {
             Step::Offset(d, s) => write!(f, "dev({d})/offset={}", s.0),
             Step::Size(d, k) => write!(f, "dev({d})/size={}", k.0),
             Step::Slot(d, s) => write!(f, "dev({d})/slot={s}"),
+            Step::WriteMostly(d) => write!(f, "dev({d})/state=writemostly"),
             Step::BitmapExternal => write!(f, "bitmap/metadata=external"),
             Step::BitmapChunk(c) => write!(f, "bitmap/chunksize={}", c.0),
             Step::BitmapTimeBase(t) => write!(f, "bitmap/time_base={t}"),
@@ -233,7 +238,16 @@ pub fn plan(spec: &ArraySpec) -> Result<Vec<Step>, AssemblyError> {
         if let Some(b) = &spec.bitmap {
             // The kernel accepts a bitmap that overlaps the data and then
             // silently writes no bits: check it here.
-            let chunks = crate::meta::bitmap_chunks(spec.component_size.sectors(), b.chunk);
+            // md sizes the bitmap from the array size on raid10.
+            let span = crate::meta::Geometry {
+                level: spec.level,
+                layout: spec.layout,
+                chunk_size: spec.chunk_size,
+                raid_disks: spec.raid_disks,
+                component_size: spec.component_size.sectors(),
+            }
+            .bitmap_span();
+            let chunks = crate::meta::bitmap_chunks(span, b.chunk);
             let end = b.location.bytes().0 + chunks.div_ceil(8);
             if end > m.data_offset.bytes().0 {
                 return Err(AssemblyError::Spec(format!(
@@ -288,6 +302,9 @@ pub fn plan(spec: &ArraySpec) -> Result<Vec<Step>, AssemblyError> {
         if let Some(s) = m.slot {
             v.push(Step::Slot(m.dev, s));
         }
+        if m.write_mostly {
+            v.push(Step::WriteMostly(m.dev));
+        }
     }
     if let Some(b) = &spec.bitmap {
         v.push(Step::BitmapExternal);
@@ -323,6 +340,9 @@ fn run_step(sysfs: &Sysfs, md: &MdDev, step: &Step) -> Result<(), SysfsError> {
         Step::Offset(d, s) => md.member(&member(d)?).set_offset(*s),
         Step::Size(d, k) => md.member(&member(d)?).set_size(*k),
         Step::Slot(d, s) => md.member(&member(d)?).set_slot(Some(*s)),
+        Step::WriteMostly(d) => md
+            .member(&member(d)?)
+            .command(crate::md::MemberCommand::WriteMostly),
         Step::BitmapExternal if !md.has_attr("bitmap/metadata") => Err(SysfsError::Invalid {
             attr: "bitmap/metadata".into(),
             value: "external".into(),
@@ -444,12 +464,14 @@ mod tests {
                     data_offset: Sectors(2048),
                     size: KiB(63 * 1024),
                     slot: Some(0),
+                    write_mostly: false,
                 },
                 MemberSpec {
                     dev: DevNum { major: 7, minor: 1 },
                     data_offset: Sectors(2048),
                     size: KiB(63 * 1024),
                     slot: Some(1),
+                    write_mostly: false,
                 },
             ],
             bitmap: Some(BitmapSpec {
@@ -763,6 +785,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("runs into the data"));
+        // raid10 n2 on 2 devices of 62 MiB: 62 MiB of array, 3968 bits of
+        // 16 KiB = 496 bytes, which the 512 bytes of sector 2047 hold; n2
+        // on 4 devices has twice the array and 992 bytes of bits.
+        let mut s = spec();
+        s.level = Level::Raid10;
+        s.layout = 0x102;
+        s.chunk_size = Bytes(65536);
+        s.bitmap = Some(BitmapSpec {
+            chunk: Bytes(16384),
+            time_base: 5,
+            location: Sectors(2047),
+        });
+        assert!(plan(&s).is_ok());
+        s.raid_disks = 4;
+        s.members[1].slot = Some(3);
+        assert!(plan(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("runs into the data"));
         let mut s = spec();
         s.members[0].size = KiB(1);
         assert!(plan(&s).is_err());
@@ -928,6 +969,7 @@ impl Choice {
                     data_offset: c.sb.device.data_offset,
                     size: c.sb.device.data_size.kib_floor(),
                     slot: Some(s),
+                    write_mostly: self.meta.is_write_mostly(&c.sb.device.uuid),
                 })
             })
             .collect::<Result<_, AssemblyError>>()?;

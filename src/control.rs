@@ -84,6 +84,10 @@ pub enum Request {
         md: String,
         /// Device path.
         device: String,
+        /// raid1: record it write-mostly and set md's `writemostly` (a
+        /// returning member recorded so keeps the flag either way).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        write_mostly: bool,
     },
     /// Exit after leaving every array clean.
     Shutdown,

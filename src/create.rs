@@ -66,6 +66,12 @@ pub struct CreateOptions {
     pub bitmap_chunk: Option<Bytes>,
     /// Raid chunk for raid10/5/6 ([`DEFAULT_CHUNK`] when `None`).
     pub chunk: Option<Bytes>,
+    /// md layout ([`Level::default_layout`] when `None`); from
+    /// [`parse_layout`].
+    pub layout: Option<u32>,
+    /// Members to flag write-mostly (raid1 only), as given among the
+    /// devices.
+    pub write_mostly: Vec<PathBuf>,
     /// Bitmap time base, seconds.
     pub time_base: u32,
     /// Skip the initial resync (zeroed bitmap, clean, nothing owed).
@@ -90,6 +96,8 @@ impl CreateOptions {
             name: name.to_string(),
             bitmap_chunk: None,
             chunk: None,
+            layout: None,
+            write_mostly: Vec::new(),
             time_base: DEFAULT_TIME_BASE,
             assume_clean: false,
             bitmap_mode: BitmapMode::External,
@@ -161,6 +169,12 @@ pub enum CreateError {
         /// What is required.
         reason: String,
     },
+    /// A `--layout` md does not know for the level.
+    #[error("--layout: {0}")]
+    Layout(String),
+    /// The slots given as `missing` leave the array unable to run.
+    #[error("{0}")]
+    Missing(String),
     /// The resulting metadata would be invalid (a bug, or absurd sizes).
     #[error("metadata: {0}")]
     Format(#[from] FormatError),
@@ -189,6 +203,18 @@ fn opt_err(
         value: value.to_string(),
         reason: reason.into(),
     }
+}
+
+/// The word that stands for an empty slot among create's devices, as in
+/// mdadm.
+pub const MISSING: &str = "missing";
+
+/// Parse `--layout` for `level` with `raid_devices` slots
+/// ([`Level::parse_layout`]).
+pub fn parse_layout(level: Level, s: &str, raid_devices: u32) -> Result<u32, CreateError> {
+    level
+        .parse_layout(s, raid_devices)
+        .map_err(CreateError::Layout)
 }
 
 /// Array names create accepts: 1-32 bytes of `[A-Za-z0-9._:-]`, not
@@ -291,9 +317,63 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
         }
     };
 
+    let layout_code = match opts.layout {
+        None => opts.level.default_layout(),
+        Some(_) if opts.level == Level::Raid1 => {
+            return Err(CreateError::Layout("raid1 has no layout".into()))
+        }
+        Some(l) => {
+            let copies_ok = opts.level != Level::Raid10 || opts.level.copies(l) >= 2;
+            if !copies_ok || !opts.level.layout_valid(l, opts.raid_devices) {
+                return Err(CreateError::Layout(format!(
+                    "{l} is not a {} layout md runs on {} devices",
+                    opts.level, opts.raid_devices
+                )));
+            }
+            l
+        }
+    };
+    let present: Vec<bool> = devices
+        .iter()
+        .map(|p| p.as_ref().as_os_str() != MISSING)
+        .collect();
+    let missing: Vec<usize> = (0..present.len()).filter(|&i| !present[i]).collect();
+    if !missing.is_empty() && !opts.level.can_run(layout_code, &present) {
+        return Err(CreateError::Missing(format!(
+            "{} {} cannot run with slot{} {} missing; give fewer 'missing'",
+            opts.level,
+            opts.level.layout_name(layout_code),
+            if missing.len() == 1 { "" } else { "s" },
+            missing
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    // raid6 with one slot missing still has two parity blocks per stripe
+    // to make consistent, and md refuses to resync a degraded array;
+    // raid5 with one missing and raid6 with two have nothing to sync (the
+    // missing member is computed from the others when it is added).
+    let missing_parity = opts.level.has_parity() && !missing.is_empty();
+    if opts.level == Level::Raid6 && missing.len() == 1 && !opts.assume_clean {
+        return Err(CreateError::Missing(
+            "raid6 with one slot missing would need a resync of its parity, which md does not run \
+             while degraded; give two 'missing' or --assume-clean"
+                .into(),
+        ));
+    }
+    if !opts.write_mostly.is_empty() && opts.level != Level::Raid1 {
+        return Err(opt_err(
+            "--write-mostly",
+            opts.write_mostly[0].display(),
+            format!("only raid1 members can be write-mostly, not {}", opts.level),
+        ));
+    }
+
     // Open everything and reject duplicates.
     let mut opened: Vec<(PathBuf, Device)> = Vec::new();
-    for p in devices {
+    for p in devices.iter().filter(|p| p.as_ref().as_os_str() != MISSING) {
         let p = p.as_ref();
         let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         if let Some((first, _)) = opened.iter().find(|(c, _)| *c == canon) {
@@ -338,14 +418,18 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
         .min()
         .unwrap_or(Sectors(0))
         .min(format::MAX_DEVICE_SECTORS);
+    // raid10 with far copies: md uses whole chunks of each far section
+    // (`calc_sectors` in raid10.c), so a multiple of chunk x far copies
+    // leaves md's component size equal to the recorded one.
     let round = match opts.level {
         Level::Raid1 => RAID1_ROUND,
+        Level::Raid10 => Bytes(chunk.0 * u64::from((layout_code >> 8) & 0xff).max(1)),
         _ => chunk,
     }
     .sectors_floor();
     let mut geometry = Geometry {
         level: opts.level,
-        layout: opts.level.default_layout(),
+        layout: layout_code,
         chunk_size: chunk,
         raid_disks: opts.raid_devices,
         // An upper bound for the layout; the real value follows.
@@ -388,14 +472,39 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
     let array_uuid = Uuid::new_v4();
     let uuids: Vec<Uuid> = opened.iter().map(|_| Uuid::new_v4()).collect();
     let events = 2;
-    let members: Vec<MemberEntry> = uuids
+    let mut next = uuids.iter();
+    let members: Vec<MemberEntry> = present
         .iter()
-        .map(|&uuid| MemberEntry {
-            uuid,
-            state: MemberState::InSync,
-            events,
+        .map(|&here| match if here { next.next() } else { None } {
+            Some(&uuid) => MemberEntry {
+                uuid,
+                state: MemberState::InSync,
+                events,
+            },
+            None => MemberEntry {
+                uuid: Uuid::nil(),
+                state: MemberState::Missing,
+                events,
+            },
         })
         .collect();
+    let mut write_mostly = Vec::new();
+    for w in &opts.write_mostly {
+        let canon = std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
+        let at = opened.iter().position(|(c, _)| *c == canon);
+        match at {
+            Some(i) => write_mostly.push(uuids[i]),
+            None => {
+                return Err(opt_err(
+                    "--write-mostly",
+                    w.display(),
+                    "is not one of the devices given",
+                ))
+            }
+        }
+    }
+    // Parity levels created with a slot missing have nothing to resync.
+    let clean = opts.assume_clean || missing_parity;
     let array = ArrayMeta {
         version: opts.version,
         uuid: array_uuid,
@@ -404,8 +513,8 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
         utime: t,
         geometry,
         events,
-        clean: opts.assume_clean,
-        resync: if opts.assume_clean {
+        clean,
+        resync: if clean {
             Checkpoint::None
         } else {
             Checkpoint::At(Sectors(0))
@@ -420,11 +529,12 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
         },
         members,
         forced_start: None,
+        write_mostly,
     };
     let bits = bitmap::initial(
         array.bitmap_chunks(),
         layout.bitmap_size,
-        !opts.assume_clean && opts.bitmap_mode != BitmapMode::None,
+        !clean && opts.bitmap_mode != BitmapMode::None,
     );
     let mut planned = Vec::new();
     for (((_, device), found), uuid) in opened.into_iter().zip(found_all).zip(uuids) {

@@ -457,6 +457,7 @@ fn assemble_one(
         let req = Request::Add {
             md: md.name().to_string(),
             device: c.path.to_string_lossy().into_owned(),
+            write_mostly: false,
         };
         match control::act(&o.run_dir, &req, Duration::from_secs(60)) {
             Ok(()) => resumed.push(c.path.clone()),
@@ -1097,6 +1098,18 @@ pub fn render_detail(s: &ArrayStatus) -> String {
         ("Raid Level", s.level.to_string()),
         ("Raid Devices", s.raid_disks.to_string()),
         (
+            "Layout",
+            match s.level {
+                crate::md::Level::Raid1 => "-".into(),
+                l => format!(
+                    "{} ({}), chunk {}",
+                    l.layout_name(s.layout),
+                    s.layout,
+                    crate::units::human(crate::units::Bytes(s.chunk_size_bytes))
+                ),
+            },
+        ),
+        (
             "Component Size",
             format!("{} sectors ({})", size.0, crate::units::human(size.bytes())),
         ),
@@ -1167,6 +1180,11 @@ pub fn render_detail(s: &ArrayStatus) -> String {
                 }
             ),
             _ => e.state.as_str().into(),
+        };
+        let state = if e.write_mostly {
+            format!("{state} (write-mostly)")
+        } else {
+            state
         };
         out.push_str(&format!(
             "    {:>4}  {:<11}  {:>6}  {:<12}  {}\n",

@@ -193,6 +193,15 @@ pub mod flag {
     pub const KNOWN: u32 = FORCED_START;
 }
 
+/// Member entry flag bits (`off::E_FLAGS`).
+pub mod entry_flag {
+    /// md's `writemostly`: read from this raid1 member only when no other
+    /// member can serve the read. Only on an entry with a UUID, of a raid1.
+    pub const WRITE_MOSTLY: u16 = 1;
+    /// Every defined bit.
+    pub const KNOWN: u16 = WRITE_MOSTLY;
+}
+
 /// Member state codes in the table.
 pub mod state_code {
     /// [`crate::meta::MemberState::Empty`].
@@ -777,6 +786,16 @@ fn validate_members(a: &ArrayMeta) -> Result<(), FormatError> {
             }
         }
     }
+    if a.geometry.level != Level::Raid1 && a.members.iter().any(|m| a.is_write_mostly(&m.uuid)) {
+        return Err(field(
+            "member.flags",
+            "write-mostly",
+            format!(
+                "only raid1 members can be write-mostly, not {}",
+                a.geometry.level
+            ),
+        ));
+    }
     // This device appears at most once (uuids are unique). A device absent
     // from its own table is a spare not yet recorded there (see
     // `Superblock::role`).
@@ -949,7 +968,12 @@ pub fn encode(sb: &Superblock) -> Result<EncodedCopy, FormatError> {
         };
         b[e + off::E_STATE] = code;
         b[e + off::E_KIND] = kind;
-        put_u16(&mut b, e + off::E_FLAGS, 0);
+        let eflags = if a.is_write_mostly(&m.uuid) {
+            entry_flag::WRITE_MOSTLY
+        } else {
+            0
+        };
+        put_u16(&mut b, e + off::E_FLAGS, eflags);
         put_u64(&mut b, e + off::E_EVENTS, m.events);
         put_u64(&mut b, e + off::E_CHECKPOINT, cp);
     }
@@ -1080,18 +1104,33 @@ pub fn decode_copy(buf: &[u8], found_at: usize) -> Result<Superblock, FormatErro
         s => Checkpoint::At(Sectors(s)),
     };
     let mut members = Vec::with_capacity(count);
+    let mut write_mostly = Vec::new();
     for i in 0..count {
         let e = TABLE_OFFSET + i * ENTRY_SIZE;
         let code = buf[e + off::E_STATE];
         let kind = buf[e + off::E_KIND];
         let cp = get_u64(buf, e + off::E_CHECKPOINT);
         let eflags = get_u16(buf, e + off::E_FLAGS);
-        if eflags != 0 {
+        if eflags & !entry_flag::KNOWN != 0 {
             return Err(field(
                 "member.flags",
                 format!("{eflags:#x}"),
-                format!("entry {i}: no flag is defined in version 1"),
+                format!(
+                    "entry {i}: unknown flag bits (defined: {:#x})",
+                    entry_flag::KNOWN
+                ),
             ));
+        }
+        let uuid = get_uuid(buf, e + off::E_UUID);
+        if eflags & entry_flag::WRITE_MOSTLY != 0 {
+            if uuid.is_nil() {
+                return Err(field(
+                    "member.flags",
+                    format!("{eflags:#x}"),
+                    format!("entry {i}: write-mostly on an entry without a device"),
+                ));
+            }
+            write_mostly.push(uuid);
         }
         check_zero(buf, e + off::E_RESERVED1..e + off::E_EVENTS)?;
         check_zero(buf, e + off::E_RESERVED2..e + ENTRY_SIZE)?;
@@ -1131,7 +1170,7 @@ pub fn decode_copy(buf: &[u8], found_at: usize) -> Result<Superblock, FormatErro
             }
         };
         members.push(MemberEntry {
-            uuid: get_uuid(buf, e + off::E_UUID),
+            uuid,
             state,
             events: get_u64(buf, e + off::E_EVENTS),
         });
@@ -1163,6 +1202,7 @@ pub fn decode_copy(buf: &[u8], found_at: usize) -> Result<Superblock, FormatErro
             },
             members,
             forced_start,
+            write_mostly,
         },
         device: DeviceMeta {
             uuid: get_uuid(buf, off::DEVICE_UUID),

@@ -924,7 +924,7 @@ impl Managed {
     /// state machine, which decides (pure [`crate::monitor::admit`]) whether
     /// it returns to its slot or joins a failed or missing one as new, and
     /// whether it is rebuilt from the bitmap or fully.
-    pub fn add(&mut self, device: &str) -> Result<(), ManagedError> {
+    pub fn add(&mut self, device: &str, write_mostly: bool) -> Result<(), ManagedError> {
         let path = PathBuf::from(device);
         // Exclusive open proves nobody uses it; it is closed again before
         // md opens it.
@@ -953,6 +953,7 @@ impl Managed {
             foreign,
             data_offset,
             new_uuid: uuid::Uuid::new_v4(),
+            write_mostly,
         };
         drop(excl);
         let dev = Device::open(&path, Access::SharedWrite)?;

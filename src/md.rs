@@ -320,6 +320,189 @@ impl Level {
     }
 }
 
+/// raid5/raid6 layout names as mdadm spells them (`mdadm/maps.c`
+/// `r5layout`, `r6layout`), with md's algorithm numbers
+/// (`include/linux/raid/pq.h`, `drivers/md/raid5.h`). Both levels take the
+/// first table; raid6 also takes the second. The first name of a number is
+/// the one `examine` and `detail` print.
+const R5_LAYOUTS: &[(&str, u32)] = &[
+    ("left-asymmetric", 0),
+    ("right-asymmetric", 1),
+    ("left-symmetric", 2),
+    ("right-symmetric", 3),
+    ("parity-first", 4),
+    ("parity-last", 5),
+    ("default", 2),
+    ("la", 0),
+    ("ra", 1),
+    ("ls", 2),
+    ("rs", 3),
+];
+/// raid5 only: mdadm maps the ddf names onto the plain algorithms.
+const R5_DDF: &[(&str, u32)] = &[
+    ("ddf-zero-restart", 1),
+    ("ddf-N-restart", 0),
+    ("ddf-N-continue", 2),
+];
+/// raid6 only: md's rotating (DDF) algorithms and the raid5-compatible
+/// layouts with Q on the last device (the `-6` names).
+const R6_ONLY: &[(&str, u32)] = &[
+    ("ddf-zero-restart", 8),
+    ("ddf-N-restart", 9),
+    ("ddf-N-continue", 10),
+    ("left-asymmetric-6", 16),
+    ("right-asymmetric-6", 17),
+    ("left-symmetric-6", 18),
+    ("right-symmetric-6", 19),
+    ("parity-first-6", 20),
+];
+
+impl Level {
+    /// Parse a `--layout` value the way mdadm does: raid10 `n2`, `f2`, `o2`
+    /// (near, far, offset copies: md's layout has near copies in bits 0-7,
+    /// far copies in bits 8-15 and the offset flag in bit 16; see
+    /// `setup_geo` in md's raid10.c), raid5/raid6 the names of mdadm's
+    /// `r5layout`/`r6layout` tables. Checked against `raid_disks`: md
+    /// refuses fewer than 2 copies or more copies than devices. The error
+    /// is one line naming what is wrong.
+    pub fn parse_layout(self, s: &str, raid_disks: u32) -> Result<u32, String> {
+        match self {
+            Level::Raid1 => Err("raid1 has no layout".into()),
+            Level::Raid10 => {
+                let t = s.trim();
+                let mut chars = t.chars();
+                let kind = chars.next().map(|c| c.to_ascii_lowercase());
+                let n: Option<u32> = chars.as_str().parse().ok();
+                let (kind, n) = match (kind, n) {
+                    (Some(k @ ('n' | 'f' | 'o')), Some(n)) if (1..=255).contains(&n) => (k, n),
+                    _ => {
+                        return Err(format!(
+                            "unknown raid10 layout '{s}' (n2, f2, o2... : near, far or offset, then the number of copies)"
+                        ))
+                    }
+                };
+                let layout = match kind {
+                    'n' => 0x100 | n,
+                    'f' => (n << 8) | 1,
+                    _ => 0x10000 | (n << 8) | 1,
+                };
+                if n < 2 {
+                    return Err(format!("raid10 layout '{s}': md needs at least 2 copies"));
+                }
+                if n > raid_disks {
+                    return Err(format!(
+                        "raid10 layout '{s}': {n} copies need at least {n} devices, the array has {raid_disks}"
+                    ));
+                }
+                Ok(layout)
+            }
+            Level::Raid5 | Level::Raid6 => {
+                let t = s.trim();
+                let extra = if self == Level::Raid5 {
+                    R5_DDF
+                } else {
+                    R6_ONLY
+                };
+                R5_LAYOUTS
+                    .iter()
+                    .chain(extra)
+                    .find(|(name, _)| name.eq_ignore_ascii_case(t))
+                    .map(|&(_, v)| v)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = R5_LAYOUTS
+                            .iter()
+                            .take(6)
+                            .chain(extra)
+                            .map(|(n, _)| *n)
+                            .collect();
+                        format!(
+                            "unknown {} layout '{s}' (one of {})",
+                            self.as_str(),
+                            names.join(", ")
+                        )
+                    })
+            }
+        }
+    }
+
+    /// The layout as mdadm names it (`n2`, `f2`, `o2`, `left-symmetric`,
+    /// ...); the number itself if it has no name; empty for raid1.
+    pub fn layout_name(self, layout: u32) -> String {
+        match self {
+            Level::Raid1 => String::new(),
+            Level::Raid10 => {
+                let near = layout & 0xff;
+                let far = (layout >> 8) & 0xff;
+                let offset = layout & 0x10000 != 0;
+                match (near, far, offset, layout >> 17) {
+                    (n, 1, false, 0) => format!("n{n}"),
+                    (1, f, false, 0) => format!("f{f}"),
+                    (1, f, true, 0) => format!("o{f}"),
+                    (n, f, o, 0) => format!("n{n}{}{f}", if o { "o" } else { "f" }),
+                    _ => layout.to_string(),
+                }
+            }
+            Level::Raid5 | Level::Raid6 => {
+                let extra = if self == Level::Raid5 {
+                    &[][..]
+                } else {
+                    R6_ONLY
+                };
+                R5_LAYOUTS
+                    .iter()
+                    .take(6)
+                    .chain(extra)
+                    .find(|&&(_, v)| v == layout)
+                    .map(|(n, _)| n.to_string())
+                    .unwrap_or_else(|| layout.to_string())
+            }
+        }
+    }
+
+    /// raid10: the number of copies of each chunk (near x far); 1 for the
+    /// other levels.
+    pub fn copies(self, layout: u32) -> u32 {
+        match self {
+            Level::Raid10 => (layout & 0xff).max(1) * ((layout >> 8) & 0xff).max(1),
+            _ => 1,
+        }
+    }
+
+    /// Whether md can run the array with only the slots in `present`
+    /// (`present[i]`: slot `i` has a working member). raid10 follows md's
+    /// `_enough()` in raid10.c: every run of `copies` consecutive slots
+    /// starting at a multiple of the near copies keeps one member.
+    pub fn can_run(self, layout: u32, present: &[bool]) -> bool {
+        let n = present.len();
+        let have = present.iter().filter(|p| **p).count();
+        if n == 0 {
+            return false;
+        }
+        match self {
+            Level::Raid10 => {
+                let near = ((layout & 0xff).max(1)) as usize;
+                let copies = self.copies(layout) as usize;
+                let mut first = 0usize;
+                loop {
+                    if !(0..copies).any(|k| present[(first + k) % n]) {
+                        return false;
+                    }
+                    first = (first + near) % n;
+                    if first == 0 {
+                        return true;
+                    }
+                }
+            }
+            _ => {
+                let need = self
+                    .min_working(u32::try_from(n).unwrap_or(u32::MAX))
+                    .max(1);
+                u32::try_from(have).is_ok_and(|h| h >= need)
+            }
+        }
+    }
+}
+
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -434,5 +617,72 @@ mod tests {
             assert!(l.min_format_devices() <= l.min_create_devices());
             assert_eq!(l.as_str().parse::<Level>(), Ok(l));
         }
+    }
+
+    #[test]
+    fn layouts_parse_as_mdadm_spells_them() {
+        let r10 = |s: &str, n| Level::Raid10.parse_layout(s, n);
+        assert_eq!(r10("n2", 4), Ok(0x102));
+        assert_eq!(r10("f2", 4), Ok(0x201));
+        assert_eq!(r10("o2", 4), Ok(0x10201));
+        assert_eq!(r10("n3", 3), Ok(0x103));
+        assert_eq!(r10("F2", 2), Ok(0x201));
+        assert!(r10("n3", 2)
+            .unwrap_err()
+            .contains("3 copies need at least 3 devices"));
+        assert!(r10("n1", 4).unwrap_err().contains("at least 2 copies"));
+        for bad in ["", "n", "x2", "n2x", "n256", "n-1", "left-symmetric"] {
+            assert!(r10(bad, 4).is_err(), "{bad}");
+            assert!(!r10(bad, 4).unwrap_err().contains('\n'));
+        }
+        for (s, v) in [("n2", 0x102), ("f2", 0x201), ("o2", 0x10201), ("n3", 0x103)] {
+            assert_eq!(Level::Raid10.layout_name(v), s);
+            assert!(Level::Raid10.layout_valid(v, 4));
+        }
+        let r5 = |s: &str| Level::Raid5.parse_layout(s, 4);
+        let r6 = |s: &str| Level::Raid6.parse_layout(s, 4);
+        assert_eq!(r5("left-asymmetric"), Ok(0));
+        assert_eq!(r5("ra"), Ok(1));
+        assert_eq!(r5("default"), Ok(2));
+        assert_eq!(r5("parity-first"), Ok(4));
+        assert_eq!(r5("parity-last"), Ok(5));
+        assert_eq!(r5("ddf-zero-restart"), Ok(1));
+        assert_eq!(r5("ddf-N-continue"), Ok(2));
+        assert!(r5("left-symmetric-6").is_err());
+        assert_eq!(r6("ddf-zero-restart"), Ok(8));
+        assert_eq!(r6("ddf-n-restart"), Ok(9));
+        assert_eq!(r6("ddf-N-continue"), Ok(10));
+        assert_eq!(r6("left-symmetric-6"), Ok(18));
+        assert_eq!(r6("parity-first-6"), Ok(20));
+        assert!(r6("n2")
+            .unwrap_err()
+            .starts_with("unknown raid6 layout 'n2'"));
+        assert!(Level::Raid1.parse_layout("n2", 2).is_err());
+        for l in [Level::Raid5, Level::Raid6] {
+            for v in 0..=24 {
+                if l.layout_valid(v, 4) {
+                    let name = l.layout_name(v);
+                    assert_eq!(l.parse_layout(&name, 4), Ok(v), "{l} {name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn raid10_runs_with_one_copy_of_every_chunk() {
+        let n2 = 0x102;
+        assert!(Level::Raid10.can_run(n2, &[true, false, true, false]));
+        assert!(Level::Raid10.can_run(n2, &[false, true, true, false]));
+        assert!(!Level::Raid10.can_run(n2, &[false, false, true, true]));
+        // far 2 on 4: copies of slot 0's chunks live on slot 1.
+        assert!(!Level::Raid10.can_run(0x201, &[true, true, false, false]));
+        assert!(Level::Raid10.can_run(0x201, &[true, false, true, false]));
+        // n2 on 3 devices: runs of 2 from 0, 2, 1.
+        assert!(!Level::Raid10.can_run(n2, &[true, false, false]));
+        assert!(Level::Raid5.can_run(2, &[true, false, true]));
+        assert!(!Level::Raid5.can_run(2, &[true, false, false]));
+        assert!(Level::Raid6.can_run(2, &[true, false, false, true]));
+        assert!(Level::Raid1.can_run(0, &[false, true]));
+        assert!(!Level::Raid1.can_run(0, &[false, false]));
     }
 }

@@ -199,6 +199,12 @@ pub struct ArrayMeta {
     /// record; only a new `create` clears it.
     #[serde(default)]
     pub forced_start: Option<u64>,
+    /// raid1 members md should read from only when no other member can
+    /// serve the read (md's `writemostly` member flag), by UUID. On disk
+    /// the member entry's flag bit 0; a UUID no entry carries is not
+    /// written (its member has left the table).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_mostly: Vec<Uuid>,
 }
 
 /// What differs between members: this device's identity and data area.
@@ -236,6 +242,11 @@ impl ArrayMeta {
         self.members.len() >= n && self.members[..n].iter().all(|m| m.state.is_in_sync())
     }
 
+    /// Whether the member with this UUID is write-mostly.
+    pub fn is_write_mostly(&self, uuid: &Uuid) -> bool {
+        !uuid.is_nil() && self.write_mostly.contains(uuid)
+    }
+
     /// Number of bitmap chunks that cover the array's data.
     pub fn bitmap_chunks(&self) -> u64 {
         bitmap_chunks(self.geometry.bitmap_span(), self.bitmap.chunk)
@@ -243,15 +254,21 @@ impl ArrayMeta {
 }
 
 impl Geometry {
-    /// The span the bitmap covers: md counts raid1/raid10 bitmap chunks in
-    /// array sectors and raid5/raid6 chunks in member sectors.
+    /// The span the bitmap covers: md sizes its bitmap from
+    /// `resync_max_sectors` (`md_bitmap_create`), which raid1, raid5 and
+    /// raid6 set to the component size (member sectors) and raid10 to the
+    /// array size, `raid10_size()`: the component's whole chunks divided
+    /// by the far copies, times `raid_disks`, divided by the near copies,
+    /// each division rounding down, in chunks.
     pub fn bitmap_span(&self) -> Sectors {
         match self.level {
             Level::Raid1 | Level::Raid5 | Level::Raid6 => self.component_size,
             Level::Raid10 => {
                 let near = (self.layout & 0xff).max(1) as u64;
                 let far = ((self.layout >> 8) & 0xff).max(1) as u64;
-                Sectors(self.component_size.0 * self.raid_disks as u64 / (near * far))
+                let chunk = (self.chunk_size.0 / 512).max(1);
+                let chunks = self.component_size.0 / chunk / far * self.raid_disks as u64 / near;
+                Sectors(chunks * chunk)
             }
         }
     }
@@ -369,6 +386,7 @@ pub(crate) fn test_raid1(n: u32, component: Sectors, chunk: Bytes, events: u64) 
             })
             .collect(),
         forced_start: None,
+        write_mostly: Vec::new(),
     }
 }
 

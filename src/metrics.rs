@@ -287,6 +287,7 @@ mod tests {
             ctime: 0,
             utime: 0,
             forced_start: None,
+            write_mostly: Vec::new(),
             geometry: Geometry {
                 level: Level::Raid1,
                 layout: 0,

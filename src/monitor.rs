@@ -282,6 +282,8 @@ pub struct DeviceFacts {
     pub data_offset: Sectors,
     /// A fresh UUID, used if the device becomes a new member.
     pub new_uuid: Uuid,
+    /// Asked to be write-mostly (raid1 only).
+    pub write_mostly: bool,
 }
 
 /// The outcome of [`admit`]: where the device goes and as what.
@@ -465,6 +467,9 @@ pub enum Refusal {
     /// The member is the last one holding good data.
     #[error("member {0} is the last one in sync")]
     LastInSync(usize),
+    /// Write-mostly is a raid1 flag.
+    #[error("only raid1 members can be write-mostly, not {0}")]
+    NotRaid1(crate::md::Level),
     /// Remove needs a faulty member or an unused spare.
     #[error("member {0} is active: fail it first")]
     Active(usize),
@@ -768,9 +773,12 @@ impl Monitor {
                 _ => Err(Refusal::Active(i)),
             },
             AdminRequest::Add(ref facts) => {
+                if facts.write_mostly && self.meta.geometry.level != crate::md::Level::Raid1 {
+                    return Err(Refusal::NotRaid1(self.meta.geometry.level));
+                }
                 let occupied: Vec<usize> = v.members.iter().map(|k| k.index).collect();
                 let a = admit(&self.meta, &occupied, facts)?;
-                self.readd(&a, v)
+                self.readd(&a, v, facts.write_mostly)
             }
         }
     }
@@ -789,7 +797,12 @@ impl Monitor {
         (self.meta.geometry.raid_disks as usize).min(self.meta.members.len())
     }
 
-    fn readd(&mut self, a: &Admission, v: &KernelView) -> Result<Vec<Action>, Refusal> {
+    fn readd(
+        &mut self,
+        a: &Admission,
+        v: &KernelView,
+        write_mostly: bool,
+    ) -> Result<Vec<Action>, Refusal> {
         let index = a.index;
         let dev = a.device;
         if index >= self.slots() {
@@ -835,6 +848,12 @@ impl Monitor {
             },
             events,
         };
+        // Write-mostly when asked, or when recorded so for a returning
+        // member; the flag is md's, set once the device is in.
+        let write_mostly = write_mostly || meta.is_write_mostly(&dev.uuid);
+        if write_mostly && !meta.write_mostly.contains(&dev.uuid) {
+            meta.write_mostly.push(dev.uuid);
+        }
         // The device's own record is durable before it becomes a member: a
         // crash before its rebuild ends finds it recorded as rebuilding.
         let mut targets = self.targets(v, &meta);
@@ -851,6 +870,9 @@ impl Monitor {
             bitmap_based: kind == RebuildKind::Bitmap,
             device: a.meta,
         });
+        if write_mostly {
+            acts.push(Action::Member(index, MemberCommand::WriteMostly));
+        }
         acts.push(Action::SetSyncAction(SyncAction::Recover));
         self.meta = meta;
         self.needs_write = false;

@@ -156,6 +156,10 @@ pub struct EntryStatus {
     pub rebuild_checkpoint_sectors: Option<u64>,
     /// The event count at which this state was recorded.
     pub events: u64,
+    /// raid1: md reads from this member only when no other can serve the
+    /// read (md's `writemostly`).
+    #[serde(default)]
+    pub write_mostly: bool,
 }
 
 impl EntryStatus {
@@ -172,6 +176,15 @@ impl EntryStatus {
             rebuild_kind: kind,
             rebuild_checkpoint_sectors: cp,
             events: e.events,
+            write_mostly: false,
+        }
+    }
+
+    /// Entry `index` of `meta`'s member table, with its flags.
+    pub fn of(meta: &ArrayMeta, index: usize, e: &MemberEntry) -> EntryStatus {
+        EntryStatus {
+            write_mostly: meta.is_write_mostly(&e.uuid),
+            ..EntryStatus::new(index, e)
         }
     }
 }
@@ -286,7 +299,7 @@ impl ArrayStatus {
             .iter()
             .enumerate()
             .map(|(i, e)| MemberStatus {
-                entry: EntryStatus::new(i, e),
+                entry: EntryStatus::of(meta, i, e),
                 device: devices
                     .iter()
                     .find(|(j, _)| *j == i)
@@ -364,6 +377,7 @@ mod tests {
             ctime: 0,
             utime: 0,
             forced_start: None,
+            write_mostly: Vec::new(),
             geometry: Geometry {
                 level,
                 layout: level.default_layout(),

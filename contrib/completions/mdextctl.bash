@@ -132,7 +132,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__add)
-            opts="-h --help"
+            opts="-W -h --write-mostly --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -182,7 +182,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__create)
-            opts="-l -n -N -c -f -h --level --raid-devices --name --bitmap-chunk --chunk --time-base --assume-clean --bitmap --force --help"
+            opts="-l -n -N -c -W -f -h --level --raid-devices --name --bitmap-chunk --chunk --parity --layout --write-mostly --time-base --assume-clean --bitmap --force --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -221,6 +221,22 @@ _mdextctl() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --layout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --parity)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --write-mostly)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -W)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -54,6 +54,8 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s n -l raid-d
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s N -l name -d 'Array name: 1-32 characters of A-Z a-z 0-9 . _ : - (default: "mdext")' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -l bitmap-chunk -d 'Bytes of array data per bitmap bit; K/M/G suffixes (default 64M). A power of two, at least 512' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s c -l chunk -d 'Stripe chunk for levels 10, 5 and 6; K/M/G suffixes (default 512K)' -r
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -l layout -l parity -d 'md layout, as mdadm spells it: raid10 n2 (default), f2, o2, n3... (near, far, offset copies); raid5 and raid6 left-symmetric (default), left-asymmetric, right-symmetric, right-asymmetric, parity-first, parity-last, ddf-zero-restart, ddf-N-restart, ddf-N-continue (la, ra, ls, rs); raid6 also left-symmetric-6 and the other -6 layouts' -r
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s W -l write-mostly -d 'Flag DEV write-mostly (raid1): md reads from it only when no other member can serve the read. Recorded in the metadata and applied at every assembly. May be given several times' -r -F
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -l time-base -d 'Seconds between bitmap flushes by md (bitmap/time_base), 1-3600' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -l bitmap -d 'Write-intent bitmap: "internal" (default; the mode, md\'s external bitmap or md\'s own bitmap at sector 8, is chosen at each assembly by probing the kernel) or "none" (no bitmap: a full resync after a crash, a full rebuild when a member returns)' -r -f -a "internal\t'A write-intent bitmap, its mode chosen by probing the kernel'
 none\t'No bitmap'"
@@ -85,6 +87,7 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand status" -l json -d 'JS
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand status" -s h -l help -d 'Print help'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand fail" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand remove" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand add" -s W -l write-mostly -d 'raid1: record the device write-mostly and set md\'s writemostly flag on it (md then reads from it only when no other member can serve the read); kept at every assembly'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand add" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine-bitmap" -l json -d 'JSON output (with the dirty chunk ranges)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine-bitmap" -s h -l help -d 'Print help (see more with \'--help\')'

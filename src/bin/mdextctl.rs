@@ -90,7 +90,7 @@ enum Cmd {
     #[command(
         about = "Add a device to a failed or missing slot and rebuild it (through mdextmon)"
     )]
-    Add(ops::MemberArgs),
+    Add(ops::AddArgs),
     #[command(about = "Show the dirty chunks of a member's write-intent bitmap")]
     ExamineBitmap(ops::ExamineBitmapArgs),
     #[command(
@@ -172,6 +172,19 @@ struct CreateArgs {
     /// Stripe chunk for levels 10, 5 and 6; K/M/G suffixes (default 512K).
     #[arg(short, long, value_parser = size_arg)]
     chunk: Option<Bytes>,
+    /// md layout, as mdadm spells it: raid10 n2 (default), f2, o2, n3...
+    /// (near, far, offset copies); raid5 and raid6 left-symmetric
+    /// (default), left-asymmetric, right-symmetric, right-asymmetric,
+    /// parity-first, parity-last, ddf-zero-restart, ddf-N-restart,
+    /// ddf-N-continue (la, ra, ls, rs); raid6 also left-symmetric-6 and
+    /// the other -6 layouts.
+    #[arg(long, visible_alias = "parity", value_name = "LAYOUT")]
+    layout: Option<String>,
+    /// Flag DEV write-mostly (raid1): md reads from it only when no other
+    /// member can serve the read. Recorded in the metadata and applied at
+    /// every assembly. May be given several times.
+    #[arg(short = 'W', long = "write-mostly", value_name = "DEV")]
+    write_mostly: Vec<PathBuf>,
     /// Seconds between bitmap flushes by md (bitmap/time_base), 1-3600.
     #[arg(long = "time-base", default_value_t = create::DEFAULT_TIME_BASE)]
     time_base: u32,
@@ -190,7 +203,9 @@ struct CreateArgs {
     /// wiped.
     #[arg(short, long)]
     force: bool,
-    /// Member devices (block devices, or image files), in slot order.
+    /// Member devices (block devices, or image files), in slot order; the
+    /// word "missing" leaves that slot empty (the array then starts only
+    /// with assemble --run, and add fills the slot with a full rebuild).
     #[arg(required = true, value_name = "DEV")]
     devices: Vec<PathBuf>,
 }
@@ -228,7 +243,7 @@ fn main() -> ExitCode {
         Cmd::Status(a) => ops::status(&a),
         Cmd::Fail(a) => ops::member(ops::MemberOp::Fail, &a),
         Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, &a),
-        Cmd::Add(a) => ops::member(ops::MemberOp::Add, &a),
+        Cmd::Add(a) => ops::member_with(ops::MemberOp::Add, &a.member, a.write_mostly),
         Cmd::ExamineBitmap(a) => ops::examine_bitmap(&a),
         Cmd::Convert(a) => run_convert(&a),
         Cmd::Wait(a) => watch::wait(&a),
@@ -268,8 +283,16 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
 }
 
 fn run_create(a: CreateArgs) -> Result<ExitCode> {
+    let level: Level = a.level.into();
+    let layout = a
+        .layout
+        .as_deref()
+        .map(|l| create::parse_layout(level, l, a.raid_devices))
+        .transpose()?;
     let opts = CreateOptions {
-        level: a.level.into(),
+        level,
+        layout,
+        write_mostly: a.write_mostly,
         raid_devices: a.raid_devices,
         name: a.name,
         bitmap_chunk: a.bitmap_chunk,
@@ -299,13 +322,21 @@ fn run_create(a: CreateArgs) -> Result<ExitCode> {
     let sbs = plan.execute()?;
     if let Some(sb) = sbs.first() {
         eprintln!(
-            "mdextctl: created {} array {} ({}) on {} devices, {} per device{}",
+            "mdextctl: created {}{} array {} ({}) on {} devices{}, {} per device{}",
             sb.array.geometry.level,
+            match sb.array.geometry.level {
+                Level::Raid1 => String::new(),
+                l => format!(" {}", l.layout_name(sb.array.geometry.layout)),
+            },
             sb.array.name,
             sb.array.uuid,
             sbs.len(),
+            match sb.array.geometry.raid_disks as usize - sbs.len() {
+                0 => String::new(),
+                n => format!(" ({n} slot{} missing)", if n == 1 { "" } else { "s" }),
+            },
             human(sb.array.geometry.component_size.bytes()),
-            if opts.assume_clean {
+            if sb.array.clean {
                 ", clean"
             } else {
                 "; the first assembly resyncs it"
@@ -461,7 +492,10 @@ fn human_examine(p: &Path, r: &ReadOutcome) -> String {
     kv("Raid Devices", g.raid_disks.to_string());
     if g.chunk_size.0 != 0 {
         kv("Chunk Size", human(g.chunk_size));
-        kv("Layout", g.layout.to_string());
+        kv(
+            "Layout",
+            format!("{} ({})", g.level.layout_name(g.layout), g.layout),
+        );
     }
     kv(
         "Avail Dev Size",
@@ -541,6 +575,11 @@ fn human_examine(p: &Path, r: &ReadOutcome) -> String {
             ),
             _ => String::new(),
         };
+        let extra = if a.is_write_mostly(&m.uuid) {
+            format!("{extra} write-mostly")
+        } else {
+            extra
+        };
         let me = if m.uuid == sb.device.uuid {
             " (this device)"
         } else {
@@ -572,6 +611,7 @@ struct JsonExamine {
     utime: u64,
     level: Level,
     layout: u32,
+    layout_name: String,
     chunk_size_bytes: u64,
     raid_disks: u32,
     component_size_sectors: u64,
@@ -634,6 +674,7 @@ impl JsonExamine {
             utime: a.utime,
             level: g.level,
             layout: g.layout,
+            layout_name: g.level.layout_name(g.layout),
             chunk_size_bytes: g.chunk_size.0,
             raid_disks: g.raid_disks,
             component_size_sectors: g.component_size.0,
@@ -667,7 +708,7 @@ impl JsonExamine {
                 .members
                 .iter()
                 .enumerate()
-                .map(|(i, m)| EntryStatus::new(i, m))
+                .map(|(i, m)| EntryStatus::of(a, i, m))
                 .collect(),
             copy: r.copy,
             copies: r

@@ -49,6 +49,7 @@ fn v1_array(n: usize, chunks: u64, dirty: &[u64]) -> Vec<Vec<u8>> {
         },
         members,
         forced_start: None,
+        write_mostly: Vec::new(),
     };
     (0..n)
         .map(|i| {

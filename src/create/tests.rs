@@ -375,3 +375,133 @@ fn raid5_and_raid10_geometry() {
     assert_eq!(sbs[0].array.geometry.chunk_size, DEFAULT_CHUNK);
     assert_eq!(sbs[0].array.geometry.component_size.0 % 1024, 0);
 }
+
+#[test]
+fn layouts_are_recorded_and_nonsense_refused() {
+    let (_d, paths) = images(4, 40 * MIB);
+    for (level, spelled, code) in [
+        (Level::Raid10, "f2", 0x201),
+        (Level::Raid10, "o2", 0x10201),
+        (Level::Raid5, "right-asymmetric", 1),
+        (Level::Raid6, "left-symmetric-6", 18),
+    ] {
+        let mut o = CreateOptions::new(level, 4, "lay");
+        o.chunk = Some(Bytes(64 << 10));
+        o.layout = Some(parse_layout(level, spelled, 4).expect("layout"));
+        o.force = true;
+        let sbs = plan(&o, &paths).expect("plan").execute().expect("execute");
+        let g = sbs[0].array.geometry;
+        assert_eq!(g.layout, code, "{level} {spelled}");
+        assert_eq!(level.layout_name(g.layout), spelled);
+        // raid10 far copies: whole chunks x far copies per member.
+        if level == Level::Raid10 {
+            assert_eq!(g.component_size.0 % (2 * 128), 0);
+            // The bitmap covers the array: 4 members x component / 2 copies.
+            assert_eq!(g.bitmap_span().0, g.component_size.0 * 2);
+        } else {
+            assert_eq!(g.bitmap_span(), g.component_size);
+        }
+    }
+    let e = parse_layout(Level::Raid10, "n5", 4)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "--layout: raid10 layout 'n5': 5 copies need at least 5 devices, the array has 4"
+    );
+    let e = parse_layout(Level::Raid5, "left-symmetric-6", 4)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(
+            "--layout: unknown raid5 layout 'left-symmetric-6' (one of left-asymmetric, "
+        ),
+        "{e}"
+    );
+    let mut o = raid1(2);
+    o.layout = Some(0);
+    let e = plan(&o, &paths[..2]).unwrap_err().to_string();
+    assert_eq!(e, "--layout: raid1 has no layout");
+    let mut o = CreateOptions::new(Level::Raid10, 4, "x");
+    o.layout = Some(0x101);
+    let e = plan(&o, &paths).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "--layout: 257 is not a raid10 layout md runs on 4 devices"
+    );
+}
+
+#[test]
+fn missing_slots_are_recorded_missing() {
+    let (_d, paths) = images(3, 40 * MIB);
+    let mut devs: Vec<PathBuf> = paths.clone();
+    devs.insert(1, PathBuf::from(MISSING));
+    // raid5 of 4 with slot 1 missing: nothing to resync, clean.
+    let o = CreateOptions::new(Level::Raid5, 4, "deg");
+    let sbs = plan(&o, &devs).expect("plan").execute().expect("execute");
+    assert_eq!(sbs.len(), 3);
+    let a = &sbs[0].array;
+    assert_eq!(a.members[1].state, MemberState::Missing);
+    assert!(a.members[1].uuid.is_nil());
+    assert!(a.clean);
+    assert_eq!(a.resync, Checkpoint::None);
+    assert_eq!(sbs[1].role(), crate::meta::Role::Slot(2));
+    // raid10 n2 of 4 with slot 0 and 2 missing runs; 0 and 1 does not.
+    let mut o = CreateOptions::new(Level::Raid10, 4, "deg");
+    o.force = true;
+    let two = [
+        PathBuf::from(MISSING),
+        paths[0].clone(),
+        PathBuf::from(MISSING),
+        paths[1].clone(),
+    ];
+    let sbs = plan(&o, &two).expect("plan").execute().expect("execute");
+    assert!(!sbs[0].array.clean, "raid10 resyncs what it can");
+    let bad = [
+        PathBuf::from(MISSING),
+        PathBuf::from(MISSING),
+        paths[0].clone(),
+        paths[1].clone(),
+    ];
+    let e = plan(&o, &bad).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "raid10 n2 cannot run with slots 0, 1 missing; give fewer 'missing'"
+    );
+    // raid6 with one missing would need a degraded resync.
+    let mut o = CreateOptions::new(Level::Raid6, 4, "deg");
+    o.force = true;
+    let e = plan(&o, &devs).unwrap_err().to_string();
+    assert!(e.starts_with("raid6 with one slot missing"), "{e}");
+    o.assume_clean = true;
+    plan(&o, &devs).expect("raid6 with --assume-clean");
+}
+
+#[test]
+fn write_mostly_members_are_recorded() {
+    let (_d, paths) = images(2, 40 * MIB);
+    let mut o = raid1(2);
+    o.write_mostly = vec![paths[1].clone()];
+    let sbs = plan(&o, &paths).expect("plan").execute().expect("execute");
+    let a = &sbs[0].array;
+    assert_eq!(a.write_mostly, vec![sbs[1].device.uuid]);
+    let r = read_img(&std::fs::read(&paths[0]).expect("read"));
+    assert!(r.superblock.array.is_write_mostly(&sbs[1].device.uuid));
+    assert!(!r.superblock.array.is_write_mostly(&sbs[0].device.uuid));
+    let mut o = raid1(2);
+    o.force = true;
+    o.write_mostly = vec![PathBuf::from("/nonexistent")];
+    let e = plan(&o, &paths).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "--write-mostly /nonexistent: is not one of the devices given"
+    );
+    let mut o = CreateOptions::new(Level::Raid10, 2, "x");
+    o.force = true;
+    o.write_mostly = vec![paths[0].clone()];
+    let e = plan(&o, &paths).unwrap_err().to_string();
+    assert!(
+        e.ends_with("only raid1 members can be write-mostly, not raid10"),
+        "{e}"
+    );
+}

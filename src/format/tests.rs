@@ -50,6 +50,7 @@ pub(crate) fn sample() -> Superblock {
                 },
             ],
             forced_start: None,
+            write_mostly: Vec::new(),
         },
         device: DeviceMeta {
             uuid: uuid(1),
@@ -311,6 +312,51 @@ fn assert_field(r: Result<impl fmt::Debug, FormatError>, name: &str, value: &str
     }
 }
 
+/// Write-mostly: bit 0 of a member entry's flags, on raid1 entries with a
+/// device only; a copy without it is what earlier writers wrote.
+#[test]
+fn write_mostly_flag() {
+    let mut sb = sample();
+    let plain = encode(&sb).expect("encode").bytes;
+    assert_eq!(get_u16(&plain, TABLE_OFFSET + ENTRY_SIZE + off::E_FLAGS), 0);
+    sb.array.write_mostly = vec![uuid(2)];
+    let b = encode(&sb).expect("encode").bytes;
+    assert_eq!(get_u16(&b, TABLE_OFFSET + off::E_FLAGS), 0);
+    assert_eq!(get_u16(&b, TABLE_OFFSET + ENTRY_SIZE + off::E_FLAGS), 1);
+    let back = decode_copy(&b, 0).expect("decode");
+    assert_eq!(back, sb);
+    assert!(back.array.is_write_mostly(&uuid(2)));
+    assert!(!back.array.is_write_mostly(&uuid(1)));
+    // A UUID that has left the table is not written.
+    sb.array.write_mostly = vec![uuid(77)];
+    let b = encode(&sb).expect("encode").bytes;
+    assert!(
+        b == plain,
+        "a stale write-mostly UUID changes nothing on disk"
+    );
+    // Not on an entry without a device.
+    let mut missing = sample();
+    missing.array.members[1] = MemberEntry {
+        uuid: Uuid::nil(),
+        state: MemberState::Missing,
+        events: 2,
+    };
+    let mut b = encode(&missing).expect("encode").bytes;
+    put_u16(&mut b, TABLE_OFFSET + ENTRY_SIZE + off::E_FLAGS, 1);
+    reseal(&mut b);
+    assert_field(decode_copy(&b, 0), "member.flags", "0x1");
+    // Only raid1.
+    let mut r5 = sample();
+    r5.array.geometry.level = Level::Raid5;
+    r5.array.geometry.layout = 2;
+    r5.array.geometry.raid_disks = 2;
+    r5.array.geometry.chunk_size = Bytes(65536);
+    r5.array.geometry.component_size = Sectors(r5.array.geometry.component_size.0 / 128 * 128);
+    encode(&r5).expect("a raid5 record");
+    r5.array.write_mostly = vec![uuid(1)];
+    assert_field(encode(&r5), "member.flags", "write-mostly");
+}
+
 /// The forced-start field: optional in version 1, announced by its flag.
 #[test]
 fn forced_start_field() {
@@ -450,9 +496,9 @@ fn decode_header_checks() {
         "3",
     );
     assert_field(
-        decode_patched(|b| put_u16(b, TABLE_OFFSET + off::E_FLAGS, 1)),
+        decode_patched(|b| put_u16(b, TABLE_OFFSET + off::E_FLAGS, 2)),
         "member.flags",
-        "0x1",
+        "0x2",
     );
     assert_eq!(
         decode_patched(|b| b[TABLE_OFFSET + off::E_RESERVED2] = 1),
@@ -804,6 +850,7 @@ prop_compose! {
                     events_cleared: events / 100 * ec_frac, mode },
                 members,
                 forced_start: forced.map(|f| 1 + (events - 1) / 100 * f),
+                write_mostly: Vec::new(),
             },
             device: DeviceMeta { uuid: dev_uuid, data_offset: l.data_offset, data_size: Sectors(component.0 + extra) },
         }

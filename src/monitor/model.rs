@@ -1106,6 +1106,7 @@ impl Model {
                                     foreign: Vec::new(),
                                     data_offset: Sectors(DATA_OFFSET),
                                     new_uuid: uuid_of(j, t.gen[j] + 1),
+                                    write_mostly: false,
                                 };
                                 let mut m = self.monitor(key);
                                 let Ok(acts) =

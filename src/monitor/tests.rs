@@ -76,6 +76,7 @@ fn facts(dev_uuid: Uuid, own: Option<OwnRecord>) -> DeviceFacts {
         foreign: Vec::new(),
         data_offset: Sectors(2048),
         new_uuid: uuid(9),
+        write_mostly: false,
     }
 }
 
@@ -296,6 +297,53 @@ fn readd_bitmap_when_own_events_cover_events_cleared() {
             },
             Action::SetSyncAction(SyncAction::Recover),
         ]
+    );
+}
+
+/// `add --write-mostly`: the record names the device write-mostly and md's
+/// flag is set once it is in; a returning member recorded so keeps it.
+#[test]
+fn readd_write_mostly_records_and_sets_the_flag() {
+    let own = Some(OwnRecord {
+        events: 10,
+        state: MemberState::InSync,
+    });
+    let mut mon = settled(degraded_meta(12), &degraded_view());
+    let mut dev = facts(uuid(1), own);
+    dev.write_mostly = true;
+    let acts = mon
+        .admin(&AdminRequest::Add(Box::new(dev)), &degraded_view())
+        .expect("accepted");
+    assert_eq!(the_write(&acts).write_mostly, vec![uuid(1)]);
+    let add = acts
+        .iter()
+        .position(|a| matches!(a, Action::AddDevice { .. }))
+        .expect("add");
+    assert_eq!(
+        acts.get(add + 1),
+        Some(&Action::Member(1, MemberCommand::WriteMostly))
+    );
+    // Recorded, added again without the option: kept and set.
+    let mut m = degraded_meta(12);
+    m.write_mostly = vec![uuid(1)];
+    let mut mon = settled(m, &degraded_view());
+    let acts = mon
+        .admin(
+            &AdminRequest::Add(Box::new(facts(uuid(1), own))),
+            &degraded_view(),
+        )
+        .expect("accepted");
+    assert_eq!(the_write(&acts).write_mostly, vec![uuid(1)]);
+    assert!(acts.contains(&Action::Member(1, MemberCommand::WriteMostly)));
+    // Not on raid1: refused.
+    let mut m = degraded_meta(12);
+    m.geometry.level = crate::md::Level::Raid10;
+    let mut mon = settled(m, &degraded_view());
+    let mut dev = facts(uuid(1), own);
+    dev.write_mostly = true;
+    assert_eq!(
+        mon.admin(&AdminRequest::Add(Box::new(dev)), &degraded_view()),
+        Err(Refusal::NotRaid1(crate::md::Level::Raid10))
     );
 }
 

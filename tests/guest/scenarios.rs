@@ -9,6 +9,7 @@ mod found_by_torture;
 mod held;
 mod incremental;
 mod kmode;
+mod levels;
 mod lifecycle;
 mod rebuild;
 mod service;
@@ -53,6 +54,8 @@ pub static ALL: &[&Scenario] = &[
     &kmode::ANY_KERNEL_READD,
     &kmode::MODE_MOVE,
     &found_by_torture::STALE_COPY,
+    &levels::LEVELS_READD,
+    &levels::LEVELS_CRASH,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).

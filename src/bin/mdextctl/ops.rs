@@ -361,16 +361,16 @@ pub fn status(a: &StatusArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Member management, through mdextmon (it owns the metadata). \
+const MEMBER_ABOUT: &str = "Member management, through mdextmon (it owns the metadata). \
     fail: mark a member faulty; mdextmon records it failed on the other members, \
     forbids the kernel to clear bitmap bits, and removes it. \
     remove: detach a failed member. \
     add: put a device into a failed or missing slot and rebuild it. A returning member \
     whose own metadata shows it missed no cleared bitmap bit is rebuilt from the bitmap \
-    (only the chunks written while it was away); any other device gets a full rebuild."
-)]
+    (only the chunks written while it was away); any other device gets a full rebuild.";
+
+#[derive(Args, Debug)]
+#[command(long_about = MEMBER_ABOUT)]
 pub struct MemberArgs {
     /// The array: md device (md127, /dev/md127), name or UUID.
     array: String,
@@ -378,6 +378,19 @@ pub struct MemberArgs {
     device: PathBuf,
     #[command(flatten)]
     daemon: DaemonArgs,
+}
+
+/// `add`: [`MemberArgs`] and its own option.
+#[derive(Args, Debug)]
+#[command(long_about = MEMBER_ABOUT)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub member: MemberArgs,
+    /// raid1: record the device write-mostly and set md's writemostly
+    /// flag on it (md then reads from it only when no other member can
+    /// serve the read); kept at every assembly.
+    #[arg(short = 'W', long = "write-mostly")]
+    pub write_mostly: bool,
 }
 
 /// Which member operation.
@@ -392,6 +405,11 @@ pub enum MemberOp {
 }
 
 pub fn member(op: MemberOp, a: &MemberArgs) -> Result<ExitCode> {
+    member_with(op, a, false)
+}
+
+/// [`member`]; `write_mostly` for add.
+pub fn member_with(op: MemberOp, a: &MemberArgs, write_mostly: bool) -> Result<ExitCode> {
     use mdext::control::{act, Request};
     let sysfs = Sysfs::default();
     let md = ctl::resolve_md(&sysfs, &a.array)?;
@@ -408,6 +426,7 @@ pub fn member(op: MemberOp, a: &MemberArgs) -> Result<ExitCode> {
         MemberOp::Add => Request::Add {
             md: md.clone(),
             device,
+            write_mostly,
         },
     };
     act(&a.daemon.run_dir, &req, std::time::Duration::from_secs(60))?;

@@ -192,6 +192,7 @@ fn create_examine_activate() -> Result<()> {
                         u32::try_from(e["slot"].as_u64().context("examine: no slot")?)
                             .context("examine: slot out of range")?,
                     ),
+                    write_mostly: false,
                 })
             })
             .collect::<Result<_>>()?,

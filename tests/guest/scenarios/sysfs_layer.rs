@@ -54,6 +54,7 @@ fn spec(loops: &[Loop]) -> ArraySpec {
                 data_offset: DATA_OFFSET,
                 size,
                 slot: Some(u32::try_from(i).expect("a few loop devices")),
+                write_mostly: false,
             })
             .collect(),
         bitmap: Some(BitmapSpec {
