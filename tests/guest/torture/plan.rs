@@ -137,6 +137,10 @@ pub struct Run {
     /// The member slot the fault hits.
     pub victim: usize,
     pub fault: Fault,
+    /// md layout as mdadm spells it (levels 10, 5, 6).
+    pub layout: Option<&'static str>,
+    /// A raid1 leg flagged write-mostly (reads go to the others).
+    pub write_mostly: Option<usize>,
 }
 
 /// Backing disks the guest gets: members on the first four, a spare (the
@@ -196,7 +200,34 @@ impl Run {
             (2, Fault::CrashRecovery),
             (2, Fault::CrashAssembly { nth: nth.min(3) }),
         ]);
+        // Drawn last, so the fields above keep the values they had before
+        // layouts were drawn.
+        let layout = match level {
+            10 => Some(["n2", "f2", "o2"][r.range(0, 2) as usize]),
+            5 => Some(
+                [
+                    "left-symmetric",
+                    "left-asymmetric",
+                    "right-symmetric",
+                    "right-asymmetric",
+                    "parity-first",
+                    "parity-last",
+                ][r.range(0, 5) as usize],
+            ),
+            6 => Some(
+                [
+                    "left-symmetric",
+                    "left-asymmetric",
+                    "right-symmetric",
+                    "right-asymmetric",
+                ][r.range(0, 3) as usize],
+            ),
+            _ => None,
+        };
+        let write_mostly = (level == 1 && r.range(0, 2) == 0).then(|| r.range(0, 1) as usize);
         Run {
+            layout,
+            write_mostly,
             seed,
             level,
             members,
@@ -216,8 +247,12 @@ impl Run {
         } else {
             format!(" chunk {}K", self.chunk_kib)
         };
+        let layout = self.layout.map_or(String::new(), |l| format!(" {l}"));
+        let wm = self
+            .write_mostly
+            .map_or(String::new(), |i| format!(" (slot {i} write-mostly)"));
         format!(
-            "raid{} x{}{chunk} bitmap {}K, {} writes, {:?} on slot {} at write {}",
+            "raid{}{layout} x{}{chunk}{wm} bitmap {}K, {} writes, {:?} on slot {} at write {}",
             self.level,
             self.members,
             self.bitmap_kib,

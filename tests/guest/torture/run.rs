@@ -299,11 +299,17 @@ fn create(r: &Run, failpoint: Option<String>) -> Result<()> {
         dmsetup(&format!("create t{i} --table '{}'", linear(&backing(i))))?;
     }
     let devs = dev_list(r);
-    let chunk = if r.level == 1 {
+    let mut chunk = if r.level == 1 {
         String::new()
     } else {
         format!(" --chunk {}K", r.chunk_kib)
     };
+    if let Some(l) = r.layout {
+        chunk += &format!(" --layout {l}");
+    }
+    if let Some(i) = r.write_mostly {
+        chunk += &format!(" --write-mostly {}", member(i).display());
+    }
     ctl(&format!(
         "create --level {} --raid-devices {} --name {NAME} --bitmap-chunk {}K{chunk} --time-base 1 --assume-clean {devs}",
         r.level, r.members, r.bitmap_kib
