@@ -108,7 +108,7 @@ pub fn run_in_guest(scenario: &str, phase: &str) -> i32 {
     }
 }
 
-fn build_initramfs(paths: &Paths, dir: &Path) -> Result<PathBuf, String> {
+pub fn build_initramfs(paths: &Paths, dir: &Path) -> Result<PathBuf, String> {
     let out = dir.join("base.cpio");
     let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let st = Command::new(paths.root.join("scripts/guest"))
@@ -125,14 +125,15 @@ fn build_initramfs(paths: &Paths, dir: &Path) -> Result<PathBuf, String> {
     Ok(out)
 }
 
-fn run_phase(
+/// `scripts/guest run` booting the initramfs over `disks`, its console
+/// kept in `log`, with this binary (its path in the guest) as the command:
+/// the caller adds the arguments.
+pub fn guest_command(
     paths: &Paths,
     initramfs: &Path,
-    s: &Scenario,
-    p: &Phase,
     disks: &[PathBuf],
     log: &Path,
-) -> Result<(), String> {
+) -> Result<Command, String> {
     let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let bin = format!(
         "/bin/{}",
@@ -149,11 +150,20 @@ fn run_phase(
     for d in disks {
         c.arg("--disk").arg(d);
     }
-    c.arg("--")
-        .arg(bin)
-        .arg("--in-guest")
-        .arg(s.name)
-        .arg(p.name);
+    c.arg("--").arg(bin);
+    Ok(c)
+}
+
+fn run_phase(
+    paths: &Paths,
+    initramfs: &Path,
+    s: &Scenario,
+    p: &Phase,
+    disks: &[PathBuf],
+    log: &Path,
+) -> Result<(), String> {
+    let mut c = guest_command(paths, initramfs, disks, log)?;
+    c.arg("--in-guest").arg(s.name).arg(p.name);
     let out = c.output().map_err(|e| format!("scripts/guest run: {e}"))?;
     show_boot(s.name, p.name, &out.stderr);
     let code = out.status.code().unwrap_or(-1);
@@ -505,7 +515,7 @@ pub fn run_on_host(args: &[String]) -> i32 {
     i32::from(!failed.is_empty())
 }
 
-fn kernel_version(paths: &Paths) -> String {
+pub fn kernel_version(paths: &Paths) -> String {
     Command::new(paths.root.join("scripts/guest"))
         .arg("kernel")
         .output()

@@ -31,8 +31,7 @@ use anyhow::{bail, Context, Result};
 use mdext::device::{Access, Device};
 use plan::Run;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Instant;
 
 /// The log disk: progress at byte 0, acknowledgements from 1 MiB.
@@ -83,6 +82,16 @@ impl Progress {
             seg: w(2),
             running: w(3) != 0,
         })
+    }
+
+    /// The start of the next run.
+    fn next_run(&self) -> Progress {
+        Progress {
+            campaign: self.campaign,
+            index: self.index + 1,
+            seg: 0,
+            running: false,
+        }
     }
 
     pub fn load(campaign: u64) -> Result<Progress> {
@@ -167,12 +176,7 @@ fn guest_loop(seeds: &[u64], hung: bool) -> Result<()> {
             "the machine went down where no power cut was planned"
         };
         report_fail(seed, why);
-        p = Progress {
-            campaign: id,
-            index: p.index + 1,
-            seg: 0,
-            running: false,
-        };
+        p = p.next_run();
         p.save()?;
     }
     while (p.index as usize) < seeds.len() {
@@ -205,12 +209,7 @@ fn guest_loop(seeds: &[u64], hung: bool) -> Result<()> {
             Err(e) => report_fail(seed, &format!("{e:#}")),
         }
         run::cleanup();
-        p = Progress {
-            campaign: id,
-            index: p.index + 1,
-            seg: 0,
-            running: false,
-        };
+        p = p.next_run();
         p.save()?;
     }
     println!("TORTURE-DONE");
@@ -284,7 +283,8 @@ fn host(args: &[String]) -> Result<bool> {
     let paths = crate::paths::Paths::resolve(&crate::paths::Env::current())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let work = tempfile::tempdir()?;
-    let initramfs = build(&paths, work.path())?;
+    let initramfs =
+        crate::harness::build_initramfs(&paths, work.path()).map_err(|e| anyhow::anyhow!(e))?;
     let logs = paths.root.join("target/guest-logs/torture");
     std::fs::create_dir_all(&logs)?;
     let mut disks = Vec::new();
@@ -310,23 +310,9 @@ fn host(args: &[String]) -> Result<bool> {
     let max_boots = seeds.len() * 4 + 4;
     for boot in 0..max_boots {
         let log = logs.join(format!("boot-{boot:04}.log"));
-        let me = std::env::current_exe()?;
-        let bin = format!(
-            "/bin/{}",
-            me.file_name().and_then(|n| n.to_str()).unwrap_or("guest")
-        );
-        let mut c = Command::new(paths.root.join("scripts/guest"));
-        c.arg("run")
-            .arg("--initramfs")
-            .arg(&initramfs)
-            .arg("--log")
-            .arg(&log)
-            .arg("--timeout")
-            .arg(std::env::var("MDEXT_GUEST_TIMEOUT").unwrap_or_else(|_| "900".into()));
-        for d in &disks {
-            c.arg("--disk").arg(d);
-        }
-        c.arg("--").arg(&bin).arg("--in-guest-torture");
+        let mut c = crate::harness::guest_command(&paths, &initramfs, &disks, &log)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        c.arg("--in-guest-torture");
         if hung {
             c.arg("hung");
         }
@@ -427,32 +413,11 @@ impl Tally {
     }
 }
 
-fn build(paths: &crate::paths::Paths, dir: &Path) -> Result<PathBuf> {
-    let out = dir.join("base.cpio");
-    let me = std::env::current_exe()?;
-    let st = Command::new(paths.root.join("scripts/guest"))
-        .arg("build")
-        .arg(&out)
-        .arg(&me)
-        .arg(&paths.mdextctl)
-        .arg(&paths.mdextmon)
-        .status()?;
-    if !st.success() {
-        bail!("scripts/guest build failed: {st}");
-    }
-    Ok(out)
-}
-
+/// The guest kernel's version.
 fn kernel(paths: &crate::paths::Paths) -> String {
-    Command::new(paths.root.join("scripts/guest"))
-        .arg("kernel")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
+    crate::harness::kernel_version(paths)
+        .split_whitespace()
+        .next()
         .unwrap_or_default()
+        .to_string()
 }

@@ -434,3 +434,16 @@ pub fn verify_chunks(md: &MdDev, chunks: &[u64], seed: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Wait for a rebuild to end (no slot degraded, no sync running) and the
+/// daemon to allow clearing again.
+pub fn wait_whole(md: &MdDev) -> Result<()> {
+    wait_until("recovery to end", Duration::from_secs(180), || {
+        (md.degraded().ok()? == 0 && md.read("sync_action").ok()? == "idle").then_some(())
+    })?;
+    wait_until(
+        "can_clear true after the rebuild",
+        Duration::from_secs(20),
+        || can_clear_is(md, true).ok()?.then_some(()),
+    )
+}

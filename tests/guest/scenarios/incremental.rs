@@ -300,18 +300,6 @@ fn run_readd_remove() -> Result<()> {
     Ok(())
 }
 
-/// Wait for a rebuild to end and the daemon to allow clearing again.
-fn wait_whole(md: &MdDev) -> Result<()> {
-    wait_until("recovery to end", Duration::from_secs(180), || {
-        (md.degraded().ok()? == 0 && md.read("sync_action").ok()? == "idle").then_some(())
-    })?;
-    wait_until(
-        "can_clear true after the rebuild",
-        Duration::from_secs(20),
-        || can_clear_is(md, true).ok()?.then_some(()),
-    )
-}
-
 /// (d) `assemble --scan` starts every array it finds (three here), one of
 /// which incremental assembly had left waiting: its pending set goes.
 fn scan_several() -> Result<()> {

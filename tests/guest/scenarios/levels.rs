@@ -209,19 +209,6 @@ fn md127() -> MdDev {
     sysfs().md("md127")
 }
 
-/// Wait for a rebuild to end and the daemon to allow clearing again.
-fn wait_whole(md: &MdDev) -> Result<()> {
-    wait_until("recovery to end", Duration::from_secs(180), || {
-        (md.degraded().ok()? == 0 && md.read("sync_action").ok()? == "idle").then_some(())
-    })?;
-    wait_until(
-        "can_clear true after the rebuild",
-        Duration::from_secs(20),
-        || can_clear_is(md, true).ok()?.then_some(()),
-    )?;
-    Ok(())
-}
-
 fn levels_readd() -> Result<()> {
     let loops = loop_devices(4, 24)?;
     let path = |i: usize| loops[i].path.display().to_string();

@@ -111,19 +111,6 @@ fn bits_on(dev: &Path) -> Result<Vec<u64>> {
     }
 }
 
-/// Wait for a rebuild to end and the daemon to allow clearing again.
-fn wait_whole(md: &MdDev) -> Result<()> {
-    wait_until("recovery to end", Duration::from_secs(180), || {
-        (md.degraded().ok()? == 0 && md.read("sync_action").ok()? == "idle").then_some(())
-    })?;
-    wait_until(
-        "can_clear true after the rebuild",
-        Duration::from_secs(20),
-        || can_clear_is(md, true).ok()?.then_some(()),
-    )?;
-    Ok(())
-}
-
 fn fail_readd() -> Result<()> {
     let loops = loop_devices(2, 64)?;
     ctl("create --level 1 --raid-devices 2 --name re --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1")?;
