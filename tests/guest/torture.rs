@@ -226,7 +226,7 @@ fn report_fail(seed: u64, why: &str) {
     crate::util::dump_state();
 }
 
-/// On the host: `--torture [--runs N] [--base HEX] [--first I] [--seed HEX]...`.
+/// On the host: `--torture [--runs N] [--base HEX] [--first I] [--seed HEX]... [--jobs J]`.
 pub fn host_main(args: &[String]) -> i32 {
     match host(args) {
         Ok(true) => 0,
@@ -239,11 +239,12 @@ pub fn host_main(args: &[String]) -> i32 {
 }
 
 fn host(args: &[String]) -> Result<bool> {
-    let mut runs = 6u64;
+    let mut runs = 8u64;
     let mut base = 0x2026u64;
     let mut first = 0u64;
     let mut explicit = Vec::new();
     let mut plan_only = false;
+    let mut jobs = 1usize;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || {
@@ -254,6 +255,7 @@ fn host(args: &[String]) -> Result<bool> {
         match a.as_str() {
             "--torture" => {}
             "--plan" => plan_only = true,
+            "--jobs" => jobs = val()?.parse::<usize>()?.max(1),
             "--runs" => runs = val()?.parse()?,
             "--first" => first = val()?.parse()?,
             "--base" => base = u64::from_str_radix(val()?.trim_start_matches("0x"), 16)?,
@@ -287,9 +289,56 @@ fn host(args: &[String]) -> Result<bool> {
         crate::harness::build_initramfs(&paths, work.path()).map_err(|e| anyhow::anyhow!(e))?;
     let logs = paths.root.join("target/guest-logs/torture");
     std::fs::create_dir_all(&logs)?;
+    println!(
+        "torture: {} runs ({}), {jobs} guest(s) at a time, kernel {}",
+        seeds.len(),
+        guest_args.join(" "),
+        kernel(&paths)
+    );
+    let t0 = Instant::now();
+    // Lane k runs seeds k, k + jobs, ... in its own guest over its own disks.
+    let lanes: Vec<Vec<u64>> = (0..jobs)
+        .map(|k| seeds.iter().skip(k).step_by(jobs).copied().collect())
+        .collect();
+    let results: Vec<Result<Tally>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = lanes
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(k, l)| {
+                let (paths, initramfs, work, logs) = (&paths, &initramfs, work.path(), &logs);
+                sc.spawn(move || lane(paths, initramfs, work, logs, k, l))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("lane panicked")))
+            })
+            .collect()
+    });
+    let mut tally = Tally::default();
+    for r in results {
+        tally.merge(r?);
+    }
+    tally.print(&seeds, t0.elapsed().as_secs_f64(), &kernel(&paths));
+    Ok(tally.failed.is_empty() && tally.ok + tally.failed.len() == seeds.len())
+}
+
+/// One guest running `seeds` one after another over its own disks, booted
+/// again after every power cut until they are all done.
+fn lane(
+    paths: &crate::paths::Paths,
+    initramfs: &Path,
+    work: &Path,
+    logs: &Path,
+    k: usize,
+    seeds: &[u64],
+) -> Result<Tally> {
     let mut disks = Vec::new();
     for i in 0..=plan::DATA_DISKS {
-        let p = work.path().join(format!("t{i}.img"));
+        let p = work.join(format!("lane{k}-t{i}.img"));
         let mib = if i == plan::DATA_DISKS {
             plan::LOG_DISK_MIB
         } else {
@@ -298,19 +347,15 @@ fn host(args: &[String]) -> Result<bool> {
         std::fs::File::create(&p)?.set_len(mib << 20)?;
         disks.push(p);
     }
-    println!(
-        "torture: {} runs ({}), kernel {}",
-        seeds.len(),
-        guest_args.join(" "),
-        kernel(&paths)
-    );
-    let t0 = Instant::now();
+    let guest_args: Vec<String> = std::iter::once("seeds".to_string())
+        .chain(seeds.iter().map(|s| format!("{s:x}")))
+        .collect();
     let mut tally = Tally::default();
     let mut hung = false;
     let max_boots = seeds.len() * 4 + 4;
     for boot in 0..max_boots {
-        let log = logs.join(format!("boot-{boot:04}.log"));
-        let mut c = crate::harness::guest_command(&paths, &initramfs, &disks, &log)
+        let log = logs.join(format!("lane{k}-boot-{boot:04}.log"));
+        let mut c = crate::harness::guest_command(paths, initramfs, &disks, &log)
             .map_err(|e| anyhow::anyhow!(e))?;
         c.arg("--in-guest-torture");
         if hung {
@@ -322,19 +367,17 @@ fn host(args: &[String]) -> Result<bool> {
         hung = code == 124;
         let console =
             String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
-        let done = tally.read(&console);
-        if done {
+        if tally.read(&console) {
             break;
         }
         if code != 0 && code != 125 && code != 124 {
             bail!(
-                "boot {boot} ended with status {code} without finishing (console: {})",
+                "lane {k} boot {boot} ended with status {code} without finishing (console: {})",
                 log.display()
             );
         }
     }
-    tally.print(&seeds, t0.elapsed().as_secs_f64(), &kernel(&paths));
-    Ok(tally.failed.is_empty() && tally.ok + tally.failed.len() == seeds.len())
+    Ok(tally)
 }
 
 #[derive(Default)]
@@ -351,6 +394,22 @@ struct Tally {
 }
 
 impl Tally {
+    fn merge(&mut self, o: Tally) {
+        self.ok += o.ok;
+        self.failed.extend(o.failed);
+        for (k, v) in o.by_kind {
+            *self.by_kind.entry(k).or_default() += v;
+        }
+        for (k, v) in o.by_level {
+            *self.by_level.entry(k).or_default() += v;
+        }
+        self.blocks += o.blocks;
+        self.acked += o.acked;
+        self.worst_ratio = self.worst_ratio.max(o.worst_ratio);
+        self.crashes += o.crashes;
+        self.failpoints += o.failpoints;
+    }
+
     /// Count one console; true when the campaign is done.
     fn read(&mut self, console: &str) -> bool {
         let mut done = false;
