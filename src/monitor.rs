@@ -137,13 +137,6 @@ pub const CHECKPOINT_STEPS: u64 = 16;
 /// before the monitor ends the hold, and the hold is told apart from the
 /// recorded period by its value alone (a restarted daemon sees it too).
 pub const HOLD_TIME_BASE: u32 = 100_000;
-
-/// How many events a member that failed in its slot may lag the record of
-/// its failure and still be rebuilt from the bitmap: the records whose
-/// write failed on it before the failure was recorded (each retried into
-/// the same copy: events + 1 or + 2) and the failure record itself. A copy
-/// of the member older than that is rebuilt fully.
-pub const FAILED_RECORD_LAG: u64 = 4;
 const _: () = assert!(HOLD_TIME_BASE > crate::format::MAX_TIME_BASE);
 
 /// How an array is started: the assembler's half of the start protocol
@@ -909,18 +902,7 @@ impl Monitor {
         if entry.uuid.is_nil() || entry.uuid != dev.uuid {
             return false;
         }
-        // Bits may have been cleared since the device's own record
-        // (`events_cleared` is renewed by every record of the whole
-        // array)... unless the device left by failing in its slot, right
-        // after that record: md clears a bit only once a write reached every
-        // member in sync, so the writes a member in its slot missed (those
-        // that failed on it, those after it was marked faulty) keep their
-        // bits. Its own record lags the failure record by the records whose
-        // write failed on it (campaign seed 0xe784bb5cb6ac96b1: 36 against
-        // 39, events_cleared 37); an older copy of it lags further.
-        let failed_in_slot =
-            entry.state == MemberState::Failed && own.events + FAILED_RECORD_LAG >= entry.events;
-        if own.events < self.meta.bitmap.events_cleared && !failed_in_slot {
+        if own.events < self.meta.bitmap.events_cleared {
             return false;
         }
         #[cfg(test)]
