@@ -116,8 +116,9 @@ pub fn perform(name: &str, action: Action) -> ! {
         Action::Crash => "crash",
     };
     let line = format!("mdext failpoint {name}: {what}\n");
-    // Best effort: the console line, then the deed.
-    let _ = std::fs::write("/dev/kmsg", &line);
+    // Best effort: the console line (level 2, above a quiet console's
+    // threshold), then the deed.
+    let _ = std::fs::write("/dev/kmsg", format!("<2>{line}"));
     eprint!("{line}");
     if action == Action::Crash {
         let _ = std::fs::write("/proc/sysrq-trigger", "b");
