@@ -513,8 +513,11 @@ impl Device {
         })?;
         crate::failpoint::point("sb-write-before");
         if let Some(a) = crate::failpoint::hit("sb-write-torn") {
-            // A torn write: the first half of the copy reaches the disk.
-            self.write_at(e.offset, &e.bytes[..COPY_SIZE / 2])?;
+            // A torn write: the first half of the copy reaches the disk
+            // (written as one aligned block over the old second half).
+            let mut torn = self.read_at(e.offset, COPY_SIZE)?[..COPY_SIZE].to_vec();
+            torn[..COPY_SIZE / 2].copy_from_slice(&e.bytes[..COPY_SIZE / 2]);
+            self.write_at(e.offset, &torn)?;
             self.sync()?;
             crate::failpoint::perform("sb-write-torn", a);
         }
