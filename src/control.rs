@@ -84,6 +84,10 @@ pub enum Request {
         md: String,
         /// Device path.
         device: String,
+        /// Add it as a spare (recorded as a spare, added to md without a
+        /// slot; activated when a member fails).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        spare: bool,
     },
     /// Exit after leaving every array clean.
     Shutdown,

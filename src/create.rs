@@ -79,6 +79,8 @@ pub struct CreateOptions {
     pub version: u32,
     /// Overwrite foreign signatures.
     pub force: bool,
+    /// Devices after the first `raid_devices` that are recorded as spares.
+    pub spare_devices: u32,
 }
 
 impl CreateOptions {
@@ -95,6 +97,7 @@ impl CreateOptions {
             bitmap_mode: BitmapMode::External,
             version: format::VERSION,
             force: false,
+            spare_devices: 0,
         }
     }
 }
@@ -144,10 +147,12 @@ pub enum CreateError {
         second: PathBuf,
     },
     /// Wrong number of devices.
-    #[error("--raid-devices is {raid_devices} but {given} devices were given")]
+    #[error("--raid-devices is {raid_devices}{} but {given} devices were given", if *spare_devices > 0 { format!(" and --spare-devices {spare_devices}") } else { String::new() })]
     DeviceCount {
         /// Requested slots.
         raid_devices: u32,
+        /// Requested spares.
+        spare_devices: u32,
         /// Devices given.
         given: usize,
     },
@@ -238,11 +243,22 @@ pub struct Plan {
 /// (kept open in the plan) and reads it; writes nothing.
 pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan, CreateError> {
     check_name(&opts.name)?;
-    if devices.len() != opts.raid_devices as usize {
+    if devices.len() != opts.raid_devices as usize + opts.spare_devices as usize {
         return Err(CreateError::DeviceCount {
             raid_devices: opts.raid_devices,
+            spare_devices: opts.spare_devices,
             given: devices.len(),
         });
+    }
+    if opts.raid_devices as usize + opts.spare_devices as usize > crate::meta::MAX_MEMBERS {
+        return Err(opt_err(
+            "--spare-devices",
+            opts.spare_devices,
+            format!(
+                "at most {} devices in all, spares included",
+                crate::meta::MAX_MEMBERS
+            ),
+        ));
     }
     let min = opts.level.min_create_devices();
     if opts.raid_devices < min || opts.raid_devices as usize > crate::meta::MAX_MEMBERS {
@@ -388,11 +404,17 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
     let array_uuid = Uuid::new_v4();
     let uuids: Vec<Uuid> = opened.iter().map(|_| Uuid::new_v4()).collect();
     let events = 2;
+    // Slots in the order given, then the spares.
     let members: Vec<MemberEntry> = uuids
         .iter()
-        .map(|&uuid| MemberEntry {
+        .enumerate()
+        .map(|(i, &uuid)| MemberEntry {
             uuid,
-            state: MemberState::InSync,
+            state: if i < opts.raid_devices as usize {
+                MemberState::InSync
+            } else {
+                MemberState::Spare
+            },
             events,
         })
         .collect();

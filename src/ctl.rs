@@ -79,6 +79,8 @@ pub struct AssembleReport {
     pub rearm_writes: usize,
     /// Devices whose interrupted rebuild was started again.
     pub resumed: Vec<PathBuf>,
+    /// Spares handed to mdextmon.
+    pub spares: Vec<PathBuf>,
     /// The event recorded for a start forced while dirty and degraded.
     pub forced_start: Option<u64>,
 }
@@ -457,12 +459,29 @@ fn assemble_one(
         let req = Request::Add {
             md: md.name().to_string(),
             device: c.path.to_string_lossy().into_owned(),
+            spare: false,
         };
         match control::act(&o.run_dir, &req, Duration::from_secs(60)) {
             Ok(()) => resumed.push(c.path.clone()),
             Err(e) => left_out_extra.push(assembly::LeftOut {
                 path: c.path.clone(),
                 reason: format!("its interrupted rebuild could not be resumed: {e}"),
+            }),
+        }
+    }
+    // Spares after the resumed rebuilds, which take their own slots first.
+    let mut spares = Vec::new();
+    for (_, c) in &choice.spares {
+        let req = Request::Add {
+            md: md.name().to_string(),
+            device: c.path.to_string_lossy().into_owned(),
+            spare: true,
+        };
+        match control::act(&o.run_dir, &req, Duration::from_secs(60)) {
+            Ok(()) => spares.push(c.path.clone()),
+            Err(e) => left_out_extra.push(assembly::LeftOut {
+                path: c.path.clone(),
+                reason: format!("a spare that could not be added: {e}"),
             }),
         }
     }
@@ -478,6 +497,7 @@ fn assemble_one(
             .chain(left_out_extra)
             .collect(),
         resumed,
+        spares,
         missing_slots: choice.missing_slots.clone(),
         forced_start: choice.meta.forced_start,
         rearmed_chunks: rearmed,
@@ -1231,6 +1251,7 @@ mod tests {
             left_out: Vec::new(),
             missing_slots: vec![1],
             resume: Vec::new(),
+            spares: Vec::new(),
         };
         assert_eq!(
             verify_rearmed(&choice, Region::External, &[(2, 3), (9, 9)]),

@@ -453,7 +453,9 @@ impl Daemon {
             },
             Request::Fail { md, device } => self.member_op(&md, &device, |m| m.fail(&device)),
             Request::Remove { md, device } => self.member_op(&md, &device, |m| m.remove(&device)),
-            Request::Add { md, device } => self.member_op(&md, &device, |m| m.add(&device)),
+            Request::Add { md, device, spare } => {
+                self.member_op(&md, &device, |m| m.add(&device, spare))
+            }
         }
     }
 }

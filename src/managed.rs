@@ -520,6 +520,18 @@ impl Managed {
         self.gone
     }
 
+    /// Map each member device to its table index through its UUID in the
+    /// machine's record: a spare that took a slot moves to that slot's
+    /// index once it is recorded there.
+    fn remap(&mut self) {
+        let meta = self.mon.meta();
+        for m in &mut self.members {
+            if let Some(i) = meta.index_of(&m.device.uuid) {
+                m.index = i;
+            }
+        }
+    }
+
     /// Read the kernel's state. `array_state` is read last: the kernel moves
     /// it to write-pending on failures and at the end of a resync without
     /// notifying it.
@@ -573,6 +585,7 @@ impl Managed {
             if self.gone {
                 return true;
             }
+            self.remap();
             let view = match self.snapshot() {
                 Ok(v) => v,
                 Err(e) => match self.held().map(HeldMd::liveness) {
@@ -767,6 +780,56 @@ impl Managed {
                     .ok_or(ExecError::NoPending(*index))?;
                 self.prepare_new_device(&p.dev, self.mon.meta())
             }
+            Action::AddSpare { index, device } => {
+                let p = self
+                    .pending
+                    .take()
+                    .filter(|p| p.index == *index)
+                    .ok_or(ExecError::NoPending(*index))?;
+                let kname = self.md.add_member(p.devnum).map_err(s)?;
+                let h = self.md.member(&kname);
+                let r = h
+                    .set_offset(device.data_offset)
+                    .and_then(|_| h.set_size(device.data_size.kib_floor()));
+                self.members
+                    .push(MemberIo::new(kname.clone(), p.dev, *device, *index)?);
+                *membership_changed = true;
+                r.map_err(s)?;
+                info!("{}: added {kname} as a spare", self.md.name());
+                Ok(())
+            }
+            Action::ActivateSpare { index, uuid } => {
+                let slot = u32::try_from(*index).map_err(|_| ExecError::SlotRange(*index))?;
+                let m = self
+                    .members
+                    .iter()
+                    .find(|m| m.device.uuid == *uuid)
+                    .ok_or(ExecError::NoMember(*index))?;
+                // Its bitmap area as the members hold it, before md writes
+                // to it: a member md may later read the bits from.
+                // (As for a new member: see `prepare_new_device`.)
+                let meta = self.mon.meta();
+                let src = self
+                    .members
+                    .iter()
+                    .find(|o| {
+                        o.device.uuid != *uuid
+                            && meta
+                                .members
+                                .get(o.index)
+                                .is_some_and(|e| e.state.is_in_sync())
+                    })
+                    .ok_or(ExecError::NoSourceMember)?;
+                let bits = src.dev.read_bitmap(&meta.bitmap)?;
+                m.dev.write_bitmap(&meta.bitmap, &bits)?;
+                self.md.member(&m.kname).set_slot(Some(slot)).map_err(s)?;
+                info!(
+                    "{}: spare {} activated in slot {index}, full rebuild",
+                    self.md.name(),
+                    m.kname
+                );
+                Ok(())
+            }
             Action::AddDevice {
                 index,
                 bitmap_based,
@@ -924,7 +987,7 @@ impl Managed {
     /// state machine, which decides (pure [`crate::monitor::admit`]) whether
     /// it returns to its slot or joins a failed or missing one as new, and
     /// whether it is rebuilt from the bitmap or fully.
-    pub fn add(&mut self, device: &str) -> Result<(), ManagedError> {
+    pub fn add(&mut self, device: &str, spare: bool) -> Result<(), ManagedError> {
         let path = PathBuf::from(device);
         // Exclusive open proves nobody uses it; it is closed again before
         // md opens it.
@@ -969,7 +1032,12 @@ impl Managed {
                 data_size: Sectors(0),
             },
         });
-        let r = self.admin_on(Some(device), &AdminRequest::Add(Box::new(facts)));
+        let req = if spare {
+            AdminRequest::AddSpare(Box::new(facts))
+        } else {
+            AdminRequest::Add(Box::new(facts))
+        };
+        let r = self.admin_on(Some(device), &req);
         self.pending = None;
         r
     }
@@ -1001,6 +1069,7 @@ impl Managed {
         let mut attempts = 0;
         let batch = loop {
             self.wake();
+            self.remap();
             let view = self.snapshot()?;
             match self.mon.step(Event::Admin(req.clone(), view)) {
                 Err(Refusal::Unsettled) if attempts < ADMIN_SETTLE_ATTEMPTS => attempts += 1,
@@ -1016,7 +1085,9 @@ impl Managed {
         // The machine chose the slot and the device's own record.
         if let Some(p) = self.pending.as_mut() {
             for a in &batch {
-                if let Action::AddDevice { index, device, .. } = a {
+                if let Action::AddDevice { index, device, .. }
+                | Action::AddSpare { index, device } = a
+                {
                     p.index = *index;
                     p.device = *device;
                 }

@@ -381,6 +381,88 @@ pub fn admit(
     })
 }
 
+/// Spare admission: whether `dev` may join the array recorded in `meta` as
+/// a spare, and at which table entry (from `raid_disks` on). A device this
+/// record already lists as a spare keeps its entry and its own data area
+/// (an assembly hands the spares it found back this way); any other device
+/// (blank, or an old member of this array whose place was taken) is a new
+/// spare with a fresh UUID, at the first empty entry or a new one. Pure;
+/// the daemon calls it.
+pub fn admit_spare(meta: &ArrayMeta, dev: &DeviceFacts) -> Result<Admission, Refusal> {
+    let n = (meta.geometry.raid_disks as usize).min(meta.members.len());
+    let need = meta.geometry.component_size;
+    if let Some(sb) = &dev.own {
+        if sb.array.uuid != meta.uuid {
+            return Err(Refusal::OtherArray {
+                name: sb.array.name.clone(),
+                uuid: sb.array.uuid,
+            });
+        }
+        match meta.index_of(&sb.device.uuid) {
+            Some(i)
+                if i < n
+                    && matches!(
+                        meta.members[i].state,
+                        MemberState::InSync | MemberState::Rebuilding { .. }
+                    ) =>
+            {
+                return Err(Refusal::ActiveMember(i));
+            }
+            Some(i) if i >= n && meta.members[i].state == MemberState::Spare => {
+                let end = sb
+                    .device
+                    .data_offset
+                    .0
+                    .saturating_add(sb.device.data_size.0);
+                if dev.size.0 < end || sb.device.data_size < need {
+                    return Err(Refusal::TooSmall {
+                        have: Sectors(dev.size.0.saturating_sub(sb.device.data_offset.0)),
+                        need,
+                    });
+                }
+                return Ok(Admission {
+                    index: i,
+                    device: ReturningDevice {
+                        uuid: sb.device.uuid,
+                        own: None,
+                    },
+                    meta: sb.device,
+                    fresh: false,
+                });
+            }
+            _ => {}
+        }
+    } else if let Some(f) = dev.foreign.first() {
+        return Err(Refusal::ForeignSignature(f.clone()));
+    }
+    let index = (n..meta.members.len())
+        .find(|&i| meta.members[i].state == MemberState::Empty)
+        .unwrap_or(meta.members.len());
+    if index >= crate::meta::MAX_MEMBERS {
+        return Err(Refusal::TableFull(crate::meta::MAX_MEMBERS));
+    }
+    let data_size = Sectors(dev.size.0.saturating_sub(dev.data_offset.0));
+    if data_size < need {
+        return Err(Refusal::TooSmall {
+            have: data_size,
+            need,
+        });
+    }
+    Ok(Admission {
+        index,
+        device: ReturningDevice {
+            uuid: dev.new_uuid,
+            own: None,
+        },
+        meta: DeviceMeta {
+            uuid: dev.new_uuid,
+            data_offset: dev.data_offset,
+            data_size,
+        },
+        fresh: true,
+    })
+}
+
 /// An administrator's request (from `mdextctl` over the control socket).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdminRequest {
@@ -391,6 +473,10 @@ pub enum AdminRequest {
     /// Add a device: [`admit`] decides the slot and whether it returns or
     /// is new; the machine then chooses a bitmap-based or full rebuild.
     Add(Box<DeviceFacts>),
+    /// Add a device as a spare ([`admit_spare`] decides its table entry):
+    /// recorded as a spare, then added to md without a slot. The machine
+    /// activates it when a slot is failed or missing.
+    AddSpare(Box<DeviceFacts>),
     /// Stop: wait until the array is clean, record it clean, then stop it.
     Stop,
 }
@@ -447,6 +533,23 @@ pub enum Action {
         /// Its own part of the record (data offset and size for md).
         device: DeviceMeta,
     },
+    /// Hot-add the admin's device as a spare for table index `index`
+    /// (`new_dev`, `dev-X/offset`, `dev-X/size`; no slot).
+    AddSpare {
+        /// Its table index (from `raid_disks` on).
+        index: usize,
+        /// Its own part of the record.
+        device: DeviceMeta,
+    },
+    /// Activate the spare md holds whose UUID is `uuid` (the record already
+    /// names it rebuilding in slot `index`; `sync_action` is `frozen`): copy
+    /// the members' bitmap area onto it, durably, then `dev-X/slot=index`.
+    ActivateSpare {
+        /// The slot it takes.
+        index: usize,
+        /// The spare's UUID.
+        uuid: Uuid,
+    },
 }
 
 /// Why an admin request was refused (nothing was done).
@@ -492,8 +595,14 @@ pub enum Refusal {
     #[error("carries a {0} signature; wipe it first")]
     ForeignSignature(String),
     /// No slot is failed or missing.
-    #[error("no failed or missing slot to rebuild")]
+    #[error("no failed or missing slot to rebuild (add it with --spare to keep it as a spare)")]
     NoFreeSlot,
+    /// The member table has no room for another spare.
+    #[error("the member table is full ({0} entries)")]
+    TableFull(usize),
+    /// The device is an active member of this array.
+    #[error("is an active member of this array (slot {0})")]
+    ActiveMember(usize),
     /// The device cannot hold the array's data.
     #[error("too small ({have} of data, the array needs {need})")]
     TooSmall {
@@ -603,6 +712,30 @@ fn next_checkpoint(recorded: Sectors, now: Sectors, total: Sectors) -> Option<Se
     } else {
         None
     }
+}
+
+/// The spare at table entry `from` takes slot `slot`, rebuilt fully; the
+/// slot's old device (if the record knows one) keeps the spare's entry as
+/// failed, so a later `remove` or `add` of it is understood.
+fn take_slot(m: &mut ArrayMeta, slot: usize, from: usize) {
+    let old = m.members[slot].uuid;
+    m.members[slot] = MemberEntry {
+        uuid: m.members[from].uuid,
+        state: MemberState::Rebuilding {
+            kind: RebuildKind::Full,
+            checkpoint: Sectors(0),
+        },
+        events: m.members[slot].events,
+    };
+    m.members[from] = MemberEntry {
+        uuid: old,
+        state: if old.is_nil() {
+            MemberState::Empty
+        } else {
+            MemberState::Failed
+        },
+        events: m.members[from].events,
+    };
 }
 
 impl Monitor {
@@ -763,7 +896,29 @@ impl Monitor {
             AdminRequest::Remove(i) => match classify(v, i) {
                 Slot::Absent => Err(Refusal::NoSuchMember(i)),
                 Slot::Faulty { .. } | Slot::Unslotted => {
-                    Ok(vec![Action::Member(i, MemberCommand::Remove)])
+                    let mut acts = vec![Action::Member(i, MemberCommand::Remove)];
+                    if i >= n
+                        && self.meta.members.get(i).map(|e| e.state) == Some(MemberState::Spare)
+                    {
+                        // A spare leaves md first, then the record: a
+                        // device md holds is never unknown to the record.
+                        let mut meta = self.meta.clone();
+                        meta.events = crate::format::next_events(meta.events, self.rewrite);
+                        meta.members[i] = MemberEntry {
+                            uuid: Uuid::nil(),
+                            state: MemberState::Empty,
+                            events: meta.events,
+                        };
+                        let targets = self.targets(v, &meta);
+                        acts.push(Action::WriteMetadata {
+                            meta: meta.clone(),
+                            targets,
+                        });
+                        self.meta = meta;
+                        self.needs_write = false;
+                        self.handed_out(&acts);
+                    }
+                    Ok(acts)
                 }
                 _ => Err(Refusal::Active(i)),
             },
@@ -772,7 +927,57 @@ impl Monitor {
                 let a = admit(&self.meta, &occupied, facts)?;
                 self.readd(&a, v)
             }
+            AdminRequest::AddSpare(ref facts) => {
+                let a = admit_spare(&self.meta, facts)?;
+                Ok(self.add_spare(&a, v))
+            }
         }
+    }
+
+    /// Record `a`'s device as a spare, then add it to md without a slot.
+    /// When a slot is free, `sync_action` is frozen first so md does not
+    /// put the spare in by itself: the machine activates it on its next
+    /// look, record first ([`Monitor::observe`]).
+    fn add_spare(&mut self, a: &Admission, v: &KernelView) -> Vec<Action> {
+        let index = a.index;
+        let mut acts = Vec::new();
+        let n = self.slots();
+        let free = (0..n).any(|i| classify(v, i) == Slot::Absent);
+        if free && v.sync_action != SyncAction::Frozen {
+            acts.push(Action::SetSyncAction(SyncAction::Frozen));
+        }
+        if a.fresh {
+            acts.push(Action::PrepareDevice { index });
+        }
+        let mut meta = self.meta.clone();
+        let events = crate::format::next_events(meta.events, self.rewrite);
+        meta.events = events;
+        let entry = MemberEntry {
+            uuid: a.meta.uuid,
+            state: MemberState::Spare,
+            events,
+        };
+        match meta.members.get_mut(index) {
+            Some(e) => *e = entry,
+            None => meta.members.push(entry),
+        }
+        let mut targets = self.targets(v, &meta);
+        if !targets.contains(&index) {
+            targets.push(index);
+            targets.sort_unstable();
+        }
+        acts.push(Action::WriteMetadata {
+            meta: meta.clone(),
+            targets,
+        });
+        acts.push(Action::AddSpare {
+            index,
+            device: a.meta,
+        });
+        self.meta = meta;
+        self.needs_write = false;
+        self.handed_out(&acts);
+        acts
     }
 
     /// `bitmap/can_clear` as the machine takes it: inert (`None`) in the
@@ -1052,6 +1257,52 @@ impl Monitor {
                 }
             }
         }
+        // Spares: md holds them without a slot (entries from n on). When a
+        // slot is failed or missing, the machine freezes recovery (so md
+        // does not put a spare in by itself), records the spare rebuilding
+        // fully in that slot, and only then gives it the slot.
+        let spare = v
+            .members
+            .iter()
+            .filter(|k| k.index >= n && !k.flags.faulty && k.slot.is_none())
+            .filter(|k| m.members.get(k.index).map(|e| e.state) == Some(MemberState::Spare))
+            .map(|k| k.index)
+            .min();
+        let free = (0..n).find(|&i| {
+            slots[i] == Slot::Absent
+                && matches!(
+                    m.members[i].state,
+                    MemberState::Failed | MemberState::Missing
+                )
+        });
+        // A spare md put in a free slot by itself (recovery was not
+        // frozen): recorded as if the machine had activated it.
+        let adopted = v.members.iter().find_map(|k| {
+            let s = k.slot.and_then(|s| usize::try_from(s).ok())?;
+            (k.index >= n
+                && !k.flags.faulty
+                && s < n
+                && slots[s] == Slot::Absent
+                && m.members.get(k.index).map(|e| e.state) == Some(MemberState::Spare))
+            .then_some((s, k.index))
+        });
+        let mut activate = None;
+        if let Some((slot, from)) = adopted {
+            take_slot(&mut m, slot, from);
+            changed_entries.extend([slot, from]);
+            any_recovering = true;
+        } else if let (Some(from), Some(slot), false) = (spare, free, self.stopping) {
+            if v.sync_action == SyncAction::Frozen {
+                activate = Some((slot, from, m.members[from].uuid));
+                take_slot(&mut m, slot, from);
+                changed_entries.extend([slot, from]);
+            }
+        }
+        let any_faulty = slots.iter().any(|s| matches!(s, Slot::Faulty { .. }));
+        let spare_wanted = adopted.is_none()
+            && spare.is_some()
+            && (free.is_some() || any_faulty)
+            && !self.stopping;
         changed |= !changed_entries.is_empty();
 
         // Resync checkpoint.
@@ -1133,10 +1384,24 @@ impl Monitor {
             acts.push(Action::SetCanClear(true));
         }
         if changed {
+            let mut targets = self.targets(v, &m);
+            if let Some((_, from, _)) = activate {
+                // The spare, still listed at its spare entry: its own
+                // record names it in the slot before md gives it the slot.
+                targets.push(from);
+                targets.sort_unstable();
+                targets.dedup();
+            }
             acts.push(Action::WriteMetadata {
                 meta: m.clone(),
-                targets: self.targets(v, &m),
+                targets,
             });
+        }
+        if spare_wanted && activate.is_none() && v.sync_action == SyncAction::Idle {
+            // Before the failed member is unblocked: md would otherwise
+            // remove it and put the spare in at once (measured on 6.1),
+            // before anything is recorded.
+            acts.push(Action::SetSyncAction(SyncAction::Frozen));
         }
         for &i in &unblock {
             acts.push(Action::Member(i, MemberCommand::Unblock));
@@ -1147,7 +1412,16 @@ impl Monitor {
         for &i in &remove {
             acts.push(Action::Member(i, MemberCommand::Remove));
         }
-        if v.sync_action == SyncAction::Frozen {
+        if let Some((index, _, uuid)) = activate {
+            acts.push(Action::ActivateSpare { index, uuid });
+            acts.push(Action::SetSyncAction(SyncAction::Recover));
+        } else if v.sync_action == SyncAction::Frozen
+            && !spare_wanted
+            && !matches!(v.sync_completed, SyncCompleted::Progress { .. })
+        {
+            // (A recovery md started just before `frozen` was written runs
+            // on with `frozen` shown: md refuses `recover` then, and `idle`
+            // would interrupt it. Left alone; it ends by itself.)
             // Left frozen by an interrupted re-add: finish it or undo it.
             acts.push(Action::SetSyncAction(if any_recovering {
                 SyncAction::Recover

@@ -88,9 +88,9 @@ enum Cmd {
     #[command(about = "Detach a failed member (through mdextmon)")]
     Remove(ops::MemberArgs),
     #[command(
-        about = "Add a device to a failed or missing slot and rebuild it (through mdextmon)"
+        about = "Add a device to a failed or missing slot and rebuild it, or (--spare) as a spare (through mdextmon)"
     )]
-    Add(ops::MemberArgs),
+    Add(ops::AddArgs),
     #[command(about = "Show the dirty chunks of a member's write-intent bitmap")]
     ExamineBitmap(ops::ExamineBitmapArgs),
     #[command(
@@ -159,9 +159,13 @@ struct CreateArgs {
     /// RAID level: 1 (mirror), 10, 5 or 6.
     #[arg(short, long, value_enum)]
     level: LevelArg,
-    /// Number of active devices; must equal the number of DEVs given.
+    /// Number of active devices; the first DEVs given, in slot order.
     #[arg(short = 'n', long = "raid-devices")]
     raid_devices: u32,
+    /// Number of spares: the DEVs given after the active ones, recorded as
+    /// spares (mdextmon rebuilds one into a slot that fails).
+    #[arg(short = 'x', long = "spare-devices", default_value_t = 0)]
+    spare_devices: u32,
     /// Array name: 1-32 characters of A-Z a-z 0-9 . _ : - (default: "mdext").
     #[arg(short = 'N', long, default_value = "mdext")]
     name: String,
@@ -228,7 +232,7 @@ fn main() -> ExitCode {
         Cmd::Status(a) => ops::status(&a),
         Cmd::Fail(a) => ops::member(ops::MemberOp::Fail, &a),
         Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, &a),
-        Cmd::Add(a) => ops::member(ops::MemberOp::Add, &a),
+        Cmd::Add(a) => ops::add(&a),
         Cmd::ExamineBitmap(a) => ops::examine_bitmap(&a),
         Cmd::Convert(a) => run_convert(&a),
         Cmd::Wait(a) => watch::wait(&a),
@@ -286,6 +290,7 @@ fn run_create(a: CreateArgs) -> Result<ExitCode> {
             _ => mdext::format::VERSION,
         },
         force: a.force,
+        spare_devices: a.spare_devices,
     };
     let plan = create::plan(&opts, &a.devices)?;
     for m in &plan.members {

@@ -315,6 +315,9 @@ enum AAct {
     Add(u8, bool),
     Prepare(u8),
     Release,
+    /// Spare handling (`AddSpare`, `ActivateSpare`): the model's tables
+    /// hold no spare entry, so the machine never hands these out here.
+    Spare,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -501,6 +504,7 @@ fn abstract_actions(acts: &[Action]) -> Vec<AAct> {
             } => AAct::Add(slot8(*index), *bitmap_based),
             Action::PrepareDevice { index } => AAct::Prepare(slot8(*index)),
             Action::ReleaseHold(_) => AAct::Release,
+            Action::AddSpare { .. } | Action::ActivateSpare { .. } => AAct::Spare,
         })
         .collect()
 }
@@ -749,7 +753,7 @@ impl Model {
                 }
                 s.k.arr = Arr::Clean;
             }
-            AAct::ArrOther | AAct::SyncOther => return Err(()),
+            AAct::ArrOther | AAct::SyncOther | AAct::Spare => return Err(()),
             AAct::Mem(j, cmd) => {
                 let j = j as usize;
                 if j >= self.n() {

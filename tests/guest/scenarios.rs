@@ -11,6 +11,7 @@ mod kmode;
 mod lifecycle;
 mod rebuild;
 mod service;
+mod spares;
 mod start_limits;
 mod sysfs_layer;
 mod system;
@@ -51,6 +52,7 @@ pub static ALL: &[&Scenario] = &[
     &format::CONVERT_CRASH,
     &kmode::ANY_KERNEL_READD,
     &kmode::MODE_MOVE,
+    &spares::SPARE_TAKES_FAILED_SLOT,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).

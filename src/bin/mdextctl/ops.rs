@@ -271,6 +271,9 @@ pub fn print_assembled(r: &ctl::AssembleReport) {
             p.display()
         );
     }
+    for p in &r.spares {
+        println!("mdextctl: {} added as a spare", p.display());
+    }
     for l in &r.left_out {
         println!("mdextctl: {} not used: {}", l.path.display(), l.reason);
     }
@@ -380,6 +383,17 @@ pub struct MemberArgs {
     daemon: DaemonArgs,
 }
 
+/// `mdextctl add`'s arguments.
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// Keep the device as a spare: recorded as a spare and held by md
+    /// without a slot; mdextmon rebuilds it into the first slot that fails.
+    #[arg(long)]
+    spare: bool,
+    #[command(flatten)]
+    member: MemberArgs,
+}
+
 /// Which member operation.
 #[derive(Clone, Copy, Debug)]
 pub enum MemberOp {
@@ -387,8 +401,13 @@ pub enum MemberOp {
     Fail,
     /// Remove it.
     Remove,
-    /// Add it.
-    Add,
+    /// Add it (as a spare if true).
+    Add(bool),
+}
+
+/// `mdextctl add`.
+pub fn add(a: &AddArgs) -> Result<ExitCode> {
+    member(MemberOp::Add(a.spare), &a.member)
 }
 
 pub fn member(op: MemberOp, a: &MemberArgs) -> Result<ExitCode> {
@@ -405,21 +424,23 @@ pub fn member(op: MemberOp, a: &MemberArgs) -> Result<ExitCode> {
             md: md.clone(),
             device,
         },
-        MemberOp::Add => Request::Add {
+        MemberOp::Add(spare) => Request::Add {
             md: md.clone(),
             device,
+            spare,
         },
     };
     act(&a.daemon.run_dir, &req, std::time::Duration::from_secs(60))?;
     let verb = match op {
         MemberOp::Fail => "failed",
         MemberOp::Remove => "removed",
-        MemberOp::Add => "added",
+        MemberOp::Add(false) => "added",
+        MemberOp::Add(true) => "added as a spare",
     };
     println!(
         "mdextctl: {verb} {} {} /dev/{md}",
         a.device.display(),
-        if matches!(op, MemberOp::Add) {
+        if matches!(op, MemberOp::Add(_)) {
             "to"
         } else {
             "in"

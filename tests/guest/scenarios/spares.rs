@@ -1,0 +1,261 @@
+//! Issue 12, item 2: spares. A spare recorded at create is held by md
+//! without a slot; when a member fails, mdextmon records the spare in the
+//! failed slot (full rebuild), gives it the slot, keeps `can_clear` false
+//! until the array is whole, then records it whole and allows clearing.
+
+use crate::harness::{Ends, Phase, Scenario};
+use crate::util::*;
+use anyhow::{ensure, Context, Result};
+use mdext::sysfs::MdDev;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub static SPARE_TAKES_FAILED_SLOT: Scenario = Scenario {
+    name: "spare_rebuilt_fully_into_a_failed_slot",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: spare_takes_failed_slot,
+        ends: Ends::Ok,
+    }],
+};
+
+fn md() -> MdDev {
+    sysfs().md("md127")
+}
+
+/// `(uuid, state)` of every member table entry on `dev`.
+fn table(dev: &Path) -> Result<Vec<(String, String)>> {
+    let e = examine(dev)?;
+    Ok(e["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .map(|m| {
+            (
+                m["uuid"].as_str().unwrap_or("?").to_string(),
+                m["state"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect())
+}
+
+fn device_uuid(dev: &Path) -> Result<String> {
+    Ok(examine(dev)?["device_uuid"]
+        .as_str()
+        .context("device_uuid")?
+        .to_string())
+}
+
+fn slot_of(dev: &Path) -> Result<serde_json::Value> {
+    Ok(examine(dev)?["slot"].clone())
+}
+
+const DIRTY: [u64; 4] = [2, 7, 100, 500];
+
+fn spare_takes_failed_slot() -> Result<()> {
+    needs_external_bitmap("the can_clear protocol around a spare's rebuild")?;
+    let loops = loop_devices(4, 64)?;
+    let (l0, l1, l2, l3) = (
+        &loops[0].path,
+        &loops[1].path,
+        &loops[2].path,
+        &loops[3].path,
+    );
+    ctl("create --level 1 --raid-devices 2 --spare-devices 1 --name sp --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1 /dev/loop2")?;
+    ensure!(
+        slot_of(l2)?.is_null() && table(l2)?[2].1 == "spare",
+        "create did not record loop2 as a spare: {:?}",
+        table(l2)?
+    );
+    // The daemon, started here to log every action it takes.
+    sh("mkdir -p /run/mdext && (setsid mdextmon --log-level debug >/run/mdext/mdextmon.log 2>&1 &)")?;
+    wait_until("mdextmon to answer", Duration::from_secs(10), pong)?;
+    let out = ctl("assemble sp /dev/loop0 /dev/loop1 /dev/loop2")?;
+    ensure!(out.contains("/dev/loop2 added as a spare"), "{out}");
+    let md = md();
+    ensure!(
+        md.read("dev-loop2/slot")? == "none",
+        "the spare is not held by md without a slot: slot {}",
+        md.read("dev-loop2/slot")?
+    );
+    wait_until(
+        "can_clear true with a spare",
+        Duration::from_secs(10),
+        || can_clear_is(&md, true).ok()?.then_some(()),
+    )?;
+    let (u0, u1, u2) = (device_uuid(l0)?, device_uuid(l1)?, device_uuid(l2)?);
+    write_chunks(&md, &DIRTY, 3)?;
+    let w0 = written_sectors("loop2")?;
+    // Slow the rebuild (8 MB/s, about 8 s) so that its course is seen.
+    md.write("sync_speed_max", "8000")?;
+    // Sample the kernel's view from before the failure to the end.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let md = md.clone();
+        std::thread::spawn(move || {
+            let mut v: Vec<(u32, String, Option<bool>)> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let (Ok(d), Ok(a), Ok(c)) =
+                    (md.degraded(), md.read("sync_action"), md.can_clear())
+                {
+                    v.push((d, a, c));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            v
+        })
+    };
+    // The member in slot 1 fails: the daemon activates the spare by itself.
+    let t0 = Instant::now();
+    ctl("fail md127 /dev/loop1")?;
+    println!("fail returned after {:.2} s", t0.elapsed().as_secs_f64());
+    if let Err(e) = wait_until("the spare's recovery", Duration::from_secs(30), || {
+        (md.read("sync_action").ok()? == "recover").then_some(())
+    }) {
+        stop.store(true, Ordering::Relaxed);
+        let v = sampler.join().unwrap_or_default();
+        let mut last = None;
+        for x in v {
+            if last.as_ref() != Some(&x) {
+                println!("sample: {x:?}");
+                last = Some(x);
+            }
+        }
+        print!("{}", sh("cat /run/mdext/mdextmon.log").unwrap_or_default());
+        return Err(e);
+    }
+    // Recorded before md rebuilds it: the spare holds slot 1, fully.
+    for l in [l0, l2] {
+        let e = examine(l)?;
+        let m1 = &e["members"][1];
+        ensure!(
+            m1["uuid"] == u2.as_str()
+                && m1["state"] == "rebuilding"
+                && m1["rebuild_kind"] == "full",
+            "{} during the rebuild: entry 1 is {m1}",
+            l.display()
+        );
+        ensure!(
+            e["members"][2]["uuid"] == u1.as_str() && e["members"][2]["state"] == "failed",
+            "{}: entry 2 is {}",
+            l.display(),
+            e["members"][2]
+        );
+    }
+    ensure!(
+        can_clear_is(&md, false)?,
+        "can_clear during the spare's rebuild"
+    );
+    wait_until(
+        "the spare's rebuild to end",
+        Duration::from_secs(300),
+        || {
+            let whole = md.degraded().ok()? == 0
+                && md.read("sync_action").ok()? == "idle"
+                && md.read("dev-loop2/slot").ok()? == "1";
+            whole.then_some(())
+        },
+    )?;
+    let rebuild_secs = t0.elapsed().as_secs_f64();
+    wait_until(
+        "can_clear true after the spare's rebuild",
+        Duration::from_secs(20),
+        || can_clear_is(&md, true).ok()?.then_some(()),
+    )?;
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    md.write("sync_speed_max", "system")?;
+    // md fails the member with can_clear still true (it holds the write
+    // until the daemon answers): from the daemon's `false` on, every sample
+    // while degraded or rebuilding must read false.
+    let reacted = samples
+        .iter()
+        .position(|(_, _, c)| *c == Some(false))
+        .context("can_clear never read false")?;
+    let before = samples[..reacted].iter().filter(|(d, _, _)| *d > 0).count();
+    println!("{before} sample(s) degraded before the daemon's can_clear=false");
+    let samples = samples[reacted..].to_vec();
+    let bad: Vec<_> = samples
+        .iter()
+        .filter(|(d, a, c)| (*d > 0 || a == "recover") && *c != Some(false))
+        .collect();
+    let degraded_samples = samples.iter().filter(|(d, _, _)| *d > 0).count();
+    let recover_samples = samples.iter().filter(|(_, a, _)| a == "recover").count();
+    ensure!(
+        bad.is_empty(),
+        "can_clear not false while degraded or rebuilding: {:?}",
+        &bad[..bad.len().min(5)]
+    );
+    ensure!(recover_samples > 0, "no sample during the rebuild");
+    let written = written_sectors("loop2")? - w0;
+    let component = examine(l0)?["component_size_sectors"]
+        .as_u64()
+        .context("component_size_sectors")?;
+    println!(
+        "spare rebuild: {written} sectors written to the spare (component {component}), {rebuild_secs:.1} s; {} samples, {degraded_samples} degraded and {recover_samples} rebuilding, each with can_clear=false",
+        samples.len()
+    );
+    ensure!(
+        written >= component,
+        "the spare got {written} sectors, less than a full rebuild ({component})"
+    );
+    // The new roles, on every member md holds.
+    for l in [l0, l2] {
+        let e = examine(l)?;
+        let t = table(l)?;
+        ensure!(
+            t == vec![
+                (u0.clone(), "in-sync".to_string()),
+                (u2.clone(), "in-sync".to_string()),
+                (u1.clone(), "failed".to_string()),
+            ],
+            "{}: table {t:?}",
+            l.display()
+        );
+        ensure!(
+            e["bitmap"]["events_cleared"] == e["events"],
+            "{}: events_cleared {} events {}",
+            l.display(),
+            e["bitmap"]["events_cleared"],
+            e["events"]
+        );
+    }
+    ensure!(slot_of(l2)? == 1, "loop2's role: {}", slot_of(l2)?);
+    ensure!(slot_of(l0)? == 0, "loop0's role: {}", slot_of(l0)?);
+    verify_chunks(&md, &DIRTY, 3)?;
+    ensure!(
+        check_mismatches(&md)? == 0,
+        "mismatch_cnt after the spare's rebuild"
+    );
+    // add --spare of a blank device, then remove it: recorded, then forgotten.
+    ctl("add --spare md127 /dev/loop3")?;
+    ensure!(
+        md.read("dev-loop3/slot")? == "none",
+        "added spare given a slot"
+    );
+    let u3 = device_uuid(l3)?;
+    ensure!(
+        table(l0)?.iter().any(|e| e.0 == u3 && e.1 == "spare"),
+        "add --spare not recorded: {:?}",
+        table(l0)?
+    );
+    ensure!(can_clear_is(&md, true)?, "can_clear after add --spare");
+    ctl("remove md127 /dev/loop3")?;
+    ensure!(
+        !Path::new("/sys/block/md127/md/dev-loop3").exists(),
+        "removed spare still in md"
+    );
+    ensure!(
+        !table(l0)?.iter().any(|e| e.0 == u3),
+        "removed spare still recorded: {:?}",
+        table(l0)?
+    );
+    ctl("stop md127")?;
+    Ok(())
+}
