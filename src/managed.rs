@@ -355,6 +355,8 @@ pub struct Managed {
     /// What the last look showed of the kernel (for status, and for when
     /// to look again).
     seen: KernelState,
+    /// The spare-group need the machine saw when it last settled.
+    need: crate::monitor::SpareNeed,
 }
 
 /// How often an array last seen writable and not clean (`active`,
@@ -419,6 +421,7 @@ impl Managed {
             write_failed: Vec::new(),
             looked_at: None,
             seen: KernelState::default(),
+            need: crate::monitor::SpareNeed::default(),
         };
         Ok(m)
     }
@@ -616,6 +619,11 @@ impl Managed {
             }
             self.note(&view);
             let batch = self.mon.observe(&view);
+            self.need = if batch.is_empty() {
+                self.mon.spare_need(&view)
+            } else {
+                crate::monitor::SpareNeed::default()
+            };
             if batch.is_empty() {
                 // Settled. The assembly starts arrays read-only so that
                 // nothing is written before we manage them; make it writable
@@ -988,6 +996,44 @@ impl Managed {
     /// it returns to its slot or joins a failed or missing one as new, and
     /// whether it is rebuilt from the bitmap or fully.
     pub fn add(&mut self, device: &str, spare: bool) -> Result<(), ManagedError> {
+        self.add_as(device, spare, false)
+    }
+
+    /// The spare-group need seen when the array last settled.
+    pub fn spare_need(&self) -> crate::monitor::SpareNeed {
+        self.need
+    }
+
+    /// Give the spare at table index `index` away to another array of its
+    /// spare group: out of md, then out of the record. Returns its path.
+    pub fn give_spare(&mut self, index: usize) -> Result<PathBuf, ManagedError> {
+        let kname = self
+            .members
+            .iter()
+            .find(|m| m.index == index)
+            .map(|m| m.kname.clone())
+            .ok_or_else(|| ManagedError::NotMember {
+                md: self.md.name().to_string(),
+                device: format!("spare {index}"),
+            })?;
+        self.need = crate::monitor::SpareNeed::default();
+        let path = PathBuf::from("/dev").join(&kname);
+        self.admin_on(
+            Some(&path.display().to_string()),
+            &AdminRequest::Remove(index),
+        )?;
+        Ok(path)
+    }
+
+    /// Take a spare another array of the spare group gave away: its record
+    /// of that array is not this array's, and the device is a new member
+    /// (cleared, then rebuilt fully).
+    pub fn take_spare(&mut self, device: &Path) -> Result<(), ManagedError> {
+        self.need = crate::monitor::SpareNeed::default();
+        self.add_as(&device.display().to_string(), false, true)
+    }
+
+    fn add_as(&mut self, device: &str, spare: bool, from_group: bool) -> Result<(), ManagedError> {
         let path = PathBuf::from(device);
         // Exclusive open proves nobody uses it; it is closed again before
         // md opens it.
@@ -996,7 +1042,13 @@ impl Managed {
             crate::device::DevId::Block(r) if excl.is_block() => DevNum::from_raw(r),
             _ => return Err(ManagedError::NotBlock(device.to_string())),
         };
-        let own = excl.read_superblock().ok().map(|r| r.superblock);
+        let own = excl
+            .read_superblock()
+            .ok()
+            .map(|r| r.superblock)
+            // A spare given by another array of the group: that array's
+            // record says nothing about this one.
+            .filter(|sb| !from_group || sb.array.uuid == self.mon.meta().uuid);
         let foreign = crate::probe::probe(&excl)?
             .into_iter()
             .filter(|f| !f.name.starts_with("mdext"))

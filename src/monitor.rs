@@ -463,6 +463,42 @@ pub fn admit_spare(meta: &ArrayMeta, dev: &DeviceFacts) -> Result<Admission, Ref
     })
 }
 
+/// What one array of a spare group has and needs, as [`Monitor::spare_need`]
+/// sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpareNeed {
+    /// A slot is failed or missing and the array holds no spare of its own.
+    pub wants: bool,
+    /// The table index of a spare md holds that no slot of its own array
+    /// needs (it may go to another array of the group).
+    pub spare: Option<usize>,
+}
+
+/// Spare moves within spare groups (mdadm's `spare-group`): for each array
+/// that wants a spare, in order, the first other array of the same group
+/// with a spare to give; each donor gives at most one per call. `arrays`
+/// lists each array's group (if any) and need; the result pairs
+/// `(donor, recipient)` positions in `arrays`. Pure; the daemon calls it
+/// after its arrays settled.
+pub fn spare_moves(arrays: &[(Option<&str>, SpareNeed)]) -> Vec<(usize, usize)> {
+    let mut moves = Vec::new();
+    let mut given = vec![false; arrays.len()];
+    for (to, (group, need)) in arrays.iter().enumerate() {
+        let Some(group) = group else { continue };
+        if !need.wants {
+            continue;
+        }
+        let donor = arrays.iter().enumerate().position(|(from, (g, n))| {
+            from != to && !given[from] && *g == Some(*group) && !n.wants && n.spare.is_some()
+        });
+        if let Some(from) = donor {
+            given[from] = true;
+            moves.push((from, to));
+        }
+    }
+    moves
+}
+
 /// An administrator's request (from `mdextctl` over the control socket).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdminRequest {
@@ -978,6 +1014,34 @@ impl Monitor {
         self.needs_write = false;
         self.handed_out(&acts);
         acts
+    }
+
+    /// Whether the array wants a spare from its spare group, and which
+    /// spare it could give (see [`SpareNeed`]), as `v` shows it. Only a
+    /// settled machine (an empty batch for `v`) is asked.
+    pub fn spare_need(&self, v: &KernelView) -> SpareNeed {
+        let n = self.slots();
+        if self.stopping || !v.array_state.is_running() {
+            return SpareNeed::default();
+        }
+        let spare = v
+            .members
+            .iter()
+            .filter(|k| k.index >= n && !k.flags.faulty && k.slot.is_none())
+            .filter(|k| self.meta.members.get(k.index).map(|e| e.state) == Some(MemberState::Spare))
+            .map(|k| k.index)
+            .min();
+        let free = (0..n).any(|i| {
+            classify(v, i) == Slot::Absent
+                && matches!(
+                    self.meta.members[i].state,
+                    MemberState::Failed | MemberState::Missing
+                )
+        });
+        SpareNeed {
+            wants: free && spare.is_none(),
+            spare: if free { None } else { spare },
+        }
     }
 
     /// `bitmap/can_clear` as the machine takes it: inert (`None`) in the

@@ -132,7 +132,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__add)
-            opts="-h --help"
+            opts="-h --spare --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -182,7 +182,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__create)
-            opts="-l -n -N -c -f -h --level --raid-devices --name --bitmap-chunk --chunk --time-base --assume-clean --bitmap --force --help"
+            opts="-l -n -x -N -c -f -h --level --raid-devices --spare-devices --name --bitmap-chunk --chunk --time-base --assume-clean --bitmap --force --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -201,6 +201,14 @@ _mdextctl() {
                     return 0
                     ;;
                 -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --spare-devices)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -x)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -40,7 +40,7 @@ complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "detail" -d 'Show 
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "status" -d 'Show every running mdext array'
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "fail" -d 'Mark a member faulty (through mdextmon)'
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "remove" -d 'Detach a failed member (through mdextmon)'
-complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "add" -d 'Add a device to a failed or missing slot and rebuild it (through mdextmon)'
+complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "add" -d 'Add a device to a failed or missing slot and rebuild it, or (--spare) as a spare (through mdextmon)'
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "examine-bitmap" -d 'Show the dirty chunks of a member\'s write-intent bitmap'
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "convert" -d 'Convert a stopped array\'s members to metadata format version 2 (assemble does it too)'
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "wait" -d 'Wait for resync/rebuild to finish, or (--clean) for a clean record'
@@ -50,7 +50,8 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s l -l level 
 10\t''
 5\t''
 6\t''"
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s n -l raid-devices -d 'Number of active devices; must equal the number of DEVs given' -r
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s n -l raid-devices -d 'Number of active devices; the first DEVs given, in slot order' -r
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s x -l spare-devices -d 'Number of spares: the DEVs given after the active ones, recorded as spares (mdextmon rebuilds one into a slot that fails)' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s N -l name -d 'Array name: 1-32 characters of A-Z a-z 0-9 . _ : - (default: "mdext")' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -l bitmap-chunk -d 'Bytes of array data per bitmap bit; K/M/G suffixes (default 64M). A power of two, at least 512' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s c -l chunk -d 'Stripe chunk for levels 10, 5 and 6; K/M/G suffixes (default 512K)' -r
@@ -85,7 +86,8 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand status" -l json -d 'JS
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand status" -s h -l help -d 'Print help'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand fail" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand remove" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand add" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand add" -l spare -d 'Keep the device as a spare: recorded as a spare and held by md without a slot; mdextmon rebuilds it into the first slot that fails'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand add" -s h -l help -d 'Print help'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine-bitmap" -l json -d 'JSON output (with the dirty chunk ranges)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine-bitmap" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand convert" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -104,7 +106,7 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_s
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "status" -d 'Show every running mdext array'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "fail" -d 'Mark a member faulty (through mdextmon)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "remove" -d 'Detach a failed member (through mdextmon)'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "add" -d 'Add a device to a failed or missing slot and rebuild it (through mdextmon)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "add" -d 'Add a device to a failed or missing slot and rebuild it, or (--spare) as a spare (through mdextmon)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "examine-bitmap" -d 'Show the dirty chunks of a member\'s write-intent bitmap'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "convert" -d 'Convert a stopped array\'s members to metadata format version 2 (assemble does it too)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "wait" -d 'Wait for resync/rebuild to finish, or (--clean) for a clean record'

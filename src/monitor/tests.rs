@@ -1123,3 +1123,35 @@ fn removing_a_spare_takes_it_out_of_md_then_the_record() {
     assert_eq!(m.members[2].state, MemberState::Empty);
     assert!(m.members[2].uuid.is_nil());
 }
+
+#[test]
+fn spare_groups_move_one_spare_per_donor_within_the_group() {
+    let wants = SpareNeed {
+        wants: true,
+        spare: None,
+    };
+    let gives = SpareNeed {
+        wants: false,
+        spare: Some(2),
+    };
+    let idle = SpareNeed::default();
+    assert_eq!(
+        spare_moves(&[(Some("g"), wants), (Some("h"), gives), (Some("g"), gives)]),
+        vec![(2, 0)]
+    );
+    assert_eq!(spare_moves(&[(None, wants), (None, gives)]), vec![]);
+    assert_eq!(
+        spare_moves(&[(Some("g"), wants), (Some("g"), wants), (Some("g"), gives)]),
+        vec![(2, 0)]
+    );
+    assert_eq!(
+        spare_moves(&[(Some("g"), wants), (Some("g"), idle)]),
+        vec![]
+    );
+    // What the machine reports: a degraded array without a spare wants one;
+    // a healthy one with a spare can give it.
+    let mon = settled(degraded_meta(12), &degraded_view());
+    assert_eq!(mon.spare_need(&degraded_view()), wants);
+    let mon = settled(spare_meta(), &spare_view());
+    assert_eq!(mon.spare_need(&spare_view()), gives);
+}

@@ -53,6 +53,7 @@ pub static ALL: &[&Scenario] = &[
     &kmode::ANY_KERNEL_READD,
     &kmode::MODE_MOVE,
     &spares::SPARE_TAKES_FAILED_SLOT,
+    &spares::SPARE_GROUP,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).

@@ -259,3 +259,105 @@ fn spare_takes_failed_slot() -> Result<()> {
     ctl("stop md127")?;
     Ok(())
 }
+
+const GROUP_DIRTY: [u64; 4] = [2, 7, 100, 400];
+
+pub static SPARE_GROUP: Scenario = Scenario {
+    name: "spare_group_moves_a_spare_between_arrays",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: spare_group,
+        ends: Ends::Ok,
+    }],
+};
+
+/// Two raid1 arrays of one spare group under one mdextmon; only `gb` has a
+/// spare. A member of `ga` fails: the daemon removes the spare from `gb`
+/// (and its record), adds it to `ga` as a new member, rebuilt fully.
+fn spare_group() -> Result<()> {
+    needs_external_bitmap("the can_clear protocol around a group spare's rebuild")?;
+    let loops = loop_devices(5, 32)?;
+    std::fs::write(
+        "/etc/mdext.conf",
+        "ARRAY ga md=md127 spare-group=g\nARRAY gb md=md126 spare-group=g\n",
+    )?;
+    ctl("create --level 1 --raid-devices 2 --name ga --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1")?;
+    ctl("create --level 1 --raid-devices 2 --spare-devices 1 --name gb --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop2 /dev/loop3 /dev/loop4")?;
+    ctl("assemble ga /dev/loop0 /dev/loop1")?;
+    let out = ctl("assemble gb /dev/loop2 /dev/loop3 /dev/loop4")?;
+    ensure!(
+        out.contains("/dev/md126") && out.contains("/dev/loop4 added as a spare"),
+        "{out}"
+    );
+    let (ga, gb) = (sysfs().md("md127"), sysfs().md("md126"));
+    let (l0, l2, l4) = (&loops[0].path, &loops[2].path, &loops[4].path);
+    let u4 = device_uuid(l4)?;
+    write_chunks(&ga, &GROUP_DIRTY, 5)?;
+    // Slow the rebuild (4 MB/s, about 8 s) so that its course is seen.
+    ga.write("sync_speed_max", "4000")?;
+    ctl("fail md127 /dev/loop1")?;
+    wait_until(
+        "the group spare in ga's slot 1",
+        Duration::from_secs(60),
+        || (ga.read("dev-loop4/slot").ok()? == "1").then_some(()),
+    )?;
+    ensure!(
+        !Path::new("/sys/block/md126/md/dev-loop4").exists(),
+        "the spare is still in gb"
+    );
+    ensure!(
+        !table(l2)?.iter().any(|e| e.0 == u4),
+        "gb still records the spare it gave: {:?}",
+        table(l2)?
+    );
+    ensure!(
+        ga.read("sync_action")? == "recover",
+        "ga not rebuilding: {}",
+        ga.read("sync_action")?
+    );
+    let m1 = &examine(l0)?["members"][1];
+    ensure!(
+        m1["state"] == "rebuilding" && m1["rebuild_kind"] == "full",
+        "ga's slot 1 during the rebuild: {m1}"
+    );
+    ensure!(
+        can_clear_is(&ga, false)?,
+        "ga's can_clear during the rebuild"
+    );
+    wait_until("ga whole again", Duration::from_secs(120), || {
+        (ga.degraded().ok()? == 0 && ga.read("sync_action").ok()? == "idle").then_some(())
+    })?;
+    wait_until("ga's can_clear true", Duration::from_secs(20), || {
+        can_clear_is(&ga, true).ok()?.then_some(())
+    })?;
+    // The device has a new identity in ga, and ga records it in slot 1.
+    let t = table(l0)?;
+    let new = device_uuid(l4)?;
+    ensure!(
+        new != u4 && t[1] == (new.clone(), "in-sync".to_string()),
+        "ga's table {t:?}, loop4 now {new} (was {u4})"
+    );
+    ensure!(table(l4)? == t, "loop4's own record differs from loop0's");
+    ensure!(
+        examine(l4)?["array_uuid"] == examine(l0)?["array_uuid"],
+        "loop4 not recorded in ga"
+    );
+    ensure!(
+        gb.degraded()? == 0 && can_clear_is(&gb, true)?,
+        "gb disturbed"
+    );
+    ga.write("sync_speed_max", "system")?;
+    verify_chunks(&ga, &GROUP_DIRTY, 5)?;
+    ensure!(
+        check_mismatches(&ga)? == 0,
+        "ga's mismatch_cnt after the group spare's rebuild"
+    );
+    let log = sh("cat /run/mdext/mdextmon.log").unwrap_or_default();
+    for l in log.lines().filter(|l| l.contains("spare")) {
+        println!("{l}");
+    }
+    ctl("stop md127")?;
+    ctl("stop md126")?;
+    Ok(())
+}
