@@ -89,6 +89,16 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         spare: bool,
     },
+    /// Replace member `old` with device `new`: `new` is added as a spare
+    /// and md copies `old` onto it (`want_replacement`), then fails `old`.
+    Replace {
+        /// md device name.
+        md: String,
+        /// The member to replace (path or kernel name).
+        old: String,
+        /// The device to copy it onto.
+        new: String,
+    },
     /// Exit after leaving every array clean.
     Shutdown,
     /// Hand every array over to the asking daemon (`mdextmon --takeover`):
@@ -108,7 +118,8 @@ impl Request {
             | Request::Detail { md }
             | Request::Fail { md, .. }
             | Request::Remove { md, .. }
-            | Request::Add { md, .. } => Some(md),
+            | Request::Add { md, .. }
+            | Request::Replace { md, .. } => Some(md),
             Request::Ping | Request::Status | Request::Shutdown | Request::Handover => None,
         }
     }
@@ -125,6 +136,7 @@ impl Request {
             Request::Fail { .. } => "fail",
             Request::Remove { .. } => "remove",
             Request::Add { .. } => "add",
+            Request::Replace { .. } => "replace",
             Request::Shutdown => "shutdown",
             Request::Handover => "handover",
         }

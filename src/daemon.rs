@@ -527,6 +527,9 @@ impl Daemon {
             Request::Add { md, device, spare } => {
                 self.member_op(&md, &device, |m| m.add(&device, spare))
             }
+            Request::Replace { md, old, new } => {
+                self.member_op(&md, &old, |m| m.replace(&old, &new))
+            }
         }
     }
 }

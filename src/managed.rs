@@ -999,6 +999,28 @@ impl Managed {
         self.add_as(device, spare, false)
     }
 
+    /// `mdextctl replace`: `new` is added as a spare (recorded, then held
+    /// by md without a slot), then md is asked to copy `old` onto a spare
+    /// and fail it (`want_replacement`); the machine records the spare in
+    /// `old`'s slot when md is done.
+    pub fn replace(&mut self, old: &str, new: &str) -> Result<(), ManagedError> {
+        let i = self.member_index_of_path(old)?;
+        // Refused before anything is added when the array is degraded or
+        // the member is not in sync.
+        self.wake();
+        self.remap();
+        let view = self.snapshot()?;
+        self.mon
+            .replaceable(i, &view)
+            .map_err(|reason| ManagedError::Refused {
+                md: self.md.name().to_string(),
+                device: Some(old.to_string()),
+                reason,
+            })?;
+        self.add_as(new, true, false)?;
+        self.admin_on(Some(old), &AdminRequest::Replace(i))
+    }
+
     /// The spare-group need seen when the array last settled.
     pub fn spare_need(&self) -> crate::monitor::SpareNeed {
         self.need

@@ -513,6 +513,10 @@ pub enum AdminRequest {
     /// recorded as a spare, then added to md without a slot. The machine
     /// activates it when a slot is failed or missing.
     AddSpare(Box<DeviceFacts>),
+    /// Replace the in-sync member at this slot with a spare md holds, with
+    /// md's `want_replacement` (md copies it onto the spare, then fails it;
+    /// the array never runs degraded).
+    Replace(usize),
     /// Stop: wait until the array is clean, record it clean, then stop it.
     Stop,
 }
@@ -633,6 +637,15 @@ pub enum Refusal {
     /// No slot is failed or missing.
     #[error("no failed or missing slot to rebuild (add it with --spare to keep it as a spare)")]
     NoFreeSlot,
+    /// A replacement on an array with a failed or missing slot.
+    #[error("the array is degraded (slot {0} is empty): add the new device instead")]
+    Degraded(usize),
+    /// A replacement needs a member in sync.
+    #[error("member {0} is not in sync: nothing to copy from")]
+    NotInSync(usize),
+    /// A replacement needs a spare in md.
+    #[error("no spare to copy onto")]
+    NoSpare,
     /// The member table has no room for another spare.
     #[error("the member table is full ({0} entries)")]
     TableFull(usize),
@@ -939,7 +952,7 @@ impl Monitor {
                         // A spare leaves md first, then the record: a
                         // device md holds is never unknown to the record.
                         let mut meta = self.meta.clone();
-                        meta.events = crate::format::next_events(meta.events, self.rewrite);
+                        self.next_record(&mut meta);
                         meta.members[i] = MemberEntry {
                             uuid: Uuid::nil(),
                             state: MemberState::Empty,
@@ -963,11 +976,38 @@ impl Monitor {
                 let a = admit(&self.meta, &occupied, facts)?;
                 self.readd(&a, v)
             }
+            AdminRequest::Replace(i) => {
+                self.replaceable(i, v)?;
+                let spare = v.members.iter().any(|k| {
+                    k.index >= n
+                        && !k.flags.faulty
+                        && k.slot.is_none()
+                        && self.meta.members.get(k.index).map(|e| e.state)
+                            == Some(MemberState::Spare)
+                });
+                if !spare {
+                    return Err(Refusal::NoSpare);
+                }
+                Ok(vec![Action::Member(i, MemberCommand::WantReplacement)])
+            }
             AdminRequest::AddSpare(ref facts) => {
                 let a = admit_spare(&self.meta, facts)?;
                 Ok(self.add_spare(&a, v))
             }
         }
+    }
+
+    /// The next event count for a record that changes spares only: a
+    /// record whose slots are all in sync with `events_cleared == events`
+    /// keeps it so (`can_clear` may stay true through the write: every
+    /// member's copy, old or new, records the array whole).
+    fn next_record(&self, meta: &mut ArrayMeta) -> u64 {
+        let whole = meta.all_in_sync() && meta.bitmap.events_cleared == meta.events;
+        meta.events = crate::format::next_events(meta.events, self.rewrite);
+        if whole {
+            meta.bitmap.events_cleared = meta.events;
+        }
+        meta.events
     }
 
     /// Record `a`'s device as a spare, then add it to md without a slot.
@@ -986,8 +1026,7 @@ impl Monitor {
             acts.push(Action::PrepareDevice { index });
         }
         let mut meta = self.meta.clone();
-        let events = crate::format::next_events(meta.events, self.rewrite);
-        meta.events = events;
+        let events = self.next_record(&mut meta);
         let entry = MemberEntry {
             uuid: a.meta.uuid,
             state: MemberState::Spare,
@@ -1014,6 +1053,23 @@ impl Monitor {
         self.needs_write = false;
         self.handed_out(&acts);
         acts
+    }
+
+    /// Whether slot `i` may be replaced ([`AdminRequest::Replace`]) as `v`
+    /// shows the array, a spare aside: every slot is held and `i` is in
+    /// sync.
+    pub fn replaceable(&self, i: usize, v: &KernelView) -> Result<(), Refusal> {
+        let n = self.slots();
+        if let Some(f) = (0..n).find(|&j| classify(v, j) == Slot::Absent) {
+            return Err(Refusal::Degraded(f));
+        }
+        if i >= n {
+            return Err(Refusal::NoSuchMember(i));
+        }
+        if classify(v, i) != Slot::InSync {
+            return Err(Refusal::NotInSync(i));
+        }
+        Ok(())
     }
 
     /// Whether the array wants a spare from its spare group, and which
@@ -1252,14 +1308,48 @@ impl Monitor {
         }
         let n = self.slots();
         let mut changed = self.needs_write;
-        let mut changed_entries: Vec<usize> = Vec::new();
         let mut unblock = Vec::new();
         let mut remove = Vec::new();
         let mut any_recovering = false;
         let slots: Vec<Slot> = (0..n).map(|i| classify(v, i)).collect();
 
+        // A replacement md finished (`want_replacement`): the spare holds
+        // the slot in sync and the old member is failed (or gone). The
+        // spare is recorded in the slot, in sync, and the old member keeps
+        // the spare's entry as failed; the slot never counted as degraded.
+        let replaced: Vec<(usize, usize)> = v
+            .members
+            .iter()
+            .filter_map(|k| {
+                let s = k.slot.and_then(|s| usize::try_from(s).ok())?;
+                (k.index >= n
+                    && s < n
+                    // (md clears `replacement` only once the old member
+                    // is out of the slot.)
+                    && k.flags.in_sync
+                    && !k.flags.faulty
+                    && m.members.get(k.index).map(|e| e.state) == Some(MemberState::Spare)
+                    && matches!(slots[s], Slot::Faulty { .. } | Slot::Absent))
+                .then_some((s, k.index))
+            })
+            .collect();
+        let mut slots = slots;
+        let mut changed_entries: Vec<usize> = Vec::new();
+        for &(slot, from) in &replaced {
+            if let Slot::Faulty { .. } = slots[slot] {
+                remove.push(slot);
+            }
+            slots[slot] = Slot::InSync;
+            take_slot(&mut m, slot, from);
+            m.members[slot].state = MemberState::InSync;
+            changed_entries.extend([slot, from]);
+        }
+
         let total = m.geometry.component_size;
         for (i, &s) in slots.iter().enumerate() {
+            if replaced.iter().any(|&(slot, _)| slot == i) {
+                continue;
+            }
             let rec = m.members[i].state;
             let new_state = match s {
                 Slot::Faulty { blocked } => {
@@ -1449,13 +1539,17 @@ impl Monitor {
         }
         if changed {
             let mut targets = self.targets(v, &m);
-            if let Some((_, from, _)) = activate {
-                // The spare, still listed at its spare entry: its own
-                // record names it in the slot before md gives it the slot.
+            // A spare that took a slot is still listed at its spare entry:
+            // its own record names it in the slot.
+            let moved = activate
+                .map(|(_, from, _)| from)
+                .into_iter()
+                .chain(replaced.iter().map(|&(_, from)| from));
+            for from in moved {
                 targets.push(from);
-                targets.sort_unstable();
-                targets.dedup();
             }
+            targets.sort_unstable();
+            targets.dedup();
             acts.push(Action::WriteMetadata {
                 meta: m.clone(),
                 targets,

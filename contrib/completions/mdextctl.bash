@@ -57,6 +57,9 @@ _mdextctl() {
             mdextctl,remove)
                 cmd="mdextctl__subcmd__remove"
                 ;;
+            mdextctl,replace)
+                cmd="mdextctl__subcmd__replace"
+                ;;
             mdextctl,status)
                 cmd="mdextctl__subcmd__status"
                 ;;
@@ -102,6 +105,9 @@ _mdextctl() {
             mdextctl__subcmd__help,remove)
                 cmd="mdextctl__subcmd__help__subcmd__remove"
                 ;;
+            mdextctl__subcmd__help,replace)
+                cmd="mdextctl__subcmd__help__subcmd__replace"
+                ;;
             mdextctl__subcmd__help,status)
                 cmd="mdextctl__subcmd__help__subcmd__status"
                 ;;
@@ -118,7 +124,7 @@ _mdextctl() {
 
     case "${cmd}" in
         mdextctl)
-            opts="-h -V --help --version create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help"
+            opts="-h -V --help --version create examine assemble incremental stop detail status fail remove add replace examine-bitmap convert wait metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -304,7 +310,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__help)
-            opts="create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help"
+            opts="create examine assemble incremental stop detail status fail remove add replace examine-bitmap convert wait metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -485,6 +491,20 @@ _mdextctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mdextctl__subcmd__help__subcmd__replace)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mdextctl__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -577,6 +597,20 @@ _mdextctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mdextctl__subcmd__replace)
+            opts="-h --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mdextctl__subcmd__status)
             opts="-h --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -655,6 +689,7 @@ _mdextctl_array_args=(
     "fail 0 --run-dir"
     "remove 0 --run-dir"
     "add 0 --run-dir"
+    "replace 0 --run-dir"
     "wait 0 --timeout --run-dir"
 )
 

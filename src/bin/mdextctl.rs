@@ -91,6 +91,10 @@ enum Cmd {
         about = "Add a device to a failed or missing slot and rebuild it, or (--spare) as a spare (through mdextmon)"
     )]
     Add(ops::AddArgs),
+    #[command(
+        about = "Copy a member onto a new device, then fail it, never degraded (through mdextmon)"
+    )]
+    Replace(ops::ReplaceArgs),
     #[command(about = "Show the dirty chunks of a member's write-intent bitmap")]
     ExamineBitmap(ops::ExamineBitmapArgs),
     #[command(
@@ -233,6 +237,7 @@ fn main() -> ExitCode {
         Cmd::Fail(a) => ops::member(ops::MemberOp::Fail, &a),
         Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, &a),
         Cmd::Add(a) => ops::add(&a),
+        Cmd::Replace(a) => ops::replace(&a),
         Cmd::ExamineBitmap(a) => ops::examine_bitmap(&a),
         Cmd::Convert(a) => run_convert(&a),
         Cmd::Wait(a) => watch::wait(&a),

@@ -1081,6 +1081,8 @@ fn add_spare_records_then_adds_without_a_slot() {
         .admin(&AdminRequest::AddSpare(Box::new(f)), &view())
         .expect("accepted");
     let m = the_write(&acts).clone();
+    assert_eq!(m.bitmap.events_cleared, m.events, "still recorded whole");
+    assert_eq!(mon.observe(&spare_view()), vec![], "can_clear stays true");
     assert_eq!(m.members.len(), 3);
     assert_eq!(m.members[2].uuid, uuid(5));
     assert_eq!(m.members[2].state, MemberState::Spare);
@@ -1154,4 +1156,45 @@ fn spare_groups_move_one_spare_per_donor_within_the_group() {
     assert_eq!(mon.spare_need(&degraded_view()), wants);
     let mon = settled(spare_meta(), &spare_view());
     assert_eq!(mon.spare_need(&spare_view()), gives);
+}
+
+#[test]
+fn replace_asks_md_then_records_the_spare_in_the_slot_without_degrading() {
+    let mut mon = settled(spare_meta(), &spare_view());
+    assert_eq!(
+        mon.admin(&AdminRequest::Replace(1), &spare_view()),
+        Ok(vec![Action::Member(1, MemberCommand::WantReplacement)])
+    );
+    assert_eq!(
+        mon.admin(&AdminRequest::Replace(1), &view()),
+        Err(Refusal::NoSpare)
+    );
+    // md copies onto the spare (a replacement in slot 1): nothing changes.
+    let mut v = spare_view();
+    v.sync_action = SyncAction::Recover;
+    v.members[1] = km(1, "in_sync,want_replacement", Some(1));
+    v.members[2] = km(2, "replacement", Some(1));
+    assert_eq!(mon.observe(&v), vec![]);
+    // Done: the spare in sync in slot 1, the old member failed by md.
+    let mut v = spare_view();
+    v.members[1] = km(1, "faulty", Some(1));
+    v.members[2] = km(2, "in_sync,replacement", Some(1));
+    let acts = mon.observe(&v);
+    let m = the_write(&acts).clone();
+    assert_eq!(m.members[1].uuid, uuid(2));
+    assert_eq!(m.members[1].state, MemberState::InSync);
+    assert_eq!(m.members[2].uuid, uuid(1));
+    assert_eq!(m.members[2].state, MemberState::Failed);
+    assert_eq!(m.bitmap.events_cleared, m.events);
+    assert_eq!(
+        acts,
+        vec![
+            Action::WriteMetadata {
+                meta: m.clone(),
+                targets: vec![0, 2]
+            },
+            Action::Member(1, MemberCommand::Remove),
+        ],
+        "can_clear stays true: every slot stays in sync"
+    );
 }

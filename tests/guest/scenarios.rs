@@ -54,6 +54,7 @@ pub static ALL: &[&Scenario] = &[
     &kmode::MODE_MOVE,
     &spares::SPARE_TAKES_FAILED_SLOT,
     &spares::SPARE_GROUP,
+    &spares::REPLACE,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).

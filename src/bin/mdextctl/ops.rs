@@ -394,6 +394,39 @@ pub struct AddArgs {
     member: MemberArgs,
 }
 
+/// `mdextctl replace`'s arguments.
+#[derive(Args, Debug)]
+pub struct ReplaceArgs {
+    /// The array: md device (md127, /dev/md127), name or UUID.
+    array: String,
+    /// The member to replace.
+    old: PathBuf,
+    /// The device to copy it onto (blank, or carrying nothing mdext needs).
+    new: PathBuf,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+/// `mdextctl replace`: through mdextmon; returns once md copies.
+pub fn replace(a: &ReplaceArgs) -> Result<ExitCode> {
+    use mdext::control::{act, Request};
+    let sysfs = Sysfs::default();
+    let md = ctl::resolve_md(&sysfs, &a.array)?;
+    let req = Request::Replace {
+        md: md.clone(),
+        old: a.old.to_string_lossy().into_owned(),
+        new: a.new.to_string_lossy().into_owned(),
+    };
+    act(&a.daemon.run_dir, &req, std::time::Duration::from_secs(60))?;
+    println!(
+        "mdextctl: replacing {} with {} in /dev/{md}; md copies it, then fails {}",
+        a.old.display(),
+        a.new.display(),
+        a.old.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Which member operation.
 #[derive(Clone, Copy, Debug)]
 pub enum MemberOp {

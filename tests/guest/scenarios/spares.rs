@@ -361,3 +361,162 @@ fn spare_group() -> Result<()> {
     ctl("stop md126")?;
     Ok(())
 }
+
+pub static REPLACE: Scenario = Scenario {
+    name: "replace_copies_a_member_never_degraded",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: replace,
+        ends: Ends::Ok,
+    }],
+};
+
+/// `mdextctl replace md127 OLD NEW` on a whole raid1: md copies OLD onto
+/// NEW (`want_replacement`), then fails OLD; `degraded` reads 0 in every
+/// sample from before the request to the end, and the record names NEW in
+/// OLD's slot on every member.
+fn replace() -> Result<()> {
+    needs_external_bitmap("can_clear through a replacement")?;
+    let loops = loop_devices(3, 64)?;
+    let (l0, l1, l2) = (&loops[0].path, &loops[1].path, &loops[2].path);
+    ctl("create --level 1 --raid-devices 2 --name rp --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1")?;
+    sh("mkdir -p /run/mdext && (setsid mdextmon --log-level debug >/run/mdext/mdextmon.log 2>&1 &)")?;
+    wait_until("mdextmon to answer", Duration::from_secs(10), pong)?;
+    ctl("assemble rp /dev/loop0 /dev/loop1")?;
+    let md = md();
+    wait_until("can_clear true", Duration::from_secs(10), || {
+        can_clear_is(&md, true).ok()?.then_some(())
+    })?;
+    let (u0, u1) = (device_uuid(l0)?, device_uuid(l1)?);
+    write_chunks(&md, &DIRTY, 11)?;
+    // Slow the copy (8 MB/s, about 8 s) so that its course is seen.
+    md.write("sync_speed_max", "8000")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let md = md.clone();
+        std::thread::spawn(move || {
+            let mut v: Vec<(u32, String, Option<bool>)> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let d = md.degraded().unwrap_or(99);
+                let a = md.read("sync_action").unwrap_or_else(|e| e.to_string());
+                let c = md.can_clear().unwrap_or(None);
+                v.push((d, a, c));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            v
+        })
+    };
+    let w0 = written_sectors("loop2")?;
+    let t0 = Instant::now();
+    let out = ctl("replace md127 /dev/loop1 /dev/loop2")?;
+    ensure!(
+        out.contains("replacing /dev/loop1 with /dev/loop2"),
+        "{out}"
+    );
+    wait_until("the copy onto loop2", Duration::from_secs(30), || {
+        md.read("dev-loop2/state")
+            .ok()?
+            .contains("replacement")
+            .then_some(())
+    })?;
+    ensure!(
+        md.read("dev-loop1/state")?.contains("want_replacement"),
+        "loop1: {}",
+        md.read("dev-loop1/state")?
+    );
+    wait_until(
+        "loop2 in slot 1 and loop1 gone",
+        Duration::from_secs(300),
+        || {
+            let done = !Path::new("/sys/block/md127/md/dev-loop1").exists()
+                && md.read("dev-loop2/slot").ok()? == "1"
+                && md.read("dev-loop2/state").ok()?.contains("in_sync")
+                && md.read("sync_action").ok()? == "idle";
+            done.then_some(())
+        },
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+    wait_until(
+        "the record naming loop2 in slot 1",
+        Duration::from_secs(10),
+        || {
+            (examine(l0).ok()?["members"][1]["uuid"] == device_uuid(l2).ok()?.as_str())
+                .then_some(())
+        },
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    md.write("sync_speed_max", "system")?;
+    let degraded: Vec<_> = samples.iter().filter(|(d, _, _)| *d != 0).collect();
+    let copying = samples.iter().filter(|(_, a, _)| a == "recover").count();
+    let cc_false = samples.iter().filter(|(_, _, c)| *c != Some(true)).count();
+    let written = written_sectors("loop2")? - w0;
+    let component = examine(l0)?["component_size_sectors"]
+        .as_u64()
+        .context("component_size_sectors")?;
+    println!(
+        "replace: {secs:.1} s, {written} sectors written to the new member (component {component}); {} samples of degraded, {} while md copied, {} not 0; can_clear not true in {cc_false}",
+        samples.len(),
+        copying,
+        degraded.len()
+    );
+    ensure!(
+        degraded.is_empty(),
+        "degraded during the replacement: {:?}",
+        &degraded[..degraded.len().min(5)]
+    );
+    ensure!(copying > 0, "no sample while md copied");
+    if cc_false > 0 {
+        if let Some(i) = samples.iter().position(|(_, _, c)| *c != Some(true)) {
+            println!(
+                "around: {:?}",
+                &samples[i.saturating_sub(2)..(i + 3).min(samples.len())]
+            );
+        }
+        print!(
+            "{}",
+            sh("grep -v 'recorded events' /run/mdext/mdextmon.log").unwrap_or_default()
+        );
+    }
+    ensure!(
+        cc_false == 0,
+        "can_clear not true in {cc_false} samples: the array never lost a slot"
+    );
+    ensure!(
+        written >= component,
+        "the new member got {written} sectors, less than {component}"
+    );
+    let u2 = device_uuid(l2)?;
+    for l in [l0, l2] {
+        let t = table(l)?;
+        ensure!(
+            t == vec![
+                (u0.clone(), "in-sync".to_string()),
+                (u2.clone(), "in-sync".to_string()),
+                (u1.clone(), "failed".to_string()),
+            ],
+            "{}: table {t:?}",
+            l.display()
+        );
+        let e = examine(l)?;
+        ensure!(
+            e["bitmap"]["events_cleared"] == e["events"],
+            "{}: not recorded whole",
+            l.display()
+        );
+    }
+    ensure!(slot_of(l2)? == 1, "loop2's role: {}", slot_of(l2)?);
+    ensure!(can_clear_is(&md, true)?, "can_clear after the replacement");
+    verify_chunks(&md, &DIRTY, 11)?;
+    ensure!(
+        check_mismatches(&md)? == 0,
+        "mismatch_cnt after the replacement"
+    );
+    ctl("stop md127")?;
+    Ok(())
+}
