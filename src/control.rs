@@ -99,6 +99,22 @@ pub enum Request {
         /// The device to copy it onto.
         new: String,
     },
+    /// Grow (or shrink) an array: its component size (`size_sectors`, or
+    /// the largest its devices allow with `max`), or for raid1 its number
+    /// of mirrors (`raid_devices`).
+    Grow {
+        /// md device name.
+        md: String,
+        /// The component size asked for, in sectors.
+        #[serde(default)]
+        size_sectors: Option<u64>,
+        /// As large as every device allows.
+        #[serde(default)]
+        max: bool,
+        /// raid1: the number of mirrors.
+        #[serde(default)]
+        raid_devices: Option<u32>,
+    },
     /// Exit after leaving every array clean.
     Shutdown,
     /// Hand every array over to the asking daemon (`mdextmon --takeover`):
@@ -119,7 +135,8 @@ impl Request {
             | Request::Fail { md, .. }
             | Request::Remove { md, .. }
             | Request::Add { md, .. }
-            | Request::Replace { md, .. } => Some(md),
+            | Request::Replace { md, .. }
+            | Request::Grow { md, .. } => Some(md),
             Request::Ping | Request::Status | Request::Shutdown | Request::Handover => None,
         }
     }
@@ -137,6 +154,7 @@ impl Request {
             Request::Remove { .. } => "remove",
             Request::Add { .. } => "add",
             Request::Replace { .. } => "replace",
+            Request::Grow { .. } => "grow",
             Request::Shutdown => "shutdown",
             Request::Handover => "handover",
         }

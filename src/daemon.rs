@@ -527,6 +527,22 @@ impl Daemon {
             Request::Add { md, device, spare } => {
                 self.member_op(&md, &device, |m| m.add(&device, spare))
             }
+            Request::Grow {
+                md,
+                size_sectors,
+                max,
+                raid_devices,
+            } => {
+                let name = md.clone();
+                self.member_op(&md, &name, |m| match (size_sectors, max, raid_devices) {
+                    (Some(s), false, None) => m.grow_size(Some(crate::units::Sectors(s))),
+                    (None, true, None) => m.grow_size(None),
+                    (None, false, Some(n)) => m.grow_raid_devices(n),
+                    _ => Err(ManagedError::Failed(format!(
+                        "{name}: grow takes one of a size, max or a number of devices"
+                    ))),
+                })
+            }
             Request::Replace { md, old, new } => {
                 self.member_op(&md, &old, |m| m.replace(&old, &new))
             }

@@ -788,6 +788,36 @@ impl Managed {
                     .ok_or(ExecError::NoPending(*index))?;
                 self.prepare_new_device(&p.dev, self.mon.meta())
             }
+            Action::SetComponentSize(size) => {
+                self.md.set_component_size(size.kib_floor()).map_err(s)?;
+                info!("{}: component size now {size}", self.md.name());
+                Ok(())
+            }
+            Action::SetRaidDisks(n) => {
+                // md's raid1 reshape waits for the metadata handler to
+                // record the array dirty (md_allow_write: write-pending)
+                // inside the write. The record already says dirty (the
+                // machine wrote it in this batch), so the write runs on a
+                // thread of its own while this one answers write-pending.
+                let md = self.md.clone();
+                let n = *n;
+                let w = std::thread::Builder::new()
+                    .name("raid-disks".into())
+                    .spawn(move || md.set_raid_disks(n))
+                    .map_err(|e| ExecError::Writer("raid_disks".into(), e.to_string()))?;
+                while !w.is_finished() {
+                    let h = self.held()?;
+                    if let Ok(ArrayState::WritePending) = h.array_state() {
+                        h.set_array_state(ArrayState::Active).map_err(s)?;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                w.join()
+                    .map_err(|_| ExecError::Writer("raid_disks".into(), "panicked".into()))?
+                    .map_err(s)?;
+                info!("{}: raid_disks now {n}", self.md.name());
+                Ok(())
+            }
             Action::AddSpare { index, device } => {
                 let p = self
                     .pending
@@ -1019,6 +1049,25 @@ impl Managed {
             })?;
         self.add_as(new, true, false)?;
         self.admin_on(Some(old), &AdminRequest::Replace(i))
+    }
+
+    /// `mdextctl grow --size`: `want` sectors, or (`None`) as large as
+    /// every device of the array (spares included) allows. The machine
+    /// decides ([`crate::monitor::grow_size`]), records, then md resizes.
+    pub fn grow_size(&mut self, want: Option<Sectors>) -> Result<(), ManagedError> {
+        let member_data = self
+            .members
+            .iter()
+            .map(|m| m.device.data_size)
+            .min()
+            .unwrap_or(Sectors(0));
+        self.admin(&AdminRequest::GrowSize { want, member_data })
+    }
+
+    /// `mdextctl grow --raid-devices`: raid1 gains mirror legs from its
+    /// spares or drops empty ones; other levels are refused.
+    pub fn grow_raid_devices(&mut self, n: u32) -> Result<(), ManagedError> {
+        self.admin(&AdminRequest::GrowDisks(n))
     }
 
     /// The spare-group need seen when the array last settled.

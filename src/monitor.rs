@@ -117,7 +117,8 @@
 
 use crate::md::{ArrayState, Checkpoint, MemberCommand, MemberFlags, SyncAction, SyncCompleted};
 use crate::meta::{
-    ArrayMeta, BitmapMode, DeviceMeta, MemberEntry, MemberState, RebuildKind, Superblock,
+    bitmap_chunks, ArrayMeta, BitmapMode, DeviceMeta, MemberEntry, MemberState, RebuildKind,
+    Superblock,
 };
 use crate::units::Sectors;
 use uuid::Uuid;
@@ -499,6 +500,69 @@ pub fn spare_moves(arrays: &[(Option<&str>, SpareNeed)]) -> Vec<(usize, usize)> 
     moves
 }
 
+/// raid1 component sizes are multiples of this (as `create` rounds them).
+const RAID1_ROUND: Sectors = Sectors(128);
+
+/// The new component size for `mdextctl grow --size`: `want` (rounded
+/// down to 64 KiB) or, for `None`, the largest every device allows
+/// (`member_data`, its smallest data area). Refused when a device cannot
+/// hold it, when it is below 4 MiB, for levels other than raid1, or when
+/// the bitmap region reserved at create has no room for its bits (in the
+/// external region and, in format version 2, md's region at sector 8).
+pub fn grow_size(
+    meta: &ArrayMeta,
+    want: Option<Sectors>,
+    member_data: Sectors,
+) -> Result<Sectors, Refusal> {
+    if meta.geometry.level != crate::md::Level::Raid1 {
+        return Err(Refusal::GrowLevel(meta.geometry.level.as_str()));
+    }
+    let round = |s: Sectors| Sectors(s.0 / RAID1_ROUND.0 * RAID1_ROUND.0);
+    let size = round(want.unwrap_or(member_data));
+    let asked = want.unwrap_or(size);
+    if size > member_data {
+        return Err(Refusal::BadSize {
+            want: asked,
+            why: format!("a device holds only {member_data} of data"),
+        });
+    }
+    let min = Sectors(8192);
+    if size < min {
+        return Err(Refusal::BadSize {
+            want: asked,
+            why: format!("below the smallest component size ({min})"),
+        });
+    }
+    let mut g = meta.geometry;
+    g.component_size = size;
+    let chunks = bitmap_chunks(g.bitmap_span(), meta.bitmap.chunk);
+    if meta.bitmap.mode != BitmapMode::None {
+        let external = meta.bitmap.size.0.saturating_mul(8);
+        // md's own region: from sector 8, its 256-byte superblock first, up
+        // to the external region or copy 1 (sector 2040), whichever is first.
+        let kernel = if meta.version >= 2 {
+            let end = meta
+                .bitmap
+                .offset
+                .0
+                .min(crate::format::COPY1_V2_OFFSET / 512);
+            (end.saturating_sub(8) * 512).saturating_sub(256) * 8
+        } else {
+            u64::MAX
+        };
+        let room = external.min(kernel);
+        if chunks > room {
+            return Err(Refusal::BitmapFull {
+                want: asked,
+                chunks,
+                chunk: meta.bitmap.chunk.0,
+                room,
+            });
+        }
+    }
+    Ok(size)
+}
+
 /// An administrator's request (from `mdextctl` over the control socket).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdminRequest {
@@ -517,6 +581,17 @@ pub enum AdminRequest {
     /// md's `want_replacement` (md copies it onto the spare, then fails it;
     /// the array never runs degraded).
     Replace(usize),
+    /// Change the component size ([`grow_size`] decides the new size).
+    GrowSize {
+        /// The size asked for (`None`: as large as every member allows).
+        want: Option<Sectors>,
+        /// The smallest data area among the array's devices, spares
+        /// included.
+        member_data: Sectors,
+    },
+    /// raid1: change the number of mirrors (more take spares md holds,
+    /// fewer drop failed or missing slots).
+    GrowDisks(u32),
     /// Stop: wait until the array is clean, record it clean, then stop it.
     Stop,
 }
@@ -581,6 +656,13 @@ pub enum Action {
         /// Its own part of the record.
         device: DeviceMeta,
     },
+    /// `component_size` = this (written in KiB; the record already holds
+    /// it).
+    SetComponentSize(Sectors),
+    /// `raid_disks` = this (raid1; the record already holds it, dirty).
+    /// md waits inside the write for `write-pending` to be answered:
+    /// write it from another thread and answer `active` meanwhile.
+    SetRaidDisks(u32),
     /// Activate the spare md holds whose UUID is `uuid` (the record already
     /// names it rebuilding in slot `index`; `sync_action` is `frozen`): copy
     /// the members' bitmap area onto it, durably, then `dev-X/slot=index`.
@@ -646,6 +728,46 @@ pub enum Refusal {
     /// A replacement needs a spare in md.
     #[error("no spare to copy onto")]
     NoSpare,
+    /// A size change of a level mdext does not resize.
+    #[error("grow --size: {0} arrays cannot be resized yet (raid1 only)")]
+    GrowLevel(&'static str),
+    /// A size change needs every slot in sync and no sync running.
+    #[error("grow --size needs a whole array with no resync or rebuild running")]
+    NotWhole,
+    /// The size asked for is more than a member holds, or below the
+    /// smallest size.
+    #[error("grow --size {want}: {why}")]
+    BadSize {
+        /// What was asked.
+        want: Sectors,
+        /// Why it cannot be.
+        why: String,
+    },
+    /// The bitmap region has no room for the bits of the new size.
+    #[error("grow --size {want}: the bitmap needs {chunks} bits of {chunk} bytes, its region holds {room}; recreate with a larger --bitmap-chunk")]
+    BitmapFull {
+        /// The size asked for.
+        want: Sectors,
+        /// Chunks the new size needs.
+        chunks: u64,
+        /// The bitmap chunk in bytes.
+        chunk: u64,
+        /// Chunks the region holds.
+        room: u64,
+    },
+    /// A change of the number of devices of a level md reshapes.
+    #[error(
+        "grow --raid-devices: reshaping {0} is not supported (only raid1 gains or drops mirrors)"
+    )]
+    Reshape(&'static str),
+    /// A number of devices that cannot be.
+    #[error("grow --raid-devices {want}: {why}")]
+    BadDisks {
+        /// What was asked.
+        want: u32,
+        /// Why it cannot be.
+        why: String,
+    },
     /// The member table has no room for another spare.
     #[error("the member table is full ({0} entries)")]
     TableFull(usize),
@@ -990,6 +1112,37 @@ impl Monitor {
                 }
                 Ok(vec![Action::Member(i, MemberCommand::WantReplacement)])
             }
+            AdminRequest::GrowSize { want, member_data } => {
+                let size = grow_size(&self.meta, want, member_data)?;
+                let whole = (0..n).all(|i| classify(v, i) == Slot::InSync)
+                    && self.meta.all_in_sync()
+                    && v.degraded == 0
+                    && matches!(v.sync_action, SyncAction::Idle)
+                    && self.meta.resync == Checkpoint::None;
+                if !whole {
+                    return Err(Refusal::NotWhole);
+                }
+                let old = self.meta.geometry.component_size;
+                let mut meta = self.meta.clone();
+                self.next_record(&mut meta);
+                meta.geometry.component_size = size;
+                // md resyncs what the array gains (from the old size on).
+                if size > old {
+                    meta.resync = Checkpoint::At(old);
+                }
+                let acts = vec![
+                    Action::WriteMetadata {
+                        meta: meta.clone(),
+                        targets: self.targets(v, &meta),
+                    },
+                    Action::SetComponentSize(size),
+                ];
+                self.meta = meta;
+                self.needs_write = false;
+                self.handed_out(&acts);
+                Ok(acts)
+            }
+            AdminRequest::GrowDisks(want) => self.grow_disks(want, v),
             AdminRequest::AddSpare(ref facts) => {
                 let a = admit_spare(&self.meta, facts)?;
                 Ok(self.add_spare(&a, v))
@@ -1008,6 +1161,112 @@ impl Monitor {
             meta.bitmap.events_cleared = meta.events;
         }
         meta.events
+    }
+
+    /// raid1 with `want` mirrors. More: the new slots are recorded missing
+    /// (spare entries move up), recovery is frozen and md gets the new
+    /// count; the machine then activates spares into them, record first.
+    /// Fewer: the slots held by a device (every one in sync) are packed
+    /// down in order, as md packs them, and failed or missing slots are
+    /// dropped. md waits for a write-pending answer inside the count's
+    /// write on a clean array, so the record says dirty: the executor may
+    /// answer it while the write runs (see [`Action::SetRaidDisks`]).
+    fn grow_disks(&mut self, want: u32, v: &KernelView) -> Result<Vec<Action>, Refusal> {
+        let g = self.meta.geometry;
+        if g.level != crate::md::Level::Raid1 {
+            return Err(Refusal::Reshape(g.level.as_str()));
+        }
+        let n = self.slots();
+        let bad = |why: String| Refusal::BadDisks { want, why };
+        let want_n = want as usize;
+        if want_n == n {
+            return Err(bad(format!("the array has {n} already")));
+        }
+        if want == 0 {
+            return Err(bad("a mirror needs at least one device".into()));
+        }
+        if !matches!(v.sync_action, SyncAction::Idle) || self.meta.resync != Checkpoint::None {
+            return Err(bad(
+                "a resync or rebuild is running or owed; wait for it".into()
+            ));
+        }
+        let slots: Vec<Slot> = (0..n).map(|i| classify(v, i)).collect();
+        if let Some(i) = slots
+            .iter()
+            .position(|s| !matches!(s, Slot::InSync | Slot::Absent))
+        {
+            return Err(bad(format!("slot {i} is not settled; wait")));
+        }
+        let mut meta = self.meta.clone();
+        self.next_record(&mut meta);
+        let e = meta.events;
+        meta.clean = false;
+        meta.geometry.raid_disks = want;
+        let rest: Vec<MemberEntry> = self.meta.members[n..].to_vec();
+        let mut acts = Vec::new();
+        let targets = self.targets(v, &self.meta);
+        if want_n > n {
+            let spares = v
+                .members
+                .iter()
+                .filter(|k| k.index >= n && !k.flags.faulty && k.slot.is_none())
+                .filter(|k| {
+                    self.meta.members.get(k.index).map(|e| e.state) == Some(MemberState::Spare)
+                })
+                .count();
+            if spares < want_n - n {
+                return Err(bad(format!(
+                    "{} new mirror(s) need as many spares, the array has {spares}; add them with add --spare",
+                    want_n - n
+                )));
+            }
+            if n + rest.len() + (want_n - n) > crate::meta::MAX_MEMBERS {
+                return Err(Refusal::TableFull(crate::meta::MAX_MEMBERS));
+            }
+            let missing = MemberEntry {
+                uuid: Uuid::nil(),
+                state: MemberState::Missing,
+                events: e,
+            };
+            meta.members.truncate(n);
+            meta.members
+                .extend(std::iter::repeat_n(missing, want_n - n));
+            meta.members.extend(rest);
+            meta.bitmap.events_cleared = self.meta.bitmap.events_cleared;
+            if self.can_clear(v) == Some(true) {
+                acts.push(Action::SetCanClear(false));
+            }
+            acts.push(Action::SetSyncAction(SyncAction::Frozen));
+        } else {
+            let held: Vec<MemberEntry> = (0..n)
+                .filter(|&i| slots[i] == Slot::InSync)
+                .map(|i| self.meta.members[i])
+                .collect();
+            if held.len() > want_n {
+                return Err(bad(format!(
+                    "{} mirrors hold a device; fail and remove the ones to drop first",
+                    held.len()
+                )));
+            }
+            let missing = MemberEntry {
+                uuid: Uuid::nil(),
+                state: MemberState::Missing,
+                events: e,
+            };
+            let fill = want_n - held.len();
+            meta.members = held;
+            meta.members.extend(std::iter::repeat_n(missing, fill));
+            meta.members.extend(rest);
+        }
+        acts.push(Action::WriteMetadata {
+            meta: meta.clone(),
+            targets,
+        });
+        acts.push(Action::SetRaidDisks(want));
+        self.meta = meta;
+        self.needs_write = false;
+        self.handed_out(&acts);
+        Ok(acts)
     }
 
     /// Record `a`'s device as a spare, then add it to md without a slot.

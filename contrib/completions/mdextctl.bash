@@ -45,6 +45,9 @@ _mdextctl() {
             mdextctl,fail)
                 cmd="mdextctl__subcmd__fail"
                 ;;
+            mdextctl,grow)
+                cmd="mdextctl__subcmd__grow"
+                ;;
             mdextctl,help)
                 cmd="mdextctl__subcmd__help"
                 ;;
@@ -93,6 +96,9 @@ _mdextctl() {
             mdextctl__subcmd__help,fail)
                 cmd="mdextctl__subcmd__help__subcmd__fail"
                 ;;
+            mdextctl__subcmd__help,grow)
+                cmd="mdextctl__subcmd__help__subcmd__grow"
+                ;;
             mdextctl__subcmd__help,help)
                 cmd="mdextctl__subcmd__help__subcmd__help"
                 ;;
@@ -124,7 +130,7 @@ _mdextctl() {
 
     case "${cmd}" in
         mdextctl)
-            opts="-h -V --help --version create examine assemble incremental stop detail status fail remove add replace examine-bitmap convert wait metrics help"
+            opts="-h -V --help --version create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -309,8 +315,38 @@ _mdextctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mdextctl__subcmd__grow)
+            opts="-z -n -h --size --raid-devices --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -z)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --raid-devices)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mdextctl__subcmd__help)
-            opts="create examine assemble incremental stop detail status fail remove add replace examine-bitmap convert wait metrics help"
+            opts="create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -422,6 +458,20 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__help__subcmd__fail)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mdextctl__subcmd__help__subcmd__grow)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -690,6 +740,7 @@ _mdextctl_array_args=(
     "remove 0 --run-dir"
     "add 0 --run-dir"
     "replace 0 --run-dir"
+    "grow 0 --size -z --raid-devices -n --run-dir"
     "wait 0 --timeout --run-dir"
 )
 

@@ -95,6 +95,10 @@ enum Cmd {
         about = "Copy a member onto a new device, then fail it, never degraded (through mdextmon)"
     )]
     Replace(ops::ReplaceArgs),
+    #[command(
+        about = "Change an array's component size, or a raid1's number of mirrors (through mdextmon)"
+    )]
+    Grow(ops::GrowArgs),
     #[command(about = "Show the dirty chunks of a member's write-intent bitmap")]
     ExamineBitmap(ops::ExamineBitmapArgs),
     #[command(
@@ -238,6 +242,7 @@ fn main() -> ExitCode {
         Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, &a),
         Cmd::Add(a) => ops::add(&a),
         Cmd::Replace(a) => ops::replace(&a),
+        Cmd::Grow(a) => ops::grow(&a),
         Cmd::ExamineBitmap(a) => ops::examine_bitmap(&a),
         Cmd::Convert(a) => run_convert(&a),
         Cmd::Wait(a) => watch::wait(&a),

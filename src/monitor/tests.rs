@@ -1198,3 +1198,83 @@ fn replace_asks_md_then_records_the_spare_in_the_slot_without_degrading() {
         "can_clear stays true: every slot stays in sync"
     );
 }
+
+#[test]
+fn grow_size_bounds_and_the_bitmap_region() {
+    let mut m = meta();
+    m.bitmap.offset = Sectors(16);
+    m.bitmap.size = Bytes(4096);
+    // 4096 bytes of bits (32768 chunks of 64 KiB = 2 GiB); md's region
+    // from sector 8 to 16 holds 4096 - 256 bytes: 30720 chunks.
+    assert_eq!(
+        grow_size(&m, Some(Sectors(20000)), Sectors(30000)),
+        Ok(Sectors(19968))
+    );
+    assert_eq!(grow_size(&m, None, Sectors(30000)), Ok(Sectors(29952)));
+    assert!(matches!(
+        grow_size(&m, Some(Sectors(40000)), Sectors(30000)),
+        Err(Refusal::BadSize { .. })
+    ));
+    let big = Sectors(30720 * 128 + 128);
+    let e = grow_size(&m, Some(big), Sectors(1 << 40)).expect_err("no room");
+    assert!(
+        matches!(
+            e,
+            Refusal::BitmapFull {
+                chunks: 30721,
+                room: 30720,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("--bitmap-chunk"), "{e}");
+    m.geometry.level = crate::md::Level::Raid5;
+    assert_eq!(
+        grow_size(&m, None, Sectors(30000)),
+        Err(Refusal::GrowLevel("raid5"))
+    );
+}
+
+#[test]
+fn grow_disks_adds_missing_slots_then_a_spare_is_activated() {
+    let mut mon = settled(spare_meta(), &spare_view());
+    let acts = mon
+        .admin(&AdminRequest::GrowDisks(3), &spare_view())
+        .expect("accepted");
+    let m = the_write(&acts).clone();
+    assert_eq!(m.geometry.raid_disks, 3);
+    assert_eq!(m.members[2].state, MemberState::Missing);
+    assert_eq!(m.members[3].uuid, uuid(2));
+    assert_eq!(m.members[3].state, MemberState::Spare);
+    assert_eq!(acts[0], Action::SetCanClear(false));
+    assert_eq!(acts[1], Action::SetSyncAction(SyncAction::Frozen));
+    assert_eq!(acts[acts.len() - 1], Action::SetRaidDisks(3));
+    // Fewer mirrors than devices held: refused.
+    let mut mon = settled(meta(), &view());
+    assert!(matches!(
+        mon.admin(&AdminRequest::GrowDisks(1), &view()),
+        Err(Refusal::BadDisks { .. })
+    ));
+    // No spare for a new mirror: refused.
+    assert!(matches!(
+        mon.admin(&AdminRequest::GrowDisks(3), &view()),
+        Err(Refusal::BadDisks { .. })
+    ));
+    // A failed leg dropped: the record keeps the held slot.
+    let mut mon = settled(degraded_meta(12), &degraded_view());
+    let acts = mon
+        .admin(&AdminRequest::GrowDisks(1), &degraded_view())
+        .expect("accepted");
+    let m = the_write(&acts);
+    assert_eq!(m.geometry.raid_disks, 1);
+    assert_eq!(m.members.len(), 1);
+    assert_eq!(m.members[0].uuid, uuid(0));
+    let mut m5 = meta();
+    m5.geometry.level = crate::md::Level::Raid5;
+    let mut mon = settled(m5, &view());
+    assert_eq!(
+        mon.admin(&AdminRequest::GrowDisks(3), &view()),
+        Err(Refusal::Reshape("raid5"))
+    );
+}

@@ -55,6 +55,7 @@ pub static ALL: &[&Scenario] = &[
     &spares::SPARE_TAKES_FAILED_SLOT,
     &spares::SPARE_GROUP,
     &spares::REPLACE,
+    &spares::GROW,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).

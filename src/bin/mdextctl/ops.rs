@@ -427,6 +427,48 @@ pub fn replace(a: &ReplaceArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `mdextctl grow`'s arguments.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["size", "raid_devices"])))]
+pub struct GrowArgs {
+    /// The array: md device (md127, /dev/md127), name or UUID.
+    array: String,
+    /// New component size (per member) with K/M/G suffixes, or "max": as
+    /// large as every device allows. raid1 only.
+    #[arg(short = 'z', long)]
+    size: Option<String>,
+    /// raid1: the number of mirrors. More take spares (add them first with
+    /// add --spare); fewer drop empty slots (fail and remove legs first).
+    #[arg(short = 'n', long = "raid-devices")]
+    raid_devices: Option<u32>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+/// `mdextctl grow`: through mdextmon.
+pub fn grow(a: &GrowArgs) -> Result<ExitCode> {
+    use mdext::control::{act, Request};
+    let sysfs = Sysfs::default();
+    let md = ctl::resolve_md(&sysfs, &a.array)?;
+    let (size_sectors, max) = match a.size.as_deref() {
+        None => (None, false),
+        Some("max") => (None, true),
+        Some(s) => {
+            let b = mdext::units::parse_size(s).map_err(|e| anyhow::anyhow!("--size {s}: {e}"))?;
+            (Some(b.0 / 512), false)
+        }
+    };
+    let req = Request::Grow {
+        md: md.clone(),
+        size_sectors,
+        max,
+        raid_devices: a.raid_devices,
+    };
+    act(&a.daemon.run_dir, &req, std::time::Duration::from_secs(60))?;
+    println!("mdextctl: /dev/{md} grown");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Which member operation.
 #[derive(Clone, Copy, Debug)]
 pub enum MemberOp {

@@ -520,3 +520,135 @@ fn replace() -> Result<()> {
     ctl("stop md127")?;
     Ok(())
 }
+
+pub static GROW: Scenario = Scenario {
+    name: "grow_size_and_raid1_mirrors",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: grow,
+        ends: Ends::Ok,
+    }],
+};
+
+const GROW_DIRTY: [u64; 4] = [2, 7, 100, 400];
+
+fn record_component(dev: &Path) -> Result<u64> {
+    examine(dev)?["component_size_sectors"]
+        .as_u64()
+        .context("component_size_sectors")
+}
+
+/// `grow --size` down and back up to max (md resyncs what the array
+/// gains, the record follows), `grow --raid-devices 3` taking the spare as
+/// a third mirror (full rebuild), then back to 2 after failing it; a raid5
+/// is refused with one line.
+fn grow() -> Result<()> {
+    needs_external_bitmap("can_clear through grow")?;
+    let loops = loop_devices(6, 64)?;
+    let (l0, l2) = (&loops[0].path, &loops[2].path);
+    ctl("create --level 1 --raid-devices 2 --spare-devices 1 --name gr --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1 /dev/loop2")?;
+    ctl("assemble gr /dev/loop0 /dev/loop1 /dev/loop2")?;
+    let md = md();
+    let full = record_component(l0)?;
+    ctl("grow md127 --size 32M")?;
+    ensure!(
+        md.component_size()?.0 == 32768,
+        "md component {}",
+        md.component_size()?.0
+    );
+    ensure!(
+        record_component(l0)? == 65536,
+        "recorded {}",
+        record_component(l0)?
+    );
+    write_chunks(&md, &GROW_DIRTY, 21)?;
+    ctl("grow md127 --size max")?;
+    ensure!(
+        md.component_size()?.0 * 2 == full,
+        "md component {} after max",
+        md.component_size()?.0
+    );
+    let e = examine(l0)?;
+    ensure!(
+        e["component_size_sectors"] == full,
+        "recorded {} after max",
+        e["component_size_sectors"]
+    );
+    println!(
+        "grow --size max: the record's resync sector right after: {}",
+        e["resync_sector"]
+    );
+    wait_sync_idle(&md, Duration::from_secs(120))?;
+    wait_until(
+        "the record's resync to end",
+        Duration::from_secs(20),
+        || examine(l0).ok()?["resync_sector"].is_null().then_some(()),
+    )?;
+    let (ok, _, err) = ctl_status("grow md127 --size 200M")?;
+    ensure!(
+        !ok && err.lines().count() == 1 && err.contains("holds only"),
+        "{err}"
+    );
+    // A third mirror from the spare.
+    ctl("grow md127 --raid-devices 3")?;
+    wait_until("three mirrors, whole", Duration::from_secs(180), || {
+        let whole = md.read("raid_disks").ok()? == "3"
+            && md.degraded().ok()? == 0
+            && md.read("sync_action").ok()? == "idle"
+            && md.read("dev-loop2/slot").ok()? == "2";
+        whole.then_some(())
+    })?;
+    wait_until(
+        "can_clear true with three mirrors",
+        Duration::from_secs(20),
+        || can_clear_is(&md, true).ok()?.then_some(()),
+    )?;
+    let t = table(l0)?;
+    ensure!(
+        t.len() >= 3
+            && t[..3].iter().all(|e| e.1 == "in-sync")
+            && t[3..].iter().all(|e| e.1 == "empty")
+            && t[2].0 == device_uuid(l2)?,
+        "table after --raid-devices 3: {t:?}"
+    );
+    ensure!(examine(l2)?["raid_disks"] == 3, "loop2's record");
+    // Back to two: fail the third leg, then drop its slot.
+    fail_and_remove(&md, "/dev/loop2")?;
+    ctl("grow md127 --raid-devices 2")?;
+    wait_until("two mirrors, whole", Duration::from_secs(30), || {
+        (md.read("raid_disks").ok()? == "2" && md.degraded().ok()? == 0).then_some(())
+    })?;
+    wait_until(
+        "can_clear true with two mirrors",
+        Duration::from_secs(20),
+        || can_clear_is(&md, true).ok()?.then_some(()),
+    )?;
+    let t = table(l0)?;
+    ensure!(
+        t.len() >= 2
+            && t[..2].iter().all(|e| e.1 == "in-sync")
+            && t[2..].iter().all(|e| e.1 != "in-sync" && e.1 != "spare"),
+        "table after --raid-devices 2: {t:?}"
+    );
+    verify_chunks(&md, &GROW_DIRTY, 21)?;
+    ensure!(check_mismatches(&md)? == 0, "mismatch_cnt after grow");
+    ctl("stop md127")?;
+    // Parity levels: refused, one line, nothing changed.
+    ctl("create --level 5 --raid-devices 3 --name g5 --bitmap-chunk 64K --assume-clean /dev/loop3 /dev/loop4 /dev/loop5")?;
+    ctl("assemble g5 /dev/loop3 /dev/loop4 /dev/loop5")?;
+    let (ok, _, err) = ctl_status("grow md127 --raid-devices 4")?;
+    ensure!(
+        !ok && err.lines().count() == 1 && err.contains("reshaping raid5 is not supported"),
+        "{err}"
+    );
+    let (ok, _, err) = ctl_status("grow md127 --size 16M")?;
+    ensure!(
+        !ok && err.lines().count() == 1 && err.contains("raid1 only"),
+        "{err}"
+    );
+    println!("refused: {}", err.trim());
+    ensure!(md.read("raid_disks")? == "3", "raid5 changed");
+    ctl("stop md127")?;
+    Ok(())
+}
