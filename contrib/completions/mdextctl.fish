@@ -92,7 +92,7 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand add" -l spare -d 'Keep
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand add" -s h -l help -d 'Print help'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand replace" -s h -l help -d 'Print help'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand grow" -s z -l size -d 'New component size (per member) with K/M/G suffixes, or "max": as large as every device allows. raid1 only' -r
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand grow" -s n -l raid-devices -d 'raid1: the number of mirrors. More take spares (add them first with add --spare); fewer drop empty slots (fail and remove legs first)' -r
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand grow" -s n -l raid-devices -d 'raid1: the number of mirrors. More take the array\'s spares, one each; fewer drop empty slots (fail and remove legs first)' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand grow" -s h -l help -d 'Print help'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine-bitmap" -l json -d 'JSON output (with the dirty chunk ranges)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine-bitmap" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -437,8 +437,8 @@ pub struct GrowArgs {
     /// large as every device allows. raid1 only.
     #[arg(short = 'z', long)]
     size: Option<String>,
-    /// raid1: the number of mirrors. More take spares (add them first with
-    /// add --spare); fewer drop empty slots (fail and remove legs first).
+    /// raid1: the number of mirrors. More take the array's spares, one
+    /// each; fewer drop empty slots (fail and remove legs first).
     #[arg(short = 'n', long = "raid-devices")]
     raid_devices: Option<u32>,
     #[command(flatten)]
