@@ -869,6 +869,9 @@ pub struct Choice {
     /// handed to mdextmon to be re-added, which decides bitmap or full
     /// rebuild from their own record.
     pub resume: Vec<(usize, Candidate)>,
+    /// Devices the newest record lists as spares: the array starts without
+    /// them and they are handed to mdextmon as spares.
+    pub spares: Vec<(usize, Candidate)>,
 }
 
 impl Choice {
@@ -1048,6 +1051,7 @@ pub fn choose(found: Vec<Candidate>, run: bool) -> Result<Choice, AssemblyError>
     let n = meta.geometry.raid_disks as usize;
     let mut members: Vec<(usize, Candidate)> = Vec::new();
     let mut resume: Vec<(usize, Candidate)> = Vec::new();
+    let mut spares: Vec<(usize, Candidate)> = Vec::new();
     let mut left_out = Vec::new();
     for c in found {
         if let Some(why) = device_too_small(&c.sb.device, c.size) {
@@ -1058,6 +1062,14 @@ pub fn choose(found: Vec<Candidate>, run: bool) -> Result<Choice, AssemblyError>
             continue;
         }
         let idx = meta.index_of(&c.sb.device.uuid);
+        // A spare holds no data of the array: how old its own record is
+        // does not matter.
+        if let Some(i) =
+            idx.filter(|&i| i >= n && meta.members[i].state == crate::meta::MemberState::Spare)
+        {
+            spares.push((i, c));
+            continue;
+        }
         if idx.is_some() && is_stale(&meta, c.sb.array.events) {
             left_out.push(LeftOut {
                 path: c.path,
@@ -1114,6 +1126,7 @@ pub fn choose(found: Vec<Candidate>, run: bool) -> Result<Choice, AssemblyError>
         left_out,
         missing_slots,
         resume,
+        spares,
     };
     let absent: Vec<u32> = choice
         .missing_slots

@@ -62,6 +62,9 @@ pub struct ArrayLine {
     /// Whether it is assembled automatically (`auto=`); `None`: the
     /// `AUTO` line decides.
     pub auto: Option<bool>,
+    /// `spare-group=`: arrays of one group managed by one mdextmon share
+    /// their spares (mdadm's spare-group).
+    pub spare_group: Option<String>,
 }
 
 /// The whole configuration.
@@ -199,6 +202,7 @@ fn parse_array(words: &[&str]) -> Result<ArrayLine, String> {
     let mut id = None;
     let mut md = None;
     let mut auto = None;
+    let mut spare_group = None;
     for w in words {
         let set_id = |id: &mut Option<ArrayId>, v: ArrayId| {
             if id.is_some() {
@@ -231,9 +235,17 @@ fn parse_array(words: &[&str]) -> Result<ArrayLine, String> {
                         return Err("auto= given twice".into());
                     }
                 }
+                "spare-group" => {
+                    let g = check_name(v).map_err(|_| {
+                        format!("spare-group={v}: a group name is 1-32 of A-Z a-z 0-9 . _ : -")
+                    })?;
+                    if spare_group.replace(g).is_some() {
+                        return Err("spare-group= given twice".into());
+                    }
+                }
                 _ => {
                     return Err(format!(
-                        "unknown ARRAY setting '{k}=' (uuid, name, md, auto)"
+                        "unknown ARRAY setting '{k}=' (uuid, name, md, auto, spare-group)"
                     ))
                 }
             },
@@ -241,7 +253,12 @@ fn parse_array(words: &[&str]) -> Result<ArrayLine, String> {
         }
     }
     let id = id.ok_or("ARRAY needs the array's name or uuid=")?;
-    Ok(ArrayLine { id, md, auto })
+    Ok(ArrayLine {
+        id,
+        md,
+        auto,
+        spare_group,
+    })
 }
 
 fn check_name(n: &str) -> Result<String, String> {
@@ -312,6 +329,12 @@ impl Config {
         self.array(name, uuid).and_then(|a| a.md.as_deref())
     }
 
+    /// The spare group the configuration puts this array in, if any.
+    pub fn spare_group(&self, name: &str, uuid: &Uuid) -> Option<&str> {
+        self.array(name, uuid)
+            .and_then(|a| a.spare_group.as_deref())
+    }
+
     /// Whether this array may be assembled automatically (`--scan`,
     /// incremental): its own `auto=`, else `AUTO`.
     pub fn auto_assemble(&self, name: &str, uuid: &Uuid) -> bool {
@@ -363,7 +386,8 @@ mod tests {
             ArrayLine {
                 id: ArrayId::Name("root".into()),
                 md: Some("md127".into()),
-                auto: None
+                auto: None,
+                spare_group: None,
             }
         );
         let u = Uuid::parse_str(U).expect("uuid");
@@ -377,6 +401,20 @@ mod tests {
         assert!(c.auto_assemble("x", &u));
         assert!(!c.auto_assemble("data", &Uuid::nil()));
         assert!(!c.auto_assemble("unlisted", &Uuid::nil()));
+    }
+
+    #[test]
+    fn spare_groups() {
+        let c =
+            p("ARRAY a spare-group=g1\nARRAY b spare-group=g1 md=md5\nARRAY c\n").expect("parse");
+        assert_eq!(c.spare_group("a", &Uuid::nil()), Some("g1"));
+        assert_eq!(c.spare_group("b", &Uuid::nil()), Some("g1"));
+        assert_eq!(c.spare_group("c", &Uuid::nil()), None);
+        assert_eq!(c.spare_group("d", &Uuid::nil()), None);
+        let e = p("ARRAY a spare-group=x/y\n").expect_err("bad name");
+        assert!(e.to_string().contains("spare-group=x/y"), "{e}");
+        let e = p("ARRAY a spare-group=g spare-group=h\n").expect_err("twice");
+        assert!(e.to_string().contains("given twice"), "{e}");
     }
 
     #[test]

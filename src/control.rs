@@ -88,6 +88,36 @@ pub enum Request {
         /// returning member recorded so keeps the flag either way).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         write_mostly: bool,
+        /// Add it as a spare (recorded as a spare, added to md without a
+        /// slot; activated when a member fails).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        spare: bool,
+    },
+    /// Replace member `old` with device `new`: `new` is added as a spare
+    /// and md copies `old` onto it (`want_replacement`), then fails `old`.
+    Replace {
+        /// md device name.
+        md: String,
+        /// The member to replace (path or kernel name).
+        old: String,
+        /// The device to copy it onto.
+        new: String,
+    },
+    /// Grow (or shrink) an array: its component size (`size_sectors`, or
+    /// the largest its devices allow with `max`), or for raid1 its number
+    /// of mirrors (`raid_devices`).
+    Grow {
+        /// md device name.
+        md: String,
+        /// The component size asked for, in sectors.
+        #[serde(default)]
+        size_sectors: Option<u64>,
+        /// As large as every device allows.
+        #[serde(default)]
+        max: bool,
+        /// raid1: the number of mirrors.
+        #[serde(default)]
+        raid_devices: Option<u32>,
     },
     /// Exit after leaving every array clean.
     Shutdown,
@@ -108,7 +138,9 @@ impl Request {
             | Request::Detail { md }
             | Request::Fail { md, .. }
             | Request::Remove { md, .. }
-            | Request::Add { md, .. } => Some(md),
+            | Request::Add { md, .. }
+            | Request::Replace { md, .. }
+            | Request::Grow { md, .. } => Some(md),
             Request::Ping | Request::Status | Request::Shutdown | Request::Handover => None,
         }
     }
@@ -125,6 +157,8 @@ impl Request {
             Request::Fail { .. } => "fail",
             Request::Remove { .. } => "remove",
             Request::Add { .. } => "add",
+            Request::Replace { .. } => "replace",
+            Request::Grow { .. } => "grow",
             Request::Shutdown => "shutdown",
             Request::Handover => "handover",
         }

@@ -85,6 +85,8 @@ pub struct CreateOptions {
     pub version: u32,
     /// Overwrite foreign signatures.
     pub force: bool,
+    /// Devices after the first `raid_devices` that are recorded as spares.
+    pub spare_devices: u32,
 }
 
 impl CreateOptions {
@@ -103,6 +105,7 @@ impl CreateOptions {
             bitmap_mode: BitmapMode::External,
             version: format::VERSION,
             force: false,
+            spare_devices: 0,
         }
     }
 }
@@ -152,10 +155,12 @@ pub enum CreateError {
         second: PathBuf,
     },
     /// Wrong number of devices.
-    #[error("--raid-devices is {raid_devices} but {given} devices were given")]
+    #[error("--raid-devices is {raid_devices}{} but {given} devices were given", if *spare_devices > 0 { format!(" and --spare-devices {spare_devices}") } else { String::new() })]
     DeviceCount {
         /// Requested slots.
         raid_devices: u32,
+        /// Requested spares.
+        spare_devices: u32,
         /// Devices given.
         given: usize,
     },
@@ -264,11 +269,22 @@ pub struct Plan {
 /// (kept open in the plan) and reads it; writes nothing.
 pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan, CreateError> {
     check_name(&opts.name)?;
-    if devices.len() != opts.raid_devices as usize {
+    if devices.len() != opts.raid_devices as usize + opts.spare_devices as usize {
         return Err(CreateError::DeviceCount {
             raid_devices: opts.raid_devices,
+            spare_devices: opts.spare_devices,
             given: devices.len(),
         });
+    }
+    if opts.raid_devices as usize + opts.spare_devices as usize > crate::meta::MAX_MEMBERS {
+        return Err(opt_err(
+            "--spare-devices",
+            opts.spare_devices,
+            format!(
+                "at most {} devices in all, spares included",
+                crate::meta::MAX_MEMBERS
+            ),
+        ));
     }
     let min = opts.level.min_create_devices();
     if opts.raid_devices < min || opts.raid_devices as usize > crate::meta::MAX_MEMBERS {
@@ -333,7 +349,18 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
             l
         }
     };
-    let present: Vec<bool> = devices
+    // 'missing' stands for a slot; the spares after the slots are devices.
+    let slots = opts.raid_devices as usize;
+    if let Some(i) = devices[slots..]
+        .iter()
+        .position(|p| p.as_ref().as_os_str() == MISSING)
+    {
+        return Err(CreateError::Missing(format!(
+            "spare {i} (device {}) is '{MISSING}': 'missing' stands for a slot, a spare is a device",
+            slots + i
+        )));
+    }
+    let present: Vec<bool> = devices[..slots]
         .iter()
         .map(|p| p.as_ref().as_os_str() != MISSING)
         .collect();
@@ -472,8 +499,10 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
     let array_uuid = Uuid::new_v4();
     let uuids: Vec<Uuid> = opened.iter().map(|_| Uuid::new_v4()).collect();
     let events = 2;
+    // Slots in the order given ('missing' ones recorded missing), then the
+    // spares.
     let mut next = uuids.iter();
-    let members: Vec<MemberEntry> = present
+    let mut members: Vec<MemberEntry> = present
         .iter()
         .map(|&here| match if here { next.next() } else { None } {
             Some(&uuid) => MemberEntry {
@@ -488,11 +517,24 @@ pub fn plan<P: AsRef<Path>>(opts: &CreateOptions, devices: &[P]) -> Result<Plan,
             },
         })
         .collect();
+    members.extend(next.map(|&uuid| MemberEntry {
+        uuid,
+        state: MemberState::Spare,
+        events,
+    }));
     let mut write_mostly = Vec::new();
     for w in &opts.write_mostly {
         let canon = std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
         let at = opened.iter().position(|(c, _)| *c == canon);
         match at {
+            // The devices opened after the slots' are the spares.
+            Some(i) if i >= present.iter().filter(|&&here| here).count() => {
+                return Err(opt_err(
+                    "--write-mostly",
+                    w.display(),
+                    "is a spare; write-mostly is for a device in a slot",
+                ))
+            }
             Some(i) => write_mostly.push(uuids[i]),
             None => {
                 return Err(opt_err(

@@ -79,6 +79,8 @@ pub struct AssembleReport {
     pub rearm_writes: usize,
     /// Devices whose interrupted rebuild was started again.
     pub resumed: Vec<PathBuf>,
+    /// Spares handed to mdextmon.
+    pub spares: Vec<PathBuf>,
     /// The event recorded for a start forced while dirty and degraded.
     pub forced_start: Option<u64>,
 }
@@ -458,12 +460,30 @@ fn assemble_one(
             md: md.name().to_string(),
             device: c.path.to_string_lossy().into_owned(),
             write_mostly: false,
+            spare: false,
         };
         match control::act(&o.run_dir, &req, Duration::from_secs(60)) {
             Ok(()) => resumed.push(c.path.clone()),
             Err(e) => left_out_extra.push(assembly::LeftOut {
                 path: c.path.clone(),
                 reason: format!("its interrupted rebuild could not be resumed: {e}"),
+            }),
+        }
+    }
+    // Spares after the resumed rebuilds, which take their own slots first.
+    let mut spares = Vec::new();
+    for (_, c) in &choice.spares {
+        let req = Request::Add {
+            md: md.name().to_string(),
+            device: c.path.to_string_lossy().into_owned(),
+            write_mostly: false,
+            spare: true,
+        };
+        match control::act(&o.run_dir, &req, Duration::from_secs(60)) {
+            Ok(()) => spares.push(c.path.clone()),
+            Err(e) => left_out_extra.push(assembly::LeftOut {
+                path: c.path.clone(),
+                reason: format!("a spare that could not be added: {e}"),
             }),
         }
     }
@@ -479,6 +499,7 @@ fn assemble_one(
             .chain(left_out_extra)
             .collect(),
         resumed,
+        spares,
         missing_slots: choice.missing_slots.clone(),
         forced_start: choice.meta.forced_start,
         rearmed_chunks: rearmed,
@@ -1249,6 +1270,7 @@ mod tests {
             left_out: Vec::new(),
             missing_slots: vec![1],
             resume: Vec::new(),
+            spares: Vec::new(),
         };
         assert_eq!(
             verify_rearmed(&choice, Region::External, &[(2, 3), (9, 9)]),

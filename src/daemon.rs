@@ -131,6 +131,9 @@ pub struct Daemon {
     /// A notification did not go (the manager's queue was full): look
     /// again soon.
     unsent: bool,
+    /// The configuration file as last read (at start and on SIGHUP): the
+    /// event program and the spare groups.
+    conf: crate::config::Config,
 }
 
 impl Daemon {
@@ -161,7 +164,8 @@ impl Daemon {
             what: "control socket",
             source,
         })?;
-        let reporter = Reporter::new(&cfg.journal_socket, event_program(&cfg.config));
+        let conf = load_config(&cfg.config);
+        let reporter = Reporter::new(&cfg.journal_socket, conf.program.clone());
         let pid = cfg.run_dir.join("mdextmon.pid");
         let _ = std::fs::write(&pid, format!("{}\n", std::process::id()));
         let notifier = cfg.notifier.clone();
@@ -181,6 +185,7 @@ impl Daemon {
             status: String::new(),
             ready: false,
             unsent: false,
+            conf,
         };
         // With no arrays named, take over every running mdext array (a
         // restart, or a takeover from another instance). An array found
@@ -352,7 +357,8 @@ impl Daemon {
                         Ok(Signal::SIGHUP) => {
                             // Look at everything again on the next turn.
                             self.unsettled.extend(self.arrays.keys().cloned());
-                            self.reporter.set_program(event_program(&self.cfg.config));
+                            self.conf = load_config(&self.cfg.config);
+                            self.reporter.set_program(self.conf.program.clone());
                         }
                         _ => {}
                     }
@@ -389,11 +395,76 @@ impl Daemon {
                 info!("{n}: array stopped; no longer managed");
                 self.arrays.remove(&n);
             }
+            if !self.terminating {
+                self.move_spares();
+            }
             self.service_duties();
         }
         let _ = std::fs::remove_file(control::socket_path(&self.cfg.run_dir));
         let _ = std::fs::remove_file(self.cfg.run_dir.join("mdextmon.pid"));
         Ok(())
+    }
+
+    /// Spare groups (`spare-group=` in mdext.conf(5)): an array with a
+    /// failed or missing slot and no spare of its own takes one from
+    /// another array of its group, as [`crate::monitor::spare_moves`]
+    /// decides: removed from the donor and its record first, then added to
+    /// the array that needs it as a new member (full rebuild).
+    fn move_spares(&mut self) {
+        let wants_any = self.arrays.values().any(|m| m.spare_need().wants);
+        if !wants_any {
+            return;
+        }
+        let conf = &self.conf;
+        let names: Vec<String> = self.arrays.keys().cloned().collect();
+        let groups: Vec<Option<String>> = names
+            .iter()
+            .map(|n| {
+                self.arrays
+                    .get(n)
+                    .and_then(|m| conf.spare_group(m.name(), &m.uuid()).map(str::to_string))
+            })
+            .collect();
+        let needs: Vec<(Option<&str>, crate::monitor::SpareNeed)> = names
+            .iter()
+            .zip(&groups)
+            .map(|(n, g)| {
+                (
+                    g.as_deref(),
+                    self.arrays
+                        .get(n)
+                        .map(Managed::spare_need)
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        for (from, to) in crate::monitor::spare_moves(&needs) {
+            let (Some(from), Some(to)) = (names.get(from), names.get(to)) else {
+                continue;
+            };
+            let Some(index) = self.arrays.get(from).and_then(|m| m.spare_need().spare) else {
+                continue;
+            };
+            let given = match self.arrays.get_mut(from).map(|m| m.give_spare(index)) {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => {
+                    error!("{from}: giving a spare to {to}: {e}");
+                    continue;
+                }
+                None => continue,
+            };
+            match self.arrays.get_mut(to).map(|m| m.take_spare(&given)) {
+                Some(Ok(())) => info!(
+                    "{to}: took spare {} from {from} (spare group)",
+                    given.display()
+                ),
+                Some(Err(e)) => error!(
+                    "{to}: taking spare {} from {from}: {e}; the device is in neither array",
+                    given.display()
+                ),
+                None => {}
+            }
+        }
     }
 
     fn handle(&mut self, req: Request) -> Response {
@@ -457,7 +528,27 @@ impl Daemon {
                 md,
                 device,
                 write_mostly,
-            } => self.member_op(&md, &device, |m| m.add(&device, write_mostly)),
+                spare,
+            } => self.member_op(&md, &device, |m| m.add(&device, write_mostly, spare)),
+            Request::Grow {
+                md,
+                size_sectors,
+                max,
+                raid_devices,
+            } => {
+                let name = md.clone();
+                self.member_op(&md, &name, |m| match (size_sectors, max, raid_devices) {
+                    (Some(s), false, None) => m.grow_size(Some(crate::units::Sectors(s))),
+                    (None, true, None) => m.grow_size(None),
+                    (None, false, Some(n)) => m.grow_raid_devices(n),
+                    _ => Err(ManagedError::Failed(format!(
+                        "{name}: grow takes one of a size, max or a number of devices"
+                    ))),
+                })
+            }
+            Request::Replace { md, old, new } => {
+                self.member_op(&md, &old, |m| m.replace(&old, &new))
+            }
         }
     }
 }
@@ -687,15 +778,16 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// The event program the configuration names. A configuration that cannot
-/// be read is logged and ignored: the daemon runs without a program rather
-/// than not at all (writes to its arrays would hang).
-fn event_program(path: &std::path::Path) -> Option<PathBuf> {
+/// The configuration (event program, spare groups). A configuration that
+/// cannot be read is logged and ignored: the daemon runs without a program
+/// or spare groups rather than not at all (writes to its arrays would
+/// hang).
+fn load_config(path: &std::path::Path) -> crate::config::Config {
     match crate::config::Config::load(path) {
-        Ok(c) => c.program,
+        Ok(c) => c,
         Err(e) => {
-            error!("{e}; no event program");
-            None
+            error!("{e}; no event program, no spare groups");
+            crate::config::Config::default()
         }
     }
 }

@@ -25,8 +25,7 @@ pub enum Kind {
     RebuildStarted,
     /// A member rebuild, or a resync, ended (finished or interrupted).
     RebuildFinished,
-    /// A spare took a slot and holds good data (no spares yet: kept for
-    /// when they exist).
+    /// A spare took a slot (recorded in it, to be rebuilt).
     SpareActive,
     /// `bitmap/can_clear` went false: the kernel keeps every write-intent
     /// bit until the array is recorded whole again.

@@ -371,6 +371,7 @@ fn readd(o: &IncrementalOptions, md: &str, dev: &Path) -> Result<(), String> {
         md: md.to_string(),
         device: dev.to_string_lossy().into_owned(),
         write_mostly: false,
+        spare: false,
     };
     control::act(&o.run_dir, &req, Duration::from_secs(60)).map_err(|e| e.to_string())
 }

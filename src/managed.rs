@@ -355,6 +355,8 @@ pub struct Managed {
     /// What the last look showed of the kernel (for status, and for when
     /// to look again).
     seen: KernelState,
+    /// The spare-group need the machine saw when it last settled.
+    need: crate::monitor::SpareNeed,
 }
 
 /// How often an array last seen writable and not clean (`active`,
@@ -419,6 +421,7 @@ impl Managed {
             write_failed: Vec::new(),
             looked_at: None,
             seen: KernelState::default(),
+            need: crate::monitor::SpareNeed::default(),
         };
         Ok(m)
     }
@@ -520,6 +523,18 @@ impl Managed {
         self.gone
     }
 
+    /// Map each member device to its table index through its UUID in the
+    /// machine's record: a spare that took a slot moves to that slot's
+    /// index once it is recorded there.
+    fn remap(&mut self) {
+        let meta = self.mon.meta();
+        for m in &mut self.members {
+            if let Some(i) = meta.index_of(&m.device.uuid) {
+                m.index = i;
+            }
+        }
+    }
+
     /// Read the kernel's state. `array_state` is read last: the kernel moves
     /// it to write-pending on failures and at the end of a resync without
     /// notifying it.
@@ -573,6 +588,7 @@ impl Managed {
             if self.gone {
                 return true;
             }
+            self.remap();
             let view = match self.snapshot() {
                 Ok(v) => v,
                 Err(e) => match self.held().map(HeldMd::liveness) {
@@ -603,6 +619,11 @@ impl Managed {
             }
             self.note(&view);
             let batch = self.mon.observe(&view);
+            self.need = if batch.is_empty() {
+                self.mon.spare_need(&view)
+            } else {
+                crate::monitor::SpareNeed::default()
+            };
             if batch.is_empty() {
                 // Settled. The assembly starts arrays read-only so that
                 // nothing is written before we manage them; make it writable
@@ -767,6 +788,86 @@ impl Managed {
                     .ok_or(ExecError::NoPending(*index))?;
                 self.prepare_new_device(&p.dev, self.mon.meta())
             }
+            Action::SetComponentSize(size) => {
+                self.md.set_component_size(size.kib_floor()).map_err(s)?;
+                info!("{}: component size now {size}", self.md.name());
+                Ok(())
+            }
+            Action::SetRaidDisks(n) => {
+                // md's raid1 reshape waits for the metadata handler to
+                // record the array dirty (md_allow_write: write-pending)
+                // inside the write. The record already says dirty (the
+                // machine wrote it in this batch), so the write runs on a
+                // thread of its own while this one answers write-pending.
+                let md = self.md.clone();
+                let n = *n;
+                let w = std::thread::Builder::new()
+                    .name("raid-disks".into())
+                    .spawn(move || md.set_raid_disks(n))
+                    .map_err(|e| ExecError::Writer("raid_disks".into(), e.to_string()))?;
+                while !w.is_finished() {
+                    let h = self.held()?;
+                    if let Ok(ArrayState::WritePending) = h.array_state() {
+                        h.set_array_state(ArrayState::Active).map_err(s)?;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                w.join()
+                    .map_err(|_| ExecError::Writer("raid_disks".into(), "panicked".into()))?
+                    .map_err(s)?;
+                info!("{}: raid_disks now {n}", self.md.name());
+                Ok(())
+            }
+            Action::AddSpare { index, device } => {
+                let p = self
+                    .pending
+                    .take()
+                    .filter(|p| p.index == *index)
+                    .ok_or(ExecError::NoPending(*index))?;
+                let kname = self.md.add_member(p.devnum).map_err(s)?;
+                let h = self.md.member(&kname);
+                let r = h
+                    .set_offset(device.data_offset)
+                    .and_then(|_| h.set_size(device.data_size.kib_floor()));
+                self.members
+                    .push(MemberIo::new(kname.clone(), p.dev, *device, *index)?);
+                *membership_changed = true;
+                r.map_err(s)?;
+                info!("{}: added {kname} as a spare", self.md.name());
+                Ok(())
+            }
+            Action::ActivateSpare { index, uuid } => {
+                let slot = u32::try_from(*index).map_err(|_| ExecError::SlotRange(*index))?;
+                let m = self
+                    .members
+                    .iter()
+                    .find(|m| m.device.uuid == *uuid)
+                    .ok_or(ExecError::NoMember(*index))?;
+                // Its bitmap area as the members hold it, before md writes
+                // to it: a member md may later read the bits from.
+                // (As for a new member: see `prepare_new_device`.)
+                let meta = self.mon.meta();
+                let src = self
+                    .members
+                    .iter()
+                    .find(|o| {
+                        o.device.uuid != *uuid
+                            && meta
+                                .members
+                                .get(o.index)
+                                .is_some_and(|e| e.state.is_in_sync())
+                    })
+                    .ok_or(ExecError::NoSourceMember)?;
+                let bits = src.dev.read_bitmap(&meta.bitmap)?;
+                m.dev.write_bitmap(&meta.bitmap, &bits)?;
+                self.md.member(&m.kname).set_slot(Some(slot)).map_err(s)?;
+                info!(
+                    "{}: spare {} activated in slot {index}, full rebuild",
+                    self.md.name(),
+                    m.kname
+                );
+                Ok(())
+            }
             Action::AddDevice {
                 index,
                 bitmap_based,
@@ -924,7 +1025,99 @@ impl Managed {
     /// state machine, which decides (pure [`crate::monitor::admit`]) whether
     /// it returns to its slot or joins a failed or missing one as new, and
     /// whether it is rebuilt from the bitmap or fully.
-    pub fn add(&mut self, device: &str, write_mostly: bool) -> Result<(), ManagedError> {
+    /// `write_mostly` (raid1) records it write-mostly; `spare` keeps it as
+    /// a spare (the machine refuses the two together).
+    pub fn add(
+        &mut self,
+        device: &str,
+        write_mostly: bool,
+        spare: bool,
+    ) -> Result<(), ManagedError> {
+        self.add_as(device, write_mostly, spare, false)
+    }
+
+    /// `mdextctl replace`: `new` is added as a spare (recorded, then held
+    /// by md without a slot), then md is asked to copy `old` onto a spare
+    /// and fail it (`want_replacement`); the machine records the spare in
+    /// `old`'s slot when md is done.
+    pub fn replace(&mut self, old: &str, new: &str) -> Result<(), ManagedError> {
+        let i = self.member_index_of_path(old)?;
+        // Refused before anything is added when the array is degraded or
+        // the member is not in sync.
+        self.wake();
+        self.remap();
+        let view = self.snapshot()?;
+        self.mon
+            .replaceable(i, &view)
+            .map_err(|reason| ManagedError::Refused {
+                md: self.md.name().to_string(),
+                device: Some(old.to_string()),
+                reason,
+            })?;
+        self.add_as(new, false, true, false)?;
+        self.admin_on(Some(old), &AdminRequest::Replace(i))
+    }
+
+    /// `mdextctl grow --size`: `want` sectors, or (`None`) as large as
+    /// every device of the array (spares included) allows. The machine
+    /// decides ([`crate::monitor::grow_size`]), records, then md resizes.
+    pub fn grow_size(&mut self, want: Option<Sectors>) -> Result<(), ManagedError> {
+        let member_data = self
+            .members
+            .iter()
+            .map(|m| m.device.data_size)
+            .min()
+            .unwrap_or(Sectors(0));
+        self.admin(&AdminRequest::GrowSize { want, member_data })
+    }
+
+    /// `mdextctl grow --raid-devices`: raid1 gains mirror legs from its
+    /// spares or drops empty ones; other levels are refused.
+    pub fn grow_raid_devices(&mut self, n: u32) -> Result<(), ManagedError> {
+        self.admin(&AdminRequest::GrowDisks(n))
+    }
+
+    /// The spare-group need seen when the array last settled.
+    pub fn spare_need(&self) -> crate::monitor::SpareNeed {
+        self.need
+    }
+
+    /// Give the spare at table index `index` away to another array of its
+    /// spare group: out of md, then out of the record. Returns its path.
+    pub fn give_spare(&mut self, index: usize) -> Result<PathBuf, ManagedError> {
+        let kname = self
+            .members
+            .iter()
+            .find(|m| m.index == index)
+            .map(|m| m.kname.clone())
+            .ok_or_else(|| ManagedError::NotMember {
+                md: self.md.name().to_string(),
+                device: format!("spare {index}"),
+            })?;
+        self.need = crate::monitor::SpareNeed::default();
+        let path = PathBuf::from("/dev").join(&kname);
+        self.admin_on(
+            Some(&path.display().to_string()),
+            &AdminRequest::Remove(index),
+        )?;
+        Ok(path)
+    }
+
+    /// Take a spare another array of the spare group gave away: its record
+    /// of that array is not this array's, and the device is a new member
+    /// (cleared, then rebuilt fully).
+    pub fn take_spare(&mut self, device: &Path) -> Result<(), ManagedError> {
+        self.need = crate::monitor::SpareNeed::default();
+        self.add_as(&device.display().to_string(), false, false, true)
+    }
+
+    fn add_as(
+        &mut self,
+        device: &str,
+        write_mostly: bool,
+        spare: bool,
+        from_group: bool,
+    ) -> Result<(), ManagedError> {
         let path = PathBuf::from(device);
         // Exclusive open proves nobody uses it; it is closed again before
         // md opens it.
@@ -933,7 +1126,13 @@ impl Managed {
             crate::device::DevId::Block(r) if excl.is_block() => DevNum::from_raw(r),
             _ => return Err(ManagedError::NotBlock(device.to_string())),
         };
-        let own = excl.read_superblock().ok().map(|r| r.superblock);
+        let own = excl
+            .read_superblock()
+            .ok()
+            .map(|r| r.superblock)
+            // A spare given by another array of the group: that array's
+            // record says nothing about this one.
+            .filter(|sb| !from_group || sb.array.uuid == self.mon.meta().uuid);
         let foreign = crate::probe::probe(&excl)?
             .into_iter()
             .filter(|f| !f.name.starts_with("mdext"))
@@ -970,7 +1169,12 @@ impl Managed {
                 data_size: Sectors(0),
             },
         });
-        let r = self.admin_on(Some(device), &AdminRequest::Add(Box::new(facts)));
+        let req = if spare {
+            AdminRequest::AddSpare(Box::new(facts))
+        } else {
+            AdminRequest::Add(Box::new(facts))
+        };
+        let r = self.admin_on(Some(device), &req);
         self.pending = None;
         r
     }
@@ -1002,6 +1206,7 @@ impl Managed {
         let mut attempts = 0;
         let batch = loop {
             self.wake();
+            self.remap();
             let view = self.snapshot()?;
             match self.mon.step(Event::Admin(req.clone(), view)) {
                 Err(Refusal::Unsettled) if attempts < ADMIN_SETTLE_ATTEMPTS => attempts += 1,
@@ -1017,7 +1222,9 @@ impl Managed {
         // The machine chose the slot and the device's own record.
         if let Some(p) = self.pending.as_mut() {
             for a in &batch {
-                if let Action::AddDevice { index, device, .. } = a {
+                if let Action::AddDevice { index, device, .. }
+                | Action::AddSpare { index, device } = a
+                {
                     p.index = *index;
                     p.device = *device;
                 }

@@ -581,6 +581,8 @@ pub enum MemberCommand {
     WriteMostly,
     /// `-writemostly`.
     NotWriteMostly,
+    /// `want_replacement`: md copies the member onto a spare, then fails it.
+    WantReplacement,
 }
 
 impl MemberCommand {
@@ -594,6 +596,7 @@ impl MemberCommand {
             MemberCommand::ReAdd => "re-add",
             MemberCommand::WriteMostly => "writemostly",
             MemberCommand::NotWriteMostly => "-writemostly",
+            MemberCommand::WantReplacement => "want_replacement",
         }
     }
 }

@@ -117,7 +117,8 @@
 
 use crate::md::{ArrayState, Checkpoint, MemberCommand, MemberFlags, SyncAction, SyncCompleted};
 use crate::meta::{
-    ArrayMeta, BitmapMode, DeviceMeta, MemberEntry, MemberState, RebuildKind, Superblock,
+    bitmap_chunks, ArrayMeta, BitmapMode, DeviceMeta, MemberEntry, MemberState, RebuildKind,
+    Superblock,
 };
 use crate::units::Sectors;
 use uuid::Uuid;
@@ -383,6 +384,187 @@ pub fn admit(
     })
 }
 
+/// Spare admission: whether `dev` may join the array recorded in `meta` as
+/// a spare, and at which table entry (from `raid_disks` on). A device this
+/// record already lists as a spare keeps its entry and its own data area
+/// (an assembly hands the spares it found back this way); any other device
+/// (blank, or an old member of this array whose place was taken) is a new
+/// spare with a fresh UUID, at the first empty entry or a new one. Pure;
+/// the daemon calls it.
+pub fn admit_spare(meta: &ArrayMeta, dev: &DeviceFacts) -> Result<Admission, Refusal> {
+    let n = (meta.geometry.raid_disks as usize).min(meta.members.len());
+    let need = meta.geometry.component_size;
+    if let Some(sb) = &dev.own {
+        if sb.array.uuid != meta.uuid {
+            return Err(Refusal::OtherArray {
+                name: sb.array.name.clone(),
+                uuid: sb.array.uuid,
+            });
+        }
+        match meta.index_of(&sb.device.uuid) {
+            Some(i)
+                if i < n
+                    && matches!(
+                        meta.members[i].state,
+                        MemberState::InSync | MemberState::Rebuilding { .. }
+                    ) =>
+            {
+                return Err(Refusal::ActiveMember(i));
+            }
+            Some(i) if i >= n && meta.members[i].state == MemberState::Spare => {
+                let end = sb
+                    .device
+                    .data_offset
+                    .0
+                    .saturating_add(sb.device.data_size.0);
+                if dev.size.0 < end || sb.device.data_size < need {
+                    return Err(Refusal::TooSmall {
+                        have: Sectors(dev.size.0.saturating_sub(sb.device.data_offset.0)),
+                        need,
+                    });
+                }
+                return Ok(Admission {
+                    index: i,
+                    device: ReturningDevice {
+                        uuid: sb.device.uuid,
+                        own: None,
+                    },
+                    meta: sb.device,
+                    fresh: false,
+                });
+            }
+            _ => {}
+        }
+    } else if let Some(f) = dev.foreign.first() {
+        return Err(Refusal::ForeignSignature(f.clone()));
+    }
+    let index = (n..meta.members.len())
+        .find(|&i| meta.members[i].state == MemberState::Empty)
+        .unwrap_or(meta.members.len());
+    if index >= crate::meta::MAX_MEMBERS {
+        return Err(Refusal::TableFull(crate::meta::MAX_MEMBERS));
+    }
+    let data_size = Sectors(dev.size.0.saturating_sub(dev.data_offset.0));
+    if data_size < need {
+        return Err(Refusal::TooSmall {
+            have: data_size,
+            need,
+        });
+    }
+    Ok(Admission {
+        index,
+        device: ReturningDevice {
+            uuid: dev.new_uuid,
+            own: None,
+        },
+        meta: DeviceMeta {
+            uuid: dev.new_uuid,
+            data_offset: dev.data_offset,
+            data_size,
+        },
+        fresh: true,
+    })
+}
+
+/// What one array of a spare group has and needs, as [`Monitor::spare_need`]
+/// sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpareNeed {
+    /// A slot is failed or missing and the array holds no spare of its own.
+    pub wants: bool,
+    /// The table index of a spare md holds that no slot of its own array
+    /// needs (it may go to another array of the group).
+    pub spare: Option<usize>,
+}
+
+/// Spare moves within spare groups (mdadm's `spare-group`): for each array
+/// that wants a spare, in order, the first other array of the same group
+/// with a spare to give; each donor gives at most one per call. `arrays`
+/// lists each array's group (if any) and need; the result pairs
+/// `(donor, recipient)` positions in `arrays`. Pure; the daemon calls it
+/// after its arrays settled.
+pub fn spare_moves(arrays: &[(Option<&str>, SpareNeed)]) -> Vec<(usize, usize)> {
+    let mut moves = Vec::new();
+    let mut given = vec![false; arrays.len()];
+    for (to, (group, need)) in arrays.iter().enumerate() {
+        let Some(group) = group else { continue };
+        if !need.wants {
+            continue;
+        }
+        let donor = arrays.iter().enumerate().position(|(from, (g, n))| {
+            from != to && !given[from] && *g == Some(*group) && !n.wants && n.spare.is_some()
+        });
+        if let Some(from) = donor {
+            given[from] = true;
+            moves.push((from, to));
+        }
+    }
+    moves
+}
+
+/// raid1 component sizes are multiples of this (as `create` rounds them).
+const RAID1_ROUND: Sectors = Sectors(128);
+
+/// The new component size for `mdextctl grow --size`: `want` (rounded
+/// down to 64 KiB) or, for `None`, the largest every device allows
+/// (`member_data`, its smallest data area). Refused when a device cannot
+/// hold it, when it is below 4 MiB, for levels other than raid1, or when
+/// the bitmap region reserved at create has no room for its bits (in the
+/// external region and, in format version 2, md's region at sector 8).
+pub fn grow_size(
+    meta: &ArrayMeta,
+    want: Option<Sectors>,
+    member_data: Sectors,
+) -> Result<Sectors, Refusal> {
+    if meta.geometry.level != crate::md::Level::Raid1 {
+        return Err(Refusal::GrowLevel(meta.geometry.level.as_str()));
+    }
+    let round = |s: Sectors| Sectors(s.0 / RAID1_ROUND.0 * RAID1_ROUND.0);
+    let size = round(want.unwrap_or(member_data));
+    let asked = want.unwrap_or(size);
+    if size > member_data {
+        return Err(Refusal::BadSize {
+            want: asked,
+            why: format!("a device holds only {member_data} of data"),
+        });
+    }
+    let min = Sectors(8192);
+    if size < min {
+        return Err(Refusal::BadSize {
+            want: asked,
+            why: format!("below the smallest component size ({min})"),
+        });
+    }
+    let mut g = meta.geometry;
+    g.component_size = size;
+    let chunks = bitmap_chunks(g.bitmap_span(), meta.bitmap.chunk);
+    if meta.bitmap.mode != BitmapMode::None {
+        let external = meta.bitmap.size.0.saturating_mul(8);
+        // md's own region: from sector 8, its 256-byte superblock first, up
+        // to the external region or copy 1 (sector 2040), whichever is first.
+        let kernel = if meta.version >= 2 {
+            let end = meta
+                .bitmap
+                .offset
+                .0
+                .min(crate::format::COPY1_V2_OFFSET / 512);
+            (end.saturating_sub(8) * 512).saturating_sub(256) * 8
+        } else {
+            u64::MAX
+        };
+        let room = external.min(kernel);
+        if chunks > room {
+            return Err(Refusal::BitmapFull {
+                want: asked,
+                chunks,
+                chunk: meta.bitmap.chunk.0,
+                room,
+            });
+        }
+    }
+    Ok(size)
+}
+
 /// An administrator's request (from `mdextctl` over the control socket).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdminRequest {
@@ -393,6 +575,25 @@ pub enum AdminRequest {
     /// Add a device: [`admit`] decides the slot and whether it returns or
     /// is new; the machine then chooses a bitmap-based or full rebuild.
     Add(Box<DeviceFacts>),
+    /// Add a device as a spare ([`admit_spare`] decides its table entry):
+    /// recorded as a spare, then added to md without a slot. The machine
+    /// activates it when a slot is failed or missing.
+    AddSpare(Box<DeviceFacts>),
+    /// Replace the in-sync member at this slot with a spare md holds, with
+    /// md's `want_replacement` (md copies it onto the spare, then fails it;
+    /// the array never runs degraded).
+    Replace(usize),
+    /// Change the component size ([`grow_size`] decides the new size).
+    GrowSize {
+        /// The size asked for (`None`: as large as every member allows).
+        want: Option<Sectors>,
+        /// The smallest data area among the array's devices, spares
+        /// included.
+        member_data: Sectors,
+    },
+    /// raid1: change the number of mirrors (more take spares md holds,
+    /// fewer drop failed or missing slots).
+    GrowDisks(u32),
     /// Stop: wait until the array is clean, record it clean, then stop it.
     Stop,
 }
@@ -449,6 +650,30 @@ pub enum Action {
         /// Its own part of the record (data offset and size for md).
         device: DeviceMeta,
     },
+    /// Hot-add the admin's device as a spare for table index `index`
+    /// (`new_dev`, `dev-X/offset`, `dev-X/size`; no slot).
+    AddSpare {
+        /// Its table index (from `raid_disks` on).
+        index: usize,
+        /// Its own part of the record.
+        device: DeviceMeta,
+    },
+    /// `component_size` = this (written in KiB; the record already holds
+    /// it).
+    SetComponentSize(Sectors),
+    /// `raid_disks` = this (raid1; the record already holds it, dirty).
+    /// md waits inside the write for `write-pending` to be answered:
+    /// write it from another thread and answer `active` meanwhile.
+    SetRaidDisks(u32),
+    /// Activate the spare md holds whose UUID is `uuid` (the record already
+    /// names it rebuilding in slot `index`; `sync_action` is `frozen`): copy
+    /// the members' bitmap area onto it, durably, then `dev-X/slot=index`.
+    ActivateSpare {
+        /// The slot it takes.
+        index: usize,
+        /// The spare's UUID.
+        uuid: Uuid,
+    },
 }
 
 /// Why an admin request was refused (nothing was done).
@@ -470,6 +695,9 @@ pub enum Refusal {
     /// Write-mostly is a raid1 flag.
     #[error("only raid1 members can be write-mostly, not {0}")]
     NotRaid1(crate::md::Level),
+    /// Write-mostly is asked for a member in a slot, not for a spare.
+    #[error("a spare cannot be write-mostly: add it to a slot with --write-mostly")]
+    SpareWriteMostly,
     /// Remove needs a faulty member or an unused spare.
     #[error("member {0} is active: fail it first")]
     Active(usize),
@@ -497,8 +725,63 @@ pub enum Refusal {
     #[error("carries a {0} signature; wipe it first")]
     ForeignSignature(String),
     /// No slot is failed or missing.
-    #[error("no failed or missing slot to rebuild")]
+    #[error("no failed or missing slot to rebuild (add it with --spare to keep it as a spare)")]
     NoFreeSlot,
+    /// A replacement on an array with a failed or missing slot.
+    #[error("the array is degraded (slot {0} is empty): add the new device instead")]
+    Degraded(usize),
+    /// A replacement needs a member in sync.
+    #[error("member {0} is not in sync: nothing to copy from")]
+    NotInSync(usize),
+    /// A replacement needs a spare in md.
+    #[error("no spare to copy onto")]
+    NoSpare,
+    /// A size change of a level mdext does not resize.
+    #[error("grow --size: {0} arrays cannot be resized yet (raid1 only)")]
+    GrowLevel(&'static str),
+    /// A size change needs every slot in sync and no sync running.
+    #[error("grow --size needs a whole array with no resync or rebuild running")]
+    NotWhole,
+    /// The size asked for is more than a member holds, or below the
+    /// smallest size.
+    #[error("grow --size {want}: {why}")]
+    BadSize {
+        /// What was asked.
+        want: Sectors,
+        /// Why it cannot be.
+        why: String,
+    },
+    /// The bitmap region has no room for the bits of the new size.
+    #[error("grow --size {want}: the bitmap needs {chunks} bits of {chunk} bytes, its region holds {room}; recreate with a larger --bitmap-chunk")]
+    BitmapFull {
+        /// The size asked for.
+        want: Sectors,
+        /// Chunks the new size needs.
+        chunks: u64,
+        /// The bitmap chunk in bytes.
+        chunk: u64,
+        /// Chunks the region holds.
+        room: u64,
+    },
+    /// A change of the number of devices of a level md reshapes.
+    #[error(
+        "grow --raid-devices: reshaping {0} is not supported (only raid1 gains or drops mirrors)"
+    )]
+    Reshape(&'static str),
+    /// A number of devices that cannot be.
+    #[error("grow --raid-devices {want}: {why}")]
+    BadDisks {
+        /// What was asked.
+        want: u32,
+        /// Why it cannot be.
+        why: String,
+    },
+    /// The member table has no room for another spare.
+    #[error("the member table is full ({0} entries)")]
+    TableFull(usize),
+    /// The device is an active member of this array.
+    #[error("is an active member of this array (slot {0})")]
+    ActiveMember(usize),
     /// The device cannot hold the array's data.
     #[error("too small ({have} of data, the array needs {need})")]
     TooSmall {
@@ -608,6 +891,30 @@ fn next_checkpoint(recorded: Sectors, now: Sectors, total: Sectors) -> Option<Se
     } else {
         None
     }
+}
+
+/// The spare at table entry `from` takes slot `slot`, rebuilt fully; the
+/// slot's old device (if the record knows one) keeps the spare's entry as
+/// failed, so a later `remove` or `add` of it is understood.
+fn take_slot(m: &mut ArrayMeta, slot: usize, from: usize) {
+    let old = m.members[slot].uuid;
+    m.members[slot] = MemberEntry {
+        uuid: m.members[from].uuid,
+        state: MemberState::Rebuilding {
+            kind: RebuildKind::Full,
+            checkpoint: Sectors(0),
+        },
+        events: m.members[slot].events,
+    };
+    m.members[from] = MemberEntry {
+        uuid: old,
+        state: if old.is_nil() {
+            MemberState::Empty
+        } else {
+            MemberState::Failed
+        },
+        events: m.members[from].events,
+    };
 }
 
 impl Monitor {
@@ -768,7 +1075,29 @@ impl Monitor {
             AdminRequest::Remove(i) => match classify(v, i) {
                 Slot::Absent => Err(Refusal::NoSuchMember(i)),
                 Slot::Faulty { .. } | Slot::Unslotted => {
-                    Ok(vec![Action::Member(i, MemberCommand::Remove)])
+                    let mut acts = vec![Action::Member(i, MemberCommand::Remove)];
+                    if i >= n
+                        && self.meta.members.get(i).map(|e| e.state) == Some(MemberState::Spare)
+                    {
+                        // A spare leaves md first, then the record: a
+                        // device md holds is never unknown to the record.
+                        let mut meta = self.meta.clone();
+                        self.next_record(&mut meta);
+                        meta.members[i] = MemberEntry {
+                            uuid: Uuid::nil(),
+                            state: MemberState::Empty,
+                            events: meta.events,
+                        };
+                        let targets = self.targets(v, &meta);
+                        acts.push(Action::WriteMetadata {
+                            meta: meta.clone(),
+                            targets,
+                        });
+                        self.meta = meta;
+                        self.needs_write = false;
+                        self.handed_out(&acts);
+                    }
+                    Ok(acts)
                 }
                 _ => Err(Refusal::Active(i)),
             },
@@ -780,6 +1109,267 @@ impl Monitor {
                 let a = admit(&self.meta, &occupied, facts)?;
                 self.readd(&a, v, facts.write_mostly)
             }
+            AdminRequest::Replace(i) => {
+                self.replaceable(i, v)?;
+                let spare = v.members.iter().any(|k| {
+                    k.index >= n
+                        && !k.flags.faulty
+                        && k.slot.is_none()
+                        && self.meta.members.get(k.index).map(|e| e.state)
+                            == Some(MemberState::Spare)
+                });
+                if !spare {
+                    return Err(Refusal::NoSpare);
+                }
+                Ok(vec![Action::Member(i, MemberCommand::WantReplacement)])
+            }
+            AdminRequest::GrowSize { want, member_data } => {
+                let size = grow_size(&self.meta, want, member_data)?;
+                let whole = (0..n).all(|i| classify(v, i) == Slot::InSync)
+                    && self.meta.all_in_sync()
+                    && v.degraded == 0
+                    && matches!(v.sync_action, SyncAction::Idle)
+                    && self.meta.resync == Checkpoint::None;
+                if !whole {
+                    return Err(Refusal::NotWhole);
+                }
+                let old = self.meta.geometry.component_size;
+                let mut meta = self.meta.clone();
+                self.next_record(&mut meta);
+                meta.geometry.component_size = size;
+                // md resyncs what the array gains (from the old size on).
+                if size > old {
+                    meta.resync = Checkpoint::At(old);
+                }
+                let acts = vec![
+                    Action::WriteMetadata {
+                        meta: meta.clone(),
+                        targets: self.targets(v, &meta),
+                    },
+                    Action::SetComponentSize(size),
+                ];
+                self.meta = meta;
+                self.needs_write = false;
+                self.handed_out(&acts);
+                Ok(acts)
+            }
+            AdminRequest::GrowDisks(want) => self.grow_disks(want, v),
+            AdminRequest::AddSpare(ref facts) => {
+                if facts.write_mostly {
+                    return Err(Refusal::SpareWriteMostly);
+                }
+                let a = admit_spare(&self.meta, facts)?;
+                Ok(self.add_spare(&a, v))
+            }
+        }
+    }
+
+    /// The next event count for a record that changes spares only: a
+    /// record whose slots are all in sync with `events_cleared == events`
+    /// keeps it so (`can_clear` may stay true through the write: every
+    /// member's copy, old or new, records the array whole).
+    fn next_record(&self, meta: &mut ArrayMeta) -> u64 {
+        let whole = meta.all_in_sync() && meta.bitmap.events_cleared == meta.events;
+        meta.events = crate::format::next_events(meta.events, self.rewrite);
+        if whole {
+            meta.bitmap.events_cleared = meta.events;
+        }
+        meta.events
+    }
+
+    /// raid1 with `want` mirrors. More: the new slots are recorded missing
+    /// (spare entries move up), recovery is frozen and md gets the new
+    /// count; the machine then activates spares into them, record first.
+    /// Fewer: the slots held by a device (every one in sync) are packed
+    /// down in order, as md packs them, and failed or missing slots are
+    /// dropped. md waits for a write-pending answer inside the count's
+    /// write on a clean array, so the record says dirty: the executor may
+    /// answer it while the write runs (see [`Action::SetRaidDisks`]).
+    fn grow_disks(&mut self, want: u32, v: &KernelView) -> Result<Vec<Action>, Refusal> {
+        let g = self.meta.geometry;
+        if g.level != crate::md::Level::Raid1 {
+            return Err(Refusal::Reshape(g.level.as_str()));
+        }
+        let n = self.slots();
+        let bad = |why: String| Refusal::BadDisks { want, why };
+        let want_n = want as usize;
+        if want_n == n {
+            return Err(bad(format!("the array has {n} already")));
+        }
+        if want == 0 {
+            return Err(bad("a mirror needs at least one device".into()));
+        }
+        if !matches!(v.sync_action, SyncAction::Idle) || self.meta.resync != Checkpoint::None {
+            return Err(bad(
+                "a resync or rebuild is running or owed; wait for it".into()
+            ));
+        }
+        let slots: Vec<Slot> = (0..n).map(|i| classify(v, i)).collect();
+        if let Some(i) = slots
+            .iter()
+            .position(|s| !matches!(s, Slot::InSync | Slot::Absent))
+        {
+            return Err(bad(format!("slot {i} is not settled; wait")));
+        }
+        let mut meta = self.meta.clone();
+        self.next_record(&mut meta);
+        let e = meta.events;
+        meta.clean = false;
+        meta.geometry.raid_disks = want;
+        let rest: Vec<MemberEntry> = self.meta.members[n..].to_vec();
+        let mut acts = Vec::new();
+        let targets = self.targets(v, &self.meta);
+        if want_n > n {
+            let spares = v
+                .members
+                .iter()
+                .filter(|k| k.index >= n && !k.flags.faulty && k.slot.is_none())
+                .filter(|k| {
+                    self.meta.members.get(k.index).map(|e| e.state) == Some(MemberState::Spare)
+                })
+                .count();
+            if spares < want_n - n {
+                return Err(bad(format!(
+                    "{} new mirror(s) need as many spares, the array has {spares}; add them with add --spare",
+                    want_n - n
+                )));
+            }
+            if n + rest.len() + (want_n - n) > crate::meta::MAX_MEMBERS {
+                return Err(Refusal::TableFull(crate::meta::MAX_MEMBERS));
+            }
+            let missing = MemberEntry {
+                uuid: Uuid::nil(),
+                state: MemberState::Missing,
+                events: e,
+            };
+            meta.members.truncate(n);
+            meta.members
+                .extend(std::iter::repeat_n(missing, want_n - n));
+            meta.members.extend(rest);
+            meta.bitmap.events_cleared = self.meta.bitmap.events_cleared;
+            if self.can_clear(v) == Some(true) {
+                acts.push(Action::SetCanClear(false));
+            }
+            acts.push(Action::SetSyncAction(SyncAction::Frozen));
+        } else {
+            let held: Vec<MemberEntry> = (0..n)
+                .filter(|&i| slots[i] == Slot::InSync)
+                .map(|i| self.meta.members[i])
+                .collect();
+            if held.len() > want_n {
+                return Err(bad(format!(
+                    "{} mirrors hold a device; fail and remove the ones to drop first",
+                    held.len()
+                )));
+            }
+            let missing = MemberEntry {
+                uuid: Uuid::nil(),
+                state: MemberState::Missing,
+                events: e,
+            };
+            let fill = want_n - held.len();
+            meta.members = held;
+            meta.members.extend(std::iter::repeat_n(missing, fill));
+            meta.members.extend(rest);
+        }
+        acts.push(Action::WriteMetadata {
+            meta: meta.clone(),
+            targets,
+        });
+        acts.push(Action::SetRaidDisks(want));
+        self.meta = meta;
+        self.needs_write = false;
+        self.handed_out(&acts);
+        Ok(acts)
+    }
+
+    /// Record `a`'s device as a spare, then add it to md without a slot.
+    /// When a slot is free, `sync_action` is frozen first so md does not
+    /// put the spare in by itself: the machine activates it on its next
+    /// look, record first ([`Monitor::observe`]).
+    fn add_spare(&mut self, a: &Admission, v: &KernelView) -> Vec<Action> {
+        let index = a.index;
+        let mut acts = Vec::new();
+        let n = self.slots();
+        let free = (0..n).any(|i| classify(v, i) == Slot::Absent);
+        if free && v.sync_action != SyncAction::Frozen {
+            acts.push(Action::SetSyncAction(SyncAction::Frozen));
+        }
+        if a.fresh {
+            acts.push(Action::PrepareDevice { index });
+        }
+        let mut meta = self.meta.clone();
+        let events = self.next_record(&mut meta);
+        let entry = MemberEntry {
+            uuid: a.meta.uuid,
+            state: MemberState::Spare,
+            events,
+        };
+        match meta.members.get_mut(index) {
+            Some(e) => *e = entry,
+            None => meta.members.push(entry),
+        }
+        let mut targets = self.targets(v, &meta);
+        if !targets.contains(&index) {
+            targets.push(index);
+            targets.sort_unstable();
+        }
+        acts.push(Action::WriteMetadata {
+            meta: meta.clone(),
+            targets,
+        });
+        acts.push(Action::AddSpare {
+            index,
+            device: a.meta,
+        });
+        self.meta = meta;
+        self.needs_write = false;
+        self.handed_out(&acts);
+        acts
+    }
+
+    /// Whether slot `i` may be replaced ([`AdminRequest::Replace`]) as `v`
+    /// shows the array, a spare aside: every slot is held and `i` is in
+    /// sync.
+    pub fn replaceable(&self, i: usize, v: &KernelView) -> Result<(), Refusal> {
+        let n = self.slots();
+        if let Some(f) = (0..n).find(|&j| classify(v, j) == Slot::Absent) {
+            return Err(Refusal::Degraded(f));
+        }
+        if i >= n {
+            return Err(Refusal::NoSuchMember(i));
+        }
+        if classify(v, i) != Slot::InSync {
+            return Err(Refusal::NotInSync(i));
+        }
+        Ok(())
+    }
+
+    /// Whether the array wants a spare from its spare group, and which
+    /// spare it could give (see [`SpareNeed`]), as `v` shows it. Only a
+    /// settled machine (an empty batch for `v`) is asked.
+    pub fn spare_need(&self, v: &KernelView) -> SpareNeed {
+        let n = self.slots();
+        if self.stopping || !v.array_state.is_running() {
+            return SpareNeed::default();
+        }
+        let spare = v
+            .members
+            .iter()
+            .filter(|k| k.index >= n && !k.flags.faulty && k.slot.is_none())
+            .filter(|k| self.meta.members.get(k.index).map(|e| e.state) == Some(MemberState::Spare))
+            .map(|k| k.index)
+            .min();
+        let free = (0..n).any(|i| {
+            classify(v, i) == Slot::Absent
+                && matches!(
+                    self.meta.members[i].state,
+                    MemberState::Failed | MemberState::Missing
+                )
+        });
+        SpareNeed {
+            wants: free && spare.is_none(),
+            spare: if free { None } else { spare },
         }
     }
 
@@ -1005,14 +1595,48 @@ impl Monitor {
         }
         let n = self.slots();
         let mut changed = self.needs_write;
-        let mut changed_entries: Vec<usize> = Vec::new();
         let mut unblock = Vec::new();
         let mut remove = Vec::new();
         let mut any_recovering = false;
         let slots: Vec<Slot> = (0..n).map(|i| classify(v, i)).collect();
 
+        // A replacement md finished (`want_replacement`): the spare holds
+        // the slot in sync and the old member is failed (or gone). The
+        // spare is recorded in the slot, in sync, and the old member keeps
+        // the spare's entry as failed; the slot never counted as degraded.
+        let replaced: Vec<(usize, usize)> = v
+            .members
+            .iter()
+            .filter_map(|k| {
+                let s = k.slot.and_then(|s| usize::try_from(s).ok())?;
+                (k.index >= n
+                    && s < n
+                    // (md clears `replacement` only once the old member
+                    // is out of the slot.)
+                    && k.flags.in_sync
+                    && !k.flags.faulty
+                    && m.members.get(k.index).map(|e| e.state) == Some(MemberState::Spare)
+                    && matches!(slots[s], Slot::Faulty { .. } | Slot::Absent))
+                .then_some((s, k.index))
+            })
+            .collect();
+        let mut slots = slots;
+        let mut changed_entries: Vec<usize> = Vec::new();
+        for &(slot, from) in &replaced {
+            if let Slot::Faulty { .. } = slots[slot] {
+                remove.push(slot);
+            }
+            slots[slot] = Slot::InSync;
+            take_slot(&mut m, slot, from);
+            m.members[slot].state = MemberState::InSync;
+            changed_entries.extend([slot, from]);
+        }
+
         let total = m.geometry.component_size;
         for (i, &s) in slots.iter().enumerate() {
+            if replaced.iter().any(|&(slot, _)| slot == i) {
+                continue;
+            }
             let rec = m.members[i].state;
             let new_state = match s {
                 Slot::Faulty { blocked } => {
@@ -1074,6 +1698,52 @@ impl Monitor {
                 }
             }
         }
+        // Spares: md holds them without a slot (entries from n on). When a
+        // slot is failed or missing, the machine freezes recovery (so md
+        // does not put a spare in by itself), records the spare rebuilding
+        // fully in that slot, and only then gives it the slot.
+        let spare = v
+            .members
+            .iter()
+            .filter(|k| k.index >= n && !k.flags.faulty && k.slot.is_none())
+            .filter(|k| m.members.get(k.index).map(|e| e.state) == Some(MemberState::Spare))
+            .map(|k| k.index)
+            .min();
+        let free = (0..n).find(|&i| {
+            slots[i] == Slot::Absent
+                && matches!(
+                    m.members[i].state,
+                    MemberState::Failed | MemberState::Missing
+                )
+        });
+        // A spare md put in a free slot by itself (recovery was not
+        // frozen): recorded as if the machine had activated it.
+        let adopted = v.members.iter().find_map(|k| {
+            let s = k.slot.and_then(|s| usize::try_from(s).ok())?;
+            (k.index >= n
+                && !k.flags.faulty
+                && s < n
+                && slots[s] == Slot::Absent
+                && m.members.get(k.index).map(|e| e.state) == Some(MemberState::Spare))
+            .then_some((s, k.index))
+        });
+        let mut activate = None;
+        if let Some((slot, from)) = adopted {
+            take_slot(&mut m, slot, from);
+            changed_entries.extend([slot, from]);
+            any_recovering = true;
+        } else if let (Some(from), Some(slot), false) = (spare, free, self.stopping) {
+            if v.sync_action == SyncAction::Frozen {
+                activate = Some((slot, from, m.members[from].uuid));
+                take_slot(&mut m, slot, from);
+                changed_entries.extend([slot, from]);
+            }
+        }
+        let any_faulty = slots.iter().any(|s| matches!(s, Slot::Faulty { .. }));
+        let spare_wanted = adopted.is_none()
+            && spare.is_some()
+            && (free.is_some() || any_faulty)
+            && !self.stopping;
         changed |= !changed_entries.is_empty();
 
         // Resync checkpoint.
@@ -1155,10 +1825,28 @@ impl Monitor {
             acts.push(Action::SetCanClear(true));
         }
         if changed {
+            let mut targets = self.targets(v, &m);
+            // A spare that took a slot is still listed at its spare entry:
+            // its own record names it in the slot.
+            let moved = activate
+                .map(|(_, from, _)| from)
+                .into_iter()
+                .chain(replaced.iter().map(|&(_, from)| from));
+            for from in moved {
+                targets.push(from);
+            }
+            targets.sort_unstable();
+            targets.dedup();
             acts.push(Action::WriteMetadata {
                 meta: m.clone(),
-                targets: self.targets(v, &m),
+                targets,
             });
+        }
+        if spare_wanted && activate.is_none() && v.sync_action == SyncAction::Idle {
+            // Before the failed member is unblocked: md would otherwise
+            // remove it and put the spare in at once (measured on 6.1),
+            // before anything is recorded.
+            acts.push(Action::SetSyncAction(SyncAction::Frozen));
         }
         for &i in &unblock {
             acts.push(Action::Member(i, MemberCommand::Unblock));
@@ -1169,7 +1857,16 @@ impl Monitor {
         for &i in &remove {
             acts.push(Action::Member(i, MemberCommand::Remove));
         }
-        if v.sync_action == SyncAction::Frozen {
+        if let Some((index, _, uuid)) = activate {
+            acts.push(Action::ActivateSpare { index, uuid });
+            acts.push(Action::SetSyncAction(SyncAction::Recover));
+        } else if v.sync_action == SyncAction::Frozen
+            && !spare_wanted
+            && !matches!(v.sync_completed, SyncCompleted::Progress { .. })
+        {
+            // (A recovery md started just before `frozen` was written runs
+            // on with `frozen` shown: md refuses `recover` then, and `idle`
+            // would interrupt it. Left alone; it ends by itself.)
             // Left frozen by an interrupted re-add: finish it or undo it.
             acts.push(Action::SetSyncAction(if any_recovering {
                 SyncAction::Recover

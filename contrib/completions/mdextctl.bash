@@ -45,6 +45,9 @@ _mdextctl() {
             mdextctl,fail)
                 cmd="mdextctl__subcmd__fail"
                 ;;
+            mdextctl,grow)
+                cmd="mdextctl__subcmd__grow"
+                ;;
             mdextctl,help)
                 cmd="mdextctl__subcmd__help"
                 ;;
@@ -56,6 +59,9 @@ _mdextctl() {
                 ;;
             mdextctl,remove)
                 cmd="mdextctl__subcmd__remove"
+                ;;
+            mdextctl,replace)
+                cmd="mdextctl__subcmd__replace"
                 ;;
             mdextctl,status)
                 cmd="mdextctl__subcmd__status"
@@ -90,6 +96,9 @@ _mdextctl() {
             mdextctl__subcmd__help,fail)
                 cmd="mdextctl__subcmd__help__subcmd__fail"
                 ;;
+            mdextctl__subcmd__help,grow)
+                cmd="mdextctl__subcmd__help__subcmd__grow"
+                ;;
             mdextctl__subcmd__help,help)
                 cmd="mdextctl__subcmd__help__subcmd__help"
                 ;;
@@ -101,6 +110,9 @@ _mdextctl() {
                 ;;
             mdextctl__subcmd__help,remove)
                 cmd="mdextctl__subcmd__help__subcmd__remove"
+                ;;
+            mdextctl__subcmd__help,replace)
+                cmd="mdextctl__subcmd__help__subcmd__replace"
                 ;;
             mdextctl__subcmd__help,status)
                 cmd="mdextctl__subcmd__help__subcmd__status"
@@ -118,7 +130,7 @@ _mdextctl() {
 
     case "${cmd}" in
         mdextctl)
-            opts="-h -V --help --version create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help"
+            opts="-h -V --help --version create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -132,7 +144,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__add)
-            opts="-W -h --write-mostly --help"
+            opts="-W -h --write-mostly --spare --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -182,7 +194,7 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__create)
-            opts="-l -n -N -c -W -f -h --level --raid-devices --name --bitmap-chunk --chunk --parity --layout --write-mostly --time-base --assume-clean --bitmap --force --help"
+            opts="-l -n -x -N -c -W -f -h --level --raid-devices --spare-devices --name --bitmap-chunk --chunk --parity --layout --write-mostly --time-base --assume-clean --bitmap --force --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -201,6 +213,14 @@ _mdextctl() {
                     return 0
                     ;;
                 -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --spare-devices)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -x)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -311,8 +331,38 @@ _mdextctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mdextctl__subcmd__grow)
+            opts="-z -n -h --size --raid-devices --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -z)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --raid-devices)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mdextctl__subcmd__help)
-            opts="create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help"
+            opts="create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -437,6 +487,20 @@ _mdextctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mdextctl__subcmd__help__subcmd__grow)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mdextctl__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -480,6 +544,20 @@ _mdextctl() {
             return 0
             ;;
         mdextctl__subcmd__help__subcmd__remove)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mdextctl__subcmd__help__subcmd__replace)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -585,6 +663,20 @@ _mdextctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mdextctl__subcmd__replace)
+            opts="-h --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mdextctl__subcmd__status)
             opts="-h --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -663,6 +755,8 @@ _mdextctl_array_args=(
     "fail 0 --run-dir"
     "remove 0 --run-dir"
     "add 0 --run-dir"
+    "replace 0 --run-dir"
+    "grow 0 --size -z --raid-devices -n --run-dir"
     "wait 0 --timeout --run-dir"
 )
 

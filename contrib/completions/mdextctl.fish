@@ -40,7 +40,9 @@ complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "detail" -d 'Show 
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "status" -d 'Show every running mdext array'
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "fail" -d 'Mark a member faulty (through mdextmon)'
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "remove" -d 'Detach a failed member (through mdextmon)'
-complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "add" -d 'Add a device to a failed or missing slot and rebuild it (through mdextmon)'
+complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "add" -d 'Add a device to a failed or missing slot and rebuild it, or (--spare) as a spare (through mdextmon)'
+complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "replace" -d 'Copy a member onto a new device, then fail it, never degraded (through mdextmon)'
+complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "grow" -d 'Change an array\'s component size, or a raid1\'s number of mirrors (through mdextmon)'
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "examine-bitmap" -d 'Show the dirty chunks of a member\'s write-intent bitmap'
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "convert" -d 'Convert a stopped array\'s members to metadata format version 2 (assemble does it too)'
 complete -c mdextctl -n "__fish_mdextctl_needs_command" -f -a "wait" -d 'Wait for resync/rebuild to finish, or (--clean) for a clean record'
@@ -50,12 +52,13 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s l -l level 
 10\t''
 5\t''
 6\t''"
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s n -l raid-devices -d 'Number of active devices; must equal the number of DEVs given' -r
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s n -l raid-devices -d 'Number of active devices; the first DEVs given, in slot order' -r
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s x -l spare-devices -d 'Number of spares: the DEVs given after the active ones, recorded as spares (mdextmon rebuilds one into a slot that fails)' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s N -l name -d 'Array name: 1-32 characters of A-Z a-z 0-9 . _ : - (default: "mdext")' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -l bitmap-chunk -d 'Bytes of array data per bitmap bit; K/M/G suffixes (default 64M). A power of two, at least 512' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s c -l chunk -d 'Stripe chunk for levels 10, 5 and 6; K/M/G suffixes (default 512K)' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -l layout -l parity -d 'md layout, as mdadm spells it: raid10 n2 (default), f2, o2, n3... (near, far, offset copies); raid5 and raid6 left-symmetric (default), left-asymmetric, right-symmetric, right-asymmetric, parity-first, parity-last, ddf-zero-restart, ddf-N-restart, ddf-N-continue (la, ra, ls, rs); raid6 also left-symmetric-6 and the other -6 layouts' -r
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s W -l write-mostly -d 'Flag DEV write-mostly (raid1): md reads from it only when no other member can serve the read. Recorded in the metadata and applied at every assembly. May be given several times' -r -F
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -s W -l write-mostly -d 'Flag DEV write-mostly (raid1): md reads from it only when no other member can serve the read. Recorded in the metadata and applied at every assembly. May be given several times; not for a spare' -r -F
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -l time-base -d 'Seconds between bitmap flushes by md (bitmap/time_base), 1-3600' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand create" -l bitmap -d 'Write-intent bitmap: "internal" (default; the mode, md\'s external bitmap or md\'s own bitmap at sector 8, is chosen at each assembly by probing the kernel) or "none" (no bitmap: a full resync after a crash, a full rebuild when a member returns)' -r -f -a "internal\t'A write-intent bitmap, its mode chosen by probing the kernel'
 none\t'No bitmap'"
@@ -88,7 +91,12 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand status" -s h -l help -
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand fail" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand remove" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand add" -s W -l write-mostly -d 'raid1: record the device write-mostly and set md\'s writemostly flag on it (md then reads from it only when no other member can serve the read); kept at every assembly'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand add" -l spare -d 'Keep the device as a spare: recorded as a spare and held by md without a slot; mdextmon rebuilds it into the first slot that fails'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand add" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand replace" -s h -l help -d 'Print help'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand grow" -s z -l size -d 'New component size (per member) with K/M/G suffixes, or "max": as large as every device allows. raid1 only' -r
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand grow" -s n -l raid-devices -d 'raid1: the number of mirrors. More take the array\'s spares, one each; fewer drop empty slots (fail and remove legs first)' -r
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand grow" -s h -l help -d 'Print help'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine-bitmap" -l json -d 'JSON output (with the dirty chunk ranges)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine-bitmap" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand convert" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -98,21 +106,23 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand wait" -l clean -d 'Wai
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand wait" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand metrics" -s o -l output -d 'Write to FILE (atomically: a temporary file renamed over it) instead of stdout, e.g. /var/lib/prometheus/node-exporter/mdext.prom' -r -F
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand metrics" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "create" -d 'Write new mdext metadata on the given devices (destroys what they hold)'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "examine" -d 'Print the mdext metadata found on member devices'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "assemble" -d 'Start an array from its members and hand it to mdextmon'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "incremental" -d 'Add one device to its array\'s pending set; start the array once complete (udev)'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "stop" -d 'Record an array clean and stop it'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "detail" -d 'Show one running array (like mdadm --detail)'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "status" -d 'Show every running mdext array'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "fail" -d 'Mark a member faulty (through mdextmon)'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "remove" -d 'Detach a failed member (through mdextmon)'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "add" -d 'Add a device to a failed or missing slot and rebuild it (through mdextmon)'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "examine-bitmap" -d 'Show the dirty chunks of a member\'s write-intent bitmap'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "convert" -d 'Convert a stopped array\'s members to metadata format version 2 (assemble does it too)'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "wait" -d 'Wait for resync/rebuild to finish, or (--clean) for a clean record'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "metrics" -d 'Print every array\'s state for node_exporter\'s textfile collector'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add examine-bitmap convert wait metrics help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "create" -d 'Write new mdext metadata on the given devices (destroys what they hold)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "examine" -d 'Print the mdext metadata found on member devices'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "assemble" -d 'Start an array from its members and hand it to mdextmon'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "incremental" -d 'Add one device to its array\'s pending set; start the array once complete (udev)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "stop" -d 'Record an array clean and stop it'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "detail" -d 'Show one running array (like mdadm --detail)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "status" -d 'Show every running mdext array'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "fail" -d 'Mark a member faulty (through mdextmon)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "remove" -d 'Detach a failed member (through mdextmon)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "add" -d 'Add a device to a failed or missing slot and rebuild it, or (--spare) as a spare (through mdextmon)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "replace" -d 'Copy a member onto a new device, then fail it, never degraded (through mdextmon)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "grow" -d 'Change an array\'s component size, or a raid1\'s number of mirrors (through mdextmon)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "examine-bitmap" -d 'Show the dirty chunks of a member\'s write-intent bitmap'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "convert" -d 'Convert a stopped array\'s members to metadata format version 2 (assemble does it too)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "wait" -d 'Wait for resync/rebuild to finish, or (--clean) for a clean record'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "metrics" -d 'Print every array\'s state for node_exporter\'s textfile collector'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand help; and not __fish_seen_subcommand_from create examine assemble incremental stop detail status fail remove add replace grow examine-bitmap convert wait metrics help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 
 # ---- mdext hook: array arguments complete with the running mdext arrays.
 
@@ -158,4 +168,6 @@ complete -c mdextctl -n "__mdextctl_wants_array detail 0 --run-dir" -f -a "(__md
 complete -c mdextctl -n "__mdextctl_wants_array fail 0 --run-dir" -f -a "(__mdextctl_arrays)"
 complete -c mdextctl -n "__mdextctl_wants_array remove 0 --run-dir" -f -a "(__mdextctl_arrays)"
 complete -c mdextctl -n "__mdextctl_wants_array add 0 --run-dir" -f -a "(__mdextctl_arrays)"
+complete -c mdextctl -n "__mdextctl_wants_array replace 0 --run-dir" -f -a "(__mdextctl_arrays)"
+complete -c mdextctl -n "__mdextctl_wants_array grow 0 --size -z --raid-devices -n --run-dir" -f -a "(__mdextctl_arrays)"
 complete -c mdextctl -n "__mdextctl_wants_array wait 0 --timeout --run-dir" -f -a "(__mdextctl_arrays)"

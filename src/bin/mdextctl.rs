@@ -88,9 +88,17 @@ enum Cmd {
     #[command(about = "Detach a failed member (through mdextmon)")]
     Remove(ops::MemberArgs),
     #[command(
-        about = "Add a device to a failed or missing slot and rebuild it (through mdextmon)"
+        about = "Add a device to a failed or missing slot and rebuild it, or (--spare) as a spare (through mdextmon)"
     )]
     Add(ops::AddArgs),
+    #[command(
+        about = "Copy a member onto a new device, then fail it, never degraded (through mdextmon)"
+    )]
+    Replace(ops::ReplaceArgs),
+    #[command(
+        about = "Change an array's component size, or a raid1's number of mirrors (through mdextmon)"
+    )]
+    Grow(ops::GrowArgs),
     #[command(about = "Show the dirty chunks of a member's write-intent bitmap")]
     ExamineBitmap(ops::ExamineBitmapArgs),
     #[command(
@@ -159,9 +167,13 @@ struct CreateArgs {
     /// RAID level: 1 (mirror), 10, 5 or 6.
     #[arg(short, long, value_enum)]
     level: LevelArg,
-    /// Number of active devices; must equal the number of DEVs given.
+    /// Number of active devices; the first DEVs given, in slot order.
     #[arg(short = 'n', long = "raid-devices")]
     raid_devices: u32,
+    /// Number of spares: the DEVs given after the active ones, recorded as
+    /// spares (mdextmon rebuilds one into a slot that fails).
+    #[arg(short = 'x', long = "spare-devices", default_value_t = 0)]
+    spare_devices: u32,
     /// Array name: 1-32 characters of A-Z a-z 0-9 . _ : - (default: "mdext").
     #[arg(short = 'N', long, default_value = "mdext")]
     name: String,
@@ -182,7 +194,7 @@ struct CreateArgs {
     layout: Option<String>,
     /// Flag DEV write-mostly (raid1): md reads from it only when no other
     /// member can serve the read. Recorded in the metadata and applied at
-    /// every assembly. May be given several times.
+    /// every assembly. May be given several times; not for a spare.
     #[arg(short = 'W', long = "write-mostly", value_name = "DEV")]
     write_mostly: Vec<PathBuf>,
     /// Seconds between bitmap flushes by md (bitmap/time_base), 1-3600.
@@ -203,9 +215,10 @@ struct CreateArgs {
     /// wiped.
     #[arg(short, long)]
     force: bool,
-    /// Member devices (block devices, or image files), in slot order; the
-    /// word "missing" leaves that slot empty (the array then starts only
-    /// with assemble --run, and add fills the slot with a full rebuild).
+    /// Member devices (block devices, or image files), in slot order, then
+    /// the spares (--spare-devices); the word "missing" leaves that slot
+    /// empty (the array then starts only with assemble --run, and add or
+    /// a spare fills the slot with a full rebuild).
     #[arg(required = true, value_name = "DEV")]
     devices: Vec<PathBuf>,
 }
@@ -243,7 +256,9 @@ fn main() -> ExitCode {
         Cmd::Status(a) => ops::status(&a),
         Cmd::Fail(a) => ops::member(ops::MemberOp::Fail, &a),
         Cmd::Remove(a) => ops::member(ops::MemberOp::Remove, &a),
-        Cmd::Add(a) => ops::member_with(ops::MemberOp::Add, &a.member, a.write_mostly),
+        Cmd::Add(a) => ops::add(&a),
+        Cmd::Replace(a) => ops::replace(&a),
+        Cmd::Grow(a) => ops::grow(&a),
         Cmd::ExamineBitmap(a) => ops::examine_bitmap(&a),
         Cmd::Convert(a) => run_convert(&a),
         Cmd::Wait(a) => watch::wait(&a),
@@ -309,6 +324,7 @@ fn run_create(a: CreateArgs) -> Result<ExitCode> {
             _ => mdext::format::VERSION,
         },
         force: a.force,
+        spare_devices: a.spare_devices,
     };
     let plan = create::plan(&opts, &a.devices)?;
     for m in &plan.members {
@@ -321,8 +337,18 @@ fn run_create(a: CreateArgs) -> Result<ExitCode> {
     }
     let sbs = plan.execute()?;
     if let Some(sb) = sbs.first() {
+        // Slots recorded missing, and the spares after the slots.
+        let slots = sb.array.geometry.raid_disks as usize;
+        let missing = sb.array.members[..slots.min(sb.array.members.len())]
+            .iter()
+            .filter(|m| m.state == MemberState::Missing)
+            .count();
+        let spares = sb.array.members[slots.min(sb.array.members.len())..]
+            .iter()
+            .filter(|m| m.state == MemberState::Spare)
+            .count();
         eprintln!(
-            "mdextctl: created {}{} array {} ({}) on {} devices{}, {} per device{}",
+            "mdextctl: created {}{} array {} ({}) on {} devices{}{}, {} per device{}",
             sb.array.geometry.level,
             match sb.array.geometry.level {
                 Level::Raid1 => String::new(),
@@ -330,10 +356,14 @@ fn run_create(a: CreateArgs) -> Result<ExitCode> {
             },
             sb.array.name,
             sb.array.uuid,
-            sbs.len(),
-            match sb.array.geometry.raid_disks as usize - sbs.len() {
+            sbs.len() - spares,
+            match missing {
                 0 => String::new(),
                 n => format!(" ({n} slot{} missing)", if n == 1 { "" } else { "s" }),
+            },
+            match spares {
+                0 => String::new(),
+                n => format!(" and {n} spare{}", if n == 1 { "" } else { "s" }),
             },
             human(sb.array.geometry.component_size.bytes()),
             if sb.array.clean {

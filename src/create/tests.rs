@@ -505,3 +505,56 @@ fn write_mostly_members_are_recorded() {
         "{e}"
     );
 }
+
+/// Both merged features together: a slot given as 'missing' and a spare
+/// after the slots; the spare fills no slot at create. 'missing' among the
+/// spares and --write-mostly naming a spare are refused.
+#[test]
+fn missing_slots_and_spares_together() {
+    let (_d, paths) = images(3, 40 * MIB);
+    let devs = [
+        paths[0].clone(),
+        PathBuf::from(MISSING),
+        paths[1].clone(),
+        paths[2].clone(),
+    ];
+    // raid5 of 3 with slot 1 missing, and one spare.
+    let mut o = CreateOptions::new(Level::Raid5, 3, "degsp");
+    o.spare_devices = 1;
+    let sbs = plan(&o, &devs).expect("plan").execute().expect("execute");
+    assert_eq!(sbs.len(), 3);
+    let a = &sbs[0].array;
+    assert_eq!(a.members.len(), 4);
+    assert_eq!(a.members[0].state, MemberState::InSync);
+    assert_eq!(a.members[1].state, MemberState::Missing);
+    assert!(a.members[1].uuid.is_nil());
+    assert_eq!(a.members[2].state, MemberState::InSync);
+    assert_eq!(a.members[3].state, MemberState::Spare);
+    assert_eq!(a.members[3].uuid, sbs[2].device.uuid);
+    assert_eq!(a.members[2].uuid, sbs[1].device.uuid);
+    assert!(
+        a.clean,
+        "a parity level with a slot missing resyncs nothing"
+    );
+    // 'missing' is a slot, never a spare.
+    let mut o = raid1(2);
+    o.force = true;
+    o.spare_devices = 1;
+    let bad = [paths[0].clone(), paths[1].clone(), PathBuf::from(MISSING)];
+    let e = plan(&o, &bad).unwrap_err().to_string();
+    assert!(e.starts_with("spare 0 (device 2) is 'missing'"), "{e}");
+    // Write-mostly is for a device in a slot.
+    let mut o = raid1(2);
+    o.force = true;
+    o.spare_devices = 1;
+    o.write_mostly = vec![paths[2].clone()];
+    let e = plan(&o, &paths).unwrap_err().to_string();
+    assert!(
+        e.ends_with("is a spare; write-mostly is for a device in a slot"),
+        "{e}"
+    );
+    o.write_mostly = vec![paths[1].clone()];
+    let sbs = plan(&o, &paths).expect("plan").execute().expect("execute");
+    assert_eq!(sbs[0].array.write_mostly, vec![sbs[1].device.uuid]);
+    assert_eq!(sbs[0].array.members[2].state, MemberState::Spare);
+}

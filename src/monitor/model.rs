@@ -315,6 +315,10 @@ enum AAct {
     Add(u8, bool),
     Prepare(u8),
     Release,
+    /// Spares (`AddSpare`, `ActivateSpare`) and grow
+    /// (`SetComponentSize`): the model's tables hold no spare entry and it
+    /// makes no admin grow request, so the machine never hands these out.
+    Unmodelled,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -501,6 +505,10 @@ fn abstract_actions(acts: &[Action]) -> Vec<AAct> {
             } => AAct::Add(slot8(*index), *bitmap_based),
             Action::PrepareDevice { index } => AAct::Prepare(slot8(*index)),
             Action::ReleaseHold(_) => AAct::Release,
+            Action::AddSpare { .. }
+            | Action::ActivateSpare { .. }
+            | Action::SetComponentSize(_)
+            | Action::SetRaidDisks(_) => AAct::Unmodelled,
         })
         .collect()
 }
@@ -749,7 +757,7 @@ impl Model {
                 }
                 s.k.arr = Arr::Clean;
             }
-            AAct::ArrOther | AAct::SyncOther => return Err(()),
+            AAct::ArrOther | AAct::SyncOther | AAct::Unmodelled => return Err(()),
             AAct::Mem(j, cmd) => {
                 let j = j as usize;
                 if j >= self.n() {

@@ -977,3 +977,365 @@ fn failure_before_the_write_forces_it_again() {
     assert_eq!(written(&again[1]).members[1].state, MemberState::Failed);
     assert_eq!(again[2], Action::Member(1, MemberCommand::Unblock));
 }
+
+/// A healthy raid1 of 2 with a spare (entry 2, UUID `uuid(2)`) that md
+/// holds without a slot.
+fn spare_meta() -> ArrayMeta {
+    let mut m = meta();
+    m.members.push(MemberEntry {
+        uuid: uuid(2),
+        state: MemberState::Spare,
+        events: 1,
+    });
+    m
+}
+
+fn spare_view() -> KernelView {
+    let mut v = view();
+    v.members.push(km(2, "spare", None));
+    v
+}
+
+#[test]
+fn a_healthy_array_with_a_spare_costs_nothing_and_writes_to_the_spare() {
+    let (mut mon, acts) = Monitor::start(spare_meta(), None, &spare_view());
+    assert!(
+        matches!(&acts[..], [Action::WriteMetadata { targets, .. }] if *targets == vec![0, 1, 2])
+    );
+    assert_eq!(mon.observe(&spare_view()), vec![]);
+}
+
+#[test]
+fn a_failure_with_a_spare_freezes_before_removing_then_activates_record_first() {
+    let mut mon = settled(spare_meta(), &spare_view());
+    // Member 1 fails: md blocks it.
+    let mut v = spare_view();
+    v.degraded = 1;
+    v.array_state = ArrayState::WritePending;
+    v.members[1] = km(1, "faulty,blocked", Some(1));
+    let acts = mon.observe(&v);
+    let frozen = acts
+        .iter()
+        .position(|a| *a == Action::SetSyncAction(SyncAction::Frozen))
+        .expect("frozen");
+    let removed = acts
+        .iter()
+        .position(|a| *a == Action::Member(1, MemberCommand::Remove))
+        .expect("removed");
+    let unblocked = acts
+        .iter()
+        .position(|a| *a == Action::Member(1, MemberCommand::Unblock))
+        .expect("unblocked");
+    assert!(frozen < unblocked && unblocked < removed, "{acts:?}");
+    assert_eq!(acts[0], Action::SetCanClear(false));
+    assert_eq!(the_write(&acts).members[1].state, MemberState::Failed);
+    // Removed, frozen: the spare is recorded in slot 1 (full rebuild), the
+    // old member keeps the spare's entry as failed; then md gets the slot.
+    let mut v = spare_view();
+    v.degraded = 1;
+    v.can_clear = Some(false);
+    v.sync_action = SyncAction::Frozen;
+    v.members.remove(1);
+    let acts = mon.observe(&v);
+    let m = the_write(&acts).clone();
+    assert_eq!(m.members[1].uuid, uuid(2));
+    assert_eq!(
+        m.members[1].state,
+        MemberState::Rebuilding {
+            kind: RebuildKind::Full,
+            checkpoint: Sectors(0)
+        }
+    );
+    assert_eq!(m.members[2].uuid, uuid(1));
+    assert_eq!(m.members[2].state, MemberState::Failed);
+    assert_eq!(
+        acts,
+        vec![
+            Action::WriteMetadata {
+                meta: m.clone(),
+                targets: vec![0, 2]
+            },
+            Action::ActivateSpare {
+                index: 1,
+                uuid: uuid(2)
+            },
+            Action::SetSyncAction(SyncAction::Recover),
+        ]
+    );
+    // Rebuilding (the daemon now maps the spare to index 1): can_clear
+    // stays false, no write until a checkpoint step.
+    let mut v = view();
+    v.degraded = 1;
+    v.can_clear = Some(false);
+    v.sync_action = SyncAction::Recover;
+    v.members[1] = km(1, "", Some(1));
+    assert_eq!(mon.observe(&v), vec![]);
+    // Done: record all in sync, then can_clear=true.
+    let mut v = view();
+    v.can_clear = Some(false);
+    let acts = mon.observe(&v);
+    let m = written(&acts[0]);
+    assert!(m.all_in_sync());
+    assert_eq!(m.bitmap.events_cleared, m.events);
+    assert_eq!(acts[1], Action::SetCanClear(true));
+    assert_eq!(acts.len(), 2);
+}
+
+#[test]
+fn a_spare_md_put_in_by_itself_is_recorded_rebuilding() {
+    let mut mon = settled(
+        {
+            let mut m = spare_meta();
+            m.members[1].state = MemberState::Failed;
+            m
+        },
+        &{
+            let mut v = spare_view();
+            v.degraded = 1;
+            v.can_clear = Some(false);
+            v.sync_action = SyncAction::Recover;
+            v.members.remove(1);
+            v.members[1] = km(2, "spare", None);
+            v
+        },
+    );
+    let mut v = spare_view();
+    v.degraded = 1;
+    v.can_clear = Some(false);
+    v.sync_action = SyncAction::Recover;
+    v.members.remove(1);
+    v.members[1] = km(2, "", Some(1));
+    let acts = mon.observe(&v);
+    let m = the_write(&acts);
+    assert_eq!(m.members[1].uuid, uuid(2));
+    assert!(matches!(
+        m.members[1].state,
+        MemberState::Rebuilding {
+            kind: RebuildKind::Full,
+            ..
+        }
+    ));
+    assert!(!acts
+        .iter()
+        .any(|a| matches!(a, Action::ActivateSpare { .. } | Action::SetSyncAction(_))));
+}
+
+#[test]
+fn add_spare_records_then_adds_without_a_slot() {
+    let mut mon = settled(meta(), &view());
+    let mut f = facts(uuid(9), None);
+    f.new_uuid = uuid(5);
+    let acts = mon
+        .admin(&AdminRequest::AddSpare(Box::new(f)), &view())
+        .expect("accepted");
+    let m = the_write(&acts).clone();
+    assert_eq!(m.bitmap.events_cleared, m.events, "still recorded whole");
+    assert_eq!(mon.observe(&spare_view()), vec![], "can_clear stays true");
+    assert_eq!(m.members.len(), 3);
+    assert_eq!(m.members[2].uuid, uuid(5));
+    assert_eq!(m.members[2].state, MemberState::Spare);
+    assert_eq!(acts[0], Action::PrepareDevice { index: 2 });
+    assert!(matches!(&acts[1], Action::WriteMetadata { targets, .. } if *targets == vec![0, 1, 2]));
+    assert!(matches!(acts[2], Action::AddSpare { index: 2, .. }));
+    assert_eq!(acts.len(), 3);
+    // Onto a degraded array: recovery frozen first.
+    let mut mon = settled(degraded_meta(12), &degraded_view());
+    let acts = mon
+        .admin(
+            &AdminRequest::AddSpare(Box::new(facts(uuid(9), None))),
+            &degraded_view(),
+        )
+        .expect("accepted");
+    assert_eq!(acts[0], Action::SetSyncAction(SyncAction::Frozen));
+    // An active member is refused.
+    let mut mon = settled(meta(), &view());
+    let own = Some(OwnRecord {
+        events: 10,
+        state: MemberState::InSync,
+    });
+    assert_eq!(
+        mon.admin(
+            &AdminRequest::AddSpare(Box::new(facts(uuid(1), own))),
+            &view()
+        ),
+        Err(Refusal::ActiveMember(1))
+    );
+}
+
+/// `add --spare --write-mostly` over the socket: a spare cannot be
+/// write-mostly (the flag would not be set when md activates it).
+#[test]
+fn add_spare_write_mostly_is_refused() {
+    let mut mon = settled(meta(), &view());
+    let mut f = facts(uuid(9), None);
+    f.write_mostly = true;
+    assert_eq!(
+        mon.admin(&AdminRequest::AddSpare(Box::new(f)), &view()),
+        Err(Refusal::SpareWriteMostly)
+    );
+}
+
+#[test]
+fn removing_a_spare_takes_it_out_of_md_then_the_record() {
+    let mut mon = settled(spare_meta(), &spare_view());
+    let acts = mon
+        .admin(&AdminRequest::Remove(2), &spare_view())
+        .expect("accepted");
+    assert_eq!(acts[0], Action::Member(2, MemberCommand::Remove));
+    let m = written(&acts[1]);
+    assert_eq!(m.members[2].state, MemberState::Empty);
+    assert!(m.members[2].uuid.is_nil());
+}
+
+#[test]
+fn spare_groups_move_one_spare_per_donor_within_the_group() {
+    let wants = SpareNeed {
+        wants: true,
+        spare: None,
+    };
+    let gives = SpareNeed {
+        wants: false,
+        spare: Some(2),
+    };
+    let idle = SpareNeed::default();
+    assert_eq!(
+        spare_moves(&[(Some("g"), wants), (Some("h"), gives), (Some("g"), gives)]),
+        vec![(2, 0)]
+    );
+    assert_eq!(spare_moves(&[(None, wants), (None, gives)]), vec![]);
+    assert_eq!(
+        spare_moves(&[(Some("g"), wants), (Some("g"), wants), (Some("g"), gives)]),
+        vec![(2, 0)]
+    );
+    assert_eq!(
+        spare_moves(&[(Some("g"), wants), (Some("g"), idle)]),
+        vec![]
+    );
+    // What the machine reports: a degraded array without a spare wants one;
+    // a healthy one with a spare can give it.
+    let mon = settled(degraded_meta(12), &degraded_view());
+    assert_eq!(mon.spare_need(&degraded_view()), wants);
+    let mon = settled(spare_meta(), &spare_view());
+    assert_eq!(mon.spare_need(&spare_view()), gives);
+}
+
+#[test]
+fn replace_asks_md_then_records_the_spare_in_the_slot_without_degrading() {
+    let mut mon = settled(spare_meta(), &spare_view());
+    assert_eq!(
+        mon.admin(&AdminRequest::Replace(1), &spare_view()),
+        Ok(vec![Action::Member(1, MemberCommand::WantReplacement)])
+    );
+    assert_eq!(
+        mon.admin(&AdminRequest::Replace(1), &view()),
+        Err(Refusal::NoSpare)
+    );
+    // md copies onto the spare (a replacement in slot 1): nothing changes.
+    let mut v = spare_view();
+    v.sync_action = SyncAction::Recover;
+    v.members[1] = km(1, "in_sync,want_replacement", Some(1));
+    v.members[2] = km(2, "replacement", Some(1));
+    assert_eq!(mon.observe(&v), vec![]);
+    // Done: the spare in sync in slot 1, the old member failed by md.
+    let mut v = spare_view();
+    v.members[1] = km(1, "faulty", Some(1));
+    v.members[2] = km(2, "in_sync,replacement", Some(1));
+    let acts = mon.observe(&v);
+    let m = the_write(&acts).clone();
+    assert_eq!(m.members[1].uuid, uuid(2));
+    assert_eq!(m.members[1].state, MemberState::InSync);
+    assert_eq!(m.members[2].uuid, uuid(1));
+    assert_eq!(m.members[2].state, MemberState::Failed);
+    assert_eq!(m.bitmap.events_cleared, m.events);
+    assert_eq!(
+        acts,
+        vec![
+            Action::WriteMetadata {
+                meta: m.clone(),
+                targets: vec![0, 2]
+            },
+            Action::Member(1, MemberCommand::Remove),
+        ],
+        "can_clear stays true: every slot stays in sync"
+    );
+}
+
+#[test]
+fn grow_size_bounds_and_the_bitmap_region() {
+    let mut m = meta();
+    m.bitmap.offset = Sectors(16);
+    m.bitmap.size = Bytes(4096);
+    // 4096 bytes of bits (32768 chunks of 64 KiB = 2 GiB); md's region
+    // from sector 8 to 16 holds 4096 - 256 bytes: 30720 chunks.
+    assert_eq!(
+        grow_size(&m, Some(Sectors(20000)), Sectors(30000)),
+        Ok(Sectors(19968))
+    );
+    assert_eq!(grow_size(&m, None, Sectors(30000)), Ok(Sectors(29952)));
+    assert!(matches!(
+        grow_size(&m, Some(Sectors(40000)), Sectors(30000)),
+        Err(Refusal::BadSize { .. })
+    ));
+    let big = Sectors(30720 * 128 + 128);
+    let e = grow_size(&m, Some(big), Sectors(1 << 40)).expect_err("no room");
+    assert!(
+        matches!(
+            e,
+            Refusal::BitmapFull {
+                chunks: 30721,
+                room: 30720,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("--bitmap-chunk"), "{e}");
+    m.geometry.level = crate::md::Level::Raid5;
+    assert_eq!(
+        grow_size(&m, None, Sectors(30000)),
+        Err(Refusal::GrowLevel("raid5"))
+    );
+}
+
+#[test]
+fn grow_disks_adds_missing_slots_then_a_spare_is_activated() {
+    let mut mon = settled(spare_meta(), &spare_view());
+    let acts = mon
+        .admin(&AdminRequest::GrowDisks(3), &spare_view())
+        .expect("accepted");
+    let m = the_write(&acts).clone();
+    assert_eq!(m.geometry.raid_disks, 3);
+    assert_eq!(m.members[2].state, MemberState::Missing);
+    assert_eq!(m.members[3].uuid, uuid(2));
+    assert_eq!(m.members[3].state, MemberState::Spare);
+    assert_eq!(acts[0], Action::SetCanClear(false));
+    assert_eq!(acts[1], Action::SetSyncAction(SyncAction::Frozen));
+    assert_eq!(acts[acts.len() - 1], Action::SetRaidDisks(3));
+    // Fewer mirrors than devices held: refused.
+    let mut mon = settled(meta(), &view());
+    assert!(matches!(
+        mon.admin(&AdminRequest::GrowDisks(1), &view()),
+        Err(Refusal::BadDisks { .. })
+    ));
+    // No spare for a new mirror: refused.
+    assert!(matches!(
+        mon.admin(&AdminRequest::GrowDisks(3), &view()),
+        Err(Refusal::BadDisks { .. })
+    ));
+    // A failed leg dropped: the record keeps the held slot.
+    let mut mon = settled(degraded_meta(12), &degraded_view());
+    let acts = mon
+        .admin(&AdminRequest::GrowDisks(1), &degraded_view())
+        .expect("accepted");
+    let m = the_write(&acts);
+    assert_eq!(m.geometry.raid_disks, 1);
+    assert_eq!(m.members.len(), 1);
+    assert_eq!(m.members[0].uuid, uuid(0));
+    let mut m5 = meta();
+    m5.geometry.level = crate::md::Level::Raid5;
+    let mut mon = settled(m5, &view());
+    assert_eq!(
+        mon.admin(&AdminRequest::GrowDisks(3), &view()),
+        Err(Refusal::Reshape("raid5"))
+    );
+}

@@ -13,6 +13,7 @@ mod levels;
 mod lifecycle;
 mod rebuild;
 mod service;
+mod spares;
 mod start_limits;
 mod sysfs_layer;
 mod system;
@@ -56,6 +57,10 @@ pub static ALL: &[&Scenario] = &[
     &found_by_torture::STALE_COPY,
     &levels::LEVELS_READD,
     &levels::LEVELS_CRASH,
+    &spares::SPARE_TAKES_FAILED_SLOT,
+    &spares::SPARE_GROUP,
+    &spares::REPLACE,
+    &spares::GROW,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).

@@ -271,6 +271,9 @@ pub fn print_assembled(r: &ctl::AssembleReport) {
             p.display()
         );
     }
+    for p in &r.spares {
+        println!("mdextctl: {} added as a spare", p.display());
+    }
     for l in &r.left_out {
         println!("mdextctl: {} not used: {}", l.path.display(), l.reason);
     }
@@ -367,7 +370,8 @@ const MEMBER_ABOUT: &str = "Member management, through mdextmon (it owns the met
     remove: detach a failed member. \
     add: put a device into a failed or missing slot and rebuild it. A returning member \
     whose own metadata shows it missed no cleared bitmap bit is rebuilt from the bitmap \
-    (only the chunks written while it was away); any other device gets a full rebuild.";
+    (only the chunks written while it was away); any other device gets a full rebuild. \
+    add --spare keeps the device as a spare instead, rebuilt into the first slot that fails.";
 
 #[derive(Args, Debug)]
 #[command(long_about = MEMBER_ABOUT)]
@@ -391,6 +395,85 @@ pub struct AddArgs {
     /// serve the read); kept at every assembly.
     #[arg(short = 'W', long = "write-mostly")]
     pub write_mostly: bool,
+    /// Keep the device as a spare: recorded as a spare and held by md
+    /// without a slot; mdextmon rebuilds it into the first slot that fails.
+    #[arg(long, conflicts_with = "write_mostly")]
+    pub spare: bool,
+}
+
+/// `mdextctl replace`'s arguments.
+#[derive(Args, Debug)]
+pub struct ReplaceArgs {
+    /// The array: md device (md127, /dev/md127), name or UUID.
+    array: String,
+    /// The member to replace.
+    old: PathBuf,
+    /// The device to copy it onto (blank, or carrying nothing mdext needs).
+    new: PathBuf,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+/// `mdextctl replace`: through mdextmon; returns once md copies.
+pub fn replace(a: &ReplaceArgs) -> Result<ExitCode> {
+    use mdext::control::{act, Request};
+    let sysfs = Sysfs::default();
+    let md = ctl::resolve_md(&sysfs, &a.array)?;
+    let req = Request::Replace {
+        md: md.clone(),
+        old: a.old.to_string_lossy().into_owned(),
+        new: a.new.to_string_lossy().into_owned(),
+    };
+    act(&a.daemon.run_dir, &req, std::time::Duration::from_secs(60))?;
+    println!(
+        "mdextctl: replacing {} with {} in /dev/{md}; md copies it, then fails {}",
+        a.old.display(),
+        a.new.display(),
+        a.old.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mdextctl grow`'s arguments.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["size", "raid_devices"])))]
+pub struct GrowArgs {
+    /// The array: md device (md127, /dev/md127), name or UUID.
+    array: String,
+    /// New component size (per member) with K/M/G suffixes, or "max": as
+    /// large as every device allows. raid1 only.
+    #[arg(short = 'z', long)]
+    size: Option<String>,
+    /// raid1: the number of mirrors. More take the array's spares, one
+    /// each; fewer drop empty slots (fail and remove legs first).
+    #[arg(short = 'n', long = "raid-devices")]
+    raid_devices: Option<u32>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+/// `mdextctl grow`: through mdextmon.
+pub fn grow(a: &GrowArgs) -> Result<ExitCode> {
+    use mdext::control::{act, Request};
+    let sysfs = Sysfs::default();
+    let md = ctl::resolve_md(&sysfs, &a.array)?;
+    let (size_sectors, max) = match a.size.as_deref() {
+        None => (None, false),
+        Some("max") => (None, true),
+        Some(s) => {
+            let b = mdext::units::parse_size(s).map_err(|e| anyhow::anyhow!("--size {s}: {e}"))?;
+            (Some(b.0 / 512), false)
+        }
+    };
+    let req = Request::Grow {
+        md: md.clone(),
+        size_sectors,
+        max,
+        raid_devices: a.raid_devices,
+    };
+    act(&a.daemon.run_dir, &req, std::time::Duration::from_secs(60))?;
+    println!("mdextctl: /dev/{md} grown");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Which member operation.
@@ -400,8 +483,13 @@ pub enum MemberOp {
     Fail,
     /// Remove it.
     Remove,
-    /// Add it.
-    Add,
+    /// Add it (as a spare if true).
+    Add(bool),
+}
+
+/// `mdextctl add`.
+pub fn add(a: &AddArgs) -> Result<ExitCode> {
+    member_with(MemberOp::Add(a.spare), &a.member, a.write_mostly)
 }
 
 pub fn member(op: MemberOp, a: &MemberArgs) -> Result<ExitCode> {
@@ -423,22 +511,24 @@ pub fn member_with(op: MemberOp, a: &MemberArgs, write_mostly: bool) -> Result<E
             md: md.clone(),
             device,
         },
-        MemberOp::Add => Request::Add {
+        MemberOp::Add(spare) => Request::Add {
             md: md.clone(),
             device,
             write_mostly,
+            spare,
         },
     };
     act(&a.daemon.run_dir, &req, std::time::Duration::from_secs(60))?;
     let verb = match op {
         MemberOp::Fail => "failed",
         MemberOp::Remove => "removed",
-        MemberOp::Add => "added",
+        MemberOp::Add(false) => "added",
+        MemberOp::Add(true) => "added as a spare",
     };
     println!(
         "mdextctl: {verb} {} {} /dev/{md}",
         a.device.display(),
-        if matches!(op, MemberOp::Add) {
+        if matches!(op, MemberOp::Add(_)) {
             "to"
         } else {
             "in"
