@@ -391,6 +391,9 @@ struct Tally {
     worst_ratio: f64,
     crashes: usize,
     failpoints: usize,
+    /// Starts that followed the refusal's `--force` (a power cut right
+    /// after a failure record on a parity array).
+    forced: usize,
 }
 
 impl Tally {
@@ -408,6 +411,7 @@ impl Tally {
         self.worst_ratio = self.worst_ratio.max(o.worst_ratio);
         self.crashes += o.crashes;
         self.failpoints += o.failpoints;
+        self.forced += o.forced;
     }
 
     /// Count one console; true when the campaign is done.
@@ -437,6 +441,12 @@ impl Tally {
                 println!("       replay: {cmd}");
             } else if l.contains("TORTURE-CRASHING") {
                 self.crashes += 1;
+            } else if let Some(why) = l.strip_prefix("TORTURE-FORCED ") {
+                self.forced += 1;
+                println!(
+                    "       forced start: {}",
+                    why.chars().take(120).collect::<String>()
+                );
             } else if l.contains("mdext failpoint ") {
                 self.failpoints += 1;
             } else if l.starts_with("TORTURE-DONE") {
@@ -450,13 +460,14 @@ impl Tally {
 
     fn print(&self, seeds: &[u64], secs: f64, kernel: &str) {
         println!(
-            "\ntorture: {} runs on kernel {kernel}: {} ok, {} failed, {} not finished; {} power cuts planned, {} failpoints fired",
+            "\ntorture: {} runs on kernel {kernel}: {} ok, {} failed, {} not finished; {} power cuts planned, {} failpoints fired, {} starts with --force as refused",
             seeds.len(),
             self.ok,
             self.failed.len(),
             seeds.len() - self.ok - self.failed.len(),
             self.crashes,
-            self.failpoints
+            self.failpoints,
+            self.forced
         );
         println!("  faults: {:?}", self.by_kind);
         println!("  levels: {:?}", self.by_level);
