@@ -681,8 +681,11 @@ impl Server {
     /// How long the caller may sleep in `poll(2)` before a client's
     /// deadline passes (`None`: no client is open).
     pub fn timeout(&self, now: Instant) -> Option<Duration> {
+        // A client waiting for its answer has no deadline: the daemon
+        // answers it when the request is done (a stop under way).
         self.clients
             .iter()
+            .filter(|c| c.phase != Phase::Answering)
             .map(|c| c.deadline)
             .chain(self.accept_paused)
             .map(|t| t.saturating_duration_since(now))

@@ -28,7 +28,7 @@
 
 use crate::control::{self, ControlError, ErrorKind, Pong, Request, Response};
 use crate::device::DeviceError;
-use crate::managed::{Managed, ManagedError};
+use crate::managed::{Managed, ManagedError, Stopping};
 use crate::md::ArrayState;
 use crate::report::Reporter;
 use crate::service::Notifier;
@@ -134,6 +134,9 @@ pub struct Daemon {
     /// The configuration file as last read (at start and on SIGHUP): the
     /// event program and the spare groups.
     conf: crate::config::Config,
+    /// Stops under way, each answered when its array has stopped (or the
+    /// stop failed); the loop serves every other array meanwhile.
+    stops: Vec<(String, control::ClientId, Stopping)>,
 }
 
 impl Daemon {
@@ -146,6 +149,16 @@ impl Daemon {
         mask.thread_block().map_err(setup("blocking signals"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(setup("signalfd"))?;
+        // One malloc arena for every thread: glibc otherwise reserves an
+        // arena of 64 MiB of address space per thread, and under
+        // mlockall(MCL_FUTURE) that reserve counts as locked memory
+        // (132 MiB for three threads, measured). The daemon's threads
+        // allocate little and rarely; they do not contend.
+        // SAFETY: mallopt only sets an allocator parameter; it is called
+        // before any thread of this process is started.
+        unsafe {
+            nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+        }
         // The write-pending path must not wait on page faults of the daemon
         // itself: a page-in might need the very array that is blocked.
         if let Err(e) = nix::sys::mman::mlockall(
@@ -186,6 +199,7 @@ impl Daemon {
             ready: false,
             unsent: false,
             conf,
+            stops: Vec::new(),
         };
         // With no arrays named, take over every running mdext array (a
         // restart, or a takeover from another instance). An array found
@@ -281,6 +295,9 @@ impl Daemon {
                 let releasing = self.terminating && self.arrays.len() > self.in_use.len();
                 let soon = (releasing || !self.unsettled.is_empty() || self.unsent)
                     .then_some(Duration::from_millis(200));
+                // A stop under way is stepped again soon (md's stop and a
+                // drained write do not always notify).
+                let stepping = (!self.stops.is_empty()).then_some(crate::managed::STOP_STEP);
                 let recheck = self.recheck.map(|t| t.saturating_duration_since(now));
                 let ping = self.watchdog.map(|(_, t)| t.saturating_duration_since(now));
                 // An array last seen busy (writable, not clean) is looked at
@@ -291,11 +308,17 @@ impl Daemon {
                     .filter_map(Managed::recheck_due)
                     .min()
                     .map(|t| t.saturating_duration_since(now));
-                let deadlines: Vec<Duration> =
-                    [soon, recheck, ping, busy, self.server.timeout(now)]
-                        .into_iter()
-                        .flatten()
-                        .collect();
+                let deadlines: Vec<Duration> = [
+                    soon,
+                    stepping,
+                    recheck,
+                    ping,
+                    busy,
+                    self.server.timeout(now),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
                 let timeout = match deadlines.iter().min() {
                     None => PollTimeout::NONE,
                     Some(&d) => {
@@ -366,15 +389,18 @@ impl Daemon {
             }
             for (id, req) in self.server.service(&clients, Instant::now()) {
                 let resp = if self.handed_over {
-                    Response::error(
+                    Some(Response::error(
                         ErrorKind::Busy,
                         "mdextmon is handing over to a new instance; try again",
-                    )
+                    ))
                 } else {
-                    self.handle(req)
+                    self.handle(id, req)
                 };
-                self.server.reply(id, &resp, Instant::now());
+                if let Some(resp) = resp {
+                    self.server.reply(id, &resp, Instant::now());
+                }
             }
+            self.step_stops();
             if self.handed_over {
                 // The answer must reach the new daemon; then nothing more
                 // is done here: no record, no sysfs write, no file
@@ -467,7 +493,68 @@ impl Daemon {
         }
     }
 
-    fn handle(&mut self, req: Request) -> Response {
+    /// Answer a request; `None`: answered later (a stop under way,
+    /// [`Daemon::step_stops`]).
+    fn handle(&mut self, id: control::ClientId, req: Request) -> Option<Response> {
+        if let Some(md) = req.md().filter(|_| !matches!(req, Request::Detail { .. })) {
+            if self.stops.iter().any(|(n, _, _)| n == md) {
+                return Some(Response::error(
+                    ErrorKind::Busy,
+                    format!("{md}: being stopped; try again once it has stopped"),
+                ));
+            }
+        }
+        if matches!(req, Request::Handover) && !self.stops.is_empty() {
+            return Some(Response::error(
+                ErrorKind::Busy,
+                "mdextmon is stopping an array; try again",
+            ));
+        }
+        if let Request::Stop { md } = &req {
+            return match self.arrays.get(md).map(Managed::stop_begin) {
+                None => Some(Response::error(
+                    ErrorKind::NotManaged,
+                    format!("{md}: not managed by mdextmon"),
+                )),
+                Some(Err(e)) => Some(managed_error(&e)),
+                Some(Ok(stop)) => {
+                    self.stops.push((md.clone(), id, stop));
+                    self.step_stops();
+                    None
+                }
+            };
+        }
+        Some(self.answer(req))
+    }
+
+    /// Step every stop under way; answer those that ended.
+    fn step_stops(&mut self) {
+        let mut i = 0;
+        while i < self.stops.len() {
+            let (md, id, stop) = &mut self.stops[i];
+            let r = match self.arrays.get_mut(md.as_str()) {
+                // Gone meanwhile (stopped by somebody else).
+                None => Ok(true),
+                Some(m) => m.stop_step(stop),
+            };
+            let resp = match r {
+                Ok(false) => {
+                    i += 1;
+                    continue;
+                }
+                Ok(true) => {
+                    self.arrays.remove(md.as_str());
+                    Response::Done
+                }
+                Err(e) => managed_error(&e),
+            };
+            let id = *id;
+            self.stops.remove(i);
+            self.server.reply(id, &resp, Instant::now());
+        }
+    }
+
+    fn answer(&mut self, req: Request) -> Response {
         let not_managed = |md: &str| {
             Response::error(
                 ErrorKind::NotManaged,
@@ -512,16 +599,8 @@ impl Daemon {
                 }
                 None => not_managed(&md),
             },
-            Request::Stop { md } => match self.arrays.get_mut(&md) {
-                Some(m) => match m.stop() {
-                    Ok(()) => {
-                        self.arrays.remove(&md);
-                        Response::Done
-                    }
-                    Err(e) => managed_error(&e),
-                },
-                None => not_managed(&md),
-            },
+            // Stepped by the loop (`handle`); never waited for here.
+            Request::Stop { md } => not_managed(&md),
             Request::Fail { md, device } => self.member_op(&md, &device, |m| m.fail(&device)),
             Request::Remove { md, device } => self.member_op(&md, &device, |m| m.remove(&device)),
             Request::Add {

@@ -1393,4 +1393,4 @@ pub fn layout_for(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -21,7 +21,8 @@
 //!   map under `/run/mdext`; [`hotplug`]: `mdextctl incremental` (the I/O).
 //! - [`cli`]: what both binaries share as command-line programs (error lines, log lines, EPIPE).
 //! - [`monitor`]: the monitor's pure state machine (events in, actions out).
-//! - [`daemon`]: mdextmon's I/O loop; [`managed`]: one managed array.
+//! - [`daemon`]: mdextmon's I/O loop; [`managed`]: one managed array;
+//!   [`writers`]: the shared pool that writes members' records in parallel.
 //! - [`events`]: what mdextmon reports (pure, from state transitions);
 //!   [`report`]: to the journal ([`journal`]), stderr and the PROGRAM.
 //! - [`wait`]: `mdextctl wait`; [`metrics`]: `mdextctl metrics`.
@@ -59,3 +60,4 @@ pub mod status;
 pub mod sysfs;
 pub mod units;
 pub mod wait;
+pub mod writers;

@@ -16,7 +16,6 @@ use crate::sysfs::{DevNum, HeldMd, Liveness, MdDev, Sysfs, SysfsError};
 use crate::units::Sectors;
 use log::{debug, error, info, warn};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -249,52 +248,19 @@ fn kernel_state(md: &MdDev) -> KernelState {
     }
 }
 
-/// A member's metadata I/O handle, with its own writer thread.
+/// A member's metadata I/O handle (its records are written on the
+/// shared pool, [`crate::writers`]).
 struct MemberIo {
     kname: String,
     dev: Arc<Device>,
     device: DeviceMeta,
     index: usize,
-    writer: Writer,
 }
 
 /// How many times an admin request is retried after the array moved on
 /// between settling and the request's snapshot (each retry first runs the
 /// machine's own batch).
 const ADMIN_SETTLE_ATTEMPTS: u32 = 50;
-
-/// A long-lived thread that writes one member's metadata, so that the
-/// members of an array are written in parallel without creating threads on
-/// the write-pending path (under `mlockall(MCL_FUTURE)` every new thread
-/// stack would be populated and locked right there). The channels are
-/// bounded to one message, so sending allocates nothing.
-struct Writer {
-    jobs: SyncSender<Superblock>,
-    done: Receiver<Result<usize, DeviceError>>,
-}
-
-/// Stack of a writer thread: it only encodes 4 KiB and calls pwrite.
-const WRITER_STACK: usize = 256 << 10;
-
-impl Writer {
-    fn start(name: &str, dev: Arc<Device>) -> std::io::Result<Writer> {
-        let (jobs, rx) = sync_channel::<Superblock>(1);
-        let (tx, done) = sync_channel(1);
-        std::thread::Builder::new()
-            .name(format!("write-{name}"))
-            .stack_size(WRITER_STACK)
-            .spawn(move || {
-                // Ends when the member is dropped (its sender goes away).
-                while let Ok(sb) = rx.recv() {
-                    let r = dev.write_superblock(&sb);
-                    if tx.send(r).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(Writer { jobs, done })
-    }
-}
 
 impl MemberIo {
     fn new(
@@ -303,18 +269,28 @@ impl MemberIo {
         device: DeviceMeta,
         index: usize,
     ) -> Result<MemberIo, ExecError> {
-        let dev = Arc::new(dev);
-        let writer = Writer::start(&kname, dev.clone())
-            .map_err(|e| ExecError::Writer(kname.clone(), e.to_string()))?;
         Ok(MemberIo {
             kname,
-            dev,
+            dev: Arc::new(dev),
             device,
             index,
-            writer,
         })
     }
 }
+
+/// A stop under way ([`Managed::stop_begin`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Stopping {
+    since: Instant,
+    /// When the machine was asked to stop (the array was clean).
+    asked: Option<Instant>,
+}
+
+/// How long a stop waits for writes to drain, and then for md to stop.
+pub const STOP_DRAIN: Duration = Duration::from_secs(10);
+
+/// How often a stop under way is looked at without a notification.
+pub const STOP_STEP: Duration = Duration::from_millis(50);
 
 /// A device waiting to be hot-added by an `AddDevice` action.
 struct PendingAdd {
@@ -350,6 +326,8 @@ pub struct Managed {
     events: Vec<crate::events::Event>,
     /// Members whose last metadata write failed, with the error.
     write_failed: Vec<(String, String)>,
+    /// Where the writer pool answers this array's record writes.
+    answers: crate::writers::Answers,
     /// When the last look was taken.
     looked_at: Option<std::time::Instant>,
     /// What the last look showed of the kernel (for status, and for when
@@ -419,6 +397,7 @@ impl Managed {
             facts: None,
             events: Vec::new(),
             write_failed: Vec::new(),
+            answers: crate::writers::Answers::default(),
             looked_at: None,
             seen: KernelState::default(),
             need: crate::monitor::SpareNeed::default(),
@@ -918,25 +897,31 @@ impl Managed {
             .filter(|m| targets.contains(&m.index))
             .collect();
         // Hand every member its copy first, then collect: the writes run in
-        // parallel on the members' writer threads.
-        let mut sent = Vec::with_capacity(chosen.len());
-        for m in &chosen {
+        // parallel on the shared writer pool.
+        let pool = crate::writers::pool();
+        pool.ensure(chosen.len())
+            .map_err(|e| ExecError::Writer("pool".into(), e.to_string()))?;
+        let mut sent = vec![false; chosen.len()];
+        for (k, m) in chosen.iter().enumerate() {
             let sb = Superblock {
                 array: next.clone(),
                 device: m.device,
             };
-            sent.push(m.writer.jobs.send(sb).is_ok());
+            sent[k] = pool.submit(m.dev.clone(), sb, k, &self.answers);
         }
-        let gone = |m: &MemberIo| ExecError::Writer(m.kname.clone(), "gone".into());
+        let mut results: Vec<Option<Result<usize, crate::device::DeviceError>>> =
+            (0..chosen.len()).map(|_| None).collect();
+        for _ in sent.iter().filter(|s| **s) {
+            match self.answers.next() {
+                Some((k, r)) if k < results.len() => results[k] = Some(r),
+                _ => break,
+            }
+        }
         let mut errs = Vec::new();
-        for (m, ok) in chosen.iter().zip(sent) {
-            let r = if ok {
-                match m.writer.done.recv() {
-                    Ok(r) => r.map(|_| ()).map_err(ExecError::Device),
-                    Err(_) => Err(gone(m)),
-                }
-            } else {
-                Err(gone(m))
+        for (m, r) in chosen.iter().zip(results) {
+            let r = match r {
+                Some(r) => r.map(|_| ()).map_err(ExecError::Device),
+                None => Err(ExecError::Writer(m.kname.clone(), "gone".into())),
             };
             if let Err(e) = r {
                 errs.push((m.kname.clone(), e));
@@ -1263,37 +1248,89 @@ impl Managed {
         }
     }
 
-    /// Mark clean and stop the md device.
+    /// Mark clean and stop the md device, waiting here until it is done
+    /// (for callers that serve one array; the daemon steps a stop with
+    /// [`Managed::stop_begin`] and [`Managed::stop_step`] so that the other
+    /// arrays are served meanwhile).
     pub fn stop(&mut self) -> Result<(), ManagedError> {
-        let name = self.md.name().to_string();
-        // md refuses to stop an array somebody has open; say so before
-        // anything changes.
+        let mut stop = self.stop_begin()?;
+        while !self.stop_step(&mut stop)? {
+            std::thread::sleep(STOP_STEP);
+        }
+        Ok(())
+    }
+
+    /// Start stopping: refused at once if somebody has the array open (md
+    /// refuses to stop it then), before anything changes.
+    pub fn stop_begin(&self) -> Result<Stopping, ManagedError> {
         if let Err(crate::device::DeviceError::Busy(_)) =
             Device::open(&self.md.dev_path(), Access::ExclusiveWrite)
         {
-            return Err(ManagedError::InUse { md: name });
+            return Err(ManagedError::InUse {
+                md: self.md.name().to_string(),
+            });
         }
-        let t0 = Instant::now();
-        while !self.make_clean() {
-            if t0.elapsed() > Duration::from_secs(10) {
-                return Err(ManagedError::Failed(format!(
-                    "{name}: writes still in flight; not stopped"
-                )));
+        Ok(Stopping {
+            since: Instant::now(),
+            asked: None,
+        })
+    }
+
+    /// One step of a stop, never waiting: make the array clean (writes
+    /// drain first; at most [`STOP_DRAIN`]), then record it clean and stop
+    /// it (at most [`STOP_DRAIN`] more), then let md's device go. True once
+    /// stopped; call again after the next wake or [`STOP_STEP`] otherwise.
+    pub fn stop_step(&mut self, stop: &mut Stopping) -> Result<bool, ManagedError> {
+        let name = self.md.name().to_string();
+        let asked = match stop.asked {
+            Some(t) => t,
+            None => {
+                if !self.make_clean() {
+                    if stop.since.elapsed() > STOP_DRAIN {
+                        return Err(ManagedError::Failed(format!(
+                            "{name}: writes still in flight; not stopped"
+                        )));
+                    }
+                    return Ok(false);
+                }
+                if let Err(e) = self.admin(&AdminRequest::Stop) {
+                    // md refuses to stop an array a program has open (not
+                    // exclusively: the check in `stop_begin` cannot see
+                    // it). The array runs on, managed as before: a refused
+                    // stop leaves nothing behind that stops it later.
+                    self.mon.cancel_stop();
+                    self.wake();
+                    let busy = matches!(
+                        &e,
+                        ManagedError::PartFailed {
+                            source: ExecError::Sysfs(SysfsError::Write {
+                                errno: nix::errno::Errno::EBUSY,
+                                ..
+                            }),
+                            ..
+                        }
+                    );
+                    return Err(if busy {
+                        ManagedError::InUse { md: name }
+                    } else {
+                        e
+                    });
+                }
+                let now = Instant::now();
+                stop.asked = Some(now);
+                now
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.admin(&AdminRequest::Stop)?;
-        let t0 = Instant::now();
-        while self
+        };
+        if self
             .held
             .as_ref()
             .is_some_and(|h| h.array_state().is_ok_and(|s| s.is_running()))
         {
-            if t0.elapsed() > Duration::from_secs(10) {
+            if asked.elapsed() > STOP_DRAIN {
                 return Err(ManagedError::Failed(format!("{name}: did not stop")));
             }
-            std::thread::sleep(Duration::from_millis(50));
             self.wake();
+            return Ok(false);
         }
         self.held = None;
         crate::assembly::teardown(self.md.sysfs(), &self.md)
@@ -1302,7 +1339,7 @@ impl Managed {
             "{name}: stopped, metadata clean at events {}",
             self.mon.meta().events
         );
-        Ok(())
+        Ok(true)
     }
 
     /// The array's status (for `status` and `detail`).

@@ -1043,6 +1043,12 @@ impl Monitor {
         self.write_at = None;
     }
 
+    /// md refused the stop (a program has the array open): the array runs
+    /// on and is managed as before (admin requests, spares, writes).
+    pub fn cancel_stop(&mut self) {
+        self.stopping = false;
+    }
+
     /// An admin request, with a fresh snapshot.
     pub fn admin(&mut self, r: &AdminRequest, v: &KernelView) -> Result<Vec<Action>, Refusal> {
         if let AdminRequest::Stop = r {

@@ -646,6 +646,29 @@ fn stop_waits_for_clean_then_records_and_stops() {
     assert_eq!(mon.observe(&v), vec![]);
 }
 
+/// A stop md refused (the array held open) leaves no stop behind: the
+/// clean array is not stopped on a later look, and admin requests are
+/// taken again.
+#[test]
+fn a_refused_stop_is_cancelled() {
+    let v = view();
+    let mut mon = settled(meta(), &v);
+    let acts = mon
+        .step(Event::Admin(AdminRequest::Stop, v.clone()))
+        .expect("stop");
+    assert_eq!(acts, vec![Action::SetArrayState(ArrayState::Inactive)]);
+    mon.step(Event::ActionFailed(0)).expect("fed back");
+    mon.cancel_stop();
+    assert!(!mon.stopping());
+    assert!(!mon
+        .observe(&v)
+        .contains(&Action::SetArrayState(ArrayState::Inactive)));
+    assert_ne!(
+        mon.step(Event::Admin(AdminRequest::Stop, v.clone())),
+        Err(Refusal::Stopping)
+    );
+}
+
 #[test]
 fn failed_action_forces_a_rewrite_before_active() {
     let mut mon = settled(meta(), &view());

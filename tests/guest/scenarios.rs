@@ -11,6 +11,7 @@ mod incremental;
 mod kmode;
 mod levels;
 mod lifecycle;
+mod many;
 mod rebuild;
 mod service;
 mod spares;
@@ -61,6 +62,7 @@ pub static ALL: &[&Scenario] = &[
     &spares::SPARE_GROUP,
     &spares::REPLACE,
     &spares::GROW,
+    &many::SIXTY_FOUR,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).

@@ -1,0 +1,276 @@
+//! Issue 12, item 4: one mdextmon serves 64 arrays. Writers run on every
+//! array; each write after the array went clean is a write-pending round
+//! trip through the daemon. Meanwhile one array's member is failed,
+//! removed and re-added (rebuilt from the bitmap), and another array is
+//! asked to stop while its writer holds it open (refused at once, and
+//! nothing of the stop stays behind). Printed: the worst
+//! first-write-after-clean time per array, the daemon's threads, RSS and
+//! locked memory. Asserted: states and counts only (never a time): the
+//! daemon's threads do not grow with the arrays.
+
+use crate::harness::{Ends, Phase, Scenario};
+use crate::util::*;
+use anyhow::{ensure, Context, Result};
+use mdext::device::{Access, Device};
+use mdext::sysfs::MdDev;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub static SIXTY_FOUR: Scenario = Scenario {
+    name: "sixty_four_arrays_one_daemon_stop_and_readd_delay_no_one",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: sixty_four,
+        ends: Ends::Ok,
+    }],
+};
+
+const ARRAYS: usize = 64;
+const MEMBER_MIB: u64 = 16;
+/// The array whose member is failed and re-added.
+const READD: usize = 0;
+/// The array stopped while its writer runs.
+const STOPPED: usize = ARRAYS - 1;
+
+/// A fresh loop device over a sparse file in the guest's tmpfs. Beyond
+/// the kernel's first eight, opening a node of the loop major makes the
+/// device (block legacy autoload).
+fn new_loop(i: usize) -> Result<PathBuf> {
+    let img = format!("/tmp/many{i}.img");
+    std::fs::File::create(&img)?.set_len(MEMBER_MIB << 20)?;
+    let dev = PathBuf::from(format!("/dev/loop{i}"));
+    if !dev.exists() {
+        sh(&format!("mknod {} b 7 {i}", dev.display()))?;
+    }
+    sh(&format!("losetup {} {img}", dev.display()))?;
+    Ok(dev)
+}
+
+/// What one array's writer saw.
+#[derive(Default)]
+struct Seen {
+    /// Writes issued while the array read `clean` (each a write-pending
+    /// round trip through the daemon): their times, and when each ended.
+    first_writes: Vec<(Duration, Instant)>,
+    writes: u64,
+}
+
+fn writer(md: &MdDev, seed: u64, stop: &AtomicBool, seen: &Mutex<Seen>) -> Result<()> {
+    let dev = Device::open(&md.dev_path(), Access::SharedWrite)?;
+    let blocks = (MEMBER_MIB - 4) * 256;
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let block = (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n.wrapping_mul(7919)) % blocks;
+        let data = pattern(seed ^ n, 4096);
+        let clean = md.read("array_state").is_ok_and(|s| s == "clean");
+        let t = Instant::now();
+        dev.write_at(block * 4096, &data)?;
+        let took = t.elapsed();
+        let mut s = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        s.writes += 1;
+        if clean {
+            s.first_writes.push((took, Instant::now()));
+        }
+        drop(s);
+        // Long enough for md's safe mode (200 ms) to let the array go
+        // idle and the daemon to record it clean: the next write is a
+        // first write again. Pacing only; nothing is judged by it.
+        std::thread::sleep(Duration::from_millis(350));
+    }
+    Ok(())
+}
+
+fn daemon_figures() -> Result<(u64, u64, u64)> {
+    let pid = std::fs::read_to_string("/run/mdext/mdextmon.pid")?;
+    let st = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))?;
+    let field = |k: &str| -> u64 {
+        st.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("Threads:"), field("VmRSS:"), field("VmLck:")))
+}
+
+fn sixty_four() -> Result<()> {
+    let t0 = Instant::now();
+    let mut mds = Vec::new();
+    let mut members = Vec::new();
+    for i in 0..ARRAYS {
+        let a = new_loop(2 * i)?;
+        let b = new_loop(2 * i + 1)?;
+        ctl(&format!(
+            "create --level 1 --raid-devices 2 --name m{i} --bitmap-chunk 64K --time-base 1 --assume-clean {} {}",
+            a.display(),
+            b.display()
+        ))?;
+        let out = ctl(&format!("assemble m{i} {} {}", a.display(), b.display()))?;
+        let md = out
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("/dev/"))
+            .context("assemble names the md device")?
+            .to_string();
+        mds.push(sysfs().md(&md));
+        members.push((a, b));
+    }
+    println!(
+        "MANY: {ARRAYS} arrays created and assembled in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let answer = pong().context("mdextmon answers")?;
+    ensure!(
+        answer.arrays.len() == ARRAYS,
+        "one daemon manages {} arrays, not {ARRAYS}",
+        answer.arrays.len()
+    );
+    let (threads0, _, _) = daemon_figures()?;
+
+    let stop_all = Arc::new(AtomicBool::new(false));
+    let stop_one = Arc::new(AtomicBool::new(false));
+    let mut seen = Vec::new();
+    let mut handles = Vec::new();
+    for (i, md) in mds.iter().enumerate() {
+        let s = Arc::new(Mutex::new(Seen::default()));
+        seen.push(s.clone());
+        let stop = if i == STOPPED {
+            stop_one.clone()
+        } else {
+            stop_all.clone()
+        };
+        let md = md.clone();
+        handles.push(std::thread::spawn(move || {
+            writer(&md, i as u64 + 1, &stop, &s)
+        }));
+    }
+    let firsts = |i: usize| seen[i].lock().map(|s| s.first_writes.len()).unwrap_or(0);
+    // Every array has answered a first write.
+    wait_until(
+        "a first write after clean on every array",
+        Duration::from_secs(300),
+        || (0..ARRAYS).all(|i| firsts(i) > 0).then_some(()),
+    )?;
+
+    // Fail, remove and re-add a member of one array under the writers.
+    let md0 = &mds[READD];
+    let (_, b0) = &members[READD];
+    let name0 = md0.name().to_string();
+    ctl(&format!("fail {name0} {}", b0.display()))?;
+    let k = b0
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    wait_until(
+        "the failed member detached",
+        Duration::from_secs(60),
+        || (!md0.attr_path(&format!("dev-{k}")).exists()).then_some(()),
+    )?;
+    ctl(&format!("remove {name0} {}", b0.display()))?;
+    let before = written_sectors(&k)?;
+    ctl(&format!("add {name0} {}", b0.display()))?;
+    wait_whole(md0)?;
+    let rebuilt = written_sectors(&k)? - before;
+    println!("MANY: {name0}: re-added under 64 writers, {rebuilt} sectors written to the returning member");
+    ensure!(
+        rebuilt < (MEMBER_MIB << 11) / 2,
+        "{name0}: the re-add rewrote {rebuilt} sectors (a full rebuild, not the bitmap's)"
+    );
+
+    // Stop an array its writer holds open: md refuses to stop it, and the
+    // daemon says so at once. Before, the refused stop stayed behind in
+    // the daemon, which stopped the array later, once its writer had
+    // closed it, after answering that it had failed.
+    let mdx = mds[STOPPED].name().to_string();
+    let asked = Instant::now();
+    let (ok, _, err) = ctl_status(&format!("stop {mdx}"))?;
+    let answered = asked.elapsed();
+    println!(
+        "MANY: stop {mdx} under its writer: answered after {:.2} s: {}",
+        answered.as_secs_f64(),
+        err.trim()
+    );
+    ensure!(
+        !ok && (err.contains("in use") || err.contains("writes still in flight")),
+        "stop {mdx} while open: {err}"
+    );
+    // Still served: a first write after clean completes after the refusal.
+    let before = firsts(STOPPED);
+    wait_until(
+        "a first write after clean on the array whose stop was refused",
+        Duration::from_secs(120),
+        || (firsts(STOPPED) > before).then_some(()),
+    )?;
+    stop_one.store(true, Ordering::SeqCst);
+    // Once the writer is gone and the array is recorded clean, it runs on
+    // (the daemon answers a ping only after the batch that recorded it).
+    let (xa, xb) = &members[STOPPED];
+    wait_until(
+        "the refused array recorded clean",
+        Duration::from_secs(120),
+        || {
+            let clean = |p: &PathBuf| examine(p).is_ok_and(|e| e["state"] == "clean");
+            (clean(xa) && clean(xb) && mds[STOPPED].read("array_state").ok()? == "clean")
+                .then_some(())
+        },
+    )?;
+    pong().context("mdextmon answers")?;
+    let st = mds[STOPPED].read("array_state").unwrap_or_default();
+    ensure!(
+        st == "clean",
+        "{mdx}: array_state {st:?} after a refused stop (stopped by itself later?)"
+    );
+    ctl(&format!("stop {mdx}"))?;
+    ensure!(
+        mds[STOPPED]
+            .read("array_state")
+            .map_or(true, |s| s == "clear" || s == "inactive"),
+        "{mdx} still runs after stop"
+    );
+
+    stop_all.store(true, Ordering::SeqCst);
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    }
+    let (threads, rss, lck) = daemon_figures()?;
+    // Per array: the worst first write after clean.
+    let mut worst: Vec<(Duration, usize)> = (0..ARRAYS)
+        .map(|i| {
+            let s = seen[i].lock().map(|s| {
+                s.first_writes
+                    .iter()
+                    .map(|(d, _)| *d)
+                    .max()
+                    .unwrap_or_default()
+            });
+            (s.unwrap_or_default(), i)
+        })
+        .collect();
+    worst.sort();
+    let total: usize = (0..ARRAYS).map(firsts).sum();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "MANY: {total} first writes after clean; worst per array: min {:.1} ms, median {:.1} ms, max {:.1} ms (array m{})",
+        ms(worst[0].0),
+        ms(worst[ARRAYS / 2].0),
+        ms(worst[ARRAYS - 1].0),
+        worst[ARRAYS - 1].1
+    );
+    println!(
+        "MANY: mdextmon threads {threads} (at start {threads0}), VmRSS {rss} KiB, VmLck {lck} KiB"
+    );
+    ensure!(
+        threads <= 2 + mdext::writers::MAX_WRITERS as u64,
+        "mdextmon runs {threads} threads for {ARRAYS} arrays"
+    );
+    // The re-added array holds the same data on both legs.
+    ensure!(
+        check_mismatches(md0)? == 0,
+        "{name0}: mismatch_cnt after the re-add"
+    );
+    Ok(())
+}
