@@ -362,6 +362,12 @@ pub fn admit(
             ) && !occupied.contains(&i)
         })
         .ok_or(Refusal::NoFreeSlot)?;
+    fresh_admission(index, dev, need)
+}
+
+/// A device without a record of this array takes slot `index` as a new
+/// member (full rebuild), if its data area holds `need`.
+fn fresh_admission(index: usize, dev: &DeviceFacts, need: Sectors) -> Result<Admission, Refusal> {
     let data_size = Sectors(dev.size.0.saturating_sub(dev.data_offset.0));
     if data_size < need {
         return Err(Refusal::TooSmall {
@@ -444,26 +450,7 @@ pub fn admit_spare(meta: &ArrayMeta, dev: &DeviceFacts) -> Result<Admission, Ref
     if index >= crate::meta::MAX_MEMBERS {
         return Err(Refusal::TableFull(crate::meta::MAX_MEMBERS));
     }
-    let data_size = Sectors(dev.size.0.saturating_sub(dev.data_offset.0));
-    if data_size < need {
-        return Err(Refusal::TooSmall {
-            have: data_size,
-            need,
-        });
-    }
-    Ok(Admission {
-        index,
-        device: ReturningDevice {
-            uuid: dev.new_uuid,
-            own: None,
-        },
-        meta: DeviceMeta {
-            uuid: dev.new_uuid,
-            data_offset: dev.data_offset,
-            data_size,
-        },
-        fresh: true,
-    })
+    fresh_admission(index, dev, need)
 }
 
 /// What one array of a spare group has and needs, as [`Monitor::spare_need`]
