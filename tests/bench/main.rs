@@ -27,7 +27,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const KINDS: [&str; 4] = ["mdadm12_bitmap", "mdadm12_nobitmap", "imsm_mdmon", "mdext"];
+const KINDS: [&str; 5] = [
+    "mdadm12_bitmap",
+    "mdadm12_nobitmap",
+    "imsm_mdmon",
+    "mdext",
+    "mdext64",
+];
+/// Arrays beside the measured one in the `mdext64` kind (one daemon
+/// manages all of them): raid1 over two loop devices each, idle.
+const EXTRA_ARRAYS: usize = 63;
+const EXTRA_MIB: u64 = 16;
 const DISK_MIB: u64 = 256;
 const CHUNK: u64 = 1 << 20;
 const MARK: &str = "MDEXT-BENCH ";
@@ -45,7 +55,7 @@ struct Opts {
 
 fn parse_args() -> Result<Opts> {
     let mut o = Opts {
-        rounds: 3,
+        rounds: 2,
         json: None,
         idle: 30,
         iops_secs: 5,
@@ -69,15 +79,15 @@ fn parse_args() -> Result<Opts> {
             // cargo's test runner may pass these; nothing to filter here.
             "--nocapture" | "--test-threads=1" => {}
             "-h" | "--help" => {
-                println!("usage: scripts/bench [--rounds N (1-3)] [--json FILE] [--idle SECS] [--iops-secs SECS] [--first-writes N] [--trace]");
+                println!("usage: scripts/bench [--rounds N (1-2)] [--json FILE] [--idle SECS] [--iops-secs SECS] [--first-writes N] [--trace]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument '{other}' (see --help)"),
         }
     }
-    if !(1..=3).contains(&o.rounds) {
+    if !(1..=2).contains(&o.rounds) {
         bail!(
-            "--rounds {}: 1 to 3 (each round takes 8 fresh virtio disks; the guest's PCI bus holds 24)",
+            "--rounds {}: 1 or 2 (each round takes 10 fresh virtio disks; the guest's PCI bus holds 24)",
             o.rounds
         );
     }
@@ -236,13 +246,16 @@ fn which(b: &str) -> Option<PathBuf> {
 }
 
 /// The metrics of a record, by name, in table order.
-const METRICS: [(&str, &str); 16] = [
+const METRICS: [(&str, &str); 19] = [
+    ("arrays", "arrays in the daemon"),
     (
         "readd_written_over_dirty",
         "re-add after 10 % scattered writes: written / dirty",
     ),
     ("readd_secs", "re-add: add -> rebuilt, s"),
     ("readd_start_secs", "re-add: add -> recovery seen, s"),
+    ("fail_remove_secs", "fail + remove (member detached), s"),
+    ("add_answer_ms", "add (re-add): the command's answer, ms"),
     (
         "first_write_median_ms",
         "first 4 KiB O_DIRECT\\|O_SYNC write after clean: median, ms",
@@ -488,11 +501,46 @@ impl Kind {
         sh_env(cmd, &self.env)
     }
 
+    /// The `mdext64` kind's idle arrays, started first so that the
+    /// measured array is the 64th of one daemon.
+    fn create_extra(&self) -> Result<()> {
+        for i in 0..EXTRA_ARRAYS {
+            let mut devs = Vec::new();
+            for j in 0..2 {
+                let n = 2 * i + j;
+                let img = format!("/tmp/extra{n}.img");
+                std::fs::File::create(&img)?.set_len(EXTRA_MIB << 20)?;
+                let dev = format!("/dev/loop{n}");
+                sh(&format!(
+                    "[ -e {dev} ] || mknod {dev} b 7 {n}; losetup {dev} {img}"
+                ))?;
+                devs.push(dev);
+            }
+            let d = devs.join(" ");
+            self.sh(&format!("mdextctl create --level 1 --raid-devices 2 --name x{i} --bitmap-chunk 1M --assume-clean {d}"))?;
+            self.sh(&format!("mdextctl assemble x{i} {d}"))?;
+        }
+        Ok(())
+    }
+
+    fn stop_extra(&self) -> Result<()> {
+        for i in 0..EXTRA_ARRAYS {
+            self.sh(&format!("mdextctl stop x{i}"))?;
+        }
+        for n in 0..2 * EXTRA_ARRAYS {
+            let _ = sh(&format!("losetup -d /dev/loop{n}; rm -f /tmp/extra{n}.img"));
+        }
+        Ok(())
+    }
+
     /// Create and start the array; returns the bitmap description.
     fn create(&self) -> Result<String> {
         let [a, b] = &self.disks;
         match self.name {
-            "mdext" => {
+            "mdext" | "mdext64" => {
+                if self.name == "mdext64" {
+                    self.create_extra()?;
+                }
                 self.sh(&format!("mdextctl create --level 1 --raid-devices 2 --name bench --bitmap-chunk 1M --assume-clean /dev/{a} /dev/{b}"))?;
                 self.sh(&format!("mdextctl assemble bench /dev/{a} /dev/{b}"))?;
                 Ok("mdext external, 1 MiB".into())
@@ -532,7 +580,7 @@ impl Kind {
 
     fn daemon_pid(&self) -> Option<u32> {
         let p = match self.name {
-            "mdext" => read("/run/mdext/mdextmon.pid").ok()?,
+            "mdext" | "mdext64" => read("/run/mdext/mdextmon.pid").ok()?,
             "imsm_mdmon" => sh("pidof mdmon")
                 .ok()?
                 .split_whitespace()
@@ -546,7 +594,7 @@ impl Kind {
     fn fail_remove(&self, md: &str) -> Result<()> {
         let b = &self.disks[1];
         match self.name {
-            "mdext" => {
+            "mdext" | "mdext64" => {
                 self.sh(&format!("mdextctl fail {md} /dev/{b}"))?;
                 wait(
                     "the failed member to be detached",
@@ -576,7 +624,7 @@ impl Kind {
     fn readd(&self, md: &str) -> Result<()> {
         let b = &self.disks[1];
         match self.name {
-            "mdext" => self.sh(&format!("mdextctl add {md} /dev/{b}"))?,
+            "mdext" | "mdext64" => self.sh(&format!("mdextctl add {md} /dev/{b}"))?,
             "imsm_mdmon" => self.sh(&format!("mdadm /dev/md100 --add /dev/{b} 2>&1"))?,
             "mdadm12_bitmap" => self.sh(&format!("mdadm /dev/{md} --re-add /dev/{b} 2>&1"))?,
             _ => self.sh(&format!(
@@ -588,8 +636,11 @@ impl Kind {
 
     fn stop(&self, md: &str) -> Result<()> {
         match self.name {
-            "mdext" => {
+            "mdext" | "mdext64" => {
                 self.sh(&format!("mdextctl stop {md}"))?;
+                if self.name == "mdext64" {
+                    self.stop_extra()?;
+                }
                 if let Some(pid) = self.daemon_pid() {
                     let _ = sh(&format!("kill -TERM {pid}"));
                     wait("mdextmon to exit", Duration::from_secs(30), || {
@@ -782,7 +833,9 @@ fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
     }
 
     // Re-add after 10 % scattered writes.
+    let t = Instant::now();
     k.fail_remove(&md)?;
+    rec.insert("fail_remove_secs".into(), json!(t.elapsed().as_secs_f64()));
     let chunks = bytes / CHUNK;
     let f = open_direct(&dev, false)?;
     let mut dirty = 0u64;
@@ -796,6 +849,10 @@ fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
     let w0 = written_sectors(b)?;
     let t = Instant::now();
     k.readd(&md)?;
+    rec.insert(
+        "add_answer_ms".into(),
+        json!(t.elapsed().as_secs_f64() * 1000.0),
+    );
     let mut started = None;
     wait("the rebuild to end", Duration::from_secs(900), || {
         let action = md_attr(&md, "sync_action");
@@ -893,6 +950,9 @@ fn guest(o: &Opts) -> Result<()> {
             );
             let mut rec = Map::new();
             rec.insert("kind".into(), json!(name));
+            if name == "mdext64" {
+                rec.insert("arrays".into(), json!(EXTRA_ARRAYS + 1));
+            }
             rec.insert("round".into(), json!(round + 1));
             let t = Instant::now();
             if let Err(e) = run_kind(&k, o, &mut rec) {
