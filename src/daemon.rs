@@ -512,10 +512,7 @@ impl Daemon {
         }
         if let Request::Stop { md } = &req {
             return match self.arrays.get(md).map(Managed::stop_begin) {
-                None => Some(Response::error(
-                    ErrorKind::NotManaged,
-                    format!("{md}: not managed by mdextmon"),
-                )),
+                None => Some(not_managed(md)),
                 Some(Err(e)) => Some(managed_error(&e)),
                 Some(Ok(stop)) => {
                     self.stops.push((md.clone(), id, stop));
@@ -555,12 +552,6 @@ impl Daemon {
     }
 
     fn answer(&mut self, req: Request) -> Response {
-        let not_managed = |md: &str| {
-            Response::error(
-                ErrorKind::NotManaged,
-                format!("{md}: not managed by mdextmon"),
-            )
-        };
         match req {
             Request::Ping => Response::Pong(Pong {
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -879,6 +870,14 @@ fn own_status(m: &Managed) -> crate::status::ArrayStatus {
     s
 }
 
+/// The answer to a request about an array this daemon does not manage.
+fn not_managed(md: &str) -> Response {
+    Response::error(
+        ErrorKind::NotManaged,
+        format!("{md}: not managed by mdextmon"),
+    )
+}
+
 /// The answer to a failed request: refused (nothing changed), busy, or
 /// failed part-way.
 fn managed_error(e: &ManagedError) -> Response {
@@ -898,10 +897,7 @@ impl Daemon {
         f: impl FnOnce(&mut Managed) -> Result<(), ManagedError>,
     ) -> Response {
         match self.arrays.get_mut(md) {
-            None => Response::error(
-                ErrorKind::NotManaged,
-                format!("{md}: not managed by mdextmon"),
-            ),
+            None => not_managed(md),
             Some(m) => {
                 let r = f(m);
                 // Whatever the request started (a rebuild, a removal) is

@@ -901,28 +901,28 @@ impl Managed {
         let pool = crate::writers::pool();
         pool.ensure(chosen.len())
             .map_err(|e| ExecError::Writer("pool".into(), e.to_string()))?;
-        let mut sent = vec![false; chosen.len()];
+        let mut results: Vec<Result<(), ExecError>> = Vec::with_capacity(chosen.len());
+        let mut submitted = 0;
         for (k, m) in chosen.iter().enumerate() {
             let sb = Superblock {
                 array: next.clone(),
                 device: m.device,
             };
-            sent[k] = pool.submit(m.dev.clone(), sb, k, &self.answers);
+            let sent = pool.submit(m.dev.clone(), sb, k, &self.answers);
+            submitted += usize::from(sent);
+            results.push(Err(ExecError::Writer(m.kname.clone(), "gone".into())));
         }
-        let mut results: Vec<Option<Result<usize, crate::device::DeviceError>>> =
-            (0..chosen.len()).map(|_| None).collect();
-        for _ in sent.iter().filter(|s| **s) {
-            match self.answers.next() {
-                Some((k, r)) if k < results.len() => results[k] = Some(r),
-                _ => break,
+        // Every submitted write answers once (the answer channel is ours,
+        // so it never closes while we wait).
+        for _ in 0..submitted {
+            if let Some((k, r)) = self.answers.next() {
+                if let Some(slot) = results.get_mut(k) {
+                    *slot = r.map(|_| ()).map_err(ExecError::Device);
+                }
             }
         }
         let mut errs = Vec::new();
         for (m, r) in chosen.iter().zip(results) {
-            let r = match r {
-                Some(r) => r.map(|_| ()).map_err(ExecError::Device),
-                None => Err(ExecError::Writer(m.kname.clone(), "gone".into())),
-            };
             if let Err(e) = r {
                 errs.push((m.kname.clone(), e));
             }

@@ -50,6 +50,11 @@ pub fn loop_devices_from(first: usize, n: usize, mib: u64) -> Result<Vec<Loop>> 
         f.set_len(mib << 20)?;
         drop(f);
         let path = PathBuf::from(format!("/dev/loop{i}"));
+        // Beyond the kernel's first eight, opening a node of the loop
+        // major makes the device (block legacy autoload).
+        if !path.exists() {
+            sh(&format!("mknod {} b 7 {i}", path.display()))?;
+        }
         sh(&format!("losetup {} {img}", path.display()))?;
         v.push(Loop {
             dev: devnum(&path)?,
