@@ -4,6 +4,17 @@
 //! pure state machine ([`crate::monitor`]) and carries out the actions it
 //! returns, in order, stopping at the first failure.
 //!
+//! Many arrays, one thread: every array's notifying attributes sit in an
+//! epoll set of its own ([`Managed::watch_fd`]), and those sets in one
+//! more, so the loop polls a handful of descriptors whatever the number of
+//! arrays. A batch that writes a record hands the members' copies to the
+//! writer pool ([`crate::writers`]) and waits in its array
+//! ([`Managed::pump`]), not in the loop: the pool's eventfd wakes the loop
+//! when answers come, and an array with a slow member holds only its own
+//! writes. Requests about an array whose batch waits are answered after it;
+//! a stop is stepped ([`Managed::stop_step`]) while every other array is
+//! served.
+//!
 //! No timer runs while the arrays are clean: with nothing happening, the
 //! daemon sleeps in `poll(2)` with an infinite timeout. An array last seen
 //! busy (writable and not clean) is looked at again every
@@ -35,10 +46,11 @@ use crate::service::Notifier;
 use crate::sysfs::Sysfs;
 use log::{error, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sd_notify::NotifyState;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -137,6 +149,16 @@ pub struct Daemon {
     /// Stops under way, each answered when its array has stopped (or the
     /// stop failed); the loop serves every other array meanwhile.
     stops: Vec<(String, control::ClientId, Stopping)>,
+    /// Requests about an array whose batch waits for record writes,
+    /// answered once it has ended (in order).
+    waiting: Vec<(control::ClientId, Request)>,
+    /// One epoll set holding every array's own set of notifiers
+    /// ([`Managed::watch_fd`]): the loop polls this one descriptor, not
+    /// every attribute of every array on every turn.
+    watch: Epoll,
+    /// The array each registration in `watch` stands for.
+    tokens: HashMap<u64, String>,
+    next_token: u64,
 }
 
 impl Daemon {
@@ -159,6 +181,11 @@ impl Daemon {
         unsafe {
             nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
         }
+        // Every array holds about 16 descriptors open (its attributes, its
+        // members, its epoll set): the usual soft limit of 1024 ends near
+        // 64 arrays. Raised to the hard limit, as a program that needs many
+        // descriptors is expected to do itself.
+        raise_nofile();
         // The write-pending path must not wait on page faults of the daemon
         // itself: a page-in might need the very array that is blocked.
         if let Err(e) = nix::sys::mman::mlockall(
@@ -200,6 +227,10 @@ impl Daemon {
             unsent: false,
             conf,
             stops: Vec::new(),
+            waiting: Vec::new(),
+            watch: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(setup("epoll"))?,
+            tokens: HashMap::new(),
+            next_token: 0,
         };
         // With no arrays named, take over every running mdext array (a
         // restart, or a takeover from another instance). An array found
@@ -240,6 +271,9 @@ impl Daemon {
         }
         let mut m = Managed::take_over(&self.cfg.sysfs, md)?;
         m.set_readonly(readonly);
+        // Record writes are collected by the loop (`pump`): an array whose
+        // member is slow holds only itself.
+        m.set_deferred(true);
         info!("{md}: managing array {} ({})", m.name(), m.uuid());
         self.arrays.insert(md.to_string(), m);
         if let Some(m) = self.arrays.get_mut(md) {
@@ -267,22 +301,24 @@ impl Daemon {
                 info!("every array released clean; exiting");
                 break;
             }
-            // Watch fds of every array, then the signal fd, then the control
-            // socket (listener and clients).
+            self.register_watches();
             let woke: Vec<String>;
             let sig;
+            let answered;
             let clients: Vec<PollFlags>;
             {
-                let mut fds: Vec<PollFd> = Vec::new();
-                let mut owners: Vec<&str> = Vec::new();
-                for (name, m) in &self.arrays {
-                    for fd in m.watch_fds() {
-                        fds.push(PollFd::new(fd, PollFlags::POLLPRI | PollFlags::POLLERR));
-                        owners.push(name);
-                    }
+                // The arrays' notifications (one epoll set), the signal
+                // fd, the writer pool's answers, then the control socket
+                // (listener and clients).
+                let mut fds: Vec<PollFd> = vec![
+                    PollFd::new(self.watch.0.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+                ];
+                let pool = crate::writers::pool();
+                if let Some(fd) = pool.notifier() {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 }
-                let nw = fds.len();
-                fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
+                let nc = fds.len();
                 fds.extend(self.server.poll_fds());
                 // While terminating with an array not yet clean, or while an
                 // array has not settled (an action failed), look again soon:
@@ -337,18 +373,27 @@ impl Daemon {
                     }
                 }
                 let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                let mut w: Vec<String> = Vec::new();
-                for (k, f) in fds[..nw].iter().enumerate() {
-                    if ready(f) && w.last().map(String::as_str) != Some(owners[k]) {
-                        w.push(owners[k].to_string());
-                    }
-                }
-                woke = w;
-                sig = ready(&fds[nw]);
-                clients = fds[nw + 1..]
+                woke = if ready(&fds[0]) {
+                    self.woken()
+                } else {
+                    Vec::new()
+                };
+                sig = ready(&fds[1]);
+                answered = nc > 2 && ready(&fds[2]);
+                clients = fds[nc..]
                     .iter()
                     .map(|f| f.revents().unwrap_or(PollFlags::empty()))
                     .collect();
+            }
+            if answered {
+                // Reset first: an answer sent after this wakes the next
+                // turn.
+                crate::writers::pool().take_done();
+                for (name, m) in self.arrays.iter_mut() {
+                    if m.busy() && !m.pump() {
+                        self.unsettled.push(name.clone());
+                    }
+                }
             }
             let mut due: Vec<String> = woke;
             due.append(&mut self.unsettled);
@@ -400,6 +445,7 @@ impl Daemon {
                     self.server.reply(id, &resp, Instant::now());
                 }
             }
+            self.answer_waiting();
             self.step_stops();
             if self.handed_over {
                 // The answer must reach the new daemon; then nothing more
@@ -497,6 +543,22 @@ impl Daemon {
     /// [`Daemon::step_stops`]).
     fn handle(&mut self, id: control::ClientId, req: Request) -> Option<Response> {
         if let Some(md) = req.md().filter(|_| !matches!(req, Request::Detail { .. })) {
+            if self.arrays.get(md).is_some_and(Managed::busy)
+                || self.waiting.iter().any(|(_, r)| r.md() == Some(md))
+            {
+                // Its batch waits for a record write (a slow member):
+                // answered when it is through ([`Daemon::answer_waiting`]),
+                // every other array served meanwhile.
+                self.waiting.push((id, req));
+                return None;
+            }
+        }
+        self.handle_now(id, req)
+    }
+
+    /// [`Daemon::handle`] for a request that need not wait.
+    fn handle_now(&mut self, id: control::ClientId, req: Request) -> Option<Response> {
+        if let Some(md) = req.md().filter(|_| !matches!(req, Request::Detail { .. })) {
             if self.stops.iter().any(|(n, _, _)| n == md) {
                 return Some(Response::error(
                     ErrorKind::Busy,
@@ -524,6 +586,76 @@ impl Daemon {
         Some(self.answer(req))
     }
 
+    /// Register the arrays' notifier sets that are new since the last
+    /// turn (a set is new when its array came, or its members changed; a
+    /// set that was replaced was closed, which unregistered it).
+    fn register_watches(&mut self) {
+        if self.tokens.len() > 2 * self.arrays.len() + 16 {
+            let arrays = &self.arrays;
+            self.tokens.retain(|_, n| arrays.contains_key(n));
+        }
+        for (name, m) in self.arrays.iter_mut() {
+            if let Some((fd, true)) = m.watch_fd() {
+                let t = self.next_token;
+                self.next_token += 1;
+                match self.watch.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, t)) {
+                    Ok(()) => {
+                        self.tokens.insert(t, name.clone());
+                    }
+                    Err(e) => error!("{name}: epoll_ctl: {e}; its notifications are not watched"),
+                }
+            }
+        }
+    }
+
+    /// The arrays with a notification now (from the one epoll set).
+    fn woken(&self) -> Vec<String> {
+        let mut events = [EpollEvent::empty(); 64];
+        let mut woke: Vec<String> = Vec::new();
+        loop {
+            let n = match self.watch.wait(&mut events, EpollTimeout::ZERO) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    error!("epoll_wait: {e}");
+                    0
+                }
+            };
+            woke.extend(
+                events[..n]
+                    .iter()
+                    .filter_map(|e| self.tokens.get(&e.data()).cloned()),
+            );
+            if n < events.len() {
+                break;
+            }
+        }
+        woke
+    }
+
+    /// Answer the requests that waited for their array's record write,
+    /// once it is through.
+    fn answer_waiting(&mut self) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let busy = self.waiting[i]
+                .1
+                .md()
+                .is_some_and(|md| self.arrays.get(md).is_some_and(Managed::busy));
+            let first = !self.waiting[..i]
+                .iter()
+                .any(|(_, r)| r.md() == self.waiting[i].1.md());
+            if busy || !first {
+                i += 1;
+                continue;
+            }
+            let (id, req) = self.waiting.remove(i);
+            if let Some(resp) = self.handle_now(id, req) {
+                self.server.reply(id, &resp, Instant::now());
+            }
+        }
+    }
+
     /// Step every stop under way; answer those that ended.
     fn step_stops(&mut self) {
         let mut i = 0;
@@ -532,6 +664,9 @@ impl Daemon {
             let r = match self.arrays.get_mut(md.as_str()) {
                 // Gone meanwhile (stopped by somebody else).
                 None => Ok(true),
+                // A record write under way (a slow member) is waited for
+                // by the loop, not here.
+                Some(m) if m.busy() => Ok(false),
                 Some(m) => m.stop_step(stop),
             };
             let resp = match r {
@@ -576,9 +711,13 @@ impl Daemon {
                 Response::Done
             }
             Request::Handover => {
-                // Single-threaded: whatever batch an array had under way is
-                // finished. From the answer on, nothing is acted on.
+                // Whatever batch an array had under way is finished (its
+                // record writes waited for). From the answer on, nothing
+                // is acted on.
                 info!("a new mdextmon asks to take over; handing over");
+                for m in self.arrays.values_mut() {
+                    m.finish();
+                }
                 self.handed_over = true;
                 Response::Done
             }
@@ -757,6 +896,20 @@ fn array_in_use(sysfs: &Sysfs, md: &str) -> bool {
 /// socket bound beside its own; once it has answered (or, an older version
 /// that cannot hand over, has been killed), move the socket into place.
 /// `None`: no daemon answers, start as usual.
+/// Raise the soft limit on open descriptors to the hard limit.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!("raising the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!("reading the open-file limit: {e}"),
+    }
+}
+
 fn take_over_running(run_dir: &Path) -> Result<Option<UnixListener>, DaemonError> {
     let old = match control::ping(run_dir, Duration::from_secs(5)) {
         Ok(p) => p,

@@ -335,6 +335,51 @@ pub struct Managed {
     seen: KernelState,
     /// The spare-group need the machine saw when it last settled.
     need: crate::monitor::SpareNeed,
+    /// A batch waiting for its record writes ([`Managed::set_deferred`]).
+    inflight: Option<Inflight>,
+    /// Whether [`Managed::wake`] may leave a batch waiting for its record
+    /// writes (the daemon, which collects them: [`Managed::pump`]).
+    deferred: bool,
+    /// An epoll set of the held notifiers, made on demand
+    /// ([`Managed::watch_fd`]) and dropped whenever they change.
+    watch: Option<nix::sys::epoll::Epoll>,
+}
+
+/// A batch stopped at a record write whose answers have not all come.
+struct Inflight {
+    batch: Vec<Action>,
+    /// The `WriteMetadata` action waiting.
+    at: usize,
+    membership_changed: bool,
+    write: RecordWrite,
+}
+
+/// One record being written to an array's members.
+struct RecordWrite {
+    next: ArrayMeta,
+    /// Kernel names of the members written, in tag order.
+    names: Vec<String>,
+    results: Vec<Result<(), ExecError>>,
+    outstanding: usize,
+    /// Whether the device being added is among the targets.
+    pending: bool,
+}
+
+impl RecordWrite {
+    /// One member's answer.
+    fn take(&mut self, (k, r): crate::writers::Answer) {
+        if let Some(slot) = self.results.get_mut(k) {
+            *slot = r.map(|_| ()).map_err(ExecError::Device);
+            self.outstanding = self.outstanding.saturating_sub(1);
+        }
+    }
+}
+
+/// How a batch run ended.
+enum Run {
+    Done(Result<(), ExecError>),
+    /// Left waiting for record writes ([`Managed::pump`] goes on).
+    Waiting,
 }
 
 /// How often an array last seen writable and not clean (`active`,
@@ -401,6 +446,9 @@ impl Managed {
             looked_at: None,
             seen: KernelState::default(),
             need: crate::monitor::SpareNeed::default(),
+            inflight: None,
+            deferred: false,
+            watch: None,
         };
         Ok(m)
     }
@@ -410,6 +458,7 @@ impl Managed {
     /// working root), close those of members that left. The array's own
     /// attributes stay as opened at take-over.
     fn rehold_members(&mut self) {
+        self.watch = None;
         let Some(h) = self.held.as_mut() else { return };
         for k in h.member_names() {
             if !self.members.iter().any(|m| m.kname == k) {
@@ -497,6 +546,98 @@ impl Managed {
             .map(AsFd::as_fd)
     }
 
+    /// One descriptor, readable when any of [`Managed::watch_fds`] has a
+    /// notification: an epoll set of them, made here when they changed
+    /// (the member list, the array stopped) and kept otherwise, so that a
+    /// daemon with many arrays registers each attribute once, not on every
+    /// wait. The flag is true when the set is new since the last call (the
+    /// old one is closed, and with it its registration in any outer set).
+    /// `None` when nothing is held.
+    pub fn watch_fd(&mut self) -> Option<(std::os::fd::BorrowedFd<'_>, bool)> {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+        use std::os::fd::AsFd;
+        let fresh = self.watch.is_none();
+        if fresh {
+            self.held.as_ref()?;
+            let ep = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
+                Ok(ep) => ep,
+                Err(e) => {
+                    warn!("{}: epoll_create: {e}", self.md.name());
+                    return None;
+                }
+            };
+            for fd in self.watch_fds() {
+                // sysfs attributes always poll readable; a notification is
+                // POLLPRI (and POLLERR, always reported).
+                if let Err(e) = ep.add(fd, EpollEvent::new(EpollFlags::EPOLLPRI, 0)) {
+                    warn!("{}: epoll_ctl: {e}", self.md.name());
+                }
+            }
+            self.watch = Some(ep);
+        }
+        self.watch.as_ref().map(|ep| (ep.0.as_fd(), fresh))
+    }
+
+    /// Let [`Managed::wake`] leave a batch waiting for its record writes
+    /// (the caller collects them with [`Managed::pump`] when the writer
+    /// pool's notifier is readable). Without it every write is waited for.
+    pub fn set_deferred(&mut self, on: bool) {
+        self.deferred = on && crate::writers::pool().notifier().is_some();
+    }
+
+    /// Whether a batch is waiting for record writes.
+    pub fn busy(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    /// Collect the record writes' answers that have come; once all have,
+    /// go on with the batch, and then look again ([`Managed::wake`]).
+    /// Returns as `wake` does (true also while still waiting).
+    pub fn pump(&mut self) -> bool {
+        let Some(mut f) = self.inflight.take() else {
+            return true;
+        };
+        while f.write.outstanding > 0 {
+            let Some(a) = self.answers.try_next() else {
+                break;
+            };
+            f.write.take(a);
+        }
+        if f.write.outstanding > 0 {
+            self.inflight = Some(f);
+            return true;
+        }
+        match self.resume(f, true) {
+            Run::Waiting => true,
+            Run::Done(Ok(())) => self.wake(),
+            Run::Done(Err(_)) => {
+                // As in `look`: a short pause, then a fresh look.
+                std::thread::sleep(Duration::from_millis(50));
+                self.wake()
+            }
+        }
+    }
+
+    /// Finish a waiting batch here, waiting for its writes (before
+    /// anything that runs the machine synchronously, or a handover).
+    pub fn finish(&mut self) {
+        self.finish_inflight();
+    }
+
+    fn finish_inflight(&mut self) {
+        if let Some(mut f) = self.inflight.take() {
+            self.write_wait(&mut f.write);
+            let _ = self.resume(f, false);
+        }
+    }
+
+    /// Look at the array and run what the machine decides, waiting for
+    /// every record write (for admin requests, a stop, a release).
+    fn settle(&mut self) -> bool {
+        self.finish_inflight();
+        self.look(false)
+    }
+
     /// Whether the md device has been stopped by someone else.
     pub fn is_gone(&self) -> bool {
         self.gone
@@ -558,6 +699,23 @@ impl Managed {
     /// do); if not, the daemon must look again soon by itself, because md
     /// does not notify again for a write it already holds.
     pub fn wake(&mut self) -> bool {
+        if self.inflight.is_some() {
+            if self.deferred {
+                // The batch goes on when its writes are in, and looks
+                // again then; this notification is spent here (every
+                // watched attribute read once) so that it does not wake
+                // the daemon over and over meanwhile.
+                let _ = self.snapshot();
+                return true;
+            }
+            self.finish_inflight();
+        }
+        self.look(self.deferred)
+    }
+
+    /// [`Managed::wake`]'s work; `defer` lets a batch wait for its record
+    /// writes.
+    fn look(&mut self, defer: bool) -> bool {
         // Every snapshot reads each watched attribute once, which also
         // re-arms its notification. Only the held attributes are read: the
         // `/sys` path may no longer resolve (a daemon left in the
@@ -623,8 +781,10 @@ impl Managed {
                 }
                 return true;
             }
-            if self.execute(&batch).is_err() {
-                std::thread::sleep(Duration::from_millis(50));
+            match self.run_batch(batch, 0, false, defer) {
+                Run::Waiting => return true,
+                Run::Done(Ok(())) => {}
+                Run::Done(Err(_)) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
         false
@@ -659,6 +819,7 @@ impl Managed {
         if !by_us {
             self.gone = true;
             self.held = None;
+            self.watch = None;
         }
     }
 
@@ -689,32 +850,100 @@ impl Managed {
         std::mem::take(&mut self.events)
     }
 
-    /// Run a batch in order; on the first failure feed it back and stop.
+    /// Run a batch in order, waiting for every record write; on the first
+    /// failure feed it back and stop.
     fn execute(&mut self, batch: &[Action]) -> Result<(), ExecError> {
-        let mut membership_changed = false;
-        for (i, a) in batch.iter().enumerate() {
+        self.finish_inflight();
+        match self.run_batch(batch.to_vec(), 0, false, false) {
+            Run::Done(r) => r,
+            // Not deferred: never left waiting.
+            Run::Waiting => Ok(()),
+        }
+    }
+
+    /// Run `batch` from action `from`. A record write is handed to the
+    /// writer pool; with `defer` the batch is then left waiting in
+    /// `inflight` ([`Managed::pump`] resumes it), otherwise its answers
+    /// are waited for here.
+    fn run_batch(
+        &mut self,
+        batch: Vec<Action>,
+        from: usize,
+        mut changed: bool,
+        defer: bool,
+    ) -> Run {
+        for i in from..batch.len() {
+            let a = &batch[i];
             debug!("{}: {a:?}", self.md.name());
-            let r = self.run_action(a, &mut membership_changed);
-            if let Action::WriteMetadata { .. } = a {
-                self.write_failed = match &r {
-                    Err(ExecError::MetadataWrite(errs)) => errs
-                        .iter()
-                        .map(|(m, e)| (dev_path(m), e.to_string()))
-                        .collect(),
-                    _ => Vec::new(),
-                };
-            }
-            if let Err(e) = r {
-                error!("{}: {e}", self.md.name());
-                self.mon.action_failed(i);
-                if membership_changed {
-                    self.rehold_members();
+            let r = match a {
+                Action::WriteMetadata { meta, targets } if defer => {
+                    match self.write_begin(meta, targets) {
+                        Ok(w) if w.outstanding > 0 => {
+                            self.inflight = Some(Inflight {
+                                batch,
+                                at: i,
+                                membership_changed: changed,
+                                write: w,
+                            });
+                            return Run::Waiting;
+                        }
+                        r => r.and_then(|w| self.write_end(w)),
+                    }
                 }
-                return Err(e);
+                _ => self.run_action(a, &mut changed),
+            };
+            if let Err(e) = self.after_action(i, a, r, changed) {
+                return Run::Done(Err(e));
             }
         }
-        if membership_changed {
+        if changed {
             self.rehold_members();
+        }
+        Run::Done(Ok(()))
+    }
+
+    /// Go on with a batch whose record writes have all answered.
+    fn resume(&mut self, f: Inflight, defer: bool) -> Run {
+        let Inflight {
+            batch,
+            at,
+            membership_changed,
+            write,
+        } = f;
+        let r = self.write_end(write);
+        if let Some(a) = batch.get(at) {
+            if let Err(e) = self.after_action(at, a, r, membership_changed) {
+                return Run::Done(Err(e));
+            }
+        }
+        self.run_batch(batch, at + 1, membership_changed, defer)
+    }
+
+    /// What follows action `i`'s result: a record write's failures are
+    /// kept for the events; a failure is fed back to the machine.
+    fn after_action(
+        &mut self,
+        i: usize,
+        a: &Action,
+        r: Result<(), ExecError>,
+        membership_changed: bool,
+    ) -> Result<(), ExecError> {
+        if let Action::WriteMetadata { .. } = a {
+            self.write_failed = match &r {
+                Err(ExecError::MetadataWrite(errs)) => errs
+                    .iter()
+                    .map(|(m, e)| (dev_path(m), e.to_string()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+        }
+        if let Err(e) = r {
+            error!("{}: {e}", self.md.name());
+            self.mon.action_failed(i);
+            if membership_changed {
+                self.rehold_members();
+            }
+            return Err(e);
         }
         Ok(())
     }
@@ -722,7 +951,11 @@ impl Managed {
     fn run_action(&mut self, a: &Action, membership_changed: &mut bool) -> Result<(), ExecError> {
         let s = ExecError::Sysfs;
         match a {
-            Action::WriteMetadata { meta, targets } => self.write_metadata(meta, targets),
+            Action::WriteMetadata { meta, targets } => {
+                let mut w = self.write_begin(meta, targets)?;
+                self.write_wait(&mut w);
+                self.write_end(w)
+            }
             Action::SetCanClear(b) => {
                 if *b {
                     // Test hook: between recording the array whole and
@@ -887,8 +1120,9 @@ impl Managed {
         }
     }
 
-    /// Write the record durably to the listed members, in parallel.
-    fn write_metadata(&self, meta: &ArrayMeta, targets: &[usize]) -> Result<(), ExecError> {
+    /// Start writing the record durably to the listed members, in
+    /// parallel on the writer pool ([`Managed::write_end`] finishes).
+    fn write_begin(&self, meta: &ArrayMeta, targets: &[usize]) -> Result<RecordWrite, ExecError> {
         let mut next = meta.clone();
         next.utime = crate::meta::unix_now();
         let chosen: Vec<&MemberIo> = self
@@ -896,41 +1130,55 @@ impl Managed {
             .iter()
             .filter(|m| targets.contains(&m.index))
             .collect();
-        // Hand every member its copy first, then collect: the writes run in
-        // parallel on the shared writer pool.
         let pool = crate::writers::pool();
         pool.ensure(chosen.len())
             .map_err(|e| ExecError::Writer("pool".into(), e.to_string()))?;
-        let mut results: Vec<Result<(), ExecError>> = Vec::with_capacity(chosen.len());
-        let mut submitted = 0;
+        let mut w = RecordWrite {
+            next,
+            names: Vec::with_capacity(chosen.len()),
+            results: Vec::with_capacity(chosen.len()),
+            outstanding: 0,
+            pending: self
+                .pending
+                .as_ref()
+                .is_some_and(|p| targets.contains(&p.index)),
+        };
         for (k, m) in chosen.iter().enumerate() {
             let sb = Superblock {
-                array: next.clone(),
+                array: w.next.clone(),
                 device: m.device,
             };
             let sent = pool.submit(m.dev.clone(), sb, k, &self.answers);
-            submitted += usize::from(sent);
-            results.push(Err(ExecError::Writer(m.kname.clone(), "gone".into())));
+            w.outstanding += usize::from(sent);
+            w.names.push(m.kname.clone());
+            w.results
+                .push(Err(ExecError::Writer(m.kname.clone(), "gone".into())));
         }
-        // Every submitted write answers once (the answer channel is ours,
-        // so it never closes while we wait).
-        for _ in 0..submitted {
-            if let Some((k, r)) = self.answers.next() {
-                if let Some(slot) = results.get_mut(k) {
-                    *slot = r.map(|_| ()).map_err(ExecError::Device);
-                }
-            }
+        Ok(w)
+    }
+
+    /// Wait for every answer of `w`.
+    fn write_wait(&self, w: &mut RecordWrite) {
+        while w.outstanding > 0 {
+            // The channel is ours: it never closes while we wait.
+            let Some(a) = self.answers.next() else { break };
+            w.take(a);
         }
+    }
+
+    /// Finish a record write whose answers are all in: the device being
+    /// added (if a target) gets its record last, before it becomes a
+    /// member.
+    fn write_end(&self, w: RecordWrite) -> Result<(), ExecError> {
         let mut errs = Vec::new();
-        for (m, r) in chosen.iter().zip(results) {
+        for (name, r) in w.names.iter().zip(w.results) {
             if let Err(e) = r {
-                errs.push((m.kname.clone(), e));
+                errs.push((name.clone(), e));
             }
         }
-        // A device being added gets its record before it becomes a member.
-        if let Some(p) = self.pending.as_ref().filter(|p| targets.contains(&p.index)) {
+        if let Some(p) = self.pending.as_ref().filter(|_| w.pending) {
             let sb = Superblock {
-                array: next.clone(),
+                array: w.next.clone(),
                 device: p.device,
             };
             if let Err(e) = p.dev.write_superblock(&sb) {
@@ -943,11 +1191,11 @@ impl Managed {
         debug!(
             "{}: recorded events {} on {} member(s) ({}, resync {}, events_cleared {})",
             self.md.name(),
-            next.events,
-            chosen.len(),
-            if next.clean { "clean" } else { "dirty" },
-            next.resync,
-            next.bitmap.events_cleared
+            w.next.events,
+            w.names.len(),
+            if w.next.clean { "clean" } else { "dirty" },
+            w.next.resync,
+            w.next.bitmap.events_cleared
         );
         Ok(())
     }
@@ -1029,7 +1277,7 @@ impl Managed {
         let i = self.member_index_of_path(old)?;
         // Refused before anything is added when the array is degraded or
         // the member is not in sync.
-        self.wake();
+        self.settle();
         self.remap();
         let view = self.snapshot()?;
         self.mon
@@ -1190,7 +1438,7 @@ impl Managed {
         // a bounded number of times, each after the machine's own batch ran.
         let mut attempts = 0;
         let batch = loop {
-            self.wake();
+            self.settle();
             self.remap();
             let view = self.snapshot()?;
             match self.mon.step(Event::Admin(req.clone(), view)) {
@@ -1216,7 +1464,7 @@ impl Managed {
             }
         }
         let r = self.execute(&batch);
-        self.wake();
+        self.settle();
         r.map_err(|source| ManagedError::PartFailed {
             md: self.md.name().to_string(),
             source,
@@ -1228,14 +1476,14 @@ impl Managed {
     pub fn make_clean(&mut self) -> bool {
         // Decided on what the wakes saw: a read of the held state here
         // would spend a notification nobody acts on.
-        self.wake();
+        self.settle();
         let Some(h) = self.held.as_ref() else {
             // Stopped (and recorded) already.
             return true;
         };
         if let Some(ArrayState::Active | ArrayState::ActiveIdle) = self.seen.array_state {
             let _ = h.set_array_state(ArrayState::Clean);
-            self.wake();
+            self.settle();
         }
         if self.held.is_none() || self.gone {
             return true;
@@ -1299,7 +1547,7 @@ impl Managed {
                     // it). The array runs on, managed as before: a refused
                     // stop leaves nothing behind that stops it later.
                     self.mon.cancel_stop();
-                    self.wake();
+                    self.settle();
                     let busy = matches!(
                         &e,
                         ManagedError::PartFailed {
@@ -1329,10 +1577,11 @@ impl Managed {
             if asked.elapsed() > STOP_DRAIN {
                 return Err(ManagedError::Failed(format!("{name}: did not stop")));
             }
-            self.wake();
+            self.settle();
             return Ok(false);
         }
         self.held = None;
+        self.watch = None;
         crate::assembly::teardown(self.md.sysfs(), &self.md)
             .map_err(|e| ManagedError::Failed(e.to_string()))?;
         info!(

@@ -12,9 +12,20 @@
 //! Nothing on the write path creates a thread or a channel: the job queue
 //! is bounded, and each caller brings its own bounded answer channel
 //! ([`Answers`]), made once per array.
+//!
+//! A caller may wait for its answers ([`Answers::next`]) or go on with
+//! other work: every answer also counts up one eventfd of the process
+//! ([`Pool::notifier`]), which the daemon polls beside the arrays'
+//! notifications, and then collects with [`Answers::try_next`]. A write
+//! that hangs (a member that takes seconds per write) then holds only its
+//! own array: a thread is started for a new job whenever none is idle, up
+//! to [`MAX_WRITERS`].
 
 use crate::device::{Device, DeviceError};
 use crate::meta::Superblock;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -42,6 +53,11 @@ pub struct Pool {
     jobs: SyncSender<Job>,
     queue: Arc<Mutex<Receiver<Job>>>,
     started: Mutex<usize>,
+    /// Threads waiting for a job.
+    idle: Arc<AtomicUsize>,
+    /// Counted up after every answer (`None` if the process has no
+    /// eventfd left: callers then wait for their answers).
+    done: Option<Arc<EventFd>>,
 }
 
 /// A caller's answer channel: bounded, made once (per array).
@@ -63,22 +79,30 @@ pub fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
         let (jobs, rx) = sync_channel(QUEUE);
+        let done = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .ok()
+            .map(Arc::new);
         Pool {
             jobs,
             queue: Arc::new(Mutex::new(rx)),
             started: Mutex::new(0),
+            idle: Arc::new(AtomicUsize::new(0)),
+            done,
         }
     })
 }
 
 impl Pool {
-    /// Make sure `n` writes can run at once (at most [`MAX_WRITERS`]).
-    /// Fails only if no thread runs at all.
+    /// Make sure `n` more writes can start at once: threads are started
+    /// while fewer than `n` are idle, up to [`MAX_WRITERS`] in all. Fails
+    /// only if no thread runs at all.
     pub fn ensure(&self, n: usize) -> std::io::Result<()> {
-        let want = n.clamp(1, MAX_WRITERS);
         let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
-        while *started < want {
+        while *started < MAX_WRITERS && self.idle.load(Ordering::Acquire) < n.max(1) {
             let queue = self.queue.clone();
+            let idle = self.idle.clone();
+            let done = self.done.clone();
+            idle.fetch_add(1, Ordering::AcqRel);
             let r = std::thread::Builder::new()
                 .name(format!("writer-{}", *started))
                 .stack_size(WRITER_STACK)
@@ -90,18 +114,44 @@ impl Pool {
                         Err(p) => p.into_inner().recv(),
                     };
                     let Ok(job) = job else { break };
+                    idle.fetch_sub(1, Ordering::AcqRel);
                     let r = job.dev.write_superblock(&job.sb);
+                    idle.fetch_add(1, Ordering::AcqRel);
                     // The caller may have given up (its array is gone).
                     let _ = job.answer.send((job.tag, r));
+                    if let Some(d) = &done {
+                        // Counts up to 2^64-2 before EAGAIN; the daemon
+                        // reads it to zero on every wake.
+                        let _ = d.write(1);
+                    }
                 });
             match r {
                 Ok(_) => *started += 1,
-                Err(e) if *started == 0 => return Err(e),
-                // Fewer threads: writes queue a little longer.
-                Err(_) => break,
+                Err(e) => {
+                    self.idle.fetch_sub(1, Ordering::AcqRel);
+                    if *started == 0 {
+                        return Err(e);
+                    }
+                    // Fewer threads: writes queue a little longer.
+                    break;
+                }
             }
         }
         Ok(())
+    }
+
+    /// The descriptor that becomes readable when an answer was sent
+    /// (read it with [`Pool::take_done`] before collecting answers).
+    pub fn notifier(&self) -> Option<BorrowedFd<'_>> {
+        self.done.as_deref().map(AsFd::as_fd)
+    }
+
+    /// Reset the notifier (before collecting answers: an answer sent after
+    /// this counts it up again).
+    pub fn take_done(&self) {
+        if let Some(d) = &self.done {
+            let _ = d.read();
+        }
     }
 
     /// How many writer threads run.
@@ -128,6 +178,11 @@ impl Answers {
     /// The next answer (blocks until one comes).
     pub fn next(&self) -> Option<Answer> {
         self.rx.recv().ok()
+    }
+
+    /// An answer that has come, if any (never blocks).
+    pub fn try_next(&self) -> Option<Answer> {
+        self.rx.try_recv().ok()
     }
 }
 

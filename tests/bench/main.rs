@@ -246,7 +246,7 @@ fn which(b: &str) -> Option<PathBuf> {
 }
 
 /// The metrics of a record, by name, in table order.
-const METRICS: [(&str, &str); 19] = [
+const METRICS: [(&str, &str); 20] = [
     ("arrays", "arrays in the daemon"),
     (
         "readd_written_over_dirty",
@@ -254,6 +254,10 @@ const METRICS: [(&str, &str); 19] = [
     ),
     ("readd_secs", "re-add: add -> rebuilt, s"),
     ("readd_start_secs", "re-add: add -> recovery seen, s"),
+    (
+        "recovery_end_to_can_clear_ms",
+        "re-add: recovery end -> can_clear true, ms",
+    ),
     ("fail_remove_secs", "fail + remove (member detached), s"),
     ("add_answer_ms", "add (re-add): the command's answer, ms"),
     (
@@ -864,6 +868,20 @@ fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
     })?;
     let secs = t.elapsed().as_secs_f64();
     let written = written_sectors(b)? - w0;
+    // mdext: from the rebuild's end (as seen above) to the daemon's
+    // `can_clear = true` (the record of the array whole comes first).
+    if k.name.starts_with("mdext") {
+        let end = Instant::now();
+        wait(
+            "can_clear true after the rebuild",
+            Duration::from_secs(60),
+            || (md_attr(&md, "bitmap/can_clear") == "true").then_some(()),
+        )?;
+        rec.insert(
+            "recovery_end_to_can_clear_ms".into(),
+            json!(end.elapsed().as_secs_f64() * 1000.0),
+        );
+    }
     let dirty_sectors = dirty * (CHUNK / 512);
     rec.insert("readd_secs".into(), json!(secs));
     rec.insert("readd_start_secs".into(), json!(started));

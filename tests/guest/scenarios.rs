@@ -63,6 +63,7 @@ pub static ALL: &[&Scenario] = &[
     &spares::REPLACE,
     &spares::GROW,
     &many::SIXTY_FOUR,
+    &many::SLOW_MEMBER,
 ];
 
 /// Scenarios in the systemd guest (root on mdext, `scripts/sysguest`).

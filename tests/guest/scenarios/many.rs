@@ -256,3 +256,167 @@ fn sixty_four() -> Result<()> {
     );
     Ok(())
 }
+
+pub static SLOW_MEMBER: Scenario = Scenario {
+    name: "slow_member_holds_only_its_own_array",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: slow_member,
+        ends: Ends::Ok,
+    }],
+};
+
+fn dmsetup(args: &str) -> Result<String> {
+    sh(&format!("DM_DISABLE_UDEV=1 dmsetup --noudevsync {args}"))
+}
+
+/// Both members' records and md say `clean`.
+fn recorded_clean(md: &MdDev, a: &PathBuf, b: &PathBuf) -> Option<()> {
+    let clean = |p: &PathBuf| examine(p).is_ok_and(|e| e["state"] == "clean");
+    (clean(a) && clean(b) && md.read("array_state").ok()? == "clean").then_some(())
+}
+
+/// Issue 12, item 4: a member that does not answer (a dying disk; here a
+/// dm device suspended under it) holds its own array's write, and no
+/// other array's. Array S's member `sb` is suspended; a write to S makes
+/// the daemon record S dirty, and the record write to `sb` hangs. A first
+/// write after clean on array F must then complete while `sb` is still
+/// suspended (before, the daemon's loop waited for S's record in the
+/// writer's answer, and F's write-pending was answered only after `sb`
+/// came back). Asserted: ordering and states only.
+fn slow_member() -> Result<()> {
+    ensure!(
+        std::path::Path::new("/bin/dmsetup").exists(),
+        "dmsetup is not in the guest"
+    );
+    let loops = loop_devices(4, MEMBER_MIB)?;
+    let sectors = MEMBER_MIB << 11;
+    for (name, l) in [("sa", &loops[0]), ("sb", &loops[1])] {
+        dmsetup(&format!(
+            "create {name} --table '0 {sectors} linear {} 0'",
+            l.path.display()
+        ))?;
+    }
+    let (sa, sb) = (
+        PathBuf::from("/dev/mapper/sa"),
+        PathBuf::from("/dev/mapper/sb"),
+    );
+    let (fa, fb) = (loops[2].path.clone(), loops[3].path.clone());
+    let mut mds = Vec::new();
+    for (name, a, b) in [("s", &sa, &sb), ("f", &fa, &fb)] {
+        ctl(&format!(
+            "create --level 1 --raid-devices 2 --name {name} --bitmap-chunk 64K --time-base 1 --assume-clean {} {}",
+            a.display(),
+            b.display()
+        ))?;
+        let out = ctl(&format!("assemble {name} {} {}", a.display(), b.display()))?;
+        let md = out
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("/dev/"))
+            .context("assemble names the md device")?
+            .to_string();
+        mds.push(sysfs().md(&md));
+    }
+    let (s, f) = (mds[0].clone(), mds[1].clone());
+    for (md, a, b) in [(&s, &sa, &sb), (&f, &fa, &fb)] {
+        wait_until(
+            &format!("{} recorded clean", md.name()),
+            Duration::from_secs(120),
+            || recorded_clean(md, a, b),
+        )?;
+    }
+
+    // S's second member stops answering.
+    dmsetup("suspend sb")?;
+    let s_data = pattern(0x51, 4096);
+    let s_done = Arc::new(AtomicBool::new(false));
+    let s_writer = {
+        let (s, data, done) = (s.clone(), s_data.clone(), s_done.clone());
+        std::thread::spawn(move || -> Result<()> {
+            let dev = Device::open(&s.dev_path(), Access::SharedWrite)?;
+            dev.write_at(1 << 20, &data)?;
+            dev.sync()?;
+            done.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+    };
+    // The daemon has taken S's write: its dirty record reached `sa`
+    // (the copy for `sb` hangs in the writer pool).
+    wait_until(
+        "S's dirty record on its answering member",
+        Duration::from_secs(120),
+        || {
+            examine(&sa)
+                .is_ok_and(|e| e["state"] == "dirty")
+                .then_some(())
+        },
+    )?;
+
+    // A first write after clean on F.
+    let f_data = pattern(0xf1, 4096);
+    let f_done = Arc::new(AtomicBool::new(false));
+    let f_writer = {
+        let (f, data, done) = (f.clone(), f_data.clone(), f_done.clone());
+        std::thread::spawn(move || -> Result<Duration> {
+            let dev = Device::open(&f.dev_path(), Access::SharedWrite)?;
+            let t = Instant::now();
+            dev.write_at(1 << 20, &data)?;
+            dev.sync()?;
+            let took = t.elapsed();
+            done.store(true, Ordering::SeqCst);
+            Ok(took)
+        })
+    };
+    let outcome = wait_until(
+        "F's first write while S's member hangs",
+        Duration::from_secs(120),
+        || f_done.load(Ordering::SeqCst).then_some(()),
+    );
+    // Whatever happened, S's member comes back (a failed run must not
+    // leave the guest hung).
+    let s_held = !s_done.load(Ordering::SeqCst);
+    let pinged = pong().is_some();
+    dmsetup("resume sb")?;
+    outcome?;
+    let took = f_writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("F's writer panicked"))??;
+    println!(
+        "SLOW: F's first write after clean took {:.1} ms while S's member was suspended",
+        took.as_secs_f64() * 1000.0
+    );
+    ensure!(
+        s_held,
+        "S's write ended before its member came back: the test did not hold it"
+    );
+    ensure!(
+        pinged,
+        "mdextmon did not answer a ping while S's member hung"
+    );
+    s_writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("S's writer panicked"))??;
+    // Both recorded clean again once idle; the data is there on both legs.
+    for (md, a, b) in [(&s, &sa, &sb), (&f, &fa, &fb)] {
+        wait_until(
+            &format!("{} recorded clean after the writes", md.name()),
+            Duration::from_secs(120),
+            || recorded_clean(md, a, b),
+        )?;
+    }
+    for (md, data) in [(&s, &s_data), (&f, &f_data)] {
+        let got = read_direct(&md.dev_path(), 1 << 20, 4096)?;
+        ensure!(&got == data, "{}: the write did not read back", md.name());
+        ensure!(
+            check_mismatches(md)? == 0,
+            "{}: mismatch_cnt after the writes",
+            md.name()
+        );
+    }
+    for md in [&s, &f] {
+        ctl(&format!("stop {}", md.name()))?;
+    }
+    let _ = dmsetup("remove_all");
+    Ok(())
+}
