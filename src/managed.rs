@@ -1031,20 +1031,7 @@ impl Managed {
                 Ok(())
             }
             Action::AddSpare { index, device } => {
-                let p = self
-                    .pending
-                    .take()
-                    .filter(|p| p.index == *index)
-                    .ok_or(ExecError::NoPending(*index))?;
-                let kname = self.md.add_member(p.devnum).map_err(s)?;
-                let h = self.md.member(&kname);
-                let r = h
-                    .set_offset(device.data_offset)
-                    .and_then(|_| h.set_size(device.data_size.kib_floor()));
-                self.members
-                    .push(MemberIo::new(kname.clone(), p.dev, *device, *index)?);
-                *membership_changed = true;
-                r.map_err(s)?;
+                let kname = self.attach(*index, device, membership_changed, |_| Ok(()))?;
                 info!("{}: added {kname} as a spare", self.md.name());
                 Ok(())
             }
@@ -1086,30 +1073,12 @@ impl Managed {
                 device,
             } => {
                 let slot = u32::try_from(*index).map_err(|_| ExecError::SlotRange(*index))?;
-                let p = self
-                    .pending
-                    .take()
-                    .filter(|p| p.index == *index)
-                    .ok_or(ExecError::NoPending(*index))?;
-                let kname = self.md.add_member(p.devnum).map_err(s)?;
-                let h = self.md.member(&kname);
-                let r = h
-                    .set_offset(device.data_offset)
-                    .and_then(|_| h.set_size(device.data_size.kib_floor()))
-                    .and_then(|_| {
-                        if *bitmap_based {
-                            h.command(MemberCommand::InSync)
-                        } else {
-                            Ok(())
-                        }
-                    })
-                    .and_then(|_| h.set_slot(Some(slot)));
-                // Keep it in the member list either way: the next snapshot
-                // shows it and the machine removes a half-added device.
-                self.members
-                    .push(MemberIo::new(kname.clone(), p.dev, *device, *index)?);
-                *membership_changed = true;
-                r.map_err(s)?;
+                let kname = self.attach(*index, device, membership_changed, |h| {
+                    if *bitmap_based {
+                        h.command(MemberCommand::InSync)?;
+                    }
+                    h.set_slot(Some(slot))
+                })?;
                 info!(
                     "{}: added {kname} in slot {index}, {} rebuild",
                     self.md.name(),
@@ -1118,6 +1087,36 @@ impl Managed {
                 Ok(())
             }
         }
+    }
+
+    /// Hot-add the pending device for slot table index `index` to md:
+    /// its data offset and size, then `then` (in sync, slot). It is kept
+    /// in the member list even if a step failed: the next snapshot shows
+    /// it, and the machine removes a half-added device.
+    fn attach(
+        &mut self,
+        index: usize,
+        device: &DeviceMeta,
+        membership_changed: &mut bool,
+        then: impl FnOnce(&crate::sysfs::Member<'_>) -> Result<(), SysfsError>,
+    ) -> Result<String, ExecError> {
+        let p = self
+            .pending
+            .take()
+            .filter(|p| p.index == index)
+            .ok_or(ExecError::NoPending(index))?;
+        let kname = self.md.add_member(p.devnum).map_err(ExecError::Sysfs)?;
+        let r = {
+            let h = self.md.member(&kname);
+            h.set_offset(device.data_offset)
+                .and_then(|_| h.set_size(device.data_size.kib_floor()))
+                .and_then(|_| then(&h))
+        };
+        self.members
+            .push(MemberIo::new(kname.clone(), p.dev, *device, index)?);
+        *membership_changed = true;
+        r.map_err(ExecError::Sysfs)?;
+        Ok(kname)
     }
 
     /// Start writing the record durably to the listed members, in

@@ -41,6 +41,11 @@ const EXTRA_MIB: u64 = 16;
 const DISK_MIB: u64 = 256;
 const CHUNK: u64 = 1 << 20;
 const MARK: &str = "MDEXT-BENCH ";
+/// The kinds of the crash-and-resync rounds (`mdext64` is left out: its
+/// 63 idle arrays would be resynced too).
+const CRASH_KINDS: [&str; 4] = ["mdadm12_bitmap", "mdadm12_nobitmap", "imsm_mdmon", "mdext"];
+/// Printed by the crash phase just before the power cut.
+const CRASHING: &str = "MDEXT-BENCH-CRASHING";
 
 #[derive(Clone, Debug)]
 struct Opts {
@@ -51,6 +56,14 @@ struct Opts {
     first_writes: usize,
     trace: bool,
     in_guest: bool,
+    /// Crash-and-resync rounds (two boots per kind and round).
+    crash_rounds: usize,
+    /// In the guest: `crash` or `resync` (one kind, two disks), or none
+    /// (the main run).
+    phase: Option<String>,
+    kind: Option<String>,
+    /// The crash round a phase belongs to (1-based).
+    round: usize,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -62,6 +75,10 @@ fn parse_args() -> Result<Opts> {
         first_writes: 5,
         trace: false,
         in_guest: false,
+        crash_rounds: 2,
+        phase: None,
+        kind: None,
+        round: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -74,20 +91,26 @@ fn parse_args() -> Result<Opts> {
             "--first-writes" => {
                 o.first_writes = val("--first-writes")?.parse().context("--first-writes")?
             }
+            "--crash-rounds" => {
+                o.crash_rounds = val("--crash-rounds")?.parse().context("--crash-rounds")?
+            }
+            "--phase" => o.phase = Some(val("--phase")?),
+            "--kind" => o.kind = Some(val("--kind")?),
+            "--round" => o.round = val("--round")?.parse().context("--round")?,
             "--in-guest" => o.in_guest = true,
             "--trace" => o.trace = true,
             // cargo's test runner may pass these; nothing to filter here.
             "--nocapture" | "--test-threads=1" => {}
             "-h" | "--help" => {
-                println!("usage: scripts/bench [--rounds N (1-2)] [--json FILE] [--idle SECS] [--iops-secs SECS] [--first-writes N] [--trace]");
+                println!("usage: scripts/bench [--rounds N (1-2)] [--crash-rounds N] [--json FILE] [--idle SECS] [--iops-secs SECS] [--first-writes N] [--trace]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument '{other}' (see --help)"),
         }
     }
-    if !(1..=2).contains(&o.rounds) {
+    if !(0..=2).contains(&o.rounds) {
         bail!(
-            "--rounds {}: 1 or 2 (each round takes 10 fresh virtio disks; the guest's PCI bus holds 24)",
+            "--rounds {}: 0 (crash rounds only), 1 or 2 (each round takes 10 fresh virtio disks; the guest's PCI bus holds 24)",
             o.rounds
         );
     }
@@ -150,68 +173,95 @@ fn host(o: &Opts) -> Result<()> {
     }
     std::fs::create_dir_all(root.join("target/guest-logs"))?;
     let log = root.join("target/guest-logs/bench.log");
-    let name = me.file_name().and_then(|n| n.to_str()).unwrap_or("bench");
-    let mut run = Command::new(root.join("scripts/guest"));
-    run.arg("run")
-        .arg("--initramfs")
-        .arg(&initramfs)
-        .arg("--timeout")
-        .arg("3000")
-        .arg("--log")
-        .arg(&log);
-    for d in &disks {
-        run.arg("--disk").arg(d);
-    }
-    run.arg("--")
-        .arg(format!("/bin/{name}"))
-        .arg("--in-guest")
-        .arg("--rounds")
-        .arg(o.rounds.to_string())
-        .arg("--idle")
-        .arg(o.idle.to_string())
-        .arg("--iops-secs")
-        .arg(o.iops_secs.to_string())
-        .arg("--first-writes")
-        .arg(o.first_writes.to_string());
+    let name = me
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("bench")
+        .to_string();
+    let mut args: Vec<String> = vec![
+        format!("/bin/{name}"),
+        "--in-guest".into(),
+        "--rounds".into(),
+        o.rounds.to_string(),
+        "--idle".into(),
+        o.idle.to_string(),
+        "--iops-secs".into(),
+        o.iops_secs.to_string(),
+        "--first-writes".into(),
+        o.first_writes.to_string(),
+    ];
     if o.trace {
-        run.arg("--trace");
+        args.push("--trace".into());
     }
     let t0 = Instant::now();
-    let mut child = run
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("scripts/guest run")?;
-    let out = child.stdout.take().context("guest stdout")?;
     let mut records = Vec::new();
     let mut guest_kernel = String::new();
-    for line in BufReader::new(out).lines() {
-        let line = line.unwrap_or_default();
-        let line = line.trim_end_matches('\r');
-        if let Some(j) = line.find(MARK) {
-            match serde_json::from_str::<Value>(&line[j + MARK.len()..]) {
-                Ok(v) => records.push(v),
-                Err(e) => eprintln!("bench: unreadable record ({e}): {line}"),
-            }
-        } else {
-            if let Some(k) = line.split("kernel=").nth(1) {
-                guest_kernel = k.split_whitespace().next().unwrap_or("").to_string();
-            }
-            println!("{line}");
+    let mut st = std::process::ExitStatus::default();
+    if o.rounds > 0 {
+        let main = boot(&root, &initramfs, &disks, &args, &log, 3000)?;
+        records = main.records;
+        guest_kernel = main.kernel;
+        st = main.status;
+        if records.is_empty() {
+            bail!(
+                "the guest reported no results ({st}); console in {}",
+                log.display()
+            );
         }
     }
-    let st = child.wait()?;
-    let wall = t0.elapsed().as_secs_f64();
-    if records.is_empty() {
-        bail!(
-            "the guest reported no results ({st}); console in {}",
-            log.display()
-        );
+    for d in &disks {
+        let _ = std::fs::remove_file(d);
     }
+    // Crash and resync: per kind and round, one boot that writes and cuts
+    // the power, one that assembles and resyncs, on two fresh disks.
+    for round in 0..o.crash_rounds {
+        for i in 0..CRASH_KINDS.len() {
+            let kind = CRASH_KINDS[(i + round) % CRASH_KINDS.len()];
+            let pair: Vec<PathBuf> = (0..2).map(|j| work.join(format!("crash{j}.img"))).collect();
+            for p in &pair {
+                let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
+                f.set_len(DISK_MIB << 20)?;
+            }
+            let phase = |ph: &str| -> Vec<String> {
+                let mut a = vec![
+                    format!("/bin/{name}"),
+                    "--in-guest".into(),
+                    "--phase".into(),
+                    ph.into(),
+                    "--kind".into(),
+                    kind.into(),
+                ];
+                a.extend(["--round".into(), (round + 1).to_string()]);
+                a
+            };
+            let clog = root.join(format!("target/guest-logs/bench-crash-{kind}-{round}.log"));
+            let a = boot(&root, &initramfs, &pair, &phase("crash"), &clog, 600)?;
+            // The guest ends without an exit status (125) when the power
+            // is cut; the line before it may not reach the console.
+            let b = if a.crashed || a.status.code() == Some(125) {
+                let rlog = root.join(format!("target/guest-logs/bench-resync-{kind}-{round}.log"));
+                boot(&root, &initramfs, &pair, &phase("resync"), &rlog, 900)?.records
+            } else {
+                println!(
+                    "bench: {kind} round {}: the crash phase ended without a power cut ({}); console in {}",
+                    round + 1,
+                    a.status,
+                    clog.display()
+                );
+                vec![json!({"kind": kind, "round": round + 1, "phase": "crash",
+                    "error": format!("no power cut ({})", a.status)})]
+            };
+            records.extend(a.records);
+            records.extend(b);
+        }
+    }
+    let wall = t0.elapsed().as_secs_f64();
     let medians = summarise(&records);
     print_table(&medians);
     let doc = json!({
         "kernel": if guest_kernel.is_empty() { kver.trim().to_string() } else { guest_kernel },
         "rounds": o.rounds,
+        "crash_rounds": o.crash_rounds,
         "disk_mib": DISK_MIB,
         "bitmap_chunk": CHUNK,
         "idle_secs": o.idle,
@@ -238,6 +288,67 @@ fn host(o: &Opts) -> Result<()> {
     Ok(())
 }
 
+/// What one guest boot printed.
+struct Boot {
+    records: Vec<Value>,
+    kernel: String,
+    status: std::process::ExitStatus,
+    /// The crash phase said it was cutting the power.
+    crashed: bool,
+}
+
+/// Boot the guest on `disks`, run `args` in it, collect its records.
+fn boot(
+    root: &Path,
+    initramfs: &Path,
+    disks: &[PathBuf],
+    args: &[String],
+    log: &Path,
+    timeout: u64,
+) -> Result<Boot> {
+    let mut run = Command::new(root.join("scripts/guest"));
+    run.arg("run")
+        .arg("--initramfs")
+        .arg(initramfs)
+        .arg("--timeout")
+        .arg(timeout.to_string())
+        .arg("--log")
+        .arg(log);
+    for d in disks {
+        run.arg("--disk").arg(d);
+    }
+    run.arg("--").args(args);
+    let mut child = run
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("scripts/guest run")?;
+    let out = child.stdout.take().context("guest stdout")?;
+    let mut b = Boot {
+        records: Vec::new(),
+        kernel: String::new(),
+        status: std::process::ExitStatus::default(),
+        crashed: false,
+    };
+    for line in BufReader::new(out).lines() {
+        let line = line.unwrap_or_default();
+        let line = line.trim_end_matches('\r');
+        if let Some(j) = line.find(MARK) {
+            match serde_json::from_str::<Value>(&line[j + MARK.len()..]) {
+                Ok(v) => b.records.push(v),
+                Err(e) => eprintln!("bench: unreadable record ({e}): {line}"),
+            }
+        } else {
+            if let Some(k) = line.split("kernel=").nth(1) {
+                b.kernel = k.split_whitespace().next().unwrap_or("").to_string();
+            }
+            b.crashed |= line.contains(CRASHING);
+            println!("{line}");
+        }
+    }
+    b.status = child.wait()?;
+    Ok(b)
+}
+
 fn which(b: &str) -> Option<PathBuf> {
     ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
         .iter()
@@ -246,13 +357,21 @@ fn which(b: &str) -> Option<PathBuf> {
 }
 
 /// The metrics of a record, by name, in table order.
-const METRICS: [(&str, &str); 20] = [
+const METRICS: [(&str, &str); 22] = [
     ("arrays", "arrays in the daemon"),
     (
         "readd_written_over_dirty",
         "re-add after 10 % scattered writes: written / dirty",
     ),
     ("readd_secs", "re-add: add -> rebuilt, s"),
+    (
+        "resync_written_over_dirty",
+        "resync after a crash under writes to 10 % of chunks: written / dirty",
+    ),
+    (
+        "resync_secs",
+        "resync after a crash: assemble -> in sync, s",
+    ),
     ("readd_start_secs", "re-add: add -> recovery seen, s"),
     (
         "recovery_end_to_can_clear_ms",
@@ -322,7 +441,8 @@ fn summarise(records: &[Value]) -> Value {
         if !errs.is_empty() {
             m.insert("errors".into(), Value::Array(errs));
         }
-        m.insert("rounds".into(), json!(mine.len()));
+        let main_rounds = mine.iter().filter(|r| r.get("phase").is_none()).count();
+        m.insert("rounds".into(), json!(main_rounds));
         out.insert(k.into(), Value::Object(m));
     }
     Value::Object(out)
@@ -678,6 +798,164 @@ fn wait_clean(md: &str) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
+fn kind_env(name: &str) -> Vec<(&'static str, &'static str)> {
+    if name == "imsm_mdmon" {
+        vec![("IMSM_NO_PLATFORM", "1"), ("IMSM_DEVNAME_AS_SERIAL", "1")]
+    } else {
+        vec![]
+    }
+}
+
+/// The chunks the crash phase keeps writing: every tenth.
+fn crash_chunks(bytes: u64) -> Vec<u64> {
+    (0..bytes / CHUNK).step_by(10).collect()
+}
+
+/// Boot 1 of a crash round: create the array, keep writing 4 KiB into
+/// every tenth chunk, and once every chunk of the set was written and the
+/// array reads `active` (its metadata says dirty), cut the power (sysrq b;
+/// never returns).
+fn crash_phase(k: &Kind) -> Result<()> {
+    sh("echo 1 > /proc/sys/kernel/sysrq")?;
+    let t0 = Instant::now();
+    let bitmap = k.create()?;
+    let md = wait("the array to appear", Duration::from_secs(30), || {
+        md_of(&k.disks[0]).ok()
+    })?;
+    let dev = format!("/dev/{md}");
+    wait_started(&md, &dev)?;
+    println!(
+        "bench: crash phase: {} ({bitmap}) on {md} started in {:.1} s",
+        k.name,
+        t0.elapsed().as_secs_f64()
+    );
+    // mdadm writes a new internal bitmap with every bit set; md clears
+    // them once the array is clean for a few bitmap periods. A crash
+    // before then resyncs everything whatever was written: wait until the
+    // bitmap shows nothing dirty (`mdadm -X`), as on an array that has run
+    // a while.
+    let t = Instant::now();
+    let settled = match k.name {
+        "mdadm12_bitmap" | "imsm_mdmon" => {
+            let dev_a = format!("/dev/{}", k.disks[0]);
+            wait(
+                "the bitmap to show no dirty chunk",
+                Duration::from_secs(120),
+                || {
+                    let x = k.sh(&format!("mdadm -X {dev_a} 2>&1")).ok()?;
+                    x.lines()
+                        .any(|l| l.contains("Bitmap :") && l.contains(" 0 dirty"))
+                        .then_some(())
+                },
+            )
+            .is_ok()
+        }
+        _ => true,
+    };
+    let mut rec = Map::new();
+    rec.insert("kind".into(), json!(k.name));
+    rec.insert("phase".into(), json!("crash"));
+    rec.insert("bitmap_settled".into(), json!(settled));
+    rec.insert(
+        "bitmap_settle_secs".into(),
+        json!(t.elapsed().as_secs_f64()),
+    );
+    println!("{MARK}{}", Value::Object(rec));
+    let sectors: u64 = md_attr(&md, "../size").parse().context("array size")?;
+    let chunks = crash_chunks(sectors * 512);
+    let passes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let p2 = passes.clone();
+    let d2 = dev.clone();
+    std::thread::spawn(move || -> Result<()> {
+        let f = open_direct(&d2, false)?;
+        let buf = Buf::new(0x3c);
+        loop {
+            for c in &chunks {
+                f.write_at(buf.get(), c * CHUNK + (c * 7 % 256) * 4096)?;
+            }
+            p2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    wait(
+        "two passes over the chunks with the array active",
+        Duration::from_secs(300),
+        || {
+            (passes.load(std::sync::atomic::Ordering::SeqCst) >= 2
+                && md_attr(&md, "array_state") == "active")
+                .then_some(())
+        },
+    )?;
+    println!("{CRASHING} {md} active");
+    sh("echo b > /proc/sysrq-trigger")?;
+    std::thread::sleep(Duration::from_secs(600));
+    bail!("still running after sysrq b")
+}
+
+/// Boot 2 of a crash round: assemble the crashed array as its tools do,
+/// and measure the resync: sectors written to both members since boot,
+/// over the chunks the crash phase wrote.
+fn resync_phase(k: &Kind, rec: &mut Map<String, Value>) -> Result<()> {
+    let [a, b] = &k.disks;
+    let t = Instant::now();
+    match k.name {
+        "mdext" => {
+            k.sh(&format!("mdextctl assemble bench /dev/{a} /dev/{b}"))?;
+        }
+        "imsm_mdmon" => {
+            k.sh(&format!(
+                "mdadm --assemble /dev/md100 /dev/{a} /dev/{b} 2>&1"
+            ))?;
+            k.sh("mdadm --incremental /dev/md100 2>&1")?;
+        }
+        _ => {
+            k.sh(&format!("mdadm --assemble /dev/md0 /dev/{a} /dev/{b} 2>&1"))?;
+        }
+    }
+    let md = wait("the array to appear", Duration::from_secs(60), || {
+        md_of(a).ok()
+    })?;
+    let dev = format!("/dev/{md}");
+    // An array started read-auto resyncs only once written: one write into
+    // a chunk the crash phase dirtied already.
+    wait("the array to run", Duration::from_secs(60), || {
+        let s = md_attr(&md, "array_state");
+        (!s.is_empty() && s != "inactive").then_some(())
+    })?;
+    if md_attr(&md, "array_state") == "read-auto" {
+        open_direct(&dev, true)?.write_at(Buf::new(2).get(), 0)?;
+    }
+    wait("the resync to end", Duration::from_secs(850), || {
+        (md_attr(&md, "resync_start") == "none"
+            && md_attr(&md, "sync_action") == "idle"
+            && md_attr(&md, "degraded") == "0")
+            .then_some(())
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    let written = written_sectors(a)? + written_sectors(b)?;
+    let sectors: u64 = md_attr(&md, "../size").parse().context("array size")?;
+    let dirty = crash_chunks(sectors * 512).len() as u64;
+    rec.insert("resync_secs".into(), json!(secs));
+    rec.insert("resync_dirty_chunks".into(), json!(dirty));
+    rec.insert("resync_written_sectors".into(), json!(written));
+    rec.insert(
+        "resync_written_over_dirty".into(),
+        json!(written as f64 / (dirty * (CHUNK / 512)) as f64),
+    );
+    rec.insert(
+        "resync_mismatch_cnt".into(),
+        json!(md_attr(&md, "mismatch_cnt")),
+    );
+    // What md said about the bitmap and the resync (why a resync was full).
+    let said: Vec<String> = sh("dmesg")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("md") && (l.contains("bitmap") || l.contains("sync")))
+        .map(|l| l.split_once("] ").map_or(l, |(_, m)| m).to_string())
+        .collect();
+    rec.insert("resync_kernel_said".into(), json!(said));
+    Ok(())
+}
+
 /// After create: an external-metadata array may start `read-auto` until its
 /// first write (mdmon's IMSM volumes do); one write and the wait for
 /// `clean` follow.
@@ -936,6 +1214,37 @@ fn guest(o: &Opts) -> Result<()> {
         .filter(|n| n.starts_with("vd"))
         .collect();
     disks.sort_by_key(|d| (d.len(), d.clone()));
+    if let Some(phase) = &o.phase {
+        let name = o.kind.as_deref().context("--phase needs --kind")?;
+        let name = CRASH_KINDS
+            .into_iter()
+            .find(|k| *k == name)
+            .with_context(|| format!("--kind {name}: not a crash kind"))?;
+        let k = Kind {
+            name,
+            disks: [
+                disks.first().context("no disk")?.clone(),
+                disks.get(1).context("one disk")?.clone(),
+            ],
+            env: kind_env(name),
+        };
+        return match phase.as_str() {
+            "crash" => crash_phase(&k),
+            "resync" => {
+                let mut rec = Map::new();
+                rec.insert("kind".into(), json!(name));
+                rec.insert("round".into(), json!(o.round));
+                rec.insert("phase".into(), json!("resync"));
+                if let Err(e) = resync_phase(&k, &mut rec) {
+                    println!("bench: {name} resync: {e:#}");
+                    rec.insert("error".into(), json!(format!("{e:#}")));
+                }
+                println!("{MARK}{}", Value::Object(rec));
+                Ok(())
+            }
+            other => bail!("--phase {other}: crash or resync"),
+        };
+    }
     let need = o.rounds * KINDS.len() * 2;
     if disks.len() < need {
         bail!("{} virtio disks, {need} needed", disks.len());
@@ -953,11 +1262,7 @@ fn guest(o: &Opts) -> Result<()> {
             let k = Kind {
                 name,
                 disks: [disks[next].clone(), disks[next + 1].clone()],
-                env: if name == "imsm_mdmon" {
-                    vec![("IMSM_NO_PLATFORM", "1"), ("IMSM_DEVNAME_AS_SERIAL", "1")]
-                } else {
-                    vec![]
-                },
+                env: kind_env(name),
             };
             next += 2;
             println!(
