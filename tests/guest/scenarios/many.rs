@@ -70,6 +70,22 @@ fn writer(md: &MdDev, seed: u64, stop: &AtomicBool, seen: &Mutex<Seen>) -> Resul
     Ok(())
 }
 
+/// Create and assemble raid1 `name` on `a` and `b` (64 KiB bitmap
+/// chunks, time base 1 s); its md device.
+fn raid1(name: &str, a: &std::path::Path, b: &std::path::Path) -> Result<MdDev> {
+    ctl(&format!(
+        "create --level 1 --raid-devices 2 --name {name} --bitmap-chunk 64K --time-base 1 --assume-clean {} {}",
+        a.display(),
+        b.display()
+    ))?;
+    let out = ctl(&format!("assemble {name} {} {}", a.display(), b.display()))?;
+    let md = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("/dev/"))
+        .context("assemble names the md device")?;
+    Ok(sysfs().md(md))
+}
+
 fn daemon_figures() -> Result<(u64, u64, u64)> {
     let pid = std::fs::read_to_string("/run/mdext/mdextmon.pid")?;
     let st = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))?;
@@ -90,18 +106,7 @@ fn sixty_four() -> Result<()> {
     let mut members = Vec::new();
     for i in 0..ARRAYS {
         let (a, b) = (loops[2 * i].path.clone(), loops[2 * i + 1].path.clone());
-        ctl(&format!(
-            "create --level 1 --raid-devices 2 --name m{i} --bitmap-chunk 64K --time-base 1 --assume-clean {} {}",
-            a.display(),
-            b.display()
-        ))?;
-        let out = ctl(&format!("assemble m{i} {} {}", a.display(), b.display()))?;
-        let md = out
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("/dev/"))
-            .context("assemble names the md device")?
-            .to_string();
-        mds.push(sysfs().md(&md));
+        mds.push(raid1(&format!("m{i}"), &a, &b)?);
         members.push((a, b));
     }
     println!(
@@ -194,11 +199,7 @@ fn sixty_four() -> Result<()> {
     wait_until(
         "the refused array recorded clean",
         Duration::from_secs(120),
-        || {
-            let clean = |p: &PathBuf| examine(p).is_ok_and(|e| e["state"] == "clean");
-            (clean(xa) && clean(xb) && mds[STOPPED].read("array_state").ok()? == "clean")
-                .then_some(())
-        },
+        || recorded_clean(&mds[STOPPED], xa, xb),
     )?;
     pong().context("mdextmon answers")?;
     let st = mds[STOPPED].read("array_state").unwrap_or_default();
@@ -272,9 +273,21 @@ fn dmsetup(args: &str) -> Result<String> {
 }
 
 /// Both members' records and md say `clean`.
-fn recorded_clean(md: &MdDev, a: &PathBuf, b: &PathBuf) -> Option<()> {
-    let clean = |p: &PathBuf| examine(p).is_ok_and(|e| e["state"] == "clean");
+fn recorded_clean(md: &MdDev, a: &std::path::Path, b: &std::path::Path) -> Option<()> {
+    let clean = |p: &std::path::Path| examine(p).is_ok_and(|e| e["state"] == "clean");
     (clean(a) && clean(b) && md.read("array_state").ok()? == "clean").then_some(())
+}
+
+/// Wait until each array (and both its members' records) reads clean.
+fn wait_all_clean(arrays: &[(&MdDev, &PathBuf, &PathBuf)], when: &str) -> Result<()> {
+    for (md, a, b) in arrays {
+        wait_until(
+            &format!("{} recorded clean{when}", md.name()),
+            Duration::from_secs(120),
+            || recorded_clean(md, a, b),
+        )?;
+    }
+    Ok(())
 }
 
 /// Issue 12, item 4: a member that does not answer (a dying disk; here a
@@ -305,27 +318,11 @@ fn slow_member() -> Result<()> {
     let (fa, fb) = (loops[2].path.clone(), loops[3].path.clone());
     let mut mds = Vec::new();
     for (name, a, b) in [("s", &sa, &sb), ("f", &fa, &fb)] {
-        ctl(&format!(
-            "create --level 1 --raid-devices 2 --name {name} --bitmap-chunk 64K --time-base 1 --assume-clean {} {}",
-            a.display(),
-            b.display()
-        ))?;
-        let out = ctl(&format!("assemble {name} {} {}", a.display(), b.display()))?;
-        let md = out
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("/dev/"))
-            .context("assemble names the md device")?
-            .to_string();
-        mds.push(sysfs().md(&md));
+        mds.push(raid1(name, a, b)?);
     }
     let (s, f) = (mds[0].clone(), mds[1].clone());
-    for (md, a, b) in [(&s, &sa, &sb), (&f, &fa, &fb)] {
-        wait_until(
-            &format!("{} recorded clean", md.name()),
-            Duration::from_secs(120),
-            || recorded_clean(md, a, b),
-        )?;
-    }
+    let arrays = [(&s, &sa, &sb), (&f, &fa, &fb)];
+    wait_all_clean(&arrays, "")?;
 
     // S's second member stops answering.
     dmsetup("suspend sb")?;
@@ -398,13 +395,7 @@ fn slow_member() -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("S's writer panicked"))??;
     // Both recorded clean again once idle; the data is there on both legs.
-    for (md, a, b) in [(&s, &sa, &sb), (&f, &fa, &fb)] {
-        wait_until(
-            &format!("{} recorded clean after the writes", md.name()),
-            Duration::from_secs(120),
-            || recorded_clean(md, a, b),
-        )?;
-    }
+    wait_all_clean(&arrays, " after the writes")?;
     for (md, data) in [(&s, &s_data), (&f, &f_data)] {
         let got = read_direct(&md.dev_path(), 1 << 20, 4096)?;
         ensure!(&got == data, "{}: the write did not read back", md.name());
