@@ -58,6 +58,8 @@ struct Opts {
     in_guest: bool,
     /// Crash-and-resync rounds (two boots per kind and round).
     crash_rounds: usize,
+    /// Floor rounds (one boot each: md 1.2, mdext and the least handler).
+    floor_rounds: usize,
     /// In the guest: `crash` or `resync` (one kind, two disks), or none
     /// (the main run).
     phase: Option<String>,
@@ -76,6 +78,7 @@ fn parse_args() -> Result<Opts> {
         trace: false,
         in_guest: false,
         crash_rounds: 2,
+        floor_rounds: 2,
         phase: None,
         kind: None,
         round: 1,
@@ -94,6 +97,9 @@ fn parse_args() -> Result<Opts> {
             "--crash-rounds" => {
                 o.crash_rounds = val("--crash-rounds")?.parse().context("--crash-rounds")?
             }
+            "--floor-rounds" => {
+                o.floor_rounds = val("--floor-rounds")?.parse().context("--floor-rounds")?
+            }
             "--phase" => o.phase = Some(val("--phase")?),
             "--kind" => o.kind = Some(val("--kind")?),
             "--round" => o.round = val("--round")?.parse().context("--round")?,
@@ -102,7 +108,7 @@ fn parse_args() -> Result<Opts> {
             // cargo's test runner may pass these; nothing to filter here.
             "--nocapture" | "--test-threads=1" => {}
             "-h" | "--help" => {
-                println!("usage: scripts/bench [--rounds N (1-2)] [--crash-rounds N] [--json FILE] [--idle SECS] [--iops-secs SECS] [--first-writes N] [--trace]");
+                println!("usage: scripts/bench [--rounds N (0-2)] [--crash-rounds N] [--floor-rounds N] [--json FILE] [--idle SECS] [--iops-secs SECS] [--first-writes N] [--trace]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument '{other}' (see --help)"),
@@ -255,13 +261,36 @@ fn host(o: &Opts) -> Result<()> {
             records.extend(b);
         }
     }
+    // Floor: md 1.2, mdext and the least user-space handler in one boot.
+    for round in 0..o.floor_rounds {
+        let six: Vec<PathBuf> = (0..6).map(|j| work.join(format!("floor{j}.img"))).collect();
+        for p in &six {
+            let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
+            f.set_len(DISK_MIB << 20)?;
+        }
+        let args: Vec<String> = vec![
+            format!("/bin/{name}"),
+            "--in-guest".into(),
+            "--phase".into(),
+            "floor".into(),
+            "--round".into(),
+            (round + 1).to_string(),
+            "--first-writes".into(),
+            o.first_writes.to_string(),
+        ];
+        let flog = root.join(format!("target/guest-logs/bench-floor-{round}.log"));
+        records.extend(boot(&root, &initramfs, &six, &args, &flog, 900)?.records);
+    }
     let wall = t0.elapsed().as_secs_f64();
     let medians = summarise(&records);
     print_table(&medians);
+    print_floor(&floor_summary(&records));
     let doc = json!({
         "kernel": if guest_kernel.is_empty() { kver.trim().to_string() } else { guest_kernel },
         "rounds": o.rounds,
         "crash_rounds": o.crash_rounds,
+        "floor_rounds": o.floor_rounds,
+        "floor": floor_summary(&records),
         "disk_mib": DISK_MIB,
         "bitmap_chunk": CHUNK,
         "idle_secs": o.idle,
@@ -446,6 +475,44 @@ fn summarise(records: &[Value]) -> Value {
         out.insert(k.into(), Value::Object(m));
     }
     Value::Object(out)
+}
+
+/// The floor boots' first writes: per kind, the median over every write
+/// of every round, and the number of writes.
+fn floor_summary(records: &[Value]) -> Value {
+    let mut out = Map::new();
+    for k in ["mdadm12_bitmap", "mdext", "floor"] {
+        let mut all: Vec<f64> = records
+            .iter()
+            .filter(|r| r["phase"] == "floor" && r["kind"] == k)
+            .filter_map(|r| r["floor_first_write_ms"].as_array().cloned())
+            .flatten()
+            .filter_map(|v| v.as_f64())
+            .collect();
+        let n = all.len();
+        let max = all.iter().copied().reduce(f64::max);
+        out.insert(
+            k.into(),
+            json!({"median_ms": median(&mut all), "max_ms": max, "writes": n}),
+        );
+    }
+    Value::Object(out)
+}
+
+fn print_floor(f: &Value) {
+    if f["mdadm12_bitmap"]["writes"] == 0 {
+        return;
+    }
+    println!();
+    println!("| first write after clean, floor boots | mdadm12_bitmap | mdext | floor (least user-space handler) |");
+    println!("|---|---|---|---|");
+    for (key, label) in [("median_ms", "median, ms"), ("max_ms", "max, ms"), ("writes", "writes")] {
+        let cells: Vec<String> = ["mdadm12_bitmap", "mdext", "floor"]
+            .iter()
+            .map(|k| fmt(&f[*k][key]))
+            .collect();
+        println!("| {label} | {} |", cells.join(" | "));
+    }
 }
 
 fn fmt(v: &Value) -> String {
@@ -1014,6 +1081,132 @@ fn status_kib(pid: u32, key: &str) -> Option<f64> {
         .ok()
 }
 
+/// `n` times: wait until the array reads `clean`, then time one 4 KiB
+/// `O_DIRECT|O_SYNC` write at a random block; the times in ms.
+fn first_writes(md: &str, n: usize, rng: &mut Rng) -> Result<Vec<f64>> {
+    let dev = format!("/dev/{md}");
+    let sectors: u64 = md_attr(md, "../size").parse().context("array size")?;
+    let blocks = sectors / 8;
+    let buf = Buf::new(0x5a);
+    let f = open_direct(&dev, true)?;
+    let mut lat = Vec::new();
+    for _ in 0..n {
+        wait_clean(md)?;
+        // A little past the moment of `clean`, so the metadata write that
+        // marked it clean has finished everywhere.
+        std::thread::sleep(Duration::from_millis(300));
+        let off = (rng.next() % blocks) * 4096;
+        let t = Instant::now();
+        f.write_at(buf.get(), off)?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(lat)
+}
+
+/// The floor boot: in one guest, the first write after clean of md 1.2 +
+/// bitmap, of mdext, and of an mdext array whose daemon was replaced by
+/// the least a metadata handler in user space can do (`floor`: a thread
+/// that answers `write-pending` with `active` and `active-idle` with
+/// `clean` at once, recording nothing). What `floor` costs over md's own
+/// is the price of handling the metadata in user space at all (md's
+/// notification, two wakeups, two sysfs writes); what mdext costs over
+/// `floor` is its own work (the snapshot, the record on every member).
+fn floor_phase(o: &Opts, disks: &[String]) -> Result<()> {
+    let kinds = ["mdadm12_bitmap", "mdext", "floor"];
+    for i in 0..kinds.len() {
+        // Rotated by round, as the main run's kinds are.
+        let j = (i + o.round.saturating_sub(1)) % kinds.len();
+        let name = &kinds[j];
+        let k = Kind {
+            name: if *name == "floor" { "mdext" } else { name },
+            disks: [
+                disks.get(2 * j).context("disks")?.clone(),
+                disks.get(2 * j + 1).context("disks")?.clone(),
+            ],
+            env: Vec::new(),
+        };
+        let mut rec = Map::new();
+        rec.insert("kind".into(), json!(name));
+        rec.insert("phase".into(), json!("floor"));
+        rec.insert("round".into(), json!(o.round));
+        let r = (|| -> Result<()> {
+            k.create()?;
+            let md = wait("the array to appear", Duration::from_secs(30), || {
+                md_of(&k.disks[0]).ok()
+            })?;
+            wait_started(&md, &format!("/dev/{md}"))?;
+            let responder = if *name == "floor" {
+                let pid = k.daemon_pid().context("mdextmon's pid")?;
+                sh(&format!("kill -KILL {pid}"))?;
+                wait("mdextmon to die", Duration::from_secs(30), || {
+                    (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+                })?;
+                Some(floor_responder(&md)?)
+            } else {
+                None
+            };
+            let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ j as u64);
+            let mut lat = first_writes(&md, o.first_writes, &mut rng)?;
+            rec.insert("floor_first_write_ms".into(), json!(lat.clone()));
+            rec.insert(
+                "floor_first_write_median_ms".into(),
+                json!(median(&mut lat)),
+            );
+            match responder {
+                // No daemon: md's own stop (the record stays as it was).
+                Some(stop) => {
+                    wait_clean(&md)?;
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    sh(&format!("echo clear > /sys/block/{md}/md/array_state"))?;
+                }
+                // The next mdext array of this boot is named `bench` too.
+                None => k.stop(&md)?,
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            println!("bench: floor {name}: {e:#}");
+            rec.insert("error".into(), json!(format!("{e:#}")));
+        }
+        println!("{MARK}{}", Value::Object(rec));
+    }
+    Ok(())
+}
+
+/// The `floor` handler (see [`floor_phase`]); stops when the flag is set
+/// (after its next wake).
+fn floor_responder(md: &str) -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let path = format!("/sys/block/{md}/md/array_state");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| path.clone())?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !s2.load(std::sync::atomic::Ordering::SeqCst) {
+            let n = f.read_at(&mut buf, 0).unwrap_or(0);
+            let state = std::str::from_utf8(&buf[..n]).unwrap_or("").trim();
+            let answer: &[u8] = match state {
+                "write-pending" => b"active",
+                "active-idle" => b"clean",
+                _ => b"",
+            };
+            if !answer.is_empty() {
+                let _ = f.write_at(answer, 0);
+                continue;
+            }
+            let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLPRI)];
+            let _ = poll(&mut fds, PollTimeout::from(1000u16));
+        }
+    });
+    Ok(stop)
+}
+
 fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
     let t0 = Instant::now();
     let bitmap = k.create()?;
@@ -1032,19 +1225,7 @@ fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
     let buf = Buf::new(0x5a);
 
     // First write after the array went clean.
-    let f = open_direct(&dev, true)?;
-    let mut lat = Vec::new();
-    for _ in 0..o.first_writes {
-        wait_clean(&md)?;
-        // A little past the moment of `clean`, so the metadata write that
-        // marked it clean has finished everywhere.
-        std::thread::sleep(Duration::from_millis(300));
-        let off = (rng.next() % blocks) * 4096;
-        let t = Instant::now();
-        f.write_at(buf.get(), off)?;
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    drop(f);
+    let lat = first_writes(&md, o.first_writes, &mut rng)?;
     rec.insert("first_write_ms".into(), json!(lat));
     rec.insert(
         "first_write_median_ms".into(),
@@ -1214,6 +1395,9 @@ fn guest(o: &Opts) -> Result<()> {
         .filter(|n| n.starts_with("vd"))
         .collect();
     disks.sort_by_key(|d| (d.len(), d.clone()));
+    if o.phase.as_deref() == Some("floor") {
+        return floor_phase(o, &disks);
+    }
     if let Some(phase) = &o.phase {
         let name = o.kind.as_deref().context("--phase needs --kind")?;
         let name = CRASH_KINDS
