@@ -385,12 +385,19 @@ impl Daemon {
                     .map(|f| f.revents().unwrap_or(PollFlags::empty()))
                     .collect();
             }
+            // An array a request waits for is not looked at here once its
+            // batch has ended: the request runs first (it looks at the
+            // array itself, synchronously), or a busy array would keep it
+            // waiting batch after batch.
+            let waits = |waiting: &[(control::ClientId, Request)], name: &str| {
+                waiting.iter().any(|(_, r)| r.md() == Some(name))
+            };
             if answered {
                 // Reset first: an answer sent after this wakes the next
                 // turn.
                 crate::writers::pool().take_done();
                 for (name, m) in self.arrays.iter_mut() {
-                    if m.busy() && !m.pump() {
+                    if m.busy() && !m.pump(!waits(&self.waiting, name)) {
                         self.unsettled.push(name.clone());
                     }
                 }
@@ -401,14 +408,17 @@ impl Daemon {
             due.dedup();
             for name in due {
                 if let Some(m) = self.arrays.get_mut(&name) {
-                    if !m.wake() {
+                    if waits(&self.waiting, &name) || !m.wake() {
                         self.unsettled.push(name);
                     }
                 }
             }
             let now = Instant::now();
             for (name, m) in self.arrays.iter_mut() {
-                if m.recheck_due().is_some_and(|t| t <= now) && !m.recheck() {
+                if m.recheck_due().is_some_and(|t| t <= now)
+                    && !waits(&self.waiting, name)
+                    && !m.recheck()
+                {
                     self.unsettled.push(name.clone());
                 }
             }

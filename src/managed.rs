@@ -591,9 +591,11 @@ impl Managed {
     }
 
     /// Collect the record writes' answers that have come; once all have,
-    /// go on with the batch, and then look again ([`Managed::wake`]).
-    /// Returns as `wake` does (true also while still waiting).
-    pub fn pump(&mut self) -> bool {
+    /// go on with the batch, and then look again ([`Managed::wake`]) if
+    /// `look` (a caller about to run a request on the array passes false:
+    /// the request looks itself). Returns as `wake` does (true also while
+    /// still waiting).
+    pub fn pump(&mut self, look: bool) -> bool {
         let Some(mut f) = self.inflight.take() else {
             return true;
         };
@@ -609,7 +611,9 @@ impl Managed {
         }
         match self.resume(f, true) {
             Run::Waiting => true,
+            Run::Done(Ok(())) if !look => true,
             Run::Done(Ok(())) => self.wake(),
+            Run::Done(Err(_)) if !look => false,
             Run::Done(Err(_)) => {
                 // As in `look`: a short pause, then a fresh look.
                 std::thread::sleep(Duration::from_millis(50));

@@ -506,7 +506,11 @@ fn print_floor(f: &Value) {
     println!();
     println!("| first write after clean, floor boots | mdadm12_bitmap | mdext | floor (least user-space handler) |");
     println!("|---|---|---|---|");
-    for (key, label) in [("median_ms", "median, ms"), ("max_ms", "max, ms"), ("writes", "writes")] {
+    for (key, label) in [
+        ("median_ms", "median, ms"),
+        ("max_ms", "max, ms"),
+        ("writes", "writes"),
+    ] {
         let cells: Vec<String> = ["mdadm12_bitmap", "mdext", "floor"]
             .iter()
             .map(|k| fmt(&f[*k][key]))
