@@ -389,9 +389,6 @@ impl Daemon {
             // batch has ended: the request runs first (it looks at the
             // array itself, synchronously), or a busy array would keep it
             // waiting batch after batch.
-            let waits = |waiting: &[(control::ClientId, Request)], name: &str| {
-                waiting.iter().any(|(_, r)| r.md() == Some(name))
-            };
             if answered {
                 // Reset first: an answer sent after this wakes the next
                 // turn.
@@ -553,9 +550,7 @@ impl Daemon {
     /// [`Daemon::step_stops`]).
     fn handle(&mut self, id: control::ClientId, req: Request) -> Option<Response> {
         if let Some(md) = req.md().filter(|_| !matches!(req, Request::Detail { .. })) {
-            if self.arrays.get(md).is_some_and(Managed::busy)
-                || self.waiting.iter().any(|(_, r)| r.md() == Some(md))
-            {
+            if self.arrays.get(md).is_some_and(Managed::busy) || waits(&self.waiting, md) {
                 // Its batch waits for a record write (a slow member):
                 // answered when it is through ([`Daemon::answer_waiting`]),
                 // every other array served meanwhile.
@@ -652,9 +647,10 @@ impl Daemon {
                 .1
                 .md()
                 .is_some_and(|md| self.arrays.get(md).is_some_and(Managed::busy));
-            let first = !self.waiting[..i]
-                .iter()
-                .any(|(_, r)| r.md() == self.waiting[i].1.md());
+            let first = !self.waiting[i]
+                .1
+                .md()
+                .is_some_and(|md| waits(&self.waiting[..i], md));
             if busy || !first {
                 i += 1;
                 continue;
@@ -906,6 +902,11 @@ fn array_in_use(sysfs: &Sysfs, md: &str) -> bool {
 /// socket bound beside its own; once it has answered (or, an older version
 /// that cannot hand over, has been killed), move the socket into place.
 /// `None`: no daemon answers, start as usual.
+/// Whether a request in `waiting` is about array `md`.
+fn waits(waiting: &[(control::ClientId, Request)], md: &str) -> bool {
+    waiting.iter().any(|(_, r)| r.md() == Some(md))
+}
+
 /// Raise the soft limit on open descriptors to the hard limit.
 fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};

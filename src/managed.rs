@@ -625,10 +625,6 @@ impl Managed {
     /// Finish a waiting batch here, waiting for its writes (before
     /// anything that runs the machine synchronously, or a handover).
     pub fn finish(&mut self) {
-        self.finish_inflight();
-    }
-
-    fn finish_inflight(&mut self) {
         if let Some(mut f) = self.inflight.take() {
             self.write_wait(&mut f.write);
             let _ = self.resume(f, false);
@@ -638,7 +634,7 @@ impl Managed {
     /// Look at the array and run what the machine decides, waiting for
     /// every record write (for admin requests, a stop, a release).
     fn settle(&mut self) -> bool {
-        self.finish_inflight();
+        self.finish();
         self.look(false)
     }
 
@@ -712,7 +708,7 @@ impl Managed {
                 let _ = self.snapshot();
                 return true;
             }
-            self.finish_inflight();
+            self.finish();
         }
         self.look(self.deferred)
     }
@@ -807,7 +803,7 @@ impl Managed {
             if batch.is_empty() {
                 break;
             }
-            match self.execute(&batch) {
+            match self.execute(batch) {
                 Ok(()) => info!(
                     "{}: stopped{}; metadata recorded clean at events {}",
                     self.md.name(),
@@ -856,9 +852,9 @@ impl Managed {
 
     /// Run a batch in order, waiting for every record write; on the first
     /// failure feed it back and stop.
-    fn execute(&mut self, batch: &[Action]) -> Result<(), ExecError> {
-        self.finish_inflight();
-        match self.run_batch(batch.to_vec(), 0, false, false) {
+    fn execute(&mut self, batch: Vec<Action>) -> Result<(), ExecError> {
+        self.finish();
+        match self.run_batch(batch, 0, false, false) {
             Run::Done(r) => r,
             // Not deferred: never left waiting.
             Run::Waiting => Ok(()),
@@ -1466,7 +1462,7 @@ impl Managed {
                 }
             }
         }
-        let r = self.execute(&batch);
+        let r = self.execute(batch);
         self.settle();
         r.map_err(|source| ManagedError::PartFailed {
             md: self.md.name().to_string(),
