@@ -193,6 +193,9 @@ impl Daemon {
         ) {
             warn!("mlockall failed ({e}); continuing without locked memory");
         }
+        // The record writers (io_uring, or threads): set up now, so the log
+        // says which, and the ring's memory is locked from the start.
+        crate::writers::pool();
         let listener = match cfg.takeover {
             true => match take_over_running(&cfg.run_dir)? {
                 Some(l) => l,

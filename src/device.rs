@@ -9,7 +9,7 @@
 //! open); regular files there are opened without it (fdatasync still makes
 //! the writes as durable as tmpfs allows).
 
-use crate::format::{self, FormatError, ReadError, ReadOutcome, COPY_SIZE, META_AREA};
+use crate::format::{self, EncodedCopy, FormatError, ReadError, ReadOutcome, COPY_SIZE, META_AREA};
 use crate::meta::{BitmapInfo, Superblock};
 use crate::units::Bytes;
 use nix::errno::Errno;
@@ -222,6 +222,12 @@ pub struct Device {
     direct: bool,
     /// The exclusive flock on a regular file (released on drop).
     _lock: Option<nix::fcntl::Flock<File>>,
+}
+
+impl AsRawFd for Device {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
 }
 
 fn kind_name(ft: &std::fs::FileType) -> &'static str {
@@ -507,10 +513,23 @@ impl Device {
     /// more than the newest valid copy, or two more after a failed write
     /// (the same copy again, never the one holding the last good state).
     pub fn write_superblock(&self, sb: &Superblock) -> Result<usize, DeviceError> {
+        let e = self.prepare_superblock(sb)?;
+        self.write_at(e.offset, &e.bytes)?;
+        self.sync()?;
+        crate::failpoint::point("sb-write-after");
+        Ok(e.index)
+    }
+
+    /// Encode `sb` for this device's record write, passing the failpoints
+    /// that come before the write (`sb-write-before`, and `sb-write-torn`,
+    /// which tears the copy here and ends the process). The caller writes
+    /// the copy durably, then passes `sb-write-after`.
+    pub fn prepare_superblock(&self, sb: &Superblock) -> Result<EncodedCopy, DeviceError> {
         let e = format::encode(sb).map_err(|source| DeviceError::Encode {
             path: self.path.clone(),
             source,
         })?;
+        self.check(e.offset, e.bytes.len() as u64)?;
         crate::failpoint::point("sb-write-before");
         if let Some(a) = crate::failpoint::hit("sb-write-torn") {
             // A torn write: the first half of the copy reaches the disk
@@ -521,11 +540,14 @@ impl Device {
             self.sync()?;
             crate::failpoint::perform("sb-write-torn", a);
         }
-        self.write_at(e.offset, &e.bytes)?;
-        self.sync()?;
-        crate::failpoint::point("sb-write-after");
         debug_assert_eq!(e.bytes.len(), COPY_SIZE);
-        Ok(e.index)
+        Ok(e)
+    }
+
+    /// The error of an I/O on this device (`op` at byte `offset`), for
+    /// I/O submitted elsewhere (the writers' ring).
+    pub fn io_error(&self, op: &'static str, offset: u64, source: io::Error) -> DeviceError {
+        self.io_err(op, offset, source)
     }
 
     /// Read the bitmap area described by `info` (all `info.size` bytes).

@@ -340,6 +340,10 @@ pub struct Managed {
     /// Whether [`Managed::wake`] may leave a batch waiting for its record
     /// writes (the daemon, which collects them: [`Managed::pump`]).
     deferred: bool,
+    /// The record last written durably to every target (`None` at start
+    /// and after a failed write): what the next record's need for a flush
+    /// before it is judged against ([`ArrayMeta::needs_flush_before`]).
+    durable: Option<ArrayMeta>,
     /// An epoll set of the held notifiers, made on demand
     /// ([`Managed::watch_fd`]) and dropped whenever they change.
     watch: Option<nix::sys::epoll::Epoll>,
@@ -363,6 +367,8 @@ struct RecordWrite {
     outstanding: usize,
     /// Whether the device being added is among the targets.
     pending: bool,
+    /// Whether the members' earlier writes were made durable first.
+    preflush: bool,
 }
 
 impl RecordWrite {
@@ -448,6 +454,7 @@ impl Managed {
             need: crate::monitor::SpareNeed::default(),
             inflight: None,
             deferred: false,
+            durable: None,
             watch: None,
         };
         Ok(m)
@@ -1129,6 +1136,7 @@ impl Managed {
             .iter()
             .filter(|m| targets.contains(&m.index))
             .collect();
+        let preflush = next.needs_flush_before(self.durable.as_ref());
         let pool = crate::writers::pool();
         pool.ensure(chosen.len())
             .map_err(|e| ExecError::Writer("pool".into(), e.to_string()))?;
@@ -1137,6 +1145,7 @@ impl Managed {
             names: Vec::with_capacity(chosen.len()),
             results: Vec::with_capacity(chosen.len()),
             outstanding: 0,
+            preflush,
             pending: self
                 .pending
                 .as_ref()
@@ -1147,12 +1156,13 @@ impl Managed {
                 array: w.next.clone(),
                 device: m.device,
             };
-            let sent = pool.submit(m.dev.clone(), sb, k, &self.answers);
+            let sent = pool.submit(m.dev.clone(), sb, preflush, k, &self.answers);
             w.outstanding += usize::from(sent);
             w.names.push(m.kname.clone());
             w.results
                 .push(Err(ExecError::Writer(m.kname.clone(), "gone".into())));
         }
+        pool.send();
         Ok(w)
     }
 
@@ -1160,7 +1170,9 @@ impl Managed {
     fn write_wait(&self, w: &mut RecordWrite) {
         while w.outstanding > 0 {
             // The channel is ours: it never closes while we wait.
-            let Some(a) = self.answers.next() else { break };
+            let Some(a) = crate::writers::pool().wait(&self.answers) else {
+                break;
+            };
             w.take(a);
         }
     }
@@ -1168,7 +1180,8 @@ impl Managed {
     /// Finish a record write whose answers are all in: the device being
     /// added (if a target) gets its record last, before it becomes a
     /// member.
-    fn write_end(&self, w: RecordWrite) -> Result<(), ExecError> {
+    fn write_end(&mut self, w: RecordWrite) -> Result<(), ExecError> {
+        self.durable = None;
         let mut errs = Vec::new();
         for (name, r) in w.names.iter().zip(w.results) {
             if let Err(e) = r {
@@ -1188,14 +1201,16 @@ impl Managed {
             return Err(ExecError::MetadataWrite(errs));
         }
         debug!(
-            "{}: recorded events {} on {} member(s) ({}, resync {}, events_cleared {})",
+            "{}: recorded events {} on {} member(s) ({}, resync {}, events_cleared {}{})",
             self.md.name(),
             w.next.events,
             w.names.len(),
             if w.next.clean { "clean" } else { "dirty" },
             w.next.resync,
-            w.next.bitmap.events_cleared
+            w.next.bitmap.events_cleared,
+            if w.preflush { ", flushed first" } else { "" }
         );
+        self.durable = Some(w.next);
         Ok(())
     }
 

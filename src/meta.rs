@@ -236,6 +236,35 @@ impl ArrayMeta {
         self.members.iter().position(|m| &m.uuid == uuid)
     }
 
+    /// Whether this record, written over `prev` (the record last made
+    /// durable on the members; `None` if not known), must wait until the
+    /// members' earlier writes are durable: a flush before the record.
+    ///
+    /// A record claims things about data written before it: `clean` (the
+    /// members agree), a resync or rebuild checkpoint (data below it is in
+    /// sync), a member in sync. A disk with a write cache may make the
+    /// record durable before that data, and a power cut in between would
+    /// leave a record claiming data the members lack. The record on md's
+    /// latency path, the one that marks a clean array dirty before md
+    /// releases the first write, claims nothing: it is `prev` with `clean`
+    /// false and the next event count (and `events_cleared` following it
+    /// while the array is whole). That one needs no flush before it
+    /// (nothing it says depends on earlier writes); every other does.
+    pub fn needs_flush_before(&self, prev: Option<&ArrayMeta>) -> bool {
+        let Some(prev) = prev else { return true };
+        if self.clean {
+            return true;
+        }
+        let mut same = prev.clone();
+        same.clean = false;
+        same.events = self.events;
+        same.utime = self.utime;
+        if prev.bitmap.events_cleared == prev.events && self.bitmap.events_cleared == self.events {
+            same.bitmap.events_cleared = self.events;
+        }
+        same != *self
+    }
+
     /// Whether every slot is recorded in sync.
     pub fn all_in_sync(&self) -> bool {
         let n = self.geometry.raid_disks as usize;
@@ -393,6 +422,29 @@ pub(crate) fn test_raid1(n: u32, component: Sectors, chunk: Bytes, events: u64) 
 #[cfg(test)]
 mod tag_tests {
     use super::*;
+
+    #[test]
+    fn a_dirty_record_that_claims_progress_is_flushed_first() {
+        let prev = test_raid1(2, Sectors(1 << 20), Bytes(1 << 20), 10);
+        let mut next = prev.clone();
+        next.clean = false;
+        next.events = 11;
+        next.bitmap.events_cleared = 11;
+        next.utime = 99;
+        assert!(!next.needs_flush_before(Some(&prev)), "only marked dirty");
+        next.resync = Checkpoint::At(Sectors(2048));
+        assert!(next.needs_flush_before(Some(&prev)), "a checkpoint");
+        let mut split = prev.clone();
+        split.bitmap.events_cleared = 8;
+        let mut next = split.clone();
+        next.clean = false;
+        next.events = 11;
+        next.bitmap.events_cleared = 11;
+        assert!(
+            next.needs_flush_before(Some(&split)),
+            "bits kept since 8, now cleared as of 11"
+        );
+    }
 
     #[test]
     fn tag_fits_md_metadata_type() {

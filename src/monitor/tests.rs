@@ -125,9 +125,14 @@ fn start_rewrites_once_then_a_clean_array_costs_nothing() {
 fn write_pending_records_dirty_then_active() {
     let mut mon = settled(meta(), &view());
     let e = mon.meta().events;
+    let prev = mon.meta().clone();
     let mut v = view();
     v.array_state = ArrayState::WritePending;
     let acts = mon.observe(&v);
+    // The record on md's latency path claims nothing about earlier
+    // writes: no flush before it (but with no durable record known, one).
+    assert!(!written(&acts[0]).needs_flush_before(Some(&prev)));
+    assert!(written(&acts[0]).needs_flush_before(None));
     let mut want = mon.meta().clone();
     assert!(!want.clean);
     want.events = e + 1;
@@ -158,6 +163,7 @@ fn active_idle_goes_clean_then_records_clean() {
     v.array_state = ArrayState::Active;
     let acts = mon.observe(&v);
     assert!(!written(&acts[0]).clean);
+    let dirty = written(&acts[0]).clone();
     v.array_state = ArrayState::ActiveIdle;
     assert_eq!(
         mon.observe(&v),
@@ -168,6 +174,8 @@ fn active_idle_goes_clean_then_records_clean() {
     let acts = mon.observe(&v);
     assert_eq!(acts.len(), 1);
     assert!(written(&acts[0]).clean);
+    // A clean record claims md's writes: they are made durable first.
+    assert!(written(&acts[0]).needs_flush_before(Some(&dirty)));
     assert_eq!(mon.observe(&v), vec![]);
 }
 
@@ -183,8 +191,10 @@ fn blocked_failure_full_sequence() {
     v.array_state = ArrayState::WritePending;
     v.degraded = 1;
     v.members[1] = km(1, "faulty,blocked", Some(1));
+    let prev = mon.meta().clone();
     let acts = mon.observe(&v);
     let want = with_state(mon.meta().clone(), 1, MemberState::Failed, e + 1);
+    assert!(want.needs_flush_before(Some(&prev)), "a failure record");
     assert_eq!(want.events, e + 1);
     assert_eq!(want.bitmap.events_cleared, ec, "EC must not move");
     assert_eq!(

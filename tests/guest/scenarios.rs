@@ -31,6 +31,7 @@ pub static ALL: &[&Scenario] = &[
     &lifecycle::BAD_INPUT,
     &bad_input::RUNNING_ARRAYS,
     &rebuild::FAIL_READD,
+    &rebuild::FAIL_READD_THREADS,
     &rebuild::DEGRADED_CRASH,
     &rebuild::REPLACED_RETURNS,
     &rebuild::KILL_BEFORE_TRUE,

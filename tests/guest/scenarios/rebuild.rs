@@ -17,6 +17,16 @@ pub static FAIL_READD: Scenario = Scenario {
     }],
 };
 
+pub static FAIL_READD_THREADS: Scenario = Scenario {
+    name: "fail_write_readd_with_writer_threads",
+    disks: &[],
+    phases: &[Phase {
+        name: "main",
+        run: fail_readd_threads,
+        ends: Ends::Ok,
+    }],
+};
+
 pub static DEGRADED_CRASH: Scenario = Scenario {
     name: "crash_while_degraded_then_bitmap_readd",
     disks: &[64, 64],
@@ -112,6 +122,21 @@ fn bits_on(dev: &Path) -> Result<Vec<u64>> {
 }
 
 fn fail_readd() -> Result<()> {
+    fail_readd_by("io_uring")
+}
+
+/// The same with the record writers io_uring falls back to.
+fn fail_readd_threads() -> Result<()> {
+    // The daemon mdextctl starts inherits it.
+    std::env::set_var("MDEXT_WRITERS", "threads");
+    let r = fail_readd_by("writer threads");
+    std::env::remove_var("MDEXT_WRITERS");
+    r
+}
+
+/// Fail, write, re-add: the rebuild copies the dirty chunks only; the
+/// daemon's records went by `writers` (what its log says at start).
+fn fail_readd_by(writers: &str) -> Result<()> {
     let loops = loop_devices(2, 64)?;
     ctl("create --level 1 --raid-devices 2 --name re --bitmap-chunk 64K --time-base 1 --assume-clean /dev/loop0 /dev/loop1")?;
     ctl("assemble re /dev/loop0 /dev/loop1")?;
@@ -168,6 +193,11 @@ fn fail_readd() -> Result<()> {
     ensure!(
         check_mismatches(&md)? == 0,
         "mismatch_cnt after the bitmap rebuild"
+    );
+    let log = std::fs::read_to_string("/run/mdext/mdextmon.log")?;
+    ensure!(
+        log.contains(&format!("metadata writes: {writers}")),
+        "the daemon's log does not say its records go by {writers}:\n{log}"
     );
     ctl("stop md127")?;
     Ok(())
