@@ -147,6 +147,15 @@ pub fn pool() -> &'static Pool {
 impl Ring {
     fn new(done: &EventFd) -> std::io::Result<Ring> {
         let uring = IoUring::new(RING_ENTRIES)?;
+        // The operations used (kernels before 5.6 lack a plain write).
+        let mut probe = io_uring::Probe::new();
+        uring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(opcode::Write::CODE) || !probe.is_supported(opcode::Fsync::CODE) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "no IORING_OP_WRITE or IORING_OP_FSYNC",
+            ));
+        }
         // The kernel counts the eventfd up for every completion posted.
         uring
             .submitter()
