@@ -1152,7 +1152,7 @@ impl Managed {
             .collect();
         let preflush = next.needs_flush_before(self.durable.as_ref());
         let pool = crate::writers::pool();
-        pool.ensure(chosen.len())
+        pool.ensure(chosen.len(), preflush)
             .map_err(|e| ExecError::Writer("pool".into(), e.to_string()))?;
         let mut w = RecordWrite {
             next,
