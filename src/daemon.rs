@@ -193,9 +193,6 @@ impl Daemon {
         ) {
             warn!("mlockall failed ({e}); continuing without locked memory");
         }
-        // The record writers (io_uring, or threads): set up now, so the log
-        // says which, and the ring's memory is locked from the start.
-        crate::writers::pool();
         let listener = match cfg.takeover {
             true => match take_over_running(&cfg.run_dir)? {
                 Some(l) => l,
@@ -207,6 +204,9 @@ impl Daemon {
             what: "control socket",
             source,
         })?;
+        // The record writers (io_uring, or threads), set up once the
+        // daemon can run at all: the log says which before any record.
+        crate::writers::pool();
         let conf = load_config(&cfg.config);
         let reporter = Reporter::new(&cfg.journal_socket, conf.program.clone());
         let pid = cfg.run_dir.join("mdextmon.pid");
