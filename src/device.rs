@@ -411,7 +411,9 @@ impl Device {
         }
     }
 
-    fn io_err(&self, op: &'static str, offset: u64, source: io::Error) -> DeviceError {
+    /// The error of an I/O on this device (`op` at byte `offset`); also
+    /// for I/O submitted elsewhere (the writers' ring).
+    pub fn io_err(&self, op: &'static str, offset: u64, source: io::Error) -> DeviceError {
         DeviceError::Io {
             path: self.path.clone(),
             op,
@@ -542,12 +544,6 @@ impl Device {
         }
         debug_assert_eq!(e.bytes.len(), COPY_SIZE);
         Ok(e)
-    }
-
-    /// The error of an I/O on this device (`op` at byte `offset`), for
-    /// I/O submitted elsewhere (the writers' ring).
-    pub fn io_error(&self, op: &'static str, offset: u64, source: io::Error) -> DeviceError {
-        self.io_err(op, offset, source)
     }
 
     /// Read the bitmap area described by `info` (all `info.size` bytes).

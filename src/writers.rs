@@ -150,13 +150,13 @@ pub fn pool() -> &'static Pool {
 impl Ring {
     fn new(done: &EventFd) -> std::io::Result<Ring> {
         let uring = IoUring::new(RING_ENTRIES)?;
-        // The operations used (kernels before 5.6 lack a plain write).
+        // The one operation used (kernels before 5.6 lack it).
         let mut probe = io_uring::Probe::new();
         uring.submitter().register_probe(&mut probe)?;
-        if !probe.is_supported(opcode::Write::CODE) || !probe.is_supported(opcode::Fsync::CODE) {
+        if !probe.is_supported(opcode::Write::CODE) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
-                "no IORING_OP_WRITE or IORING_OP_FSYNC",
+                "no IORING_OP_WRITE",
             ));
         }
         // A write the kernel cannot start at once (a device without
@@ -198,7 +198,7 @@ impl Ring {
             // The entries in the queue go to the kernel, which frees them.
             self.uring
                 .submit()
-                .map_err(|err| dev.io_error("io_uring_enter", copy.offset, err))?;
+                .map_err(|err| dev.io_err("io_uring_enter", copy.offset, err))?;
         }
         {
             let mut sq = self.uring.submission();
@@ -208,7 +208,7 @@ impl Ring {
             // heap block of `buf` does not move when the job is moved into
             // the map.
             unsafe { sq.push(&write) }.map_err(|_| {
-                dev.io_error(
+                dev.io_err(
                     "io_uring submission",
                     copy.offset,
                     std::io::Error::from_raw_os_error(nix::libc::EBUSY),
@@ -241,10 +241,9 @@ impl Ring {
         }
     }
 
-    /// Hand every completed write's answer to its caller; how many.
-    fn reap(&mut self) -> usize {
+    /// Hand every completed write's answer to its caller.
+    fn reap(&mut self) {
         let Ring { uring, jobs, .. } = self;
-        let mut n = 0;
         for c in uring.completion() {
             let (id, res) = (c.user_data(), c.result());
             let Some(j) = jobs.remove(&id) else { continue };
@@ -252,9 +251,9 @@ impl Ring {
                 r if r < 0 => {
                     Err(j
                         .dev
-                        .io_error("write", j.offset, std::io::Error::from_raw_os_error(-r)))
+                        .io_err("write", j.offset, std::io::Error::from_raw_os_error(-r)))
                 }
-                r if usize::try_from(r).ok() != Some(j.buf.len()) => Err(j.dev.io_error(
+                r if usize::try_from(r).ok() != Some(j.buf.len()) => Err(j.dev.io_err(
                     "write",
                     j.offset,
                     std::io::Error::new(
@@ -268,13 +267,11 @@ impl Ring {
                 }
             };
             match j.answer.try_send((j.tag, r)) {
-                Ok(()) => n += 1,
-                // The caller gave up (its array is gone).
-                Err(TrySendError::Disconnected(_)) => {}
+                // Disconnected: the caller gave up (its array is gone).
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
                 Err(TrySendError::Full(_)) => warn!("a record write's answer had no room"),
             }
         }
-        n
     }
 }
 
@@ -352,15 +349,6 @@ impl Pool {
                 idle: Arc::new(AtomicUsize::new(0)),
             },
             done,
-        }
-    }
-
-    /// Which way records are written: `io_uring` or `threads`.
-    pub fn kind(&self) -> &'static str {
-        if self.ring.is_some() {
-            "io_uring"
-        } else {
-            "threads"
         }
     }
 
