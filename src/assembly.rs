@@ -749,6 +749,44 @@ mod tests {
         assert!(plan(&spec).is_ok());
     }
 
+    /// A clean mirror's first write after clean may come before its dirty
+    /// record (`monitor::dirty_may_trail`): set bits make its start
+    /// unclean; not a parity level's, whose record is durable first.
+    #[test]
+    fn a_clean_mirror_with_bits_set_owes_a_resync() {
+        use crate::meta::MemberState::*;
+        let a = sb(5, 0, [InSync, InSync]);
+        let b = sb(5, 1, [InSync, InSync]);
+        let mut c = choose(vec![a.clone(), b.clone()], false).expect("choose");
+        assert_eq!(c.resync_start(), Checkpoint::None);
+        c.bits_set = true;
+        assert_eq!(c.resync_start(), Checkpoint::At(Sectors(0)));
+        let spec = c
+            .spec(
+                None,
+                StartMode::Readonly,
+                None,
+                crate::meta::BitmapMode::External,
+            )
+            .expect("spec");
+        assert_eq!(spec.resync_start, Checkpoint::At(Sectors(0)));
+        let (mut a5, mut b5) = (a, b);
+        for x in [&mut a5, &mut b5] {
+            x.sb.array.geometry.level = Level::Raid5;
+        }
+        let mut c5 = choose(vec![a5.clone(), b5], false).expect("choose");
+        c5.bits_set = true;
+        assert_eq!(
+            c5.resync_start(),
+            Checkpoint::None,
+            "raid5: the record says"
+        );
+        // Started degraded, a raid5 with bits kept is not refused as dirty.
+        let mut d5 = choose(vec![a5], true).expect("choose");
+        d5.bits_set = true;
+        assert!(!d5.dirty_degraded_parity());
+    }
+
     #[test]
     fn order_is_the_kernels() {
         let v = plan(&spec()).expect("plan");
@@ -872,6 +910,10 @@ pub struct Choice {
     /// Devices the newest record lists as spares: the array starts without
     /// them and they are handed to mdextmon as spares.
     pub spares: Vec<(usize, Candidate)>,
+    /// Whether the present members' bitmaps have any chunk's bit set (read
+    /// by the caller where [`Choice::resync_start`] needs it; `false`
+    /// from [`choose`]).
+    pub bits_set: bool,
 }
 
 impl Choice {
@@ -944,9 +986,18 @@ impl Choice {
     /// `resync_start` for the activation: `none` when the array was clean;
     /// the recorded checkpoint after an interrupted resync; 0 after an
     /// unclean shutdown (the bitmap then limits the resync to dirty chunks).
+    /// A clean record of an array whose first write after clean may come
+    /// before its dirty record ([`crate::monitor::dirty_may_trail`]) is
+    /// unclean when bits are set ([`Choice::bits_set`]): the power may have
+    /// been cut in between.
     pub fn resync_start(&self) -> Checkpoint {
         match (self.meta.clean, self.meta.resync) {
             (_, Checkpoint::At(s)) => Checkpoint::At(s),
+            (true, Checkpoint::None)
+                if self.bits_set && crate::monitor::dirty_may_trail(&self.meta) =>
+            {
+                Checkpoint::At(Sectors(0))
+            }
             (true, Checkpoint::None) => Checkpoint::None,
             (false, Checkpoint::None) => Checkpoint::At(Sectors(0)),
         }
@@ -1127,6 +1178,7 @@ pub fn choose(found: Vec<Candidate>, run: bool) -> Result<Choice, AssemblyError>
         missing_slots,
         resume,
         spares,
+        bits_set: false,
     };
     let absent: Vec<u32> = choice
         .missing_slots

@@ -771,7 +771,7 @@ fn activate_on(
     let mut union: Vec<u8> = Vec::new();
     let want_bits = match mode {
         BitmapMode::None => false,
-        BitmapMode::External => choice.degraded(),
+        BitmapMode::External => choice.degraded() || crate::monitor::dirty_may_trail(&choice.meta),
         BitmapMode::Kernel => true,
     };
     if let Some(region) = region.filter(|_| want_bits) {
@@ -783,6 +783,7 @@ fn activate_on(
             }
         }
     }
+    choice.bits_set = !crate::bitmap::dirty_ranges(&union, nchunks).is_empty();
     if mode == BitmapMode::Kernel {
         // md's superblock (events_cleared 1: a degraded attach keeps the
         // bits as needing sync) and the union of the bits, on every member.
@@ -1271,6 +1272,7 @@ mod tests {
             missing_slots: vec![1],
             resume: Vec::new(),
             spares: Vec::new(),
+            bits_set: false,
         };
         assert_eq!(
             verify_rearmed(&choice, Region::External, &[(2, 3), (9, 9)]),

@@ -245,15 +245,20 @@ impl ArrayMeta {
     /// sync), a member in sync. A disk with a write cache may make the
     /// record durable before that data, and a power cut in between would
     /// leave a record claiming data the members lack. The record on md's
-    /// latency path, the one that marks a clean array dirty before md
-    /// releases the first write, claims nothing: it is `prev` with `clean`
-    /// false and the next event count (and `events_cleared` following it
-    /// while the array is whole). That one needs no flush before it
-    /// (nothing it says depends on earlier writes); every other does.
+    /// latency path, the one that marks a clean array dirty
+    /// ([`ArrayMeta::marks_dirty_only`]), claims nothing: it needs no flush
+    /// before it (nothing it says depends on earlier writes); every other
+    /// does.
     pub fn needs_flush_before(&self, prev: Option<&ArrayMeta>) -> bool {
-        let Some(prev) = prev else { return true };
-        if self.clean {
-            return true;
+        !prev.is_some_and(|p| self.marks_dirty_only(p))
+    }
+
+    /// Whether this record only marks `prev` dirty: it is `prev` with
+    /// `clean` false and a later event count (and `events_cleared`
+    /// following it where `prev`'s did), nothing else changed.
+    pub fn marks_dirty_only(&self, prev: &ArrayMeta) -> bool {
+        if self.clean || self.events <= prev.events {
+            return false;
         }
         let mut same = prev.clone();
         same.clean = false;
@@ -262,7 +267,7 @@ impl ArrayMeta {
         if prev.bitmap.events_cleared == prev.events && self.bitmap.events_cleared == self.events {
             same.bitmap.events_cleared = self.events;
         }
-        same != *self
+        same == *self
     }
 
     /// Whether every slot is recorded in sync.

@@ -168,6 +168,29 @@ fn owes_resync(meta: &ArrayMeta) -> bool {
     !meta.clean || meta.resync != Checkpoint::None
 }
 
+/// Whether md's first write after clean may be released before the record
+/// that marks the array dirty is durable (the record follows at once, off
+/// the write's path), for an array whose durable record is `meta`.
+///
+/// md writes a chunk's bitmap bit durably before any data of a write to
+/// that chunk, and clears it only after the write reached every member; so
+/// after a power cut the bits cover every chunk whose copies may disagree,
+/// whatever the record says, and a start that finds such an array's record
+/// clean with bits set resyncs those chunks all the same
+/// ([`crate::assembly::Choice::resync_start`]). That holds for a clean
+/// record of a mirror (raid1, raid10) whose bits this daemon keeps
+/// (external mode) with every member recorded in sync. Not for parity
+/// levels: their dirty record is what refuses a degraded start after a
+/// crash (the write hole, [`crate::assembly::Choice::dirty_degraded_parity`]),
+/// and it must be durable before the first write. Not with a member out:
+/// its bits are kept for it, so every start would resync them.
+pub fn dirty_may_trail(meta: &ArrayMeta) -> bool {
+    meta.clean
+        && !meta.geometry.level.has_parity()
+        && meta.bitmap.mode == BitmapMode::External
+        && meta.all_in_sync()
+}
+
 /// The start of an array whose record is `meta`, run in bitmap mode
 /// `mode` (the one [`crate::kmode::decide`] chose for the running
 /// kernel), degraded or not, whose present members' bits (of the region
@@ -1806,7 +1829,24 @@ impl Monitor {
         let need_false = can_clear == Some(true)
             && !(regime && m.bitmap.events_cleared == m.events && m.all_in_sync());
 
+        // md's first write after clean waits for `active`; where the bits
+        // already cover it, `active` comes before the record that marks the
+        // array dirty ([`dirty_may_trail`]).
+        let answer_first = v.array_state == ArrayState::WritePending
+            && changed
+            && !self.needs_write
+            && self.rewrite.is_none()
+            && !self.stopping
+            && regime
+            && !need_false
+            && unblock.is_empty()
+            && remove.is_empty()
+            && dirty_may_trail(&self.meta)
+            && m.marks_dirty_only(&self.meta);
         let mut acts = Vec::new();
+        if answer_first {
+            acts.push(Action::SetArrayState(ArrayState::Active));
+        }
         #[cfg(test)]
         let early_true = self.fault == Fault::TrueBeforeRecord && want_true;
         #[cfg(not(test))]
@@ -1844,7 +1884,7 @@ impl Monitor {
         for &i in &unblock {
             acts.push(Action::Member(i, MemberCommand::Unblock));
         }
-        if v.array_state == ArrayState::WritePending {
+        if v.array_state == ArrayState::WritePending && !answer_first {
             acts.push(Action::SetArrayState(ArrayState::Active));
         }
         for &i in &remove {

@@ -63,6 +63,12 @@
 //!    its record is clean and is the newest copy on every device it counts
 //!    as holding data (and properties 1, 2 and 4 hold through the stop and
 //!    the assembly after it).
+//! 6. Torn writes: a power cut while a write is on its way to the members
+//!    (its chunk's copies may disagree) is followed by a start that owes a
+//!    resync whenever two copies of the chunk come up (the monitor may
+//!    release md's first write after clean before the record that marks
+//!    the array dirty: [`super::dirty_may_trail`]; the start then finds the
+//!    bits set).
 //! 3. No write waits forever: from every reachable state with a held write,
 //!    a state with no held write is reachable without further crashes,
 //!    restarts, failures, action failures, writes or admin requests.
@@ -84,18 +90,19 @@
 //! # Results (release build)
 //! - `cargo test` bounds ([`Bounds::default`]): 2 slots, 1 chunk, at most 1
 //!   write, 1 member failure, 1 crash, 1 daemon restart, 1 action failure,
-//!   1 re-add (same device or blank replacement): **3 261 655 states**,
-//!   5 918 109 transitions, no violation.
+//!   1 re-add (same device or blank replacement): **3 684 528 states**,
+//!   6 937 821 transitions, no violation.
 //! - `model_check_large` (`#[ignore]`): the same with 2 re-adds (a blank
-//!   replacement, then the old member again): **10 252 611 states**,
+//!   replacement, then the old member again): **11 429 816 states**,
 //!   19 026 120 transitions, no violation. (2 writes with 2 member failures
 //!   no longer fit in this machine's memory since the model keeps both
 //!   copies of every member: the search passed 33 million states with no
 //!   violation before running out of 20 GB.)
 //! - `model_check_stop`: a stop by somebody else with 1 write, 1 member
 //!   failure, 1 daemon restart and 1 action failure around it (no crash, no
-//!   re-add): **150 161 states**, no violation. (With a re-add too: 3 360 583
-//!   states, also clean; left out of `cargo test` for time.)
+//!   re-add): **187 563 states**, no violation. (With a re-add too: 3 360 583
+//!   states, also clean, before property 6; left out of `cargo test` for
+//!   time.)
 //! - The broken variants ([`Fault`]) and the kernel without
 //!   `bitmap_set_bits` are each caught with a printed trace.
 //!
@@ -147,6 +154,9 @@ pub(crate) struct Bounds {
     /// The assembler writes the on-disk bits to `bitmap_set_bits` on a
     /// degraded assembly (the fix for the degraded-restart trap).
     pub set_bits: bool,
+    /// The assembler reads the bits to decide a clean record's resync
+    /// ([`crate::assembly::Choice::bits_set`]).
+    pub bits_at_start: bool,
     /// The monitor variant under test.
     pub fault: Fault,
     /// The kernel-managed bitmap mode (md from 6.18 on): the kernel clears
@@ -193,6 +203,7 @@ impl Default for Bounds {
             stops: 0,
             fresh: true,
             set_bits: true,
+            bits_at_start: true,
             fault: Fault::None,
             kernel_mode: false,
         }
@@ -344,6 +355,12 @@ struct S {
     /// Actions of the current batch already executed.
     done: u8,
     c: Counters,
+    /// Chunks a write is on its way to the members of: a power cut now may
+    /// leave their copies disagreeing.
+    torn: u8,
+    /// A crash left chunks whose copies may disagree and the start that
+    /// followed owed no resync (property 6).
+    lost: bool,
 }
 
 /// A transition, for traces.
@@ -351,6 +368,7 @@ struct S {
 enum Tr {
     WriteArrives(u8),
     WriteCompletes(u8),
+    WriteLands(u8),
     Idle,
     MemberFails(usize),
     RecoveryStep(usize, u8),
@@ -666,6 +684,8 @@ impl Model {
             queue: Vec::new(),
             done: 0,
             c: Counters::default(),
+            torn: 0,
+            lost: false,
         }
     }
 
@@ -673,6 +693,7 @@ impl Model {
     fn do_write(&self, s: &mut S, c: u8) {
         let bit = 1u8 << c;
         s.k.bits |= bit;
+        s.torn |= bit;
         if self.degraded(&s.k) > 0 {
             s.k.needed |= bit;
         }
@@ -752,7 +773,8 @@ impl Model {
             AAct::CanClear(false) => s.k.can_clear = false,
             AAct::ArrActive => s.k.arr = Arr::Active,
             AAct::ArrClean => {
-                if s.k.pending.is_some() || s.k.arr == Arr::WritePending {
+                // md answers EBUSY while a write is in flight.
+                if s.k.pending.is_some() || s.k.arr == Arr::WritePending || s.torn != 0 {
                     return Err(());
                 }
                 s.k.arr = Arr::Clean;
@@ -835,8 +857,16 @@ impl Model {
                 })
             })
             .collect();
-        let choice = crate::assembly::choose(found, true).ok()?;
+        let mut choice = crate::assembly::choose(found, true).ok()?;
+        // The assembler reads the present members' bits.
+        choice.bits_set = self.b.bits_at_start && s.k.bits != 0;
         let mut t = s.clone();
+        // Property 6: chunks whose copies may disagree (a write on its way
+        // at the crash) are resynced when two copies of them come up.
+        if s.torn != 0 && choice.members.len() >= 2 && choice.resync_start() == Checkpoint::None {
+            t.lost = true;
+        }
+        t.torn = 0;
         for j in 0..n {
             let joins = choice
                 .members
@@ -858,7 +888,7 @@ impl Model {
             .fold(0u8, |m, c| m | (1 << c));
         let degraded = self.degraded(&t.k) > 0;
         t.k.needed = if self.b.set_bits { rearmed } else { 0 };
-        t.k.arr = if !choice.meta.clean || degraded {
+        t.k.arr = if choice.resync_start() != Checkpoint::None || degraded {
             Arr::WritePending
         } else {
             Arr::Clean
@@ -918,7 +948,15 @@ impl Model {
                 out.push((Tr::WriteCompletes(c), t));
             }
         }
-        if k.arr == Arr::Active && k.pending.is_none() {
+        for c in 0..CH {
+            if s.torn & (1 << c) != 0 {
+                let mut t = s.clone();
+                t.torn &= !(1 << c);
+                out.push((Tr::WriteLands(c), t));
+            }
+        }
+        // (md shows active-idle, and can stop, only with no write in flight.)
+        if k.arr == Arr::Active && k.pending.is_none() && s.torn == 0 {
             let mut t = s.clone();
             t.k.arr = Arr::ActiveIdle;
             t.k.notified = true;
@@ -976,6 +1014,7 @@ impl Model {
         // (write-pending, a blocked member): those wait for the daemon.
         if s.c.stops < b.stops
             && k.pending.is_none()
+            && s.torn == 0
             && !self.blocked(k)
             && matches!(k.arr, Arr::Clean | Arr::Active | Arr::ActiveIdle)
         {
@@ -1169,10 +1208,12 @@ impl Model {
     /// help a rebuild), so this replaces the interleavings of lazy clearing.
     fn clear_bits(&self, s: &mut S) {
         if (s.k.can_clear || self.b.kernel_mode) && !s.k.hold {
+            // md clears a chunk's bit only once its writes reached every
+            // member.
             let clearable = if self.degraded(&s.k) > 0 {
-                s.k.bits & !s.k.needed
+                s.k.bits & !s.k.needed & !s.torn
             } else {
-                s.k.bits
+                s.k.bits & !s.torn
             };
             s.k.bits &= !clearable;
             s.k.needed &= !clearable;
@@ -1182,6 +1223,13 @@ impl Model {
     /// Properties 4, 1 and 2; `Err` names the violation.
     fn check(&self, s: &S) -> Result<(), String> {
         let n = self.n();
+        if s.lost {
+            return Err(
+                "TORN: a power cut during a write left chunks whose copies may disagree, \
+                 and the start after it owed no resync"
+                    .into(),
+            );
+        }
         for j in 0..n {
             if s.k.m[j] != Km::Absent && newest(&s.disk[j]).is_none() {
                 return Err(format!(
@@ -1251,6 +1299,7 @@ impl fmt::Display for Tr {
         match self {
             Tr::WriteArrives(c) => write!(f, "kernel: a write to chunk {c} arrives"),
             Tr::WriteCompletes(c) => write!(f, "kernel: the held write to chunk {c} completes"),
+            Tr::WriteLands(c) => write!(f, "kernel: the write to chunk {c} reached every member"),
             Tr::Idle => write!(f, "kernel: idle (active -> active-idle)"),
             Tr::MemberFails(j) => write!(f, "kernel: member {j} fails"),
             Tr::RecoveryStep(j, c) => write!(f, "kernel: member {j} recovers chunk {c}"),
@@ -1288,7 +1337,7 @@ fn describe(s: &S, n: usize) -> String {
         .map(|j| format!("d{j}=[{} | {}]", copy(&s.disk[j][0]), copy(&s.disk[j][1])))
         .collect();
     format!(
-        "kernel {:?} cc={} hold={} sync={:?} members={:?} bits={:#b} needed={:#b} pending={:?} | missed={:?} | {} | daemon {} queue={:?}",
+        "kernel {:?} cc={} hold={} sync={:?} members={:?} bits={:#b} needed={:#b} pending={:?} torn={:#b} | missed={:?} | {} | daemon {} queue={:?}",
         s.k.arr,
         s.k.can_clear,
         s.k.hold,
@@ -1297,6 +1346,7 @@ fn describe(s: &S, n: usize) -> String {
         s.k.bits,
         s.k.needed,
         s.k.pending,
+        s.torn,
         &s.missed[..n],
         disks.join(" "),
         if s.mon.is_some() { "up" } else { "down" },
@@ -1480,9 +1530,9 @@ fn report(o: &Outcome) -> String {
 }
 
 /// The bounds `cargo test` checks (see the module documentation).
-const STATES_DEFAULT: usize = 3_261_655;
+const STATES_DEFAULT: usize = 3_684_528;
 /// The larger bounds of [`model_check_large`].
-const STATES_LARGE: usize = 10_252_611;
+const STATES_LARGE: usize = 11_429_816;
 
 fn expect_clean(b: Bounds) -> Outcome {
     let o = search(b);
@@ -1626,8 +1676,23 @@ fn checker_finds_the_degraded_restart_trap_without_set_bits() {
     );
 }
 
+/// A write released before its dirty record (a clean mirror,
+/// [`super::dirty_may_trail`]) and a power cut before the record: a start
+/// that did not read the bits would owe no resync.
+#[test]
+fn checker_finds_a_torn_write_left_unsynced_without_bits_at_start() {
+    expect_violation(
+        only(|b| {
+            b.writes = 1;
+            b.crashes = 1;
+            b.bits_at_start = false;
+        }),
+        "TORN",
+    );
+}
+
 /// The bounds of [`model_check_stop`].
-const STATES_STOP: usize = 150_161;
+const STATES_STOP: usize = 187_563;
 
 /// A stop by somebody else (systemd-shutdown's `STOP_ARRAY`) at any point,
 /// with a write, a member failure, a daemon restart and an action failure
@@ -1656,7 +1721,7 @@ fn checker_finds_a_stopped_array_left_dirty() {
 }
 
 /// The bounds of [`model_check_kernel_mode`].
-const STATES_KERNEL: usize = 2_981_786;
+const STATES_KERNEL: usize = 3_326_402;
 
 /// The kernel-managed bitmap mode (md from 6.18 on) at the default
 /// bounds: the kernel clears bits whatever `can_clear` says, the monitor

@@ -121,9 +121,17 @@ fn start_rewrites_once_then_a_clean_array_costs_nothing() {
     }
 }
 
+/// `meta()` as a parity level (raid5 of 2: md accepts it; the machine
+/// only asks whether the level has parity).
+fn parity_meta() -> ArrayMeta {
+    let mut m = meta();
+    m.geometry.level = crate::md::Level::Raid5;
+    m
+}
+
 #[test]
 fn write_pending_records_dirty_then_active() {
-    let mut mon = settled(meta(), &view());
+    let mut mon = settled(parity_meta(), &view());
     let e = mon.meta().events;
     let prev = mon.meta().clone();
     let mut v = view();
@@ -149,11 +157,85 @@ fn write_pending_records_dirty_then_active() {
                 targets: vec![0, 1]
             },
             Action::SetArrayState(ArrayState::Active),
-        ]
+        ],
+        "a parity level: the dirty record refuses a degraded start after a crash, so it comes first"
     );
     // Active afterwards: nothing more.
     v.array_state = ArrayState::Active;
     assert_eq!(mon.observe(&v), vec![]);
+}
+
+#[test]
+fn first_write_of_a_clean_mirror_is_answered_before_its_dirty_record() {
+    let mut mon = settled(meta(), &view());
+    let e = mon.meta().events;
+    let prev = mon.meta().clone();
+    let mut v = view();
+    v.array_state = ArrayState::WritePending;
+    let acts = mon.observe(&v);
+    let mut want = prev.clone();
+    want.clean = false;
+    want.events = e + 1;
+    want.bitmap.events_cleared = e + 1;
+    assert_eq!(
+        acts,
+        vec![
+            Action::SetArrayState(ArrayState::Active),
+            Action::WriteMetadata {
+                meta: want.clone(),
+                targets: vec![0, 1]
+            },
+        ]
+    );
+    assert!(want.marks_dirty_only(&prev) && !want.needs_flush_before(Some(&prev)));
+    v.array_state = ArrayState::Active;
+    assert_eq!(mon.observe(&v), vec![]);
+    // Once dirty, nothing is answered ahead of a record: a failure now is
+    // recorded before md goes on.
+    v.array_state = ArrayState::WritePending;
+    v.degraded = 1;
+    v.members[1] = km(1, "faulty,blocked", Some(1));
+    let acts = mon.observe(&v);
+    let at = |want: &Action| acts.iter().position(|a| a == want);
+    let write = acts
+        .iter()
+        .position(|a| matches!(a, Action::WriteMetadata { .. }))
+        .expect("a failure record");
+    assert!(write < at(&Action::SetArrayState(ArrayState::Active)).expect("active"));
+}
+
+#[test]
+fn dirty_may_trail_only_for_a_clean_whole_mirror_with_external_bits() {
+    assert!(dirty_may_trail(&meta()));
+    let mut raid10 = meta();
+    raid10.geometry.level = crate::md::Level::Raid10;
+    assert!(dirty_may_trail(&raid10));
+    assert!(!dirty_may_trail(&parity_meta()), "parity");
+    let mut dirty = meta();
+    dirty.clean = false;
+    assert!(!dirty_may_trail(&dirty), "already dirty");
+    let out = with_state(meta(), 1, MemberState::Failed, 5);
+    assert!(!dirty_may_trail(&out), "a member out");
+    for mode in [BitmapMode::Kernel, BitmapMode::None] {
+        let mut m = meta();
+        m.bitmap.mode = mode;
+        assert!(!dirty_may_trail(&m), "{mode:?}");
+    }
+}
+
+#[test]
+fn after_a_failed_record_the_rewrite_comes_before_active() {
+    let mut mon = settled(meta(), &view());
+    let mut v = view();
+    v.array_state = ArrayState::WritePending;
+    let acts = mon.observe(&v);
+    assert_eq!(acts[0], Action::SetArrayState(ArrayState::Active));
+    // The record failed: what the members hold is not known, so nothing
+    // is answered ahead of the rewrite.
+    mon.step(Event::ActionFailed(1)).expect("ok");
+    let acts = mon.observe(&v);
+    assert!(matches!(acts[0], Action::WriteMetadata { .. }), "{acts:?}");
+    assert_eq!(acts[1], Action::SetArrayState(ArrayState::Active));
 }
 
 #[test]
@@ -681,7 +763,7 @@ fn a_refused_stop_is_cancelled() {
 
 #[test]
 fn failed_action_forces_a_rewrite_before_active() {
-    let mut mon = settled(meta(), &view());
+    let mut mon = settled(parity_meta(), &view());
     let mut v = view();
     v.array_state = ArrayState::WritePending;
     let acts = mon.observe(&v);
@@ -979,7 +1061,7 @@ fn malformed_record_does_not_panic() {
 
 #[test]
 fn failure_after_the_write_costs_no_rewrite() {
-    let mut mon = settled(meta(), &view());
+    let mut mon = settled(parity_meta(), &view());
     let mut v = view();
     v.array_state = ArrayState::WritePending;
     let acts = mon.observe(&v);

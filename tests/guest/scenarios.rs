@@ -27,6 +27,7 @@ pub static ALL: &[&Scenario] = &[
     &lifecycle::FOREIGN_SIGNATURES,
     &lifecycle::FILESYSTEM_LIFECYCLE,
     &lifecycle::CRASH_RESYNC,
+    &lifecycle::TRAILING_DIRTY_RECORD,
     &lifecycle::DEGRADED_ASSEMBLY,
     &lifecycle::BAD_INPUT,
     &bad_input::RUNNING_ARRAYS,

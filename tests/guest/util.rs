@@ -259,6 +259,23 @@ pub fn examine(dev: &Path) -> Result<serde_json::Value> {
     v.get(0).cloned().context("examine printed no device")
 }
 
+/// Wait until `dev`'s record (`examine`) reads `state` ("dirty",
+/// "clean"). The record that marks a clean mirror dirty follows md's first
+/// write instead of preceding it (`monitor::dirty_may_trail`), so a test
+/// that just wrote waits for it.
+pub fn wait_recorded(dev: &Path, state: &str) -> Result<()> {
+    wait_until(
+        &format!("{} to be recorded {state}", dev.display()),
+        Duration::from_secs(30),
+        || {
+            examine(dev)
+                .ok()
+                .filter(|e| e["state"] == state)
+                .map(|_| ())
+        },
+    )
+}
+
 /// Wait for a running resync/recovery to end (sync_action idle, resync_start
 /// none).
 pub fn wait_sync_idle(md: &MdDev, limit: Duration) -> Result<()> {

@@ -113,8 +113,7 @@ fn events_wait_metrics() -> Result<()> {
     // Dirty, then clean: wait --clean returns with the record examine sees.
     md.write("safe_mode_delay", "3")?;
     write_direct(&md.dev_path(), 0, &pattern(1, CHUNK_LEN))?;
-    let (st, _) = record_state(&loops[0].path)?;
-    ensure!(st == "dirty", "record after a write: {st}");
+    wait_recorded(&loops[0].path, "dirty")?;
     let (code, out, _) = ctl_exit("wait --clean md125")?;
     ensure!(code == Some(0), "wait --clean exited {code:?}");
     for l in &loops {
@@ -200,7 +199,7 @@ fn events_wait_metrics() -> Result<()> {
     // it cannot become clean, and wait says so at once.
     md.write("safe_mode_delay", "600")?;
     write_direct(&md.dev_path(), 3 * CHUNK_LEN as u64, &pattern(3, CHUNK_LEN))?;
-    ensure!(record_state(&loops[0].path)?.0 == "dirty", "not dirty");
+    wait_recorded(&loops[0].path, "dirty")?;
     sh("kill -KILL $(cat /run/mdext/mdextmon.pid)")?;
     wait_until("mdextmon gone", Duration::from_secs(10), || {
         sh("kill -0 $(cat /run/mdext/mdextmon.pid) 2>/dev/null")

@@ -484,8 +484,7 @@ fn crash_phase1() -> Result<()> {
     for (name, level, layout, disks) in CRASH_ARRAYS {
         let g = Geo::new(level, layout, disks.len())?;
         let first = format!("/dev/{}", disks[0]);
-        let e = examine(Path::new(&first))?;
-        ensure!(e["state"] == "dirty", "{name}: not dirty before the crash");
+        wait_recorded(Path::new(&first), "dirty")?;
         let bits = mode_bits(Path::new(&first))?;
         ensure!(
             bits == g.bits(&DIRTY),

@@ -56,6 +56,23 @@ pub static CRASH_RESYNC: Scenario = Scenario {
     ],
 };
 
+pub static TRAILING_DIRTY_RECORD: Scenario = Scenario {
+    name: "first_write_before_dirty_record_crash_resyncs_from_bits",
+    disks: &[64, 64],
+    phases: &[
+        Phase {
+            name: "write_answered_daemon_dies_crash",
+            run: trailing_phase1,
+            ends: Ends::Crash,
+        },
+        Phase {
+            name: "clean_record_bits_set_resync",
+            run: trailing_phase2,
+            ends: Ends::Ok,
+        },
+    ],
+};
+
 pub static DEGRADED_ASSEMBLY: Scenario = Scenario {
     name: "assemble_missing_member_needs_run",
     disks: &[],
@@ -316,14 +333,8 @@ fn filesystem_lifecycle() -> Result<()> {
     // A write makes it dirty (safe_mode_delay long enough to look).
     md.write("safe_mode_delay", "5")?;
     write_direct(&md.dev_path(), 60 << 20, &pattern(1, 4096))?;
-    ensure!(
-        state_of(&loops[0].path)? == "dirty",
-        "metadata not dirty during writes"
-    );
-    ensure!(
-        state_of(&loops[1].path)? == "dirty",
-        "second member not dirty during writes"
-    );
+    wait_recorded(&loops[0].path, "dirty")?;
+    wait_recorded(&loops[1].path, "dirty")?;
     md.write("safe_mode_delay", "0.2")?;
     wait_until("metadata clean again", Duration::from_secs(20), || {
         state_of(&loops[0].path)
@@ -453,12 +464,7 @@ fn crash_phase1() -> Result<()> {
     for c in CRASH_CHUNKS {
         write_direct(&md.dev_path(), c * CHUNK, &pattern(c, CHUNK_LEN))?;
     }
-    let e = examine(Path::new("/dev/vda"))?;
-    ensure!(
-        e["state"] == "dirty",
-        "not dirty before the crash: {}",
-        e["state"]
-    );
+    wait_recorded(Path::new("/dev/vda"), "dirty")?;
     let bits = mode_bits(Path::new("/dev/vda"))?;
     ensure!(bits == CRASH_CHUNKS, "bits before the crash: {bits:?}");
     println!("MDEXT-CRASHING");
@@ -635,5 +641,142 @@ fn bad_input() -> Result<()> {
         "fail without a daemon changed the member"
     );
     ctl("stop one")?;
+    Ok(())
+}
+
+/// Chunks the first write after clean covers in the trailing-record test.
+const TRAILING_CHUNKS: [u64; 2] = [7, 90];
+
+fn record_events(dev: &Path) -> Result<u64> {
+    u(&examine(dev)?, "events")
+}
+
+/// A clean raid1's first write is answered before the record that marks it
+/// dirty (`monitor::dirty_may_trail`): a daemon that dies where it would
+/// write that record leaves the write done, the record clean and the bits
+/// set; then the power goes.
+fn trailing_phase1() -> Result<()> {
+    needs_external_bitmap("the record that trails the first write")?;
+    let (a, b) = (Path::new("/dev/vda"), Path::new("/dev/vdb"));
+    // time-base 3600: md clears no bit before the power cut.
+    ctl("create --level 1 --raid-devices 2 --name trail --bitmap-chunk 64K --time-base 3600 --assume-clean /dev/vda /dev/vdb")?;
+    ctl("assemble trail /dev/vda /dev/vdb")?;
+    let md = md127();
+    wait_until("the array settled clean", Duration::from_secs(60), || {
+        let settled = md.read("array_state").ok()? == "clean"
+            && md.read("bitmap/time_base").ok()? == "3600"
+            && state_of(a).ok()? == "clean"
+            && state_of(b).ok()? == "clean";
+        settled.then_some(())
+    })?;
+    let e0 = record_events(a)?;
+    // A daemon that dies where it writes its second record: the first is
+    // the one it writes on taking over (one copy per member).
+    sh("kill -KILL $(cat /run/mdext/mdextmon.pid)")?;
+    wait_until("mdextmon gone", Duration::from_secs(10), || {
+        pong().is_none().then_some(())
+    })?;
+    let _ = std::fs::remove_file("/run/mdext/mdextmon.sock");
+    let _ = std::fs::remove_file("/run/mdext/mdextmon.pid");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/run/mdext/mdextmon.log")?;
+    std::process::Command::new("/bin/mdextmon")
+        .env("MDEXT_FAILPOINT", "mdextmon/sb-write-before:3:abort")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    wait_until(
+        "the new daemon's takeover record",
+        Duration::from_secs(30),
+        || {
+            let ok = pong().is_some_and(|p| p.arrays == ["md127"])
+                && record_events(a).ok()? == e0 + 1
+                && record_events(b).ok()? == e0 + 1;
+            ok.then_some(())
+        },
+    )?;
+    ensure!(
+        md.read("array_state")? == "clean",
+        "not clean after the takeover"
+    );
+    // md's first write after clean.
+    let dev = md.dev_path();
+    let w = std::thread::spawn(move || -> Result<()> {
+        for c in TRAILING_CHUNKS {
+            write_direct(&dev, c * CHUNK, &pattern(c, CHUNK_LEN))?;
+        }
+        Ok(())
+    });
+    wait_until(
+        "the first write after clean to end (a daemon that records dirty first holds it)",
+        Duration::from_secs(60),
+        || w.is_finished().then_some(()),
+    )?;
+    w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    wait_until(
+        "the daemon to die at the failpoint",
+        Duration::from_secs(30),
+        || pong().is_none().then_some(()),
+    )?;
+    for d in [a, b] {
+        ensure!(
+            state_of(d)? == "clean" && record_events(d)? == e0 + 1,
+            "{}: the dirty record was written: {}",
+            d.display(),
+            examine(d)?
+        );
+    }
+    let bits = mode_bits(a)?;
+    ensure!(bits == TRAILING_CHUNKS, "bits before the crash: {bits:?}");
+    println!("MDEXT-CRASHING");
+    sh("echo b > /proc/sysrq-trigger")?;
+    std::thread::sleep(Duration::from_secs(30));
+    anyhow::bail!("still alive after sysrq b")
+}
+
+/// The start finds the record clean and bits set: it resyncs the bits'
+/// chunks (a copy made to differ inside one is repaired).
+fn trailing_phase2() -> Result<()> {
+    let (a, b) = (PathBuf::from("/dev/vda"), PathBuf::from("/dev/vdb"));
+    ensure!(state_of(&a)? == "clean", "record not clean after the crash");
+    let bits = mode_bits(&a)?;
+    ensure!(bits == TRAILING_CHUNKS, "bits after the crash: {bits:?}");
+    write_direct(
+        &b,
+        (2048 * 512) + TRAILING_CHUNKS[1] * CHUNK,
+        &vec![0xEE; CHUNK_LEN],
+    )?;
+    let w0 = written_sectors("vda")? + written_sectors("vdb")?;
+    ctl("assemble trail /dev/vda /dev/vdb")?;
+    let md = md127();
+    wait_sync_idle(&md, Duration::from_secs(120))?;
+    wait_until(
+        "metadata to record the resync done",
+        Duration::from_secs(30),
+        || {
+            examine(&a)
+                .ok()
+                .filter(|e| e["resync_sector"].is_null())
+                .map(|_| ())
+        },
+    )?;
+    let written = written_sectors("vda")? + written_sectors("vdb")? - w0;
+    let data = TRAILING_CHUNKS.len() as u64 * CHUNK / 512;
+    println!("resync of a clean record with bits set: {written} sectors written ({data} data for {} chunks)", TRAILING_CHUNKS.len());
+    ensure!(
+        written >= data && written < data + 400,
+        "resync wrote {written} sectors, expected {data} plus metadata"
+    );
+    for c in TRAILING_CHUNKS {
+        ensure!(
+            read_direct(&md.dev_path(), c * CHUNK, CHUNK_LEN)? == pattern(c, CHUNK_LEN),
+            "chunk {c} data"
+        );
+    }
+    ensure!(check_mismatches(&md)? == 0, "mismatch_cnt after the resync");
+    ctl("stop md127")?;
     Ok(())
 }
