@@ -44,6 +44,9 @@ const MARK: &str = "MDEXT-BENCH ";
 /// The kinds of the crash-and-resync rounds (`mdext64` is left out: its
 /// 63 idle arrays would be resynced too).
 const CRASH_KINDS: [&str; 4] = ["mdadm12_bitmap", "mdadm12_nobitmap", "imsm_mdmon", "mdext"];
+/// The raid5 kinds (`--raid5-rounds`: one boot per round, three disks
+/// each): md 1.2 with its internal bitmap and mdext, same chunks.
+const RAID5_KINDS: [&str; 2] = ["mdadm12_bitmap_raid5", "mdext_raid5"];
 /// Printed by the crash phase just before the power cut.
 const CRASHING: &str = "MDEXT-BENCH-CRASHING";
 
@@ -60,6 +63,8 @@ struct Opts {
     crash_rounds: usize,
     /// Floor rounds (one boot each: md 1.2, mdext and the least handler).
     floor_rounds: usize,
+    /// raid5 rounds (one boot each: md 1.2 + bitmap and mdext, 3 disks).
+    raid5_rounds: usize,
     /// In the guest: `crash` or `resync` (one kind, two disks), or none
     /// (the main run).
     phase: Option<String>,
@@ -79,6 +84,7 @@ fn parse_args() -> Result<Opts> {
         in_guest: false,
         crash_rounds: 2,
         floor_rounds: 2,
+        raid5_rounds: 1,
         phase: None,
         kind: None,
         round: 1,
@@ -100,6 +106,9 @@ fn parse_args() -> Result<Opts> {
             "--floor-rounds" => {
                 o.floor_rounds = val("--floor-rounds")?.parse().context("--floor-rounds")?
             }
+            "--raid5-rounds" => {
+                o.raid5_rounds = val("--raid5-rounds")?.parse().context("--raid5-rounds")?
+            }
             "--phase" => o.phase = Some(val("--phase")?),
             "--kind" => o.kind = Some(val("--kind")?),
             "--round" => o.round = val("--round")?.parse().context("--round")?,
@@ -108,7 +117,7 @@ fn parse_args() -> Result<Opts> {
             // cargo's test runner may pass these; nothing to filter here.
             "--nocapture" | "--test-threads=1" => {}
             "-h" | "--help" => {
-                println!("usage: scripts/bench [--rounds N (0-2)] [--crash-rounds N] [--floor-rounds N] [--json FILE] [--idle SECS] [--iops-secs SECS] [--first-writes N] [--trace]");
+                println!("usage: scripts/bench [--rounds N (0-2)] [--crash-rounds N] [--floor-rounds N] [--raid5-rounds N] [--json FILE] [--idle SECS] [--iops-secs SECS] [--first-writes N] [--trace]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument '{other}' (see --help)"),
@@ -281,9 +290,39 @@ fn host(o: &Opts) -> Result<()> {
         let flog = root.join(format!("target/guest-logs/bench-floor-{round}.log"));
         records.extend(boot(&root, &initramfs, &six, &args, &flog, 900)?.records);
     }
+    // raid5: md 1.2 + bitmap and mdext on three disks each, in one boot.
+    for round in 0..o.raid5_rounds {
+        let six: Vec<PathBuf> = (0..6)
+            .map(|j| work.join(format!("raid5-{j}.img")))
+            .collect();
+        for p in &six {
+            let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
+            f.set_len(DISK_MIB << 20)?;
+        }
+        let args: Vec<String> = vec![
+            format!("/bin/{name}"),
+            "--in-guest".into(),
+            "--phase".into(),
+            "raid5".into(),
+            "--round".into(),
+            (round + 1).to_string(),
+            "--first-writes".into(),
+            o.first_writes.to_string(),
+            "--iops-secs".into(),
+            o.iops_secs.to_string(),
+            "--idle".into(),
+            "0".into(),
+        ];
+        let rlog = root.join(format!("target/guest-logs/bench-raid5-{round}.log"));
+        records.extend(boot(&root, &initramfs, &six, &args, &rlog, 1800)?.records);
+    }
     let wall = t0.elapsed().as_secs_f64();
-    let medians = summarise(&records);
-    print_table(&medians);
+    let medians = summarise(&records, &KINDS);
+    print_table(&medians, &KINDS);
+    let raid5 = summarise(&records, &RAID5_KINDS);
+    if o.raid5_rounds > 0 {
+        print_table(&raid5, &RAID5_KINDS);
+    }
     print_floor(&floor_summary(&records));
     let doc = json!({
         "kernel": if guest_kernel.is_empty() { kver.trim().to_string() } else { guest_kernel },
@@ -291,6 +330,8 @@ fn host(o: &Opts) -> Result<()> {
         "crash_rounds": o.crash_rounds,
         "floor_rounds": o.floor_rounds,
         "floor": floor_summary(&records),
+        "raid5_rounds": o.raid5_rounds,
+        "raid5": raid5,
         "disk_mib": DISK_MIB,
         "bitmap_chunk": CHUNK,
         "idle_secs": o.idle,
@@ -442,9 +483,9 @@ fn median(v: &mut [f64]) -> Option<f64> {
     })
 }
 
-fn summarise(records: &[Value]) -> Value {
+fn summarise(records: &[Value], kinds: &[&str]) -> Value {
     let mut out = Map::new();
-    for k in KINDS {
+    for &k in kinds {
         let mine: Vec<&Value> = records.iter().filter(|r| r["kind"] == k).collect();
         let mut m = Map::new();
         for (name, _) in METRICS {
@@ -470,7 +511,10 @@ fn summarise(records: &[Value]) -> Value {
         if !errs.is_empty() {
             m.insert("errors".into(), Value::Array(errs));
         }
-        let main_rounds = mine.iter().filter(|r| r.get("phase").is_none()).count();
+        let main_rounds = mine
+            .iter()
+            .filter(|r| r.get("phase").is_none() || r["phase"] == "raid5")
+            .count();
         m.insert("rounds".into(), json!(main_rounds));
         out.insert(k.into(), Value::Object(m));
     }
@@ -537,20 +581,24 @@ fn fmt(v: &Value) -> String {
     }
 }
 
-fn print_table(m: &Value) {
+/// The table of `kinds` (the first is the base of the ratios); rows no
+/// kind has are left out.
+fn print_table(m: &Value, kinds: &[&str]) {
+    let base_kind = kinds[0];
     println!();
-    println!("| metric | {} |", KINDS.join(" | "));
-    println!("|---|{}", "---|".repeat(KINDS.len()));
+    println!("| metric | {} |", kinds.join(" | "));
+    println!("|---|{}", "---|".repeat(kinds.len()));
     for (name, label) in METRICS {
-        let base = m["mdadm12_bitmap"][name].as_f64();
-        let cells: Vec<String> = KINDS
+        if kinds.iter().all(|k| m[*k][name].is_null()) {
+            continue;
+        }
+        let base = m[base_kind][name].as_f64();
+        let cells: Vec<String> = kinds
             .iter()
             .map(|k| {
                 let v = &m[*k][name];
                 match (v.as_f64(), base) {
-                    (Some(x), Some(b))
-                        if b != 0.0 && *k != "mdadm12_bitmap" && name != "idle_secs" =>
-                    {
+                    (Some(x), Some(b)) if b != 0.0 && *k != base_kind && name != "idle_secs" => {
                         format!("{} ({:.2}×)", fmt(v), x / b)
                     }
                     _ => fmt(v),
@@ -559,12 +607,12 @@ fn print_table(m: &Value) {
             .collect();
         println!("| {label} | {} |", cells.join(" | "));
     }
-    for k in KINDS {
-        if let Some(e) = m[k].get("errors") {
+    for k in kinds {
+        if let Some(e) = m[*k].get("errors") {
             println!("{k}: errors: {e}");
         }
     }
-    println!("(medians over rounds; (×) = ratio to mdadm12_bitmap)");
+    println!("(medians over rounds; (×) = ratio to {base_kind})");
 }
 
 // --------------------------------------------------------------- guest side
@@ -687,7 +735,8 @@ impl Rng {
 
 struct Kind {
     name: &'static str,
-    disks: [String; 2],
+    /// Two disks (raid1), three for the raid5 kinds.
+    disks: Vec<String>,
     env: Vec<(&'static str, &'static str)>,
 }
 
@@ -730,8 +779,23 @@ impl Kind {
 
     /// Create and start the array; returns the bitmap description.
     fn create(&self) -> Result<String> {
-        let [a, b] = &self.disks;
+        let (a, b) = (&self.disks[0], &self.disks[1]);
+        let all = self
+            .disks
+            .iter()
+            .map(|d| format!("/dev/{d}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         match self.name {
+            "mdext_raid5" => {
+                self.sh(&format!("mdextctl create --level 5 --raid-devices 3 --chunk 512K --name bench --bitmap-chunk 1M --assume-clean {all}"))?;
+                self.sh(&format!("mdextctl assemble bench {all}"))?;
+                Ok("mdext external, 1 MiB".into())
+            }
+            "mdadm12_bitmap_raid5" => {
+                self.sh(&format!("mdadm --create /dev/md0 --run --metadata=1.2 --level=5 --raid-devices=3 --chunk=512 --bitmap=internal --bitmap-chunk=1M --assume-clean {all} 2>&1"))?;
+                Ok("internal, 1 MiB".into())
+            }
             "mdext" | "mdext64" => {
                 if self.name == "mdext64" {
                     self.create_extra()?;
@@ -775,7 +839,7 @@ impl Kind {
 
     fn daemon_pid(&self) -> Option<u32> {
         let p = match self.name {
-            "mdext" | "mdext64" => read("/run/mdext/mdextmon.pid").ok()?,
+            "mdext" | "mdext64" | "mdext_raid5" => read("/run/mdext/mdextmon.pid").ok()?,
             "imsm_mdmon" => sh("pidof mdmon")
                 .ok()?
                 .split_whitespace()
@@ -789,7 +853,7 @@ impl Kind {
     fn fail_remove(&self, md: &str) -> Result<()> {
         let b = &self.disks[1];
         match self.name {
-            "mdext" | "mdext64" => {
+            "mdext" | "mdext64" | "mdext_raid5" => {
                 self.sh(&format!("mdextctl fail {md} /dev/{b}"))?;
                 wait(
                     "the failed member to be detached",
@@ -819,7 +883,9 @@ impl Kind {
     fn readd(&self, md: &str) -> Result<()> {
         let b = &self.disks[1];
         match self.name {
-            "mdext" | "mdext64" => self.sh(&format!("mdextctl add {md} /dev/{b}"))?,
+            "mdext" | "mdext64" | "mdext_raid5" => {
+                self.sh(&format!("mdextctl add {md} /dev/{b}"))?
+            }
             "imsm_mdmon" => self.sh(&format!("mdadm /dev/md100 --add /dev/{b} 2>&1"))?,
             "mdadm12_bitmap" => self.sh(&format!("mdadm /dev/{md} --re-add /dev/{b} 2>&1"))?,
             _ => self.sh(&format!(
@@ -831,7 +897,7 @@ impl Kind {
 
     fn stop(&self, md: &str) -> Result<()> {
         match self.name {
-            "mdext" | "mdext64" => {
+            "mdext" | "mdext64" | "mdext_raid5" => {
                 self.sh(&format!("mdextctl stop {md}"))?;
                 if self.name == "mdext64" {
                     self.stop_extra()?;
@@ -966,7 +1032,7 @@ fn crash_phase(k: &Kind) -> Result<()> {
 /// and measure the resync: sectors written to both members since boot,
 /// over the chunks the crash phase wrote.
 fn resync_phase(k: &Kind, rec: &mut Map<String, Value>) -> Result<()> {
-    let [a, b] = &k.disks;
+    let (a, b) = (&k.disks[0], &k.disks[1]);
     let t = Instant::now();
     match k.name {
         "mdext" => {
@@ -1123,7 +1189,7 @@ fn floor_phase(o: &Opts, disks: &[String]) -> Result<()> {
         let name = &kinds[j];
         let k = Kind {
             name: if *name == "floor" { "mdext" } else { name },
-            disks: [
+            disks: vec![
                 disks.get(2 * j).context("disks")?.clone(),
                 disks.get(2 * j + 1).context("disks")?.clone(),
             ],
@@ -1172,6 +1238,40 @@ fn floor_phase(o: &Opts, disks: &[String]) -> Result<()> {
             println!("bench: floor {name}: {e:#}");
             rec.insert("error".into(), json!(format!("{e:#}")));
         }
+        println!("{MARK}{}", Value::Object(rec));
+    }
+    Ok(())
+}
+
+/// The raid5 boot: md 1.2 + bitmap and mdext, three disks each, the main
+/// run's workloads (no idle window), kinds rotated by round.
+fn raid5_phase(o: &Opts, disks: &[String]) -> Result<()> {
+    for i in 0..RAID5_KINDS.len() {
+        let j = (i + o.round.saturating_sub(1)) % RAID5_KINDS.len();
+        let name = RAID5_KINDS[j];
+        let k = Kind {
+            name,
+            disks: (0..3)
+                .map(|d| disks.get(3 * j + d).cloned().context("disks"))
+                .collect::<Result<_>>()?,
+            env: kind_env(name),
+        };
+        println!(
+            "bench: raid5 round {} {name} on {}",
+            o.round,
+            k.disks.join(" ")
+        );
+        let mut rec = Map::new();
+        rec.insert("kind".into(), json!(name));
+        rec.insert("phase".into(), json!("raid5"));
+        rec.insert("round".into(), json!(o.round));
+        let t = Instant::now();
+        if let Err(e) = run_kind(&k, o, &mut rec) {
+            println!("bench: {name}: {e:#}");
+            rec.insert("error".into(), json!(format!("{e:#}")));
+            let _ = sh("mdadm --stop --scan 2>&1");
+        }
+        rec.insert("wall_secs".into(), json!(t.elapsed().as_secs_f64()));
         println!("{MARK}{}", Value::Object(rec));
     }
     Ok(())
@@ -1402,6 +1502,9 @@ fn guest(o: &Opts) -> Result<()> {
     if o.phase.as_deref() == Some("floor") {
         return floor_phase(o, &disks);
     }
+    if o.phase.as_deref() == Some("raid5") {
+        return raid5_phase(o, &disks);
+    }
     if let Some(phase) = &o.phase {
         let name = o.kind.as_deref().context("--phase needs --kind")?;
         let name = CRASH_KINDS
@@ -1410,7 +1513,7 @@ fn guest(o: &Opts) -> Result<()> {
             .with_context(|| format!("--kind {name}: not a crash kind"))?;
         let k = Kind {
             name,
-            disks: [
+            disks: vec![
                 disks.first().context("no disk")?.clone(),
                 disks.get(1).context("one disk")?.clone(),
             ],
@@ -1449,7 +1552,7 @@ fn guest(o: &Opts) -> Result<()> {
             let name = KINDS[(i + round) % KINDS.len()];
             let k = Kind {
                 name,
-                disks: [disks[next].clone(), disks[next + 1].clone()],
+                disks: vec![disks[next].clone(), disks[next + 1].clone()],
                 env: kind_env(name),
             };
             next += 2;

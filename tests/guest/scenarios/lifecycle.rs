@@ -710,11 +710,15 @@ fn trailing_phase1() -> Result<()> {
         }
         Ok(())
     });
-    wait_until(
+    if let Err(e) = wait_until(
         "the first write after clean to end (a daemon that records dirty first holds it)",
         Duration::from_secs(60),
         || w.is_finished().then_some(()),
-    )?;
+    ) {
+        // Release it (as a handler would) so that the guest can end.
+        let _ = md.write("array_state", "active");
+        return Err(e);
+    }
     w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
     wait_until(
         "the daemon to die at the failpoint",
