@@ -845,6 +845,9 @@ pub struct Monitor {
     /// The machine has seen the array running (so a stopped array was
     /// stopped under it, not an array that never started).
     seen_running: bool,
+    /// The last look found the array clean and settled, its record free to
+    /// trail md's first write ([`Monitor::may_answer_at_once`]).
+    settled_clean: bool,
     #[cfg(test)]
     pub(crate) fault: Fault,
 }
@@ -945,6 +948,7 @@ impl Monitor {
             rewrite,
             stopping: false,
             seen_running: false,
+            settled_clean: false,
             #[cfg(test)]
             fault: Fault::None,
         }
@@ -1017,7 +1021,34 @@ impl Monitor {
             self.needs_write = false;
         }
         self.handed_out(&acts);
+        // Clean and settled: nothing to do, nothing in flight, the record
+        // durable (no write owed), md able to clear bits, no hold, every
+        // slot in sync.
+        self.settled_clean = acts.is_empty()
+            && v.array_state == ArrayState::Clean
+            && !self.needs_write
+            && self.rewrite.is_none()
+            && !self.stopping
+            && v.degraded == 0
+            && v.sync_action == SyncAction::Idle
+            && v.can_clear == Some(true)
+            && v.time_base == Some(self.meta.bitmap.time_base)
+            && (0..self.slots()).all(|i| classify(v, i) == Slot::InSync)
+            && dirty_may_trail(&self.meta);
         acts
+    }
+
+    /// Whether the daemon may answer a `write-pending` it read (alone) with
+    /// `active` at once, and look at the array after: md's first write
+    /// after clean then waits for one read and one write of `array_state`,
+    /// not for a whole look. Only when the last look found the array clean
+    /// and settled ([`dirty_may_trail`]: md's bits cover the write; the
+    /// record that marks the array dirty follows). A `write-pending` that
+    /// came from a member failure is answered too: md keeps that member's
+    /// writes blocked until the look that follows records the failure and
+    /// unblocks it, and nothing else waits on `active`.
+    pub fn may_answer_at_once(&self) -> bool {
+        self.settled_clean && self.write_at.is_none()
     }
 
     fn handed_out(&mut self, acts: &[Action]) {
@@ -1038,6 +1069,7 @@ impl Monitor {
     /// must not become a write storm). Take a fresh snapshot next (after a
     /// short back-off): the machine re-derives everything else from it.
     pub fn action_failed(&mut self, index: usize) {
+        self.settled_clean = false;
         if self.write_at.is_some_and(|w| w >= index) {
             self.needs_write = true;
             // The write may have torn the copy it aimed at on some member:
@@ -1061,6 +1093,7 @@ impl Monitor {
 
     /// An admin request, with a fresh snapshot.
     pub fn admin(&mut self, r: &AdminRequest, v: &KernelView) -> Result<Vec<Action>, Refusal> {
+        self.settled_clean = false;
         if let AdminRequest::Stop = r {
             self.stopping = true;
             return Ok(self.observe(v));

@@ -1454,3 +1454,30 @@ fn grow_disks_adds_missing_slots_then_a_spare_is_activated() {
         Err(Refusal::Reshape("raid5"))
     );
 }
+
+#[test]
+fn write_pending_is_answered_at_once_only_after_a_settled_clean_look() {
+    let mut mon = settled(meta(), &view());
+    assert!(mon.may_answer_at_once(), "clean, whole, settled raid1");
+    // The look after the answer: active, the record made dirty.
+    let mut v = view();
+    v.array_state = ArrayState::Active;
+    let acts = mon.observe(&v);
+    assert!(
+        matches!(acts[..], [Action::WriteMetadata { .. }]),
+        "{acts:?}"
+    );
+    assert!(!mon.may_answer_at_once(), "dirty");
+    assert_eq!(mon.observe(&v), vec![]);
+    assert!(!mon.may_answer_at_once(), "active");
+    let parity = settled(parity_meta(), &view());
+    assert!(!parity.may_answer_at_once(), "parity: record first");
+    let mut held = view();
+    held.time_base = Some(crate::monitor::HOLD_TIME_BASE);
+    let mut mon = settled(meta(), &view());
+    let _ = mon.observe(&held);
+    assert!(!mon.may_answer_at_once(), "start hold");
+    let mut mon = settled(meta(), &view());
+    mon.action_failed(0);
+    assert!(!mon.may_answer_at_once(), "after a failure");
+}

@@ -20,7 +20,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -47,6 +47,10 @@ const CRASH_KINDS: [&str; 4] = ["mdadm12_bitmap", "mdadm12_nobitmap", "imsm_mdmo
 /// The raid5 kinds (`--raid5-rounds`: one boot per round, three disks
 /// each): md 1.2 with its internal bitmap and mdext, same chunks.
 const RAID5_KINDS: [&str; 2] = ["mdadm12_bitmap_raid5", "mdext_raid5"];
+/// The floor boots' kinds: `floor` is the least handler as a thread of
+/// the writing process, `floor_process` the same as a process of its own
+/// (as mdextmon is: each answer costs two switches between processes).
+const FLOOR_KINDS: [&str; 4] = ["mdadm12_bitmap", "mdext", "floor", "floor_process"];
 /// Printed by the crash phase just before the power cut.
 const CRASHING: &str = "MDEXT-BENCH-CRASHING";
 
@@ -69,6 +73,8 @@ struct Opts {
     /// (the main run).
     phase: Option<String>,
     kind: Option<String>,
+    /// In the guest: be the `floor_process` handler of this md device.
+    respond: Option<String>,
     /// The crash round a phase belongs to (1-based).
     round: usize,
 }
@@ -87,6 +93,7 @@ fn parse_args() -> Result<Opts> {
         raid5_rounds: 1,
         phase: None,
         kind: None,
+        respond: None,
         round: 1,
     };
     let mut it = std::env::args().skip(1);
@@ -111,6 +118,7 @@ fn parse_args() -> Result<Opts> {
             }
             "--phase" => o.phase = Some(val("--phase")?),
             "--kind" => o.kind = Some(val("--kind")?),
+            "--respond" => o.respond = Some(val("--respond")?),
             "--round" => o.round = val("--round")?.parse().context("--round")?,
             "--in-guest" => o.in_guest = true,
             "--trace" => o.trace = true,
@@ -272,7 +280,9 @@ fn host(o: &Opts) -> Result<()> {
     }
     // Floor: md 1.2, mdext and the least user-space handler in one boot.
     for round in 0..o.floor_rounds {
-        let six: Vec<PathBuf> = (0..6).map(|j| work.join(format!("floor{j}.img"))).collect();
+        let six: Vec<PathBuf> = (0..2 * FLOOR_KINDS.len())
+            .map(|j| work.join(format!("floor{j}.img")))
+            .collect();
         for p in &six {
             let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
             f.set_len(DISK_MIB << 20)?;
@@ -525,7 +535,7 @@ fn summarise(records: &[Value], kinds: &[&str]) -> Value {
 /// of every round, and the number of writes.
 fn floor_summary(records: &[Value]) -> Value {
     let mut out = Map::new();
-    for k in ["mdadm12_bitmap", "mdext", "floor"] {
+    for k in FLOOR_KINDS {
         let mut all: Vec<f64> = records
             .iter()
             .filter(|r| r["phase"] == "floor" && r["kind"] == k)
@@ -548,17 +558,14 @@ fn print_floor(f: &Value) {
         return;
     }
     println!();
-    println!("| first write after clean, floor boots | mdadm12_bitmap | mdext | floor (least user-space handler) |");
-    println!("|---|---|---|---|");
+    println!("| first write after clean, floor boots | mdadm12_bitmap | mdext | floor (least user-space handler, a thread of the writer) | floor_process (the same, a process) |");
+    println!("|---|---|---|---|---|");
     for (key, label) in [
         ("median_ms", "median, ms"),
         ("max_ms", "max, ms"),
         ("writes", "writes"),
     ] {
-        let cells: Vec<String> = ["mdadm12_bitmap", "mdext", "floor"]
-            .iter()
-            .map(|k| fmt(&f[*k][key]))
-            .collect();
+        let cells: Vec<String> = FLOOR_KINDS.iter().map(|k| fmt(&f[*k][key])).collect();
         println!("| {label} | {} |", cells.join(" | "));
     }
 }
@@ -1182,13 +1189,17 @@ fn first_writes(md: &str, n: usize, rng: &mut Rng) -> Result<Vec<f64>> {
 /// notification, two wakeups, two sysfs writes); what mdext costs over
 /// `floor` is its own work (the snapshot, the record on every member).
 fn floor_phase(o: &Opts, disks: &[String]) -> Result<()> {
-    let kinds = ["mdadm12_bitmap", "mdext", "floor"];
+    let kinds = FLOOR_KINDS;
     for i in 0..kinds.len() {
         // Rotated by round, as the main run's kinds are.
         let j = (i + o.round.saturating_sub(1)) % kinds.len();
         let name = &kinds[j];
         let k = Kind {
-            name: if *name == "floor" { "mdext" } else { name },
+            name: if name.starts_with("floor") {
+                "mdext"
+            } else {
+                name
+            },
             disks: vec![
                 disks.get(2 * j).context("disks")?.clone(),
                 disks.get(2 * j + 1).context("disks")?.clone(),
@@ -1205,13 +1216,23 @@ fn floor_phase(o: &Opts, disks: &[String]) -> Result<()> {
                 md_of(&k.disks[0]).ok()
             })?;
             wait_started(&md, &format!("/dev/{md}"))?;
-            let responder = if *name == "floor" {
+            let responder = if name.starts_with("floor") {
                 let pid = k.daemon_pid().context("mdextmon's pid")?;
                 sh(&format!("kill -KILL {pid}"))?;
                 wait("mdextmon to die", Duration::from_secs(30), || {
                     (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
                 })?;
-                Some(floor_responder(&md)?)
+                Some(if *name == "floor" {
+                    Responder::Thread(floor_responder(&md)?)
+                } else {
+                    let exe = std::env::current_exe().context("current_exe")?;
+                    Responder::Process(
+                        Command::new(exe)
+                            .args(["--in-guest", "--respond", md.as_str()])
+                            .spawn()
+                            .context("the floor_process handler")?,
+                    )
+                })
             } else {
                 None
             };
@@ -1224,9 +1245,17 @@ fn floor_phase(o: &Opts, disks: &[String]) -> Result<()> {
             );
             match responder {
                 // No daemon: md's own stop (the record stays as it was).
-                Some(stop) => {
+                Some(r) => {
                     wait_clean(&md)?;
-                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    match r {
+                        Responder::Thread(stop) => {
+                            stop.store(true, std::sync::atomic::Ordering::SeqCst)
+                        }
+                        Responder::Process(mut c) => {
+                            let _ = c.kill();
+                            let _ = c.wait();
+                        }
+                    }
                     sh(&format!("echo clear > /sys/block/{md}/md/array_state"))?;
                 }
                 // The next mdext array of this boot is named `bench` too.
@@ -1277,22 +1306,39 @@ fn raid5_phase(o: &Opts, disks: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A floor handler: a thread of this process, or a process of its own.
+enum Responder {
+    Thread(std::sync::Arc<std::sync::atomic::AtomicBool>),
+    Process(std::process::Child),
+}
+
 /// The `floor` handler (see [`floor_phase`]); stops when the flag is set
 /// (after its next wake).
 fn floor_responder(md: &str) -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
+    let f = open_array_state(md)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    std::thread::spawn(move || respond(&f, &s2));
+    Ok(stop)
+}
+
+fn open_array_state(md: &str) -> Result<File> {
     let path = format!("/sys/block/{md}/md/array_state");
-    let f = OpenOptions::new()
+    OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)
-        .with_context(|| path.clone())?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let s2 = stop.clone();
-    std::thread::spawn(move || {
+        .with_context(|| path.clone())
+}
+
+/// The least handler's loop: `write-pending` -> `active`, `active-idle` ->
+/// `clean`, nothing recorded.
+fn respond(f: &File, stop: &std::sync::atomic::AtomicBool) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    {
         let mut buf = [0u8; 64];
-        while !s2.load(std::sync::atomic::Ordering::SeqCst) {
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             let n = f.read_at(&mut buf, 0).unwrap_or(0);
             let state = std::str::from_utf8(&buf[..n]).unwrap_or("").trim();
             let answer: &[u8] = match state {
@@ -1307,8 +1353,7 @@ fn floor_responder(md: &str) -> Result<std::sync::Arc<std::sync::atomic::AtomicB
             let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLPRI)];
             let _ = poll(&mut fds, PollTimeout::from(1000u16));
         }
-    });
-    Ok(stop)
+    }
 }
 
 fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
@@ -1499,6 +1544,11 @@ fn guest(o: &Opts) -> Result<()> {
         .filter(|n| n.starts_with("vd"))
         .collect();
     disks.sort_by_key(|d| (d.len(), d.clone()));
+    if let Some(md) = &o.respond {
+        let f = open_array_state(md)?;
+        respond(&f, &std::sync::atomic::AtomicBool::new(false));
+        return Ok(());
+    }
     if o.phase.as_deref() == Some("floor") {
         return floor_phase(o, &disks);
     }
