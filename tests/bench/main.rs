@@ -278,54 +278,55 @@ fn host(o: &Opts) -> Result<()> {
             records.extend(b);
         }
     }
-    // Floor: md 1.2, mdext and the least user-space handler in one boot.
-    for round in 0..o.floor_rounds {
-        let six: Vec<PathBuf> = (0..2 * FLOOR_KINDS.len())
-            .map(|j| work.join(format!("floor{j}.img")))
-            .collect();
-        for p in &six {
-            let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
-            f.set_len(DISK_MIB << 20)?;
+    // One boot per round of a phase on `n` fresh disks: the floor (md 1.2,
+    // mdext and the least user-space handler), raid5 (md 1.2 + bitmap and
+    // mdext on three disks each).
+    let phase_boots = |phase: &str, rounds: usize, n: usize, extra: &[String], limit: u64| {
+        let mut out = Vec::new();
+        for round in 0..rounds {
+            let imgs: Vec<PathBuf> = (0..n)
+                .map(|j| work.join(format!("{phase}{j}.img")))
+                .collect();
+            for p in &imgs {
+                let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
+                f.set_len(DISK_MIB << 20)?;
+            }
+            let mut args: Vec<String> = vec![
+                format!("/bin/{name}"),
+                "--in-guest".into(),
+                "--phase".into(),
+                phase.into(),
+                "--round".into(),
+                (round + 1).to_string(),
+                "--first-writes".into(),
+                o.first_writes.to_string(),
+            ];
+            args.extend_from_slice(extra);
+            let log = root.join(format!("target/guest-logs/bench-{phase}-{round}.log"));
+            out.extend(boot(&root, &initramfs, &imgs, &args, &log, limit)?.records);
         }
-        let args: Vec<String> = vec![
-            format!("/bin/{name}"),
-            "--in-guest".into(),
-            "--phase".into(),
-            "floor".into(),
-            "--round".into(),
-            (round + 1).to_string(),
-            "--first-writes".into(),
-            o.first_writes.to_string(),
-        ];
-        let flog = root.join(format!("target/guest-logs/bench-floor-{round}.log"));
-        records.extend(boot(&root, &initramfs, &six, &args, &flog, 900)?.records);
-    }
-    // raid5: md 1.2 + bitmap and mdext on three disks each, in one boot.
-    for round in 0..o.raid5_rounds {
-        let six: Vec<PathBuf> = (0..6)
-            .map(|j| work.join(format!("raid5-{j}.img")))
-            .collect();
-        for p in &six {
-            let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
-            f.set_len(DISK_MIB << 20)?;
-        }
-        let args: Vec<String> = vec![
-            format!("/bin/{name}"),
-            "--in-guest".into(),
-            "--phase".into(),
-            "raid5".into(),
-            "--round".into(),
-            (round + 1).to_string(),
-            "--first-writes".into(),
-            o.first_writes.to_string(),
-            "--iops-secs".into(),
-            o.iops_secs.to_string(),
-            "--idle".into(),
-            "0".into(),
-        ];
-        let rlog = root.join(format!("target/guest-logs/bench-raid5-{round}.log"));
-        records.extend(boot(&root, &initramfs, &six, &args, &rlog, 1800)?.records);
-    }
+        anyhow::Ok(out)
+    };
+    records.extend(phase_boots(
+        "floor",
+        o.floor_rounds,
+        2 * FLOOR_KINDS.len(),
+        &[],
+        900,
+    )?);
+    let raid5_args = [
+        "--iops-secs".to_string(),
+        o.iops_secs.to_string(),
+        "--idle".into(),
+        "0".into(),
+    ];
+    records.extend(phase_boots(
+        "raid5",
+        o.raid5_rounds,
+        3 * RAID5_KINDS.len(),
+        &raid5_args,
+        1800,
+    )?);
     let wall = t0.elapsed().as_secs_f64();
     let medians = summarise(&records, &KINDS);
     print_table(&medians, &KINDS);

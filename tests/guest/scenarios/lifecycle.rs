@@ -474,23 +474,34 @@ fn crash_phase1() -> Result<()> {
 }
 
 fn crash_phase2() -> Result<()> {
-    let (a, b) = (PathBuf::from("/dev/vda"), PathBuf::from("/dev/vdb"));
+    let a = PathBuf::from("/dev/vda");
     ensure!(
         state_of(&a)? == "dirty",
         "metadata not dirty after the crash"
     );
     let bits = mode_bits(&a)?;
     ensure!(bits == CRASH_CHUNKS, "bits after the crash: {bits:?}");
-    // Make the mirrors differ inside a dirty chunk: the resync must repair it
-    // (it copies slot 0 to slot 1).
-    write_direct(&b, (2048 * 512) + 50 * CHUNK, &vec![0xEE; CHUNK_LEN])?;
+    resync_repairs("crash", &CRASH_CHUNKS, 50)
+}
+
+/// Make the mirrors vda/vdb differ inside chunk `differ` (one of
+/// `chunks`, the bits set), assemble array `name`: the resync must write
+/// only those chunks (copying slot 0 to slot 1), the data reads back and
+/// `mismatch_cnt` is 0.
+fn resync_repairs(name: &str, chunks: &[u64], differ: u64) -> Result<()> {
+    let a = PathBuf::from("/dev/vda");
+    write_direct(
+        Path::new("/dev/vdb"),
+        (2048 * 512) + differ * CHUNK,
+        &vec![0xEE; CHUNK_LEN],
+    )?;
     let w0 = written_sectors("vda")? + written_sectors("vdb")?;
-    ctl("assemble crash /dev/vda /dev/vdb")?;
+    ctl(&format!("assemble {name} /dev/vda /dev/vdb"))?;
     let md = md127();
     wait_sync_idle(&md, Duration::from_secs(120))?;
     wait_until(
         "metadata to record the resync done",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         || {
             examine(&a)
                 .ok()
@@ -499,15 +510,18 @@ fn crash_phase2() -> Result<()> {
         },
     )?;
     let written = written_sectors("vda")? + written_sectors("vdb")? - w0;
-    let data = CRASH_CHUNKS.len() as u64 * CHUNK / 512;
-    println!("resync after the crash: {written} sectors written to the members ({data} of them data for {} dirty chunks)", CRASH_CHUNKS.len());
+    let data = chunks.len() as u64 * CHUNK / 512;
+    println!(
+        "resync after the crash: {written} sectors written to the members ({data} of them data for {} dirty chunks)",
+        chunks.len()
+    );
     // Metadata and bitmap writes add a few dozen sectors; a full resync would
     // be ~129000.
     ensure!(
         written >= data && written < data + 400,
         "resync wrote {written} sectors, expected {data} plus metadata"
     );
-    for c in CRASH_CHUNKS {
+    for &c in chunks {
         ensure!(
             read_direct(&md.dev_path(), c * CHUNK, CHUNK_LEN)? == pattern(c, CHUNK_LEN),
             "chunk {c} data"
@@ -744,43 +758,9 @@ fn trailing_phase1() -> Result<()> {
 /// The start finds the record clean and bits set: it resyncs the bits'
 /// chunks (a copy made to differ inside one is repaired).
 fn trailing_phase2() -> Result<()> {
-    let (a, b) = (PathBuf::from("/dev/vda"), PathBuf::from("/dev/vdb"));
+    let a = PathBuf::from("/dev/vda");
     ensure!(state_of(&a)? == "clean", "record not clean after the crash");
     let bits = mode_bits(&a)?;
     ensure!(bits == TRAILING_CHUNKS, "bits after the crash: {bits:?}");
-    write_direct(
-        &b,
-        (2048 * 512) + TRAILING_CHUNKS[1] * CHUNK,
-        &vec![0xEE; CHUNK_LEN],
-    )?;
-    let w0 = written_sectors("vda")? + written_sectors("vdb")?;
-    ctl("assemble trail /dev/vda /dev/vdb")?;
-    let md = md127();
-    wait_sync_idle(&md, Duration::from_secs(120))?;
-    wait_until(
-        "metadata to record the resync done",
-        Duration::from_secs(30),
-        || {
-            examine(&a)
-                .ok()
-                .filter(|e| e["resync_sector"].is_null())
-                .map(|_| ())
-        },
-    )?;
-    let written = written_sectors("vda")? + written_sectors("vdb")? - w0;
-    let data = TRAILING_CHUNKS.len() as u64 * CHUNK / 512;
-    println!("resync of a clean record with bits set: {written} sectors written ({data} data for {} chunks)", TRAILING_CHUNKS.len());
-    ensure!(
-        written >= data && written < data + 400,
-        "resync wrote {written} sectors, expected {data} plus metadata"
-    );
-    for c in TRAILING_CHUNKS {
-        ensure!(
-            read_direct(&md.dev_path(), c * CHUNK, CHUNK_LEN)? == pattern(c, CHUNK_LEN),
-            "chunk {c} data"
-        );
-    }
-    ensure!(check_mismatches(&md)? == 0, "mismatch_cnt after the resync");
-    ctl("stop md127")?;
-    Ok(())
+    resync_repairs("trail", &TRAILING_CHUNKS, TRAILING_CHUNKS[1])
 }
