@@ -689,11 +689,13 @@ fn md_of(disk: &str) -> Result<String> {
     let mut found = None;
     for e in std::fs::read_dir(format!("/sys/block/{disk}/holders"))? {
         let n = e?.file_name().to_string_lossy().to_string();
-        if read(&format!("/sys/block/{n}/md/level")).unwrap_or_default() == "raid1" {
+        // (Not an IMSM container, which holds the disk too.)
+        let level = read(&format!("/sys/block/{n}/md/level")).unwrap_or_default();
+        if level == "raid1" || level == "raid5" {
             found = Some(n);
         }
     }
-    found.with_context(|| format!("no raid1 array holds {disk}"))
+    found.with_context(|| format!("no raid1 or raid5 array holds {disk}"))
 }
 
 fn md_attr(md: &str, a: &str) -> String {
