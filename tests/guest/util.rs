@@ -469,3 +469,31 @@ pub fn wait_whole(md: &MdDev) -> Result<()> {
         || can_clear_is(md, true).ok()?.then_some(()),
     )
 }
+
+/// Start mdextmon (no arguments: it takes over every mdext array), its
+/// stderr appended to /run/mdext/mdextmon.log, with `MDEXT_FAILPOINT` set
+/// to `failpoint` if given; wait until it answers.
+pub fn start_daemon(failpoint: Option<&str>) -> Result<()> {
+    std::fs::create_dir_all("/run/mdext")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/run/mdext/mdextmon.log")?;
+    let mut c = std::process::Command::new("/bin/mdextmon");
+    if let Some(f) = failpoint {
+        c.env("MDEXT_FAILPOINT", f);
+    }
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    c.spawn()?;
+    wait_until("mdextmon to answer", Duration::from_secs(10), || {
+        mdext::control::call(
+            Path::new("/run/mdext"),
+            &mdext::control::Request::Ping,
+            Duration::from_secs(1),
+        )
+        .ok()
+        .map(|_| ())
+    })
+}

@@ -692,16 +692,7 @@ fn trailing_phase1() -> Result<()> {
     })?;
     let _ = std::fs::remove_file("/run/mdext/mdextmon.sock");
     let _ = std::fs::remove_file("/run/mdext/mdextmon.pid");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/run/mdext/mdextmon.log")?;
-    std::process::Command::new("/bin/mdextmon")
-        .env("MDEXT_FAILPOINT", "mdextmon/sb-write-before:3:abort")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()?;
+    start_daemon(Some("mdextmon/sb-write-before:3:abort"))?;
     wait_until(
         "the new daemon's takeover record",
         Duration::from_secs(30),

@@ -346,31 +346,6 @@ fn replaced_returns() -> Result<()> {
     Ok(())
 }
 
-fn start_daemon(failpoint: Option<&str>) -> Result<()> {
-    std::fs::create_dir_all("/run/mdext")?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/run/mdext/mdextmon.log")?;
-    let mut c = std::process::Command::new("/bin/mdextmon");
-    if let Some(f) = failpoint {
-        c.env("MDEXT_FAILPOINT", f);
-    }
-    c.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log);
-    c.spawn()?;
-    wait_until("mdextmon to answer", Duration::from_secs(10), || {
-        mdext::control::call(
-            Path::new("/run/mdext"),
-            &mdext::control::Request::Ping,
-            Duration::from_secs(1),
-        )
-        .ok()
-        .map(|_| ())
-    })
-}
-
 fn daemon_alive() -> bool {
     mdext::control::call(
         Path::new("/run/mdext"),
