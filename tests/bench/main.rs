@@ -1,7 +1,8 @@
 //! `scripts/bench`: mdext side by side with mdadm's own metadata in one guest.
 //!
-//! Host mode (the default) builds the guest initramfs, makes fresh sparse
-//! disk images (2 × 256 MiB per kind per round), boots one guest with
+//! Host mode (the default) builds the guest initramfs, makes fresh disk
+//! images (2 × 256 MiB per kind per round; QEMU honours the guest's
+//! flushes with the host's fdatasync unless `--disk-cache unsafe`), boots one guest with
 //! `scripts/guest run` and this same binary inside it (`--in-guest`),
 //! collects one JSON record per kind and round from the console, prints a
 //! table of medians with ratios to mdadm 1.2 + internal bitmap and writes
@@ -21,7 +22,7 @@
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -77,6 +78,10 @@ struct Opts {
     respond: Option<String>,
     /// The crash round a phase belongs to (1-based).
     round: usize,
+    /// QEMU's cache mode of the disks (`scripts/guest`'s
+    /// `MDEXT_DISK_CACHE`): `unsafe` drops the guest's flushes, `none`
+    /// honours them with the host's fdatasync.
+    disk_cache: String,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -95,6 +100,7 @@ fn parse_args() -> Result<Opts> {
         kind: None,
         respond: None,
         round: 1,
+        disk_cache: "none".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -120,16 +126,23 @@ fn parse_args() -> Result<Opts> {
             "--kind" => o.kind = Some(val("--kind")?),
             "--respond" => o.respond = Some(val("--respond")?),
             "--round" => o.round = val("--round")?.parse().context("--round")?,
+            "--disk-cache" => o.disk_cache = val("--disk-cache")?,
             "--in-guest" => o.in_guest = true,
             "--trace" => o.trace = true,
             // cargo's test runner may pass these; nothing to filter here.
             "--nocapture" | "--test-threads=1" => {}
             "-h" | "--help" => {
-                println!("usage: scripts/bench [--rounds N (0-2)] [--crash-rounds N] [--floor-rounds N] [--raid5-rounds N] [--json FILE] [--idle SECS] [--iops-secs SECS] [--first-writes N] [--trace]");
+                println!("usage: scripts/bench [--rounds N (0-2)] [--crash-rounds N] [--floor-rounds N] [--raid5-rounds N] [--json FILE] [--idle SECS] [--iops-secs SECS] [--first-writes N] [--disk-cache unsafe|none|writeback] [--trace]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument '{other}' (see --help)"),
         }
+    }
+    if !["unsafe", "none", "writeback"].contains(&o.disk_cache.as_str()) {
+        bail!(
+            "--disk-cache {}: unsafe (flushes dropped), none or writeback (flushes reach the host's disk)",
+            o.disk_cache
+        );
     }
     if !(0..=2).contains(&o.rounds) {
         bail!(
@@ -187,11 +200,12 @@ fn host(o: &Opts) -> Result<()> {
         bail!("scripts/guest build failed: {st}");
     }
     let kver = std::fs::read_to_string(work.join("base.cpio.kver")).unwrap_or_default();
+    // Read by `scripts/guest run` for every boot below (one thread here).
+    std::env::set_var("MDEXT_DISK_CACHE", &o.disk_cache);
     let mut disks = Vec::new();
     for i in 0..o.rounds * KINDS.len() * 2 {
         let p = work.join(format!("disk{i:02}.img"));
-        let f = std::fs::File::create(&p).with_context(|| p.display().to_string())?;
-        f.set_len(DISK_MIB << 20)?;
+        fresh_disk(&p, &o.disk_cache)?;
         disks.push(p);
     }
     std::fs::create_dir_all(root.join("target/guest-logs"))?;
@@ -242,8 +256,7 @@ fn host(o: &Opts) -> Result<()> {
             let kind = CRASH_KINDS[(i + round) % CRASH_KINDS.len()];
             let pair: Vec<PathBuf> = (0..2).map(|j| work.join(format!("crash{j}.img"))).collect();
             for p in &pair {
-                let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
-                f.set_len(DISK_MIB << 20)?;
+                fresh_disk(p, &o.disk_cache)?;
             }
             let phase = |ph: &str| -> Vec<String> {
                 let mut a = vec![
@@ -288,8 +301,7 @@ fn host(o: &Opts) -> Result<()> {
                 .map(|j| work.join(format!("{phase}{j}.img")))
                 .collect();
             for p in &imgs {
-                let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
-                f.set_len(DISK_MIB << 20)?;
+                fresh_disk(p, &o.disk_cache)?;
             }
             let mut args: Vec<String> = vec![
                 format!("/bin/{name}"),
@@ -346,6 +358,7 @@ fn host(o: &Opts) -> Result<()> {
         "disk_mib": DISK_MIB,
         "bitmap_chunk": CHUNK,
         "idle_secs": o.idle,
+        "disk_cache": o.disk_cache,
         "iops_secs": o.iops_secs,
         "guest_exit": st.code(),
         "guest_wall_secs": wall,
@@ -376,6 +389,27 @@ struct Boot {
     status: std::process::ExitStatus,
     /// The crash phase said it was cutting the power.
     crashed: bool,
+}
+
+/// A fresh image of `DISK_MIB`. Sparse where the guest's flushes are
+/// dropped; written out where they reach the host's disk, so that a
+/// flush there costs what a disk's flush costs and not the host file
+/// system's block allocation too.
+fn fresh_disk(p: &Path, cache: &str) -> Result<()> {
+    let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
+    if cache == "unsafe" {
+        f.set_len(DISK_MIB << 20)?;
+        return Ok(());
+    }
+    let zero = vec![0u8; 1 << 20];
+    let mut w = std::io::BufWriter::new(&f);
+    for _ in 0..DISK_MIB {
+        w.write_all(&zero)
+            .with_context(|| p.display().to_string())?;
+    }
+    w.flush()?;
+    f.sync_all().with_context(|| p.display().to_string())?;
+    Ok(())
 }
 
 /// Boot the guest on `disks`, run `args` in it, collect its records.
@@ -1119,21 +1153,25 @@ fn wait_started(md: &str, dev: &str) -> Result<()> {
     Ok(())
 }
 
-/// (utime + stime in ms, context switches over all threads)
+/// (time on a CPU in ms, context switches), summed over all threads.
+/// The time is the scheduler's own count (`schedstat`, in ns): `stat`'s
+/// utime and stime are sampled at the tick, 10 ms a step, too coarse for
+/// a daemon that runs a few ms in a whole IOPS run.
 fn daemon_counters(pid: u32) -> (f64, u64) {
-    let cpu = read(&format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.to_string();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let u: f64 = f.get(11)?.parse().ok()?;
-            let s: f64 = f.get(12)?.parse().ok()?;
-            Some((u + s) * 10.0)
-        })
-        .unwrap_or(f64::NAN);
+    let mut ns = 0u64;
     let mut sw = 0;
+    let mut seen = false;
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in rd.flatten() {
+            let run = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            if let Some(n) = run
+                .split_whitespace()
+                .next()
+                .and_then(|x| x.parse::<u64>().ok())
+            {
+                ns += n;
+                seen = true;
+            }
             let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
             for l in st.lines() {
                 if l.starts_with("voluntary_ctxt_switches")
@@ -1148,6 +1186,7 @@ fn daemon_counters(pid: u32) -> (f64, u64) {
             }
         }
     }
+    let cpu = if seen { ns as f64 / 1e6 } else { f64::NAN };
     (cpu, sw)
 }
 
