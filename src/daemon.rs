@@ -17,8 +17,10 @@
 //!
 //! No timer runs while the arrays are clean: with nothing happening, the
 //! daemon sleeps in `poll(2)` with an infinite timeout. An array last seen
-//! busy (writable and not clean) is looked at again every
-//! [`crate::managed::BUSY_RECHECK`] whether or not md notified: md's
+//! busy (writable and not clean) is looked at again after
+//! [`crate::managed::BUSY_RECHECK`] whether or not md notified (the
+//! interval doubles, up to [`crate::managed::BUSY_RECHECK_MAX`], while
+//! each check finds the same steady writes): md's
 //! notifications are edges, and a systemd guest under load once showed the
 //! daemon asleep while md held a write. A control client that connected but
 //! has not finished its request bounds the sleep by its deadline
@@ -340,7 +342,8 @@ impl Daemon {
                 let recheck = self.recheck.map(|t| t.saturating_duration_since(now));
                 let ping = self.watchdog.map(|(_, t)| t.saturating_duration_since(now));
                 // An array last seen busy (writable, not clean) is looked at
-                // again every BUSY_RECHECK even without a notification.
+                // again after BUSY_RECHECK (up to BUSY_RECHECK_MAX under
+                // steady writes) even without a notification.
                 let busy = self
                     .arrays
                     .values()

@@ -464,6 +464,56 @@ impl Device {
             .map_err(|e| self.io_err("write", offset, e))
     }
 
+    /// Write `data` (a multiple of 4096 bytes) at `offset` (aligned),
+    /// durable when this returns: one `pwritev2(RWF_DSYNC)` (on a block
+    /// device opened O_DIRECT a FUA write, followed by a flush where the
+    /// device has no FUA), as the writer ring submits it. One system call
+    /// and one wait instead of a write and an `fdatasync`. Where the
+    /// kernel refuses the flag (before 4.7), a write and an `fdatasync`.
+    pub fn write_durable(&self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        self.check(offset, data.len() as u64)?;
+        let buf = AlignedBuf::from_slice(data)?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let rest = &buf[done..data.len()];
+            let iov = nix::libc::iovec {
+                iov_base: rest.as_ptr() as *mut nix::libc::c_void,
+                iov_len: rest.len(),
+            };
+            let at = offset + done as u64;
+            let off = nix::libc::off_t::try_from(at).map_err(|_| {
+                self.io_err(
+                    "write",
+                    at,
+                    io::Error::from_raw_os_error(Errno::EOVERFLOW as i32),
+                )
+            })?;
+            // SAFETY: `iov` points into `buf`, which lives until this call
+            // returns and is not otherwise borrowed mutably; the kernel
+            // only reads `iov_len` bytes from it. The descriptor is our
+            // open file's.
+            let n = unsafe {
+                nix::libc::pwritev2(self.file.as_raw_fd(), &iov, 1, off, nix::libc::RWF_DSYNC)
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(c) if c == Errno::EINTR as i32 => continue,
+                    Some(c) if c == Errno::EOPNOTSUPP as i32 || c == Errno::ENOSYS as i32 => {
+                        self.write_at(at, rest)?;
+                        return self.sync();
+                    }
+                    _ => return Err(self.io_err("write", at, e)),
+                }
+            }
+            if n == 0 {
+                return Err(self.io_err("write", at, io::Error::from(io::ErrorKind::WriteZero)));
+            }
+            done += usize::try_from(n).unwrap_or(rest.len());
+        }
+        Ok(())
+    }
+
     /// Write zeros over `len` bytes at `offset` (both aligned).
     pub fn zero(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
         self.check(offset, len)?;
@@ -516,8 +566,7 @@ impl Device {
     /// (the same copy again, never the one holding the last good state).
     pub fn write_superblock(&self, sb: &Superblock) -> Result<usize, DeviceError> {
         let e = self.prepare_superblock(sb)?;
-        self.write_at(e.offset, &e.bytes)?;
-        self.sync()?;
+        self.write_durable(e.offset, &e.bytes)?;
         crate::failpoint::point("sb-write-after");
         Ok(e.index)
     }

@@ -330,6 +330,10 @@ pub struct Managed {
     answers: crate::writers::Answers,
     /// When the last look was taken.
     looked_at: Option<std::time::Instant>,
+    /// How long after `looked_at` the next check without a notification
+    /// is due: [`BUSY_RECHECK`] after a look, doubled by every check that
+    /// finds steady writes unchanged, up to [`BUSY_RECHECK_MAX`].
+    recheck_every: Duration,
     /// A `write-pending` was answered at once; the look that records the
     /// array dirty is due then (or at the array's next notification).
     look_after: Option<std::time::Instant>,
@@ -403,6 +407,13 @@ enum Run {
 /// written.
 pub const BUSY_RECHECK: Duration = Duration::from_secs(1);
 
+/// The longest interval between those checks while they find the array
+/// under steady writes (`active`, no sync) as the last look did: each such
+/// check doubles the interval from [`BUSY_RECHECK`]; any look resets it.
+/// Steady writes then cost one wake in 8 s (the bench counts the daemon's
+/// CPU during its write runs; mdmon has no such check at all).
+pub const BUSY_RECHECK_MAX: Duration = Duration::from_secs(8);
+
 /// How long after answering md's first write after clean at once the look
 /// that records the array dirty waits (unless the array notifies first):
 /// the released writer runs first. Traced on one CPU (TCG): looked at
@@ -461,6 +472,7 @@ impl Managed {
             write_failed: Vec::new(),
             answers: crate::writers::Answers::default(),
             looked_at: None,
+            recheck_every: BUSY_RECHECK,
             look_after: None,
             seen: KernelState::default(),
             need: crate::monitor::SpareNeed::default(),
@@ -506,8 +518,9 @@ impl Managed {
     }
 
     /// When the array is due for a look without a notification: once
-    /// [`BUSY_RECHECK`] has passed since the last look, if that look showed
-    /// it writable and not clean. `None` for a clean, read-only or stopped
+    /// [`BUSY_RECHECK`] has passed since the last look (up to
+    /// [`BUSY_RECHECK_MAX`] under steady writes), if that look showed it
+    /// writable and not clean. `None` for a clean, read-only or stopped
     /// array.
     pub fn recheck_due(&self) -> Option<std::time::Instant> {
         if self.look_after.is_some() {
@@ -517,7 +530,7 @@ impl Managed {
             (
                 Some(ArrayState::Active | ArrayState::ActiveIdle | ArrayState::WritePending),
                 Some(at),
-            ) if !self.gone => Some(at + BUSY_RECHECK),
+            ) if !self.gone => Some(at + self.recheck_every),
             _ => None,
         }
     }
@@ -549,6 +562,7 @@ impl Managed {
                     && self.seen.sync_action == Some(crate::md::SyncAction::Idle) =>
             {
                 self.looked_at = Some(std::time::Instant::now());
+                self.recheck_every = (self.recheck_every * 2).min(BUSY_RECHECK_MAX);
                 return true;
             }
             _ => {}
@@ -809,6 +823,7 @@ impl Managed {
                 },
             };
             self.looked_at = Some(std::time::Instant::now());
+            self.recheck_every = BUSY_RECHECK;
             self.seen = KernelState {
                 array_state: Some(view.array_state),
                 degraded: Some(view.degraded),
