@@ -473,45 +473,50 @@ impl Device {
     pub fn write_durable(&self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
         self.check(offset, data.len() as u64)?;
         let buf = AlignedBuf::from_slice(data)?;
-        let mut done = 0usize;
-        while done < data.len() {
-            let rest = &buf[done..data.len()];
-            let iov = nix::libc::iovec {
-                iov_base: rest.as_ptr() as *mut nix::libc::c_void,
-                iov_len: rest.len(),
-            };
-            let at = offset + done as u64;
-            let off = nix::libc::off_t::try_from(at).map_err(|_| {
-                self.io_err(
-                    "write",
-                    at,
-                    io::Error::from_raw_os_error(Errno::EOVERFLOW as i32),
-                )
-            })?;
-            // SAFETY: `iov` points into `buf`, which lives until this call
-            // returns and is not otherwise borrowed mutably; the kernel
-            // only reads `iov_len` bytes from it. The descriptor is our
-            // open file's.
+        let iov = nix::libc::iovec {
+            iov_base: buf.as_ptr() as *mut nix::libc::c_void,
+            iov_len: data.len(),
+        };
+        let off = nix::libc::off_t::try_from(offset).map_err(|_| {
+            self.io_err(
+                "write",
+                offset,
+                io::Error::from_raw_os_error(Errno::EOVERFLOW as i32),
+            )
+        })?;
+        loop {
+            // SAFETY: `iov` points at the first `data.len()` bytes of
+            // `buf`, which lives until this call returns and is not
+            // borrowed mutably meanwhile; the kernel only reads them. The
+            // descriptor is our open file's.
             let n = unsafe {
                 nix::libc::pwritev2(self.file.as_raw_fd(), &iov, 1, off, nix::libc::RWF_DSYNC)
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(c) if c == Errno::EINTR as i32 => continue,
-                    Some(c) if c == Errno::EOPNOTSUPP as i32 || c == Errno::ENOSYS as i32 => {
-                        self.write_at(at, rest)?;
-                        return self.sync();
-                    }
-                    _ => return Err(self.io_err("write", at, e)),
+            if n >= 0 {
+                // One aligned block write: short only if the device
+                // ended (as the ring treats it).
+                return match usize::try_from(n) {
+                    Ok(n) if n == data.len() => Ok(()),
+                    _ => Err(self.io_err(
+                        "write",
+                        offset,
+                        io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            format!("short write ({n} bytes)"),
+                        ),
+                    )),
+                };
+            }
+            let e = io::Error::last_os_error();
+            match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
+                Errno::EINTR => continue,
+                Errno::EOPNOTSUPP | Errno::ENOSYS => {
+                    self.write_at(offset, data)?;
+                    return self.sync();
                 }
+                _ => return Err(self.io_err("write", offset, e)),
             }
-            if n == 0 {
-                return Err(self.io_err("write", at, io::Error::from(io::ErrorKind::WriteZero)));
-            }
-            done += usize::try_from(n).unwrap_or(rest.len());
         }
-        Ok(())
     }
 
     /// Write zeros over `len` bytes at `offset` (both aligned).

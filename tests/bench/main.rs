@@ -402,12 +402,10 @@ fn fresh_disk(p: &Path, cache: &str) -> Result<()> {
         return Ok(());
     }
     let zero = vec![0u8; 1 << 20];
-    let mut w = std::io::BufWriter::new(&f);
     for _ in 0..DISK_MIB {
-        w.write_all(&zero)
+        (&f).write_all(&zero)
             .with_context(|| p.display().to_string())?;
     }
-    w.flush()?;
     f.sync_all().with_context(|| p.display().to_string())?;
     Ok(())
 }
