@@ -415,12 +415,17 @@ pub const BUSY_RECHECK: Duration = Duration::from_secs(1);
 pub const BUSY_RECHECK_MAX: Duration = Duration::from_secs(8);
 
 /// How long after answering md's first write after clean at once the look
-/// that records the array dirty waits (unless the array notifies first):
-/// the released writer runs first. Traced on one CPU (TCG): looked at
-/// once, the look, the record's encoding and submission ran while the
-/// writer waited to run, 1.8-3 ms of a 6 ms write; the scheduler favours
-/// the daemon, which had slept.
-pub const ANSWER_LOOK_DELAY: Duration = Duration::from_millis(5);
+/// that records the array dirty waits (unless the array notifies first).
+/// The released writer runs first: traced on one CPU (TCG), a look at once
+/// (the look, the record's encoding and submission) ran while the writer
+/// waited to run, 1.8-3 ms of a 6 ms write; the scheduler favours the
+/// daemon, which had slept. And a burst of writes that ends sooner costs no
+/// record at all: md's `active-idle` notification comes first (after its
+/// `safe_mode_delay`, 0.2 s by default), and the machine takes the array
+/// back to `clean` with the record untouched
+/// ([`crate::monitor::Monitor::observe`]: md's bits cover such writes). So
+/// the record trails the first write by at most this while writes go on.
+pub const ANSWER_LOOK_DELAY: Duration = BUSY_RECHECK;
 
 /// Most batches run for one wake (each batch is followed by a fresh
 /// snapshot because the kernel does not notify everything our actions

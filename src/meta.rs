@@ -244,24 +244,63 @@ impl ArrayMeta {
     /// members agree), a resync or rebuild checkpoint (data below it is in
     /// sync), a member in sync. A disk with a write cache may make the
     /// record durable before that data, and a power cut in between would
-    /// leave a record claiming data the members lack. The record on md's
-    /// latency path, the one that marks a clean array dirty
-    /// ([`ArrayMeta::marks_dirty_only`]), claims nothing: it needs no flush
-    /// before it (nothing it says depends on earlier writes); every other
-    /// does.
+    /// leave a record claiming data the members lack. Two records need no
+    /// flush before them:
+    /// - the one that marks a clean array dirty
+    ///   ([`ArrayMeta::marks_dirty_only`], on md's latency path): it claims
+    ///   nothing;
+    /// - the one that marks a dirty array clean again, nothing else
+    ///   changed, where md's bits cover the writes
+    ///   ([`ArrayMeta::bits_cover_writes`]): it claims the members agree
+    ///   outside the set bits, and a bit stays set on a member until that
+    ///   member's earlier writes are durable (md clears bits only with a
+    ///   bitmap page write that carries a flush before it); a start takes
+    ///   such a clean record with bits set as dirty.
+    ///
+    /// Every other record does.
     pub fn needs_flush_before(&self, prev: Option<&ArrayMeta>) -> bool {
-        !prev.is_some_and(|p| self.marks_dirty_only(p))
+        !prev.is_some_and(|p| {
+            self.marks_dirty_only(p) || (self.marks_clean_only(p) && self.bits_cover_writes())
+        })
+    }
+
+    /// Whether md's bitmap covers every chunk a write may have left unequal
+    /// across the members, as long as the writes are not durable on all of
+    /// them: a mirror (raid1, raid10: no parity to rebuild from a stripe)
+    /// whose bits this daemon keeps (mode external), every slot recorded in
+    /// sync. md writes a chunk's bit durably before any data of a write to
+    /// it and clears it only after the write reached every member, with a
+    /// flush of the member before the bitmap page; and a start takes such
+    /// an array's clean record with bits set as dirty
+    /// ([`crate::assembly::Choice::resync_start`]).
+    pub fn bits_cover_writes(&self) -> bool {
+        !self.geometry.level.has_parity()
+            && self.bitmap.mode == BitmapMode::External
+            && self.all_in_sync()
     }
 
     /// Whether this record only marks `prev` dirty: it is `prev` with
     /// `clean` false and a later event count (and `events_cleared`
     /// following it where `prev`'s did), nothing else changed.
     pub fn marks_dirty_only(&self, prev: &ArrayMeta) -> bool {
-        if self.clean || self.events <= prev.events {
+        !self.clean && self.flips_clean_only(prev)
+    }
+
+    /// Whether this record only marks `prev` clean (as
+    /// [`ArrayMeta::marks_dirty_only`], the other way).
+    pub fn marks_clean_only(&self, prev: &ArrayMeta) -> bool {
+        self.clean && self.flips_clean_only(prev)
+    }
+
+    /// `prev` with `clean` flipped and a later event count (and
+    /// `events_cleared` following it where `prev`'s did), nothing else
+    /// changed.
+    fn flips_clean_only(&self, prev: &ArrayMeta) -> bool {
+        if self.clean == prev.clean || self.events <= prev.events {
             return false;
         }
         let mut same = prev.clone();
-        same.clean = false;
+        same.clean = self.clean;
         same.events = self.events;
         same.utime = self.utime;
         if prev.bitmap.events_cleared == prev.events && self.bitmap.events_cleared == self.events {

@@ -185,10 +185,7 @@ fn owes_resync(meta: &ArrayMeta) -> bool {
 /// and it must be durable before the first write. Not with a member out:
 /// its bits are kept for it, so every start would resync them.
 pub fn dirty_may_trail(meta: &ArrayMeta) -> bool {
-    meta.clean
-        && !meta.geometry.level.has_parity()
-        && meta.bitmap.mode == BitmapMode::External
-        && meta.all_in_sync()
+    meta.clean && meta.bits_cover_writes()
 }
 
 /// The start of an array whose record is `meta`, run in bitmap mode
@@ -1051,6 +1048,30 @@ impl Monitor {
         self.settled_clean && self.write_at.is_none()
     }
 
+    /// Whether `v` shows md idle (`active-idle`) over a record that still
+    /// says clean, with nothing to record: md's first write after clean
+    /// was answered before its dirty record ([`dirty_may_trail`]), and the
+    /// writes ended before the look that would have written it (the
+    /// daemon looks [`crate::managed::ANSWER_LOOK_DELAY`] after answering,
+    /// or at the next notification). The record is left as it is and the
+    /// array goes `clean` (md refuses it while a write is in flight): every
+    /// write of the burst reached the members, and md's bits cover any of
+    /// them a power cut might have left unequal until md clears them,
+    /// which it does only after a flush of the members (its bitmap pages
+    /// are written with a flush before them). A burst shorter than the
+    /// look's delay then costs no record at all.
+    fn idle_before_marked(&self, v: &KernelView, slots: &[Slot]) -> bool {
+        v.array_state == ArrayState::ActiveIdle
+            && dirty_may_trail(&self.meta)
+            && !self.needs_write
+            && self.rewrite.is_none()
+            && !self.stopping
+            && v.degraded == 0
+            && v.can_clear == Some(true)
+            && self.meta.bitmap.events_cleared == self.meta.events
+            && slots.iter().all(|s| *s == Slot::InSync)
+    }
+
     fn handed_out(&mut self, acts: &[Action]) {
         self.write_at = acts
             .iter()
@@ -1826,9 +1847,14 @@ impl Monitor {
             changed = true;
         }
 
-        // Clean / dirty.
+        // Clean / dirty. An array whose first write was answered before
+        // its dirty record and that went idle before the look came
+        // ([`Monitor::idle_before_marked`]) is not marked at all: it goes
+        // clean with no record.
+        let unmarked = !changed && self.idle_before_marked(v, &slots);
         let want_clean = match v.array_state {
             ArrayState::Clean => Some(true),
+            ArrayState::ActiveIdle if unmarked => None,
             ArrayState::Active | ArrayState::WritePending | ArrayState::ActiveIdle => Some(false),
             _ => None,
         };

@@ -7,8 +7,9 @@
 //! process:
 //!
 //! - **The ring** (io_uring), for records that need no flush before them
-//!   (the one md holds the first write after clean for,
-//!   [`crate::meta::ArrayMeta::needs_flush_before`]): the caller's thread
+//!   (the one that marks a clean array dirty, and the one that marks a
+//!   whole mirror clean again: [`crate::meta::ArrayMeta::needs_flush_before`]):
+//!   the caller's thread
 //!   submits each member's copy as one write with `RWF_DSYNC` (on a block
 //!   device opened with O_DIRECT: a FUA write, durable when it completes;
 //!   where the device has no FUA the block layer follows it with a flush,
@@ -20,8 +21,8 @@
 //!   first, and for every record where io_uring is refused
 //!   (`kernel.io_uring_disabled`, a seccomp filter) or `MDEXT_WRITERS=threads`
 //!   asks for them: at most [`MAX_WRITERS`] threads, started on demand, each
-//!   calling `fdatasync` (for the flush first), writing a copy, and calling
-//!   `fdatasync` again. Not the ring: io_uring runs an `fsync` on a kernel
+//!   calling `fdatasync` (for the flush first), then writing a copy with
+//!   `RWF_DSYNC`. Not the ring: io_uring runs an `fsync` on a kernel
 //!   worker thread of the process, and the last such worker never exits: it
 //!   wakes every five seconds for good (measured: two or three context
 //!   switches in ten idle seconds), and the daemon is to sleep while nothing

@@ -255,10 +255,81 @@ fn active_idle_goes_clean_then_records_clean() {
     v.array_state = ArrayState::Clean;
     let acts = mon.observe(&v);
     assert_eq!(acts.len(), 1);
-    assert!(written(&acts[0]).clean);
-    // A clean record claims md's writes: they are made durable first.
-    assert!(written(&acts[0]).needs_flush_before(Some(&dirty)));
+    let clean = written(&acts[0]).clone();
+    assert!(clean.clean && clean.marks_clean_only(&dirty));
+    // A clean record claims md's writes; on a whole mirror with external
+    // bits, md's bits cover them until they are durable: no flush first.
+    assert!(!clean.needs_flush_before(Some(&dirty)));
     assert_eq!(mon.observe(&v), vec![]);
+}
+
+#[test]
+fn a_parity_clean_record_waits_for_a_flush() {
+    let mut v = view();
+    v.array_state = ArrayState::Active;
+    let mut dirty = parity_meta();
+    dirty.clean = false;
+    let mut mon = settled(dirty.clone(), &v);
+    v.array_state = ArrayState::ActiveIdle;
+    assert_eq!(
+        mon.observe(&v),
+        vec![Action::SetArrayState(ArrayState::Clean)]
+    );
+    v.array_state = ArrayState::Clean;
+    let acts = mon.observe(&v);
+    let clean = written(&acts[0]);
+    assert!(clean.clean && clean.marks_clean_only(&dirty));
+    assert!(
+        clean.needs_flush_before(Some(&dirty)),
+        "parity: the clean record claims the stripes agree"
+    );
+    // A clean record that changes more than the flag claims more.
+    let mut more = with_state(meta(), 1, MemberState::Failed, dirty.events + 1);
+    more.clean = true;
+    let mut prev = meta();
+    prev.clean = false;
+    assert!(more.needs_flush_before(Some(&prev)));
+}
+
+#[test]
+fn a_burst_over_before_the_look_goes_clean_without_a_record() {
+    // md's first write was answered at once (the machine never saw
+    // write-pending) and md went idle before the look.
+    let mut mon = settled(meta(), &view());
+    let before = mon.meta().clone();
+    let mut v = view();
+    v.array_state = ArrayState::ActiveIdle;
+    assert_eq!(
+        mon.observe(&v),
+        vec![Action::SetArrayState(ArrayState::Clean)]
+    );
+    assert_eq!(mon.meta(), &before, "nothing recorded");
+    v.array_state = ArrayState::Clean;
+    assert_eq!(mon.observe(&v), vec![]);
+    assert!(mon.may_answer_at_once(), "settled clean again");
+    // Not for parity: its dirty record is what refuses a degraded start.
+    let mut mon = settled(parity_meta(), &view());
+    let mut v = view();
+    v.array_state = ArrayState::ActiveIdle;
+    let acts = mon.observe(&v);
+    assert!(
+        matches!(&acts[0], Action::WriteMetadata { meta, .. } if !meta.clean),
+        "{acts:?}"
+    );
+    assert_eq!(acts[1], Action::SetArrayState(ArrayState::Clean));
+    // Nor with a member out.
+    let out = with_state(meta(), 1, MemberState::Failed, 5);
+    let mut v = view();
+    v.degraded = 1;
+    v.can_clear = Some(false);
+    v.members.pop();
+    let mut mon = settled(out, &v);
+    v.array_state = ArrayState::ActiveIdle;
+    let acts = mon.observe(&v);
+    assert!(
+        matches!(&acts[0], Action::WriteMetadata { meta, .. } if !meta.clean),
+        "{acts:?}"
+    );
 }
 
 #[test]
