@@ -10,8 +10,9 @@
 //! arrays. A batch that writes a record hands the members' copies to the
 //! writer pool ([`crate::writers`]) and waits in its array
 //! ([`Managed::pump`]), not in the loop: the pool's eventfd wakes the loop
-//! when answers come, and an array with a slow member holds only its own
-//! writes. Requests about an array whose batch waits are answered after it;
+//! when answers come that something waits for ([`Managed::awaits_answers`];
+//! the record that only marks an array dirty is collected at its next wake
+//! or check), and an array with a slow member holds only its own writes. Requests about an array whose batch waits are answered after it;
 //! a stop is stepped ([`Managed::stop_step`]) while every other array is
 //! served.
 //!
@@ -20,7 +21,7 @@
 //! busy (writable and not clean) is looked at again after
 //! [`crate::managed::BUSY_RECHECK`] whether or not md notified (the
 //! interval doubles, up to [`crate::managed::BUSY_RECHECK_MAX`], while
-//! each check finds the same steady writes): md's
+//! each check or look finds steady writes): md's
 //! notifications are edges, and a systemd guest under load once showed the
 //! daemon asleep while md held a write. A control client that connected but
 //! has not finished its request bounds the sleep by its deadline
@@ -319,8 +320,14 @@ impl Daemon {
                     PollFd::new(self.watch.0.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                 ];
+                // The pool's answers only while something waits for them:
+                // a record nobody waits for is collected at its array's
+                // next wake or check ([`Managed::awaits_answers`]).
                 let pool = crate::writers::pool();
-                if let Some(fd) = pool.notifier() {
+                let waited = !self.waiting.is_empty()
+                    || !self.stops.is_empty()
+                    || self.arrays.values().any(Managed::awaits_answers);
+                if let Some(fd) = pool.notifier().filter(|_| waited) {
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 }
                 let nc = fds.len();

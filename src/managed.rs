@@ -331,8 +331,9 @@ pub struct Managed {
     /// When the last look was taken.
     looked_at: Option<std::time::Instant>,
     /// How long after `looked_at` the next check without a notification
-    /// is due: [`BUSY_RECHECK`] after a look, doubled by every check that
-    /// finds steady writes unchanged, up to [`BUSY_RECHECK_MAX`].
+    /// is due: doubled by every check or look that finds steady writes, up
+    /// to [`BUSY_RECHECK_MAX`]; [`BUSY_RECHECK`] after a look that finds
+    /// anything else.
     recheck_every: Duration,
     /// A `write-pending` was answered at once; the look that records the
     /// array dirty is due then (or at the array's next notification).
@@ -363,6 +364,14 @@ struct Inflight {
     at: usize,
     membership_changed: bool,
     write: RecordWrite,
+    /// Whether the loop is to wake for the answers as they come. Not for
+    /// the record that only marks the array dirty, last in its batch:
+    /// nothing waits on it (md's write was answered already), so its
+    /// answers are collected at the array's next wake or check
+    /// ([`Managed::recheck_due`]: at most [`BUSY_RECHECK`] later), one wake
+    /// less per burst of writes. A notification, a request or a stop
+    /// makes it urgent ([`Managed::hasten`]).
+    urgent: bool,
 }
 
 /// One record being written to an array's members.
@@ -408,8 +417,10 @@ enum Run {
 pub const BUSY_RECHECK: Duration = Duration::from_secs(1);
 
 /// The longest interval between those checks while they find the array
-/// under steady writes (`active`, no sync) as the last look did: each such
-/// check doubles the interval from [`BUSY_RECHECK`]; any look resets it.
+/// under steady writes (`active`, no sync): each such check, and each look
+/// that finds them (the look after md's first write, the one after its
+/// record), doubles the interval from [`BUSY_RECHECK`]; a look that finds
+/// anything else resets it.
 /// Steady writes then cost one wake in 8 s (the bench counts the daemon's
 /// CPU during its write runs; mdmon has no such check at all).
 pub const BUSY_RECHECK_MAX: Duration = Duration::from_secs(8);
@@ -550,7 +561,7 @@ impl Managed {
     /// end all show as `write-pending`; anything else is announced), and
     /// the whole look is skipped until the next check.
     pub fn recheck(&mut self) -> bool {
-        if self.look_after.is_some() {
+        if self.look_after.is_some() || self.inflight.is_some() {
             return self.wake();
         }
         let before = self.seen.array_state;
@@ -648,6 +659,20 @@ impl Managed {
         self.inflight.is_some()
     }
 
+    /// Whether a batch waits for record writes whose answers the loop is
+    /// to wake for (the pool's notifier is then worth polling).
+    pub fn awaits_answers(&self) -> bool {
+        self.inflight.as_ref().is_some_and(|f| f.urgent)
+    }
+
+    /// Make a waiting batch's answers urgent (a request or a stop waits
+    /// for the array).
+    pub fn hasten(&mut self) {
+        if let Some(f) = self.inflight.as_mut() {
+            f.urgent = true;
+        }
+    }
+
     /// Collect the record writes' answers that have come; once all have,
     /// go on with the batch, and then look again ([`Managed::wake`]) if
     /// `look` (a caller about to run a request on the array passes false:
@@ -657,6 +682,9 @@ impl Managed {
         let Some(mut f) = self.inflight.take() else {
             return true;
         };
+        // Answers that did not wake the loop (a batch not urgent) may
+        // still be in the ring's completion queue.
+        crate::writers::pool().reap();
         while f.write.outstanding > 0 {
             let Some(a) = self.answers.try_next() else {
                 break;
@@ -759,12 +787,22 @@ impl Managed {
     pub fn wake(&mut self) -> bool {
         if self.inflight.is_some() {
             if self.deferred {
-                // The batch goes on when its writes are in, and looks
-                // again then; this notification is spent here (every
-                // watched attribute read once) so that it does not wake
-                // the daemon over and over meanwhile.
-                let _ = self.snapshot();
-                return true;
+                // The answers already in (of a record nobody waited for)
+                // let the batch go on, and it looks again then. Otherwise
+                // they are urgent now, and the batch goes on when they are
+                // in; this notification is spent here (every watched
+                // attribute read once) so that it does not wake the daemon
+                // over and over meanwhile.
+                self.hasten();
+                let r = self.pump(true);
+                if self
+                    .inflight
+                    .as_ref()
+                    .is_some_and(|f| f.write.outstanding > 0)
+                {
+                    let _ = self.snapshot();
+                }
+                return r;
             }
             self.finish();
         }
@@ -806,6 +844,7 @@ impl Managed {
         // `/sys` path may no longer resolve (a daemon left in the
         // initramfs's root after switch-root), and its absence says nothing
         // about the array.
+        let mut first = true;
         for _ in 0..MAX_BATCHES {
             if self.gone {
                 return true;
@@ -828,7 +867,18 @@ impl Managed {
                 },
             };
             self.looked_at = Some(std::time::Instant::now());
-            self.recheck_every = BUSY_RECHECK;
+            // A look that finds steady writes (as the look after md's
+            // first write usually does) spaces the checks out as a check
+            // that finds them does; anything else brings them back to
+            // BUSY_RECHECK.
+            let steady = view.array_state == ArrayState::Active
+                && view.sync_action == crate::md::SyncAction::Idle;
+            self.recheck_every = match (steady, first) {
+                (true, true) => (self.recheck_every * 2).min(BUSY_RECHECK_MAX),
+                (true, false) => self.recheck_every,
+                (false, _) => BUSY_RECHECK,
+            };
+            first = false;
             self.seen = KernelState {
                 array_state: Some(view.array_state),
                 degraded: Some(view.degraded),
@@ -963,6 +1013,11 @@ impl Managed {
             debug!("{}: {a:?}", self.md.name());
             let r = match a {
                 Action::WriteMetadata { meta, targets } if defer => {
+                    let urgent = i + 1 < batch.len()
+                        || !self
+                            .durable
+                            .as_ref()
+                            .is_some_and(|d| meta.marks_dirty_only(d));
                     match self.write_begin(meta, targets) {
                         Ok(w) if w.outstanding > 0 => {
                             self.inflight = Some(Inflight {
@@ -970,6 +1025,7 @@ impl Managed {
                                 at: i,
                                 membership_changed: changed,
                                 write: w,
+                                urgent,
                             });
                             return Run::Waiting;
                         }
@@ -995,6 +1051,7 @@ impl Managed {
             at,
             membership_changed,
             write,
+            urgent: _,
         } = f;
         let r = self.write_end(write);
         if let Some(a) = batch.get(at) {

@@ -375,6 +375,13 @@ impl Pool {
         if let Some(d) = &self.done {
             let _ = d.read();
         }
+        self.reap();
+    }
+
+    /// Move the ring's completions to their callers' answer channels,
+    /// leaving the notifier as it is (it still wakes whoever polls it for
+    /// answers that came meanwhile).
+    pub fn reap(&self) {
         if let Some(ring) = &self.ring {
             let mut r = lock(ring);
             r.send();

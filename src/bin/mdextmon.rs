@@ -8,8 +8,10 @@ use std::process::ExitCode;
 /// Keep mdext arrays' external metadata true while they run.
 ///
 /// mdextmon answers the md driver's requests for arrays with external
-/// metadata: it records "dirty" before the first write is let through and
-/// "clean" when the array goes idle, records member failures and rebuilds,
+/// metadata: it lets the first write after clean through and records the
+/// array "dirty" (first for parity levels and degraded arrays; within a
+/// second, while writes go on, for a whole mirror, whose bitmap covers them)
+/// and "clean" when the array goes idle, records member failures and rebuilds,
 /// resync checkpoints, and allows the kernel to clear write-intent bitmap bits
 /// only after every member's metadata records the array whole. Without it,
 /// writes to an mdext array block forever.
