@@ -470,7 +470,7 @@ fn which(b: &str) -> Option<PathBuf> {
 }
 
 /// The metrics of a record, by name, in table order.
-const METRICS: [(&str, &str); 22] = [
+const METRICS: [(&str, &str); 25] = [
     ("arrays", "arrays in the daemon"),
     (
         "readd_written_over_dirty",
@@ -504,8 +504,20 @@ const METRICS: [(&str, &str); 22] = [
     ("daemon_lck_kib", "daemon VmLck, KiB"),
     ("daemon_threads", "daemon threads"),
     (
+        "daemon_cpu_ms_per_first_write",
+        "daemon CPU per first write after clean (its whole cycle back to clean), ms",
+    ),
+    (
+        "daemon_switches_per_first_write",
+        "daemon context switches per first write after clean",
+    ),
+    (
         "daemon_cpu_ms_during_iops",
         "daemon CPU during the IOPS runs, ms",
+    ),
+    (
+        "daemon_switches_during_iops",
+        "daemon context switches during the IOPS runs",
     ),
     ("daemon_wakeups_idle", "daemon context switches while idle"),
     ("idle_secs", "idle window, s"),
@@ -1217,6 +1229,10 @@ fn first_writes(md: &str, n: usize, rng: &mut Rng) -> Result<Vec<f64>> {
         f.write_at(buf.get(), off)?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    // The last cycle back to clean too (the daemon's CPU counts whole
+    // cycles), with the record after `clean` done.
+    wait_clean(md)?;
+    std::thread::sleep(Duration::from_millis(300));
     Ok(lat)
 }
 
@@ -1413,8 +1429,23 @@ fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (k.name.len() as u64) << 7);
     let buf = Buf::new(0x5a);
 
-    // First write after the array went clean.
+    // First write after the array went clean; the daemon's share of each
+    // whole cycle (the write, then back to clean).
+    let pid = k.daemon_pid();
+    let c0 = pid.map(daemon_counters);
     let lat = first_writes(&md, o.first_writes, &mut rng)?;
+    if let (Some(p), Some(c0), false) = (pid, c0, lat.is_empty()) {
+        let c1 = daemon_counters(p);
+        let n = lat.len() as f64;
+        rec.insert(
+            "daemon_cpu_ms_per_first_write".into(),
+            json!((c1.0 - c0.0) / n),
+        );
+        rec.insert(
+            "daemon_switches_per_first_write".into(),
+            json!((c1.1 - c0.1) as f64 / n),
+        );
+    }
     rec.insert("first_write_ms".into(), json!(lat));
     rec.insert(
         "first_write_median_ms".into(),
@@ -1460,6 +1491,7 @@ fn run_kind(k: &Kind, o: &Opts, rec: &mut Map<String, Value>) -> Result<()> {
     if let (Some(p), Some(c0)) = (pid, c0) {
         let c1 = daemon_counters(p);
         rec.insert("daemon_cpu_ms_during_iops".into(), json!(c1.0 - c0.0));
+        rec.insert("daemon_switches_during_iops".into(), json!(c1.1 - c0.1));
     }
     rec.insert("write_end_to_clean_all".into(), json!(to_clean));
     rec.insert(
