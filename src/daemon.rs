@@ -11,8 +11,9 @@
 //! writer pool ([`crate::writers`]) and waits in its array
 //! ([`Managed::pump`]), not in the loop: the pool's eventfd wakes the loop
 //! when answers come that something waits for ([`Managed::awaits_answers`];
-//! the record that only marks an array dirty is collected at its next wake
-//! or check), and an array with a slow member holds only its own writes. Requests about an array whose batch waits are answered after it;
+//! a record nobody waits for is collected at a time of its array's own,
+//! [`Managed::recheck_due`]), and an array with a slow member holds only
+//! its own writes. Requests about an array whose batch waits are answered after it;
 //! a stop is stepped ([`Managed::stop_step`]) while every other array is
 //! served.
 //!

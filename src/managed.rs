@@ -364,14 +364,16 @@ struct Inflight {
     at: usize,
     membership_changed: bool,
     write: RecordWrite,
-    /// Whether the loop is to wake for the answers as they come. Not for
-    /// the record that only marks the array dirty, last in its batch:
-    /// nothing waits on it (md's write was answered already), so its
-    /// answers are collected at the array's next wake or check
-    /// ([`Managed::recheck_due`]: at most [`BUSY_RECHECK`] later), one wake
-    /// less per burst of writes. A notification, a request or a stop
-    /// makes it urgent ([`Managed::hasten`]).
-    urgent: bool,
+    /// `None` when the loop is to wake for the answers as they come;
+    /// otherwise when to collect them ([`Managed::recheck_due`]), unless
+    /// the array wakes first. For a record last in its batch that nothing
+    /// waits on: the one that only marks the array dirty (md's write was
+    /// answered already) at the array's next check, and the one that
+    /// only marks it clean again [`COLLECT_CLEAN`] later, when every
+    /// member's copy is normally in: one wake for the record, not one per
+    /// member's answer. A notification, a request, a stop or the time
+    /// passing makes it urgent ([`Managed::hasten`]).
+    collect_at: Option<std::time::Instant>,
 }
 
 /// One record being written to an array's members.
@@ -437,6 +439,13 @@ pub const BUSY_RECHECK_MAX: Duration = Duration::from_secs(8);
 /// ([`crate::monitor::Monitor::observe`]: md's bits cover such writes). So
 /// the record trails the first write by at most this while writes go on.
 pub const ANSWER_LOOK_DELAY: Duration = BUSY_RECHECK;
+
+/// When the answers of the record that marks an array clean again are
+/// collected (unless the array wakes first): its copies go to every member
+/// at once and all normally answer within a few milliseconds; collected
+/// together, they cost one wake. Answers not all in by then wake the loop
+/// as they come.
+pub const COLLECT_CLEAN: Duration = Duration::from_millis(20);
 
 /// Most batches run for one wake (each batch is followed by a fresh
 /// snapshot because the kernel does not notify everything our actions
@@ -536,19 +545,23 @@ impl Managed {
     /// When the array is due for a look without a notification: once
     /// [`BUSY_RECHECK`] has passed since the last look (up to
     /// [`BUSY_RECHECK_MAX`] under steady writes), if that look showed it
-    /// writable and not clean. `None` for a clean, read-only or stopped
-    /// array.
+    /// writable and not clean; and when the answers of a record nobody
+    /// waits on are to be collected. `None` for a clean, read-only or
+    /// stopped array with no such record under way.
     pub fn recheck_due(&self) -> Option<std::time::Instant> {
-        if self.look_after.is_some() {
-            return self.look_after;
-        }
-        match (self.seen.array_state, self.looked_at) {
-            (
-                Some(ArrayState::Active | ArrayState::ActiveIdle | ArrayState::WritePending),
-                Some(at),
-            ) if !self.gone => Some(at + self.recheck_every),
-            _ => None,
-        }
+        let collect = self.inflight.as_ref().and_then(|f| f.collect_at);
+        let check = if self.look_after.is_some() {
+            self.look_after
+        } else {
+            match (self.seen.array_state, self.looked_at) {
+                (
+                    Some(ArrayState::Active | ArrayState::ActiveIdle | ArrayState::WritePending),
+                    Some(at),
+                ) if !self.gone => Some(at + self.recheck_every),
+                _ => None,
+            }
+        };
+        collect.into_iter().chain(check).min()
     }
 
     /// Look again without a notification ([`Managed::recheck_due`]). A
@@ -662,14 +675,16 @@ impl Managed {
     /// Whether a batch waits for record writes whose answers the loop is
     /// to wake for (the pool's notifier is then worth polling).
     pub fn awaits_answers(&self) -> bool {
-        self.inflight.as_ref().is_some_and(|f| f.urgent)
+        self.inflight
+            .as_ref()
+            .is_some_and(|f| f.collect_at.is_none())
     }
 
     /// Make a waiting batch's answers urgent (a request or a stop waits
     /// for the array).
     pub fn hasten(&mut self) {
         if let Some(f) = self.inflight.as_mut() {
-            f.urgent = true;
+            f.collect_at = None;
         }
     }
 
@@ -1013,11 +1028,15 @@ impl Managed {
             debug!("{}: {a:?}", self.md.name());
             let r = match a {
                 Action::WriteMetadata { meta, targets } if defer => {
-                    let urgent = i + 1 < batch.len()
-                        || !self
-                            .durable
-                            .as_ref()
-                            .is_some_and(|d| meta.marks_dirty_only(d));
+                    let last = i + 1 == batch.len();
+                    let prev = self.durable.as_ref();
+                    let collect_at = if last && prev.is_some_and(|d| meta.marks_dirty_only(d)) {
+                        Some(std::time::Instant::now() + self.recheck_every)
+                    } else if last && prev.is_some_and(|d| meta.marks_clean_only(d)) {
+                        Some(std::time::Instant::now() + COLLECT_CLEAN)
+                    } else {
+                        None
+                    };
                     match self.write_begin(meta, targets) {
                         Ok(w) if w.outstanding > 0 => {
                             self.inflight = Some(Inflight {
@@ -1025,7 +1044,7 @@ impl Managed {
                                 at: i,
                                 membership_changed: changed,
                                 write: w,
-                                urgent,
+                                collect_at,
                             });
                             return Run::Waiting;
                         }
@@ -1051,7 +1070,7 @@ impl Managed {
             at,
             membership_changed,
             write,
-            urgent: _,
+            collect_at: _,
         } = f;
         let r = self.write_end(write);
         if let Some(a) = batch.get(at) {
