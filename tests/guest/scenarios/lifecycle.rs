@@ -364,12 +364,17 @@ fn filesystem_lifecycle() -> Result<()> {
     wait_until("clean after a short burst", Duration::from_secs(20), || {
         (md.read("array_state").ok()? == "clean").then_some(())
     })?;
+    // (With the bitmap md keeps itself, kernel 6.18 on, the record is
+    // written first and so marked dirty and clean again.)
     for (l, e) in loops.iter().zip(&events) {
         let now = examine(&l.path)?;
+        let external = now["bitmap"]["mode"] == "external";
+        let recorded = i128::from(u(&now, "events")?) - i128::from(*e);
         ensure!(
-            now["state"] == "clean" && u(&now, "events")? == *e,
-            "{}: a burst shorter than the look was recorded (events {e} before): {now}",
-            l.path.display()
+            now["state"] == "clean" && recorded == if external { 0 } else { 2 },
+            "{}: {} records for a burst shorter than the look (events {e} before): {now}",
+            l.path.display(),
+            recorded
         );
     }
     let d = ctl("detail md127")?;
