@@ -284,7 +284,18 @@ pub struct Stopping {
     since: Instant,
     /// When the machine was asked to stop (the array was clean).
     asked: Option<Instant>,
+    /// md refused the stop as busy: since when, and when to ask again.
+    busy: Option<(Instant, Instant)>,
 }
+
+/// How long a stop md refuses as busy (the array open, but not
+/// exclusively) is asked again: a program that opens the device for a
+/// moment (udev's probe after a write, `blkid`) is gone by then; one that
+/// holds it open gets "in use". mdadm's `--stop` retries for as long.
+pub const STOP_BUSY_RETRY: Duration = Duration::from_secs(5);
+
+/// How often a stop md refused as busy is asked again.
+pub const STOP_BUSY_EVERY: Duration = Duration::from_millis(200);
 
 /// How long a stop waits for writes to drain, and then for md to stop.
 pub const STOP_DRAIN: Duration = Duration::from_secs(10);
@@ -1690,18 +1701,23 @@ impl Managed {
         Ok(Stopping {
             since: Instant::now(),
             asked: None,
+            busy: None,
         })
     }
 
     /// One step of a stop, never waiting: make the array clean (writes
     /// drain first; at most [`STOP_DRAIN`]), then record it clean and stop
-    /// it (at most [`STOP_DRAIN`] more), then let md's device go. True once
+    /// it (at most [`STOP_DRAIN`] more; a stop md refuses as busy is asked
+    /// again for [`STOP_BUSY_RETRY`]), then let md's device go. True once
     /// stopped; call again after the next wake or [`STOP_STEP`] otherwise.
     pub fn stop_step(&mut self, stop: &mut Stopping) -> Result<bool, ManagedError> {
         let name = self.md.name().to_string();
         let asked = match stop.asked {
             Some(t) => t,
             None => {
+                if stop.busy.is_some_and(|(_, next)| Instant::now() < next) {
+                    return Ok(false);
+                }
                 if !self.make_clean() {
                     if stop.since.elapsed() > STOP_DRAIN {
                         return Err(ManagedError::Failed(format!(
@@ -1727,11 +1743,16 @@ impl Managed {
                             ..
                         }
                     );
-                    return Err(if busy {
-                        ManagedError::InUse { md: name }
-                    } else {
-                        e
-                    });
+                    if !busy {
+                        return Err(e);
+                    }
+                    let now = Instant::now();
+                    let first = stop.busy.map_or(now, |(first, _)| first);
+                    if now.duration_since(first) >= STOP_BUSY_RETRY {
+                        return Err(ManagedError::InUse { md: name });
+                    }
+                    stop.busy = Some((first, now + STOP_BUSY_EVERY));
+                    return Ok(false);
                 }
                 let now = Instant::now();
                 stop.asked = Some(now);
