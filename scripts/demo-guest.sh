@@ -20,18 +20,20 @@ run mount /dev/md127 /mnt/demo
 run dd if=/dev/urandom of=/mnt/demo/data bs=1M count=16 2>/dev/null
 sync
 md5sum /mnt/demo/data
-step "while writing, the metadata says dirty; the bitmap marks the chunks written"
+step "while writing, md is active and its bitmap marks the chunks written: a mirror's dirty record, kept by md per chunk (the metadata stays clean, events unchanged)"
 echo 10 > /sys/block/md127/md/safe_mode_delay
 dd if=/dev/urandom of=/mnt/demo/more bs=64k count=4 oflag=direct 2>/dev/null
+echo "array_state: $(cat /sys/block/md127/md/array_state)"
 mdextctl examine /dev/loop1 | grep -E 'Events|State'
 mdextctl examine-bitmap /dev/loop1 2>/dev/null || true
 echo 0.2 > /sys/block/md127/md/safe_mode_delay
 umount /mnt/demo
-step "idle again: mdextmon wrote clean and recorded it"
+step "idle again: mdextmon took the array back to clean"
 for i in $(seq 1 60); do
-    mdextctl examine /dev/loop1 | grep -q 'State : clean' && break
+    [ "$(cat /sys/block/md127/md/array_state)" = clean ] && break
     sleep 0.5
 done
+echo "array_state: $(cat /sys/block/md127/md/array_state)"
 mdextctl examine /dev/loop1 | grep -E 'Events|State'
 mount /dev/md127 /mnt/demo
 run mdextctl detail md127

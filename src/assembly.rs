@@ -749,9 +749,9 @@ mod tests {
         assert!(plan(&spec).is_ok());
     }
 
-    /// A clean mirror's first write after clean may come before its dirty
-    /// record (`monitor::dirty_may_trail`): set bits make its start
-    /// unclean; not a parity level's, whose record is durable first.
+    /// A clean mirror's writes leave its record clean
+    /// (`monitor::dirty_may_trail`): set bits make its start unclean; not
+    /// a parity level's, whose dirty record is durable first.
     #[test]
     fn a_clean_mirror_with_bits_set_owes_a_resync() {
         use crate::meta::MemberState::*;
@@ -986,10 +986,9 @@ impl Choice {
     /// `resync_start` for the activation: `none` when the array was clean;
     /// the recorded checkpoint after an interrupted resync; 0 after an
     /// unclean shutdown (the bitmap then limits the resync to dirty chunks).
-    /// A clean record of an array whose first write after clean may come
-    /// before its dirty record ([`crate::monitor::dirty_may_trail`]) is
-    /// unclean when bits are set ([`Choice::bits_set`]): the power may have
-    /// been cut in between.
+    /// A clean record of an array whose writes leave it clean
+    /// ([`crate::monitor::dirty_may_trail`]) is unclean when bits are set
+    /// ([`Choice::bits_set`]): the power may have been cut during a write.
     pub fn resync_start(&self) -> Checkpoint {
         match (self.meta.clean, self.meta.resync) {
             (_, Checkpoint::At(s)) => Checkpoint::At(s),

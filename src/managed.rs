@@ -439,16 +439,13 @@ pub const BUSY_RECHECK: Duration = Duration::from_secs(1);
 pub const BUSY_RECHECK_MAX: Duration = Duration::from_secs(8);
 
 /// How long after answering md's first write after clean at once the look
-/// that records the array dirty waits (unless the array notifies first).
-/// The released writer runs first: traced on one CPU (TCG), a look at once
-/// (the look, the record's encoding and submission) ran while the writer
-/// waited to run, 1.8-3 ms of a 6 ms write; the scheduler favours the
-/// daemon, which had slept. And a burst of writes that ends sooner costs no
-/// record at all: md's `active-idle` notification comes first (after its
-/// `safe_mode_delay`, 0.2 s by default), and the machine takes the array
-/// back to `clean` with the record untouched
-/// ([`crate::monitor::Monitor::observe`]: md's bits cover such writes). So
-/// the record trails the first write by at most this while writes go on.
+/// at the array waits (unless the array notifies first). The released
+/// writer runs first: traced on one CPU (TCG), a look at once ran while
+/// the writer waited to run, 1.8-3 ms of a 6 ms write; the scheduler
+/// favours the daemon, which had slept. The look records nothing for the
+/// writes themselves (md's bits cover them,
+/// [`crate::monitor::Monitor::observe`]); it is there for anything else the
+/// `write-pending` came with (a member's failure also announces itself).
 pub const ANSWER_LOOK_DELAY: Duration = BUSY_RECHECK;
 
 /// When the answers of the record that marks an array clean again are
@@ -839,8 +836,8 @@ impl Managed {
     /// machine allows it ([`Monitor::may_answer_at_once`]): one read of
     /// `array_state` and, if it reads `write-pending`, `active` (then one
     /// more read, which spends the notification the write itself caused).
-    /// True if answered: the look that sees the array active and records
-    /// it dirty comes [`ANSWER_LOOK_DELAY`] later. A failure is logged and
+    /// True if answered: the look that sees the array active comes
+    /// [`ANSWER_LOOK_DELAY`] later. A failure is logged and
     /// the look comes at once.
     fn answer_at_once(&mut self) -> bool {
         if !self.mon.may_answer_at_once() {

@@ -40,6 +40,20 @@
 //! later snapshot is taken. A stable array yields empty batches: a clean
 //! array that stays clean causes zero metadata writes.
 //!
+//! # Clean and dirty
+//!
+//! md holds its first write after clean in `write-pending` until `active`
+//! is written. For a parity level, an array with a member out or
+//! rebuilding, or the kernel bitmap mode, the record that marks the array
+//! dirty is durable on every member first. A clean whole mirror whose bits
+//! this daemon keeps ([`dirty_may_trail`]) is answered without a record,
+//! and its writes never mark it dirty: md sets a chunk's bit durably before
+//! any data of a write to it and clears it only after every member has the
+//! write, so the bits are its dirty record, and a start that finds the
+//! record clean with bits set resyncs their chunks. Such a burst of writes,
+//! however long, costs no metadata write at all; the record is written only
+//! for something else to record (and then marks the array dirty too).
+//!
 //! # What the executor must do with each [`Action`]
 //!
 //! Execute the actions of a batch strictly in order, one at a time, and stop
@@ -168,9 +182,11 @@ fn owes_resync(meta: &ArrayMeta) -> bool {
     !meta.clean || meta.resync != Checkpoint::None
 }
 
-/// Whether md's first write after clean may be released before the record
-/// that marks the array dirty is durable (the record follows at once, off
-/// the write's path), for an array whose durable record is `meta`.
+/// Whether md's writes may go on over a clean record, for an array whose
+/// durable record is `meta`: md's first write after clean is released
+/// without a record, and writes alone never mark the array dirty
+/// ([`Monitor::observe`]; a record written for another reason, such as a
+/// member's failure, does).
 ///
 /// md writes a chunk's bitmap bit durably before any data of a write to
 /// that chunk, and clears it only after the write reached every member; so
@@ -842,8 +858,8 @@ pub struct Monitor {
     /// The machine has seen the array running (so a stopped array was
     /// stopped under it, not an array that never started).
     seen_running: bool,
-    /// The last look found the array clean and settled, its record free to
-    /// trail md's first write ([`Monitor::may_answer_at_once`]).
+    /// The last look found the array clean and settled, md's writes free to
+    /// go on over its clean record ([`Monitor::may_answer_at_once`]).
     settled_clean: bool,
     #[cfg(test)]
     pub(crate) fault: Fault,
@@ -1039,8 +1055,8 @@ impl Monitor {
     /// `active` at once, and look at the array after: md's first write
     /// after clean then waits for one read and one write of `array_state`,
     /// not for a whole look. Only when the last look found the array clean
-    /// and settled ([`dirty_may_trail`]: md's bits cover the write; the
-    /// record that marks the array dirty follows). A `write-pending` that
+    /// and settled ([`dirty_may_trail`]: md's bits cover the write, and
+    /// the record stays as it is). A `write-pending` that
     /// came from a member failure is answered too: md keeps that member's
     /// writes blocked until the look that follows records the failure and
     /// unblocks it, and nothing else waits on `active`.
@@ -1048,21 +1064,24 @@ impl Monitor {
         self.settled_clean && self.write_at.is_none()
     }
 
-    /// Whether `v` shows md idle (`active-idle`) over a record that still
-    /// says clean, with nothing to record: md's first write after clean
-    /// was answered before its dirty record ([`dirty_may_trail`]), and the
-    /// writes ended before the look that would have written it (the
-    /// daemon looks [`crate::managed::ANSWER_LOOK_DELAY`] after answering,
-    /// or at the next notification). The record is left as it is and the
-    /// array goes `clean` (md refuses it while a write is in flight): every
-    /// write of the burst reached the members, and md's bits cover any of
-    /// them a power cut might have left unequal until md clears them,
-    /// which it does only after a flush of the members (its bitmap pages
-    /// are written with a flush before them). A burst shorter than the
-    /// look's delay then costs no record at all.
-    fn idle_before_marked(&self, v: &KernelView, slots: &[Slot]) -> bool {
-        v.array_state == ArrayState::ActiveIdle
-            && dirty_may_trail(&self.meta)
+    /// Whether md's writes in `v` (`write-pending`, `active`,
+    /// `active-idle`) leave the record as it is: a clean record of a whole
+    /// mirror whose bits this daemon keeps ([`dirty_may_trail`]), nothing
+    /// else to record, md able to clear bits. md writes a chunk's bit
+    /// durably before any data of a write to that chunk and clears it only
+    /// after the write reached every member and the members were flushed
+    /// (its bitmap pages are written with a flush before them); a start
+    /// that finds such a record clean with bits set resyncs those chunks
+    /// ([`crate::assembly::Choice::resync_start`]). The bits are then the
+    /// array's dirty record, kept per chunk by md: a burst of writes costs
+    /// no record of ours, however long it runs. `write-pending` is answered
+    /// with `active` alone and `active-idle` with `clean` alone (md refuses
+    /// `clean` while a write is in flight).
+    fn writes_unmarked(&self, v: &KernelView, slots: &[Slot]) -> bool {
+        matches!(
+            v.array_state,
+            ArrayState::WritePending | ArrayState::Active | ArrayState::ActiveIdle
+        ) && dirty_may_trail(&self.meta)
             && !self.needs_write
             && self.rewrite.is_none()
             && !self.stopping
@@ -1847,14 +1866,12 @@ impl Monitor {
             changed = true;
         }
 
-        // Clean / dirty. An array whose first write was answered before
-        // its dirty record and that went idle before the look came
-        // ([`Monitor::idle_before_marked`]) is not marked at all: it goes
-        // clean with no record.
-        let unmarked = !changed && self.idle_before_marked(v, &slots);
+        // Clean / dirty. A whole mirror whose bits cover md's writes
+        // ([`Monitor::writes_unmarked`]) is not marked dirty by them.
+        let unmarked = !changed && self.writes_unmarked(v, &slots);
         let want_clean = match v.array_state {
             ArrayState::Clean => Some(true),
-            ArrayState::ActiveIdle if unmarked => None,
+            _ if unmarked => None,
             ArrayState::Active | ArrayState::WritePending | ArrayState::ActiveIdle => Some(false),
             _ => None,
         };
@@ -1889,8 +1906,8 @@ impl Monitor {
             && !(regime && m.bitmap.events_cleared == m.events && m.all_in_sync());
 
         // md's first write after clean waits for `active`; where the bits
-        // already cover it, `active` comes before the record that marks the
-        // array dirty ([`dirty_may_trail`]).
+        // already cover it and a record is owed all the same (can_clear to
+        // set again), `active` comes before the record ([`dirty_may_trail`]).
         let answer_first = v.array_state == ArrayState::WritePending
             && changed
             && !self.needs_write

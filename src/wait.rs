@@ -85,7 +85,10 @@ pub enum CleanVerdict {
 }
 
 /// Judge `--clean` from the member records, the kernel's `array_state` and
-/// whether mdextmon answers.
+/// whether mdextmon answers. Clean means every record says so and md is not
+/// writing: a whole mirror's record stays clean while md writes to it (its
+/// bits cover the writes, `monitor::dirty_may_trail`), so a clean record
+/// alone is not the end of the writes.
 pub fn judge_clean(
     records: &[MemberRecord],
     uuid: uuid::Uuid,
@@ -98,7 +101,12 @@ pub fn judge_clean(
     if let Some(r) = records.iter().find(|r| r.uuid != Some(uuid)) {
         return CleanVerdict::Impossible(format!("{}: its metadata cannot be read", r.device));
     }
-    if records.iter().all(|r| r.clean) {
+    let recorded = records.iter().all(|r| r.clean);
+    let writing = matches!(
+        state,
+        Some(ArrayState::Active | ArrayState::ActiveIdle | ArrayState::WritePending)
+    );
+    if recorded && !writing {
         return CleanVerdict::Clean;
     }
     if !daemon {
@@ -106,7 +114,7 @@ pub fn judge_clean(
             "mdextmon does not answer: nobody can record it clean".into(),
         );
     }
-    if matches!(state, Some(ArrayState::Readonly | ArrayState::ReadAuto)) {
+    if !recorded && matches!(state, Some(ArrayState::Readonly | ArrayState::ReadAuto)) {
         return CleanVerdict::Impossible(
             "read-only with a dirty record: it is recorded clean only once writable and idle"
                 .into(),
@@ -322,6 +330,22 @@ mod tests {
             judge_clean(&one, U, Some(ArrayState::Active), true),
             CleanVerdict::Waiting
         );
+        // A mirror md writes to keeps its record clean: not clean yet.
+        for s in [
+            ArrayState::Active,
+            ArrayState::ActiveIdle,
+            ArrayState::WritePending,
+        ] {
+            assert_eq!(
+                judge_clean(&both, U, Some(s), true),
+                CleanVerdict::Waiting,
+                "{s:?}"
+            );
+        }
+        assert_eq!(
+            judge_clean(&both, U, Some(ArrayState::ReadAuto), true),
+            CleanVerdict::Clean
+        );
     }
 
     #[test]
@@ -329,6 +353,11 @@ mod tests {
         let dirty = [rec("/dev/a", false)];
         assert!(matches!(
             judge_clean(&dirty, U, Some(ArrayState::Active), false),
+            CleanVerdict::Impossible(w) if w.contains("mdextmon")
+        ));
+        // Nobody takes an active array back to clean without mdextmon.
+        assert!(matches!(
+            judge_clean(&[rec("/dev/a", true)], U, Some(ArrayState::Active), false),
             CleanVerdict::Impossible(w) if w.contains("mdextmon")
         ));
         assert!(matches!(

@@ -102,7 +102,7 @@ complete -c mdextctl -n "__fish_mdextctl_using_subcommand examine-bitmap" -s h -
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand convert" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand wait" -l timeout -d 'Give up after this many seconds (0: never). Default: never for a resync or rebuild, 30 with --clean' -r
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand wait" -s s -l scan -d 'Every running mdext array'
-complete -c mdextctl -n "__fish_mdextctl_using_subcommand wait" -l clean -d 'Wait until every member records the array clean (the shutdown hook\'s `wait --clean --scan`)'
+complete -c mdextctl -n "__fish_mdextctl_using_subcommand wait" -l clean -d 'Wait until every member records the array clean and md is not writing to it (the shutdown hook\'s `wait --clean --scan`)'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand wait" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand metrics" -s o -l output -d 'Write to FILE (atomically: a temporary file renamed over it) instead of stdout, e.g. /var/lib/prometheus/node-exporter/mdext.prom' -r -F
 complete -c mdextctl -n "__fish_mdextctl_using_subcommand metrics" -s h -l help -d 'Print help (see more with \'--help\')'

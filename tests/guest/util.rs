@@ -276,6 +276,38 @@ pub fn wait_recorded(dev: &Path, state: &str) -> Result<()> {
     )
 }
 
+/// Whether `dev`'s record is of a whole mirror whose bitmap mdextmon keeps
+/// (external mode): md's writes leave such a record clean
+/// (`monitor::dirty_may_trail`), its bits being the dirty record.
+pub fn writes_leave_clean(dev: &Path) -> Result<bool> {
+    let e = examine(dev)?;
+    let members = e["members"].as_array().context("examine: no members")?;
+    Ok((e["level"] == "raid1" || e["level"] == "raid10")
+        && e["bitmap"]["mode"] == "external"
+        && members.iter().all(|m| m["state"] == "in-sync"))
+}
+
+/// Wait until `dev`'s record covers the writes just made, and say how:
+/// "dirty" when it marks the array dirty (parity levels, a member out,
+/// md's own bitmap mode); "bits" for a whole mirror whose bits mdextmon
+/// keeps ([`writes_leave_clean`]), whose record stays clean while md's bits
+/// of the written chunks are set on `dev` (a start resyncs them).
+pub fn wait_writes_covered(dev: &Path) -> Result<&'static str> {
+    let bits = writes_leave_clean(dev)?;
+    wait_until(
+        &format!("{}'s record or bits to cover the writes", dev.display()),
+        Duration::from_secs(30),
+        || {
+            let e = examine(dev).ok()?;
+            match (bits, e["state"].as_str()?) {
+                (false, "dirty") => Some("dirty"),
+                (true, "clean") => (!mode_bits(dev).ok()?.is_empty()).then_some("bits"),
+                _ => None,
+            }
+        },
+    )
+}
+
 /// Wait for a running resync/recovery to end (sync_action idle, resync_start
 /// none).
 pub fn wait_sync_idle(md: &MdDev, limit: Duration) -> Result<()> {

@@ -14,8 +14,8 @@ use crate::ops::DaemonArgs;
 #[derive(Args, Debug)]
 #[command(
     long_about = "Wait until each ARRAY's resync, rebuild or scrub has finished (like mdadm \
-    --wait), or with --clean until the metadata of every member records the array clean (like \
-    mdadm --wait-clean; a running resync or rebuild is not waited for then: its checkpoint is \
+    --wait), or with --clean until the metadata of every member records the array clean and md \
+    is not writing to it (like mdadm --wait-clean; a running resync or rebuild is not waited for then: its checkpoint is \
     recorded and it goes on at the next start). Woken by md's sysfs notifications and by \
     mdextmon's metadata writes, not by polling. A progress bar with rate and ETA on a \
     terminal, a line per tenth otherwise. Exit status: 0 every array finished what it was \
@@ -34,8 +34,8 @@ pub struct WaitArgs {
     /// Every running mdext array.
     #[arg(short, long)]
     scan: bool,
-    /// Wait until every member records the array clean (the shutdown
-    /// hook's `wait --clean --scan`).
+    /// Wait until every member records the array clean and md is not
+    /// writing to it (the shutdown hook's `wait --clean --scan`).
     #[arg(long)]
     clean: bool,
     /// Give up after this many seconds (0: never). Default: never for a

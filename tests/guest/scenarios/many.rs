@@ -292,8 +292,10 @@ fn wait_all_clean(arrays: &[(&MdDev, &PathBuf, &PathBuf)], when: &str) -> Result
 
 /// Issue 12, item 4: a member that does not answer (a dying disk; here a
 /// dm device suspended under it) holds its own array's write, and no
-/// other array's. Array S's member `sb` is suspended; a write to S makes
-/// the daemon record S dirty, and the record write to `sb` hangs. A first
+/// other array's. Array S (raid5: its record marks it dirty before md's
+/// first write goes on; a whole mirror's writes cost no record) has its
+/// member `sb` suspended; a write to S makes the daemon record S dirty,
+/// and the record write to `sb` hangs. A first
 /// write after clean on array F must then complete while `sb` is still
 /// suspended (before, the daemon's loop waited for S's record in the
 /// writer's answer, and F's write-pending was answered only after `sb`
@@ -303,7 +305,7 @@ fn slow_member() -> Result<()> {
         std::path::Path::new("/bin/dmsetup").exists(),
         "dmsetup is not in the guest"
     );
-    let loops = loop_devices(4, MEMBER_MIB)?;
+    let loops = loop_devices(5, MEMBER_MIB)?;
     let sectors = MEMBER_MIB << 11;
     for (name, l) in [("sa", &loops[0]), ("sb", &loops[1])] {
         dmsetup(&format!(
@@ -315,12 +317,21 @@ fn slow_member() -> Result<()> {
         PathBuf::from("/dev/mapper/sa"),
         PathBuf::from("/dev/mapper/sb"),
     );
-    let (fa, fb) = (loops[2].path.clone(), loops[3].path.clone());
-    let mut mds = Vec::new();
-    for (name, a, b) in [("s", &sa, &sb), ("f", &fa, &fb)] {
-        mds.push(raid1(name, a, b)?);
-    }
-    let (s, f) = (mds[0].clone(), mds[1].clone());
+    let (sc, fa, fb) = (
+        loops[2].path.clone(),
+        loops[3].path.clone(),
+        loops[4].path.clone(),
+    );
+    let devs = format!("{} {} {}", sa.display(), sb.display(), sc.display());
+    ctl(&format!(
+        "create --level 5 --raid-devices 3 --name s --bitmap-chunk 64K --time-base 1 --assume-clean {devs}"
+    ))?;
+    let out = ctl(&format!("assemble s {devs}"))?;
+    let s = sysfs().md(out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("/dev/"))
+        .context("assemble names the md device")?);
+    let f = raid1("f", &fa, &fb)?;
     let arrays = [(&s, &sa, &sb), (&f, &fa, &fb)];
     wait_all_clean(&arrays, "")?;
 
