@@ -346,8 +346,10 @@ pub struct Managed {
     /// to [`BUSY_RECHECK_MAX`]; [`BUSY_RECHECK`] after a look that finds
     /// anything else.
     recheck_every: Duration,
-    /// A `write-pending` was answered at once; the look that records the
-    /// array dirty is due then (or at the array's next notification).
+    /// A `write-pending` was answered at once and no look has been taken
+    /// since: when the next check is due (the array's next notification
+    /// brings a whole look first). While such a check finds md `active`
+    /// it is one read ([`Managed::recheck`]).
     look_after: Option<std::time::Instant>,
     /// What the last look showed of the kernel (for status, and for when
     /// to look again).
@@ -438,14 +440,15 @@ pub const BUSY_RECHECK: Duration = Duration::from_secs(1);
 /// CPU during its write runs; mdmon has no such check at all).
 pub const BUSY_RECHECK_MAX: Duration = Duration::from_secs(8);
 
-/// How long after answering md's first write after clean at once the look
-/// at the array waits (unless the array notifies first). The released
-/// writer runs first: traced on one CPU (TCG), a look at once ran while
-/// the writer waited to run, 1.8-3 ms of a 6 ms write; the scheduler
-/// favours the daemon, which had slept. The look records nothing for the
-/// writes themselves (md's bits cover them,
-/// [`crate::monitor::Monitor::observe`]); it is there for anything else the
-/// `write-pending` came with (a member's failure also announces itself).
+/// How long after answering md's first write after clean at once the
+/// array is checked (unless it notifies first, which brings a whole look).
+/// The released writer runs first: traced on one CPU (TCG), a look at once
+/// ran while the writer waited to run, 1.8-3 ms of a 6 ms write; the
+/// scheduler favours the daemon, which had slept. Nothing is recorded for
+/// the writes themselves (md's bits cover them,
+/// [`crate::monitor::Monitor::observe`]); the check is the one every busy
+/// array gets ([`BUSY_RECHECK`]): one read of `array_state` while md stays
+/// `active`, a whole look otherwise.
 pub const ANSWER_LOOK_DELAY: Duration = BUSY_RECHECK;
 
 /// When the answers of the record that marks an array clean again are
@@ -577,19 +580,26 @@ impl Managed {
     /// the case this check exists for.
     ///
     /// Under steady writes the check costs one read: when md shows `active`
-    /// as the last look did, with no resync or recovery running, nothing the
-    /// check guards against happened (a held write, a failure, a resync's
-    /// end all show as `write-pending`; anything else is announced), and
-    /// the whole look is skipped until the next check.
+    /// as the last look did (or as the daemon's own answer to
+    /// `write-pending` left it, with no notification since), with no
+    /// resync or recovery running, nothing the check guards against
+    /// happened (a held write, a failure, a resync's end all show as
+    /// `write-pending`; anything else is announced), and the whole look is
+    /// skipped until the next check.
     pub fn recheck(&mut self) -> bool {
-        if self.look_after.is_some() || self.inflight.is_some() {
+        if self.inflight.is_some() {
             return self.wake();
         }
-        let before = self.seen.array_state;
+        let answered = self.look_after.is_some();
+        let before = if answered {
+            Some(ArrayState::Active)
+        } else {
+            self.seen.array_state
+        };
         match self.held().and_then(HeldMd::array_state) {
             Ok(ArrayState::WritePending) if before != Some(ArrayState::WritePending) => {
                 warn!(
-                    "{}: a write held in write-pending was found by the periodic check (last look: {}), not announced by a notification",
+                    "{}: a write held in write-pending was found by the periodic check (last seen: {}), not announced by a notification",
                     self.md.name(),
                     before.map_or("none", |s| s.as_str())
                 );
@@ -598,8 +608,13 @@ impl Managed {
                 if before == Some(ArrayState::Active)
                     && self.seen.sync_action == Some(crate::md::SyncAction::Idle) =>
             {
-                self.looked_at = Some(std::time::Instant::now());
+                let now = std::time::Instant::now();
                 self.recheck_every = (self.recheck_every * 2).min(BUSY_RECHECK_MAX);
+                if answered {
+                    self.look_after = Some(now + self.recheck_every);
+                } else {
+                    self.looked_at = Some(now);
+                }
                 return true;
             }
             _ => {}
@@ -836,9 +851,10 @@ impl Managed {
     /// machine allows it ([`Monitor::may_answer_at_once`]): one read of
     /// `array_state` and, if it reads `write-pending`, `active` (then one
     /// more read, which spends the notification the write itself caused).
-    /// True if answered: the look that sees the array active comes
-    /// [`ANSWER_LOOK_DELAY`] later. A failure is logged and
-    /// the look comes at once.
+    /// True if answered: the array is checked [`ANSWER_LOOK_DELAY`] later
+    /// (one read while md stays `active`, [`Managed::recheck`]), or looked
+    /// at whole at its next notification. A failure is logged and the look
+    /// comes at once.
     fn answer_at_once(&mut self) -> bool {
         if !self.mon.may_answer_at_once() {
             return false;

@@ -193,7 +193,7 @@ fn root_boot() -> Result<()> {
         r.longest_us as f64 / 1e3
     );
     // Writes on the root filesystem go through (md holds each first write
-    // of an idle array until the daemon records it dirty).
+    // of an idle array until the daemon answers it).
     let f = PathBuf::from("/var/tmp/mdext-root-write");
     let longest = timed_writes(&f, 8, 9)?;
     println!("8 MiB of O_DSYNC writes on the root filesystem, longest write {longest:?}");
@@ -221,8 +221,8 @@ fn root_boot() -> Result<()> {
 
 /// `systemctl kill -s KILL mdextmon` while a writer runs on the root
 /// filesystem ([`PacedWriter`]: 64 KiB O_DSYNC writes, each issued once
-/// the daemon has recorded the array clean again, so every write is one md
-/// holds until a daemon records the array dirty). The kill lands while the
+/// md shows the array clean again, so every write is one md holds until a
+/// daemon answers it). The kill lands while the
 /// writer waits at its gate with the array recorded clean; the gate opens
 /// right after the kill, so the writer's next write is held by md with no
 /// daemon to answer. systemd restarts the service; the new daemon adopts
