@@ -283,20 +283,21 @@ impl ArrayMeta {
     /// `clean` false and a later event count (and `events_cleared`
     /// following it where `prev`'s did), nothing else changed.
     pub fn marks_dirty_only(&self, prev: &ArrayMeta) -> bool {
-        !self.clean && self.flips_clean_only(prev)
+        !self.clean && prev.clean && self.advances_only(prev)
     }
 
-    /// Whether this record only marks `prev` clean (as
-    /// [`ArrayMeta::marks_dirty_only`], the other way).
+    /// Whether this record only marks `prev` clean, or only advances a
+    /// clean `prev`'s event count (the record after a burst of writes that
+    /// left a whole mirror's record clean): `prev` with `clean` true and a
+    /// later event count (as [`ArrayMeta::marks_dirty_only`]).
     pub fn marks_clean_only(&self, prev: &ArrayMeta) -> bool {
-        self.clean && self.flips_clean_only(prev)
+        self.clean && self.advances_only(prev)
     }
 
-    /// `prev` with `clean` flipped and a later event count (and
-    /// `events_cleared` following it where `prev`'s did), nothing else
-    /// changed.
-    fn flips_clean_only(&self, prev: &ArrayMeta) -> bool {
-        if self.clean == prev.clean || self.events <= prev.events {
+    /// `prev` with a later event count (and `events_cleared` following it
+    /// where `prev`'s did), `clean` as it may be, nothing else changed.
+    fn advances_only(&self, prev: &ArrayMeta) -> bool {
+        if self.events <= prev.events {
             return false;
         }
         let mut same = prev.clone();

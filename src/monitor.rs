@@ -51,8 +51,10 @@
 //! any data of a write to it and clears it only after every member has the
 //! write, so the bits are its dirty record, and a start that finds the
 //! record clean with bits set resyncs their chunks. Such a burst of writes,
-//! however long, costs no metadata write at all; the record is written only
-//! for something else to record (and then marks the array dirty too).
+//! however long, costs one record, written once md is clean again, that
+//! advances the event count (so that a copy of a member taken before the
+//! writes reads older than the members, as md's own metadata has it); a
+//! record written meanwhile for something else marks the array dirty too.
 //!
 //! # What the executor must do with each [`Action`]
 //!
@@ -186,7 +188,8 @@ fn owes_resync(meta: &ArrayMeta) -> bool {
 /// durable record is `meta`: md's first write after clean is released
 /// without a record, and writes alone never mark the array dirty
 /// ([`Monitor::observe`]; a record written for another reason, such as a
-/// member's failure, does).
+/// member's failure, does). The record written once md is clean again
+/// advances the event count.
 ///
 /// md writes a chunk's bitmap bit durably before any data of a write to
 /// that chunk, and clears it only after the write reached every member; so
@@ -861,6 +864,10 @@ pub struct Monitor {
     /// The last look found the array clean and settled, md's writes free to
     /// go on over its clean record ([`Monitor::may_answer_at_once`]).
     settled_clean: bool,
+    /// md was seen writing to the array ([`Monitor::writes_unmarked`])
+    /// since the last record: the look that finds it clean again writes a
+    /// record that advances the event count.
+    written: bool,
     #[cfg(test)]
     pub(crate) fault: Fault,
 }
@@ -962,6 +969,7 @@ impl Monitor {
             stopping: false,
             seen_running: false,
             settled_clean: false,
+            written: false,
             #[cfg(test)]
             fault: Fault::None,
         }
@@ -1032,6 +1040,14 @@ impl Monitor {
         self.meta = meta;
         if wrote {
             self.needs_write = false;
+            self.written = false;
+        } else if dirty_may_trail(&self.meta)
+            && matches!(
+                v.array_state,
+                ArrayState::WritePending | ArrayState::Active | ArrayState::ActiveIdle
+            )
+        {
+            self.written = true;
         }
         self.handed_out(&acts);
         // Clean and settled: nothing to do, nothing in flight, the record
@@ -1074,7 +1090,8 @@ impl Monitor {
     /// that finds such a record clean with bits set resyncs those chunks
     /// ([`crate::assembly::Choice::resync_start`]). The bits are then the
     /// array's dirty record, kept per chunk by md: a burst of writes costs
-    /// no record of ours, however long it runs. `write-pending` is answered
+    /// no record of ours while it runs, however long, and one that advances
+    /// the event count once md is clean again. `write-pending` is answered
     /// with `active` alone and `active-idle` with `clean` alone (md refuses
     /// `clean` while a write is in flight).
     fn writes_unmarked(&self, v: &KernelView, slots: &[Slot]) -> bool {
@@ -1617,7 +1634,9 @@ impl Monitor {
         if self.fault == Fault::ForgetAtStop {
             return (m, false, Vec::new());
         }
-        if !self.seen_running || (m.clean && !self.needs_write) {
+        // A clean record is written again after writes that left it clean
+        // (its event count advances, as after any burst).
+        if !self.seen_running || (m.clean && !self.needs_write && !self.written) {
             return (m, false, Vec::new());
         }
         m.clean = true;
@@ -1880,6 +1899,23 @@ impl Monitor {
                 m.clean = c;
                 changed = true;
             }
+        }
+        // A burst of writes that left the record clean ends with a record
+        // all the same, one that advances the event count (as md's own
+        // metadata does twice per burst): a copy of a member taken before
+        // the writes then reads older than the members, and is left out
+        // and rebuilt whole instead of serving its old blocks. It comes
+        // before `clean` (md idle, the record still clean: nothing it
+        // claims changes), so that md showing `clean` means the record is
+        // done; at `clean` only if that was missed (a daemon restarted in
+        // between).
+        let burst_over = match v.array_state {
+            ArrayState::ActiveIdle => unmarked,
+            ArrayState::Clean => self.written,
+            _ => false,
+        };
+        if burst_over {
+            changed = true;
         }
 
         // The clearing regime: the kernel and the record agree that every

@@ -238,14 +238,13 @@ pub fn wait_one(
             return (Outcome::Stopped, Vec::new());
         }
         if o.clean {
+            // md's state first, then the records: mdextmon writes the
+            // record that ends a burst of writes before it takes md to
+            // `clean`, so records read after a `clean` are the last ones.
+            let state = md.array_state().ok();
             let recs = member_records(&md);
             let daemon = crate::control::ping(&o.run_dir, Duration::from_secs(5)).is_ok();
-            match judge_clean(
-                &recs,
-                uuid.unwrap_or_default(),
-                md.array_state().ok(),
-                daemon,
-            ) {
+            match judge_clean(&recs, uuid.unwrap_or_default(), state, daemon) {
                 CleanVerdict::Clean => return (Outcome::Done { waited }, recs),
                 CleanVerdict::Impossible(why) => return (Outcome::Impossible(why), recs),
                 CleanVerdict::Waiting => waited = true,

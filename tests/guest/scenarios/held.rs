@@ -131,9 +131,10 @@ fn blind_daemon() -> Result<()> {
 
     // 1. A write to the clean array is held in write-pending until the
     // blind daemon answers it; md's bits cover it, so the record stays as
-    // it was (where mdextmon keeps the bits; md's own bitmap mode records
-    // it dirty first), and once md is idle the blind daemon takes the
-    // array back to clean.
+    // it was while md writes (where mdextmon keeps the bits; md's own
+    // bitmap mode records it dirty first), and once md is idle the blind
+    // daemon takes the array back to clean and writes the record that
+    // advances the event count (md's mode: dirty, then clean).
     wait_until("array_state clean", Duration::from_secs(30), || {
         (md.read("array_state").ok()? == "clean").then_some(())
     })?;
@@ -153,15 +154,15 @@ fn blind_daemon() -> Result<()> {
         "md not active after the answered write"
     );
     md.write("safe_mode_delay", &delay)?;
+    let want = if external { ev0 + 1 } else { ev0 + 2 };
     let (ev1, _, _) = wait_until(
         "the blind daemon to take the array back to clean",
         Duration::from_secs(30),
         || {
             let r = recorded(&loops[0].path).ok()?;
-            (md.read("array_state").ok()? == "clean" && r.1).then_some(r)
+            (md.read("array_state").ok()? == "clean" && r.1 && r.0 >= want).then_some(r)
         },
     )?;
-    let want = if external { ev0 } else { ev0 + 2 };
     ensure!(
         ev1 == want,
         "events {ev0} -> {ev1} for one write (external mode: {external})"
