@@ -15,7 +15,7 @@ use crate::status::ArrayStatus;
 use nix::poll::{PollFd, PollFlags};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read as _, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -662,18 +662,28 @@ impl Server {
     /// What to poll: the listener first, then each client, in the order
     /// [`Server::service`] expects their `revents`.
     pub fn poll_fds(&self) -> Vec<PollFd<'_>> {
+        self.watched()
+            .into_iter()
+            .map(|(_, fd, ev)| PollFd::new(fd, ev))
+            .collect()
+    }
+
+    /// [`Server::poll_fds`] with a key each that stays with its descriptor
+    /// while it lives (0 for the socket, a client's id + 1), for a wait set
+    /// that registers them once ([`crate::waitset::WaitSet::server`]).
+    pub fn watched(&self) -> Vec<(u64, BorrowedFd<'_>, PollFlags)> {
         let listen = match self.accept_paused {
             Some(_) => PollFlags::empty(),
             None => PollFlags::POLLIN,
         };
-        let mut v = vec![PollFd::new(self.listener.as_fd(), listen)];
+        let mut v = vec![(0, self.listener.as_fd(), listen)];
         for c in &self.clients {
             let ev = match c.phase {
                 Phase::Reading => PollFlags::POLLIN,
                 Phase::Writing => PollFlags::POLLOUT,
                 Phase::Answering => PollFlags::empty(),
             };
-            v.push(PollFd::new(c.stream.as_fd(), ev));
+            v.push((c.id + 1, c.stream.as_fd(), ev));
         }
         v
     }

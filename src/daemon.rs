@@ -4,10 +4,10 @@
 //! pure state machine ([`crate::monitor`]) and carries out the actions it
 //! returns, in order, stopping at the first failure.
 //!
-//! Many arrays, one thread: every array's notifying attributes sit in an
-//! epoll set of its own ([`Managed::watch_fd`]), and those sets in one
-//! more, so the loop polls a handful of descriptors whatever the number of
-//! arrays. A batch that writes a record hands the members' copies to the
+//! Many arrays, one thread: every array's notifying attributes, the
+//! signal fd, the writer pool's answers and the control socket sit in one
+//! epoll set ([`WaitSet`]), registered once ([`Managed::watch_new`]), so a
+//! wake is one `epoll_wait(2)` whatever the number of arrays. A batch that writes a record hands the members' copies to the
 //! writer pool ([`crate::writers`]) and waits in its array
 //! ([`Managed::pump`]), not in the loop: the pool's eventfd wakes the loop
 //! when answers come that something waits for ([`Managed::awaits_answers`];
@@ -18,7 +18,7 @@
 //! served.
 //!
 //! No timer runs while the arrays are clean: with nothing happening, the
-//! daemon sleeps in `poll(2)` with an infinite timeout. An array last seen
+//! daemon sleeps in `epoll_wait(2)` with an infinite timeout. An array last seen
 //! busy (writable and not clean) is looked at again after
 //! [`crate::managed::BUSY_RECHECK`] whether or not md notified (the
 //! interval doubles, up to [`crate::managed::BUSY_RECHECK_MAX`], while
@@ -48,13 +48,13 @@ use crate::md::ArrayState;
 use crate::report::Reporter;
 use crate::service::Notifier;
 use crate::sysfs::Sysfs;
+use crate::waitset::WaitSet;
 use log::{error, info, warn};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::poll::PollTimeout;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sd_notify::NotifyState;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -156,13 +156,10 @@ pub struct Daemon {
     /// Requests about an array whose batch waits for record writes,
     /// answered once it has ended (in order).
     waiting: Vec<(control::ClientId, Request)>,
-    /// One epoll set holding every array's own set of notifiers
-    /// ([`Managed::watch_fd`]): the loop polls this one descriptor, not
-    /// every attribute of every array on every turn.
-    watch: Epoll,
-    /// The array each registration in `watch` stands for.
-    tokens: HashMap<u64, String>,
-    next_token: u64,
+    /// What the loop sleeps on: every array's notifiers, the signal fd,
+    /// the writer pool's answers and the control socket, in one epoll set
+    /// ([`WaitSet`]).
+    waits: WaitSet,
 }
 
 impl Daemon {
@@ -186,7 +183,7 @@ impl Daemon {
             nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
         }
         // Every array holds about 16 descriptors open (its attributes, its
-        // members, its epoll set): the usual soft limit of 1024 ends near
+        // members): the usual soft limit of 1024 ends near
         // 64 arrays. Raised to the hard limit, as a program that needs many
         // descriptors is expected to do itself.
         raise_nofile();
@@ -216,6 +213,7 @@ impl Daemon {
         let pid = cfg.run_dir.join("mdextmon.pid");
         let _ = std::fs::write(&pid, format!("{}\n", std::process::id()));
         let notifier = cfg.notifier.clone();
+        let waits = WaitSet::new(signals.as_fd()).map_err(setup("epoll"))?;
         let mut d = Daemon {
             cfg,
             server,
@@ -235,9 +233,7 @@ impl Daemon {
             conf,
             stops: Vec::new(),
             waiting: Vec::new(),
-            watch: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(setup("epoll"))?,
-            tokens: HashMap::new(),
-            next_token: 0,
+            waits,
         };
         // With no arrays named, take over every running mdext array (a
         // restart, or a takeover from another instance). An array found
@@ -309,96 +305,66 @@ impl Daemon {
                 break;
             }
             self.register_watches();
-            let woke: Vec<String>;
-            let sig;
-            let answered;
-            let clients: Vec<PollFlags>;
-            {
-                // The arrays' notifications (one epoll set), the signal
-                // fd, the writer pool's answers, then the control socket
-                // (listener and clients).
-                let mut fds: Vec<PollFd> = vec![
-                    PollFd::new(self.watch.0.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
-                ];
-                // The pool's answers only while something waits for them:
-                // a record nobody waits for is collected at its array's
-                // next wake or check ([`Managed::awaits_answers`]).
-                let pool = crate::writers::pool();
-                let waited = !self.waiting.is_empty()
-                    || !self.stops.is_empty()
-                    || self.arrays.values().any(Managed::awaits_answers);
-                if let Some(fd) = pool.notifier().filter(|_| waited) {
-                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            // The pool's answers only while something waits for them: a
+            // record nobody waits for is collected at its array's next
+            // wake or check ([`Managed::awaits_answers`]).
+            let pool = crate::writers::pool();
+            let waited = !self.waiting.is_empty()
+                || !self.stops.is_empty()
+                || self.arrays.values().any(Managed::awaits_answers);
+            self.waits.answers(pool.notifier(), waited);
+            self.waits.server(&self.server.watched());
+            // While terminating with an array not yet clean, or while an
+            // array has not settled (an action failed), look again soon:
+            // the kernel does not notify again for what it already shows.
+            // A client's deadline bounds the wait too.
+            // Arrays kept only because they are in use are looked at
+            // again at IN_USE_RECHECK; the watchdog's next ping is a
+            // deadline too.
+            let now = Instant::now();
+            let releasing = self.terminating && self.arrays.len() > self.in_use.len();
+            let soon = (releasing || !self.unsettled.is_empty() || self.unsent)
+                .then_some(Duration::from_millis(200));
+            // A stop under way is stepped again soon (md's stop and a
+            // drained write do not always notify).
+            let stepping = (!self.stops.is_empty()).then_some(crate::managed::STOP_STEP);
+            let recheck = self.recheck.map(|t| t.saturating_duration_since(now));
+            let ping = self.watchdog.map(|(_, t)| t.saturating_duration_since(now));
+            // An array last seen busy (writable, not clean) is looked at
+            // again after BUSY_RECHECK (up to BUSY_RECHECK_MAX under
+            // steady writes) even without a notification.
+            let busy = self
+                .arrays
+                .values()
+                .filter_map(Managed::recheck_due)
+                .min()
+                .map(|t| t.saturating_duration_since(now));
+            let deadline = [
+                soon,
+                stepping,
+                recheck,
+                ping,
+                busy,
+                self.server.timeout(now),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    // Whole milliseconds, rounded up: a deadline less
+                    // than 1 ms away must not spin.
+                    let ms = d.as_micros().div_ceil(1000);
+                    let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+                    PollTimeout::try_from(Duration::from_millis(ms)).unwrap_or(PollTimeout::MAX)
                 }
-                let nc = fds.len();
-                fds.extend(self.server.poll_fds());
-                // While terminating with an array not yet clean, or while an
-                // array has not settled (an action failed), look again soon:
-                // the kernel does not notify again for what it already shows.
-                // A client's deadline bounds the wait too.
-                // Arrays kept only because they are in use are looked at
-                // again at IN_USE_RECHECK; the watchdog's next ping is a
-                // deadline too.
-                let now = Instant::now();
-                let releasing = self.terminating && self.arrays.len() > self.in_use.len();
-                let soon = (releasing || !self.unsettled.is_empty() || self.unsent)
-                    .then_some(Duration::from_millis(200));
-                // A stop under way is stepped again soon (md's stop and a
-                // drained write do not always notify).
-                let stepping = (!self.stops.is_empty()).then_some(crate::managed::STOP_STEP);
-                let recheck = self.recheck.map(|t| t.saturating_duration_since(now));
-                let ping = self.watchdog.map(|(_, t)| t.saturating_duration_since(now));
-                // An array last seen busy (writable, not clean) is looked at
-                // again after BUSY_RECHECK (up to BUSY_RECHECK_MAX under
-                // steady writes) even without a notification.
-                let busy = self
-                    .arrays
-                    .values()
-                    .filter_map(Managed::recheck_due)
-                    .min()
-                    .map(|t| t.saturating_duration_since(now));
-                let deadlines: Vec<Duration> = [
-                    soon,
-                    stepping,
-                    recheck,
-                    ping,
-                    busy,
-                    self.server.timeout(now),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
-                let timeout = match deadlines.iter().min() {
-                    None => PollTimeout::NONE,
-                    Some(&d) => {
-                        // Whole milliseconds, rounded up: a deadline less
-                        // than 1 ms away must not spin.
-                        let ms = d.as_micros().div_ceil(1000);
-                        let ms = u64::try_from(ms).unwrap_or(u64::MAX);
-                        PollTimeout::try_from(Duration::from_millis(ms)).unwrap_or(PollTimeout::MAX)
-                    }
-                };
-                match nix::poll::poll(&mut fds, timeout) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => {
-                        error!("poll: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                woke = if ready(&fds[0]) {
-                    self.woken()
-                } else {
-                    Vec::new()
-                };
-                sig = ready(&fds[1]);
-                answered = nc > 2 && ready(&fds[2]);
-                clients = fds[nc..]
-                    .iter()
-                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
-                    .collect();
-            }
+            };
+            let ready = self.waits.wait(timeout);
+            let woke = ready.arrays;
+            let sig = ready.signal;
+            let answered = ready.answers;
+            let clients = ready.server;
             // An array a request waits for is not looked at here once its
             // batch has ended: the request runs first (it looks at the
             // array itself, synchronously), or a busy array would keep it
@@ -605,51 +571,18 @@ impl Daemon {
         Some(self.answer(req))
     }
 
-    /// Register the arrays' notifier sets that are new since the last
-    /// turn (a set is new when its array came, or its members changed; a
-    /// set that was replaced was closed, which unregistered it).
+    /// Register the arrays' notifiers that are new since the last turn
+    /// (the array came, or its members changed; closed descriptors left
+    /// the set by themselves).
     fn register_watches(&mut self) {
-        if self.tokens.len() > 2 * self.arrays.len() + 16 {
-            let arrays = &self.arrays;
-            self.tokens.retain(|_, n| arrays.contains_key(n));
-        }
-        for (name, m) in self.arrays.iter_mut() {
-            if let Some((fd, true)) = m.watch_fd() {
-                let t = self.next_token;
-                self.next_token += 1;
-                match self.watch.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, t)) {
-                    Ok(()) => {
-                        self.tokens.insert(t, name.clone());
-                    }
-                    Err(e) => error!("{name}: epoll_ctl: {e}; its notifications are not watched"),
-                }
-            }
-        }
-    }
-
-    /// The arrays with a notification now (from the one epoll set).
-    fn woken(&self) -> Vec<String> {
-        let mut events = [EpollEvent::empty(); 64];
-        let mut woke: Vec<String> = Vec::new();
-        loop {
-            let n = match self.watch.wait(&mut events, EpollTimeout::ZERO) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    error!("epoll_wait: {e}");
-                    0
-                }
-            };
-            woke.extend(
-                events[..n]
-                    .iter()
-                    .filter_map(|e| self.tokens.get(&e.data()).cloned()),
-            );
-            if n < events.len() {
-                break;
-            }
-        }
-        woke
+        let arrays = &self.arrays;
+        self.waits.forget(|n| arrays.contains_key(n), arrays.len());
+        let fresh: Vec<(&str, Vec<std::os::fd::BorrowedFd<'_>>)> = self
+            .arrays
+            .iter_mut()
+            .filter_map(|(name, m)| m.watch_new().map(|fds| (name.as_str(), fds)))
+            .collect();
+        self.waits.arrays(fresh);
     }
 
     /// Answer the requests that waited for their array's record write,

@@ -60,4 +60,5 @@ pub mod status;
 pub mod sysfs;
 pub mod units;
 pub mod wait;
+pub mod waitset;
 pub mod writers;
