@@ -50,7 +50,6 @@ use crate::service::Notifier;
 use crate::sysfs::Sysfs;
 use crate::waitset::WaitSet;
 use log::{error, info, warn};
-use nix::poll::PollTimeout;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sd_notify::NotifyState;
@@ -350,17 +349,7 @@ impl Daemon {
             .into_iter()
             .flatten()
             .min();
-            let timeout = match deadline {
-                None => PollTimeout::NONE,
-                Some(d) => {
-                    // Whole milliseconds, rounded up: a deadline less
-                    // than 1 ms away must not spin.
-                    let ms = d.as_micros().div_ceil(1000);
-                    let ms = u64::try_from(ms).unwrap_or(u64::MAX);
-                    PollTimeout::try_from(Duration::from_millis(ms)).unwrap_or(PollTimeout::MAX)
-                }
-            };
-            let ready = self.waits.wait(timeout);
+            let ready = self.waits.wait(deadline);
             let woke = ready.arrays;
             let sig = ready.signal;
             let answered = ready.answers;
