@@ -1761,6 +1761,28 @@ impl Managed {
                     stop.busy = Some((first, now + STOP_BUSY_EVERY));
                     return Ok(false);
                 }
+                if self
+                    .held
+                    .as_ref()
+                    .is_some_and(|h| h.array_state().is_ok_and(|s| s.is_running()))
+                {
+                    // md took a write between `make_clean` and the stop's
+                    // own look: the machine answered it and asked md for no
+                    // stop (md stops only from clean, synchronously). Start
+                    // over from clean, within the same drain time; left in
+                    // stopping, a later look's stop refused as busy would
+                    // never be reported as such (the 64-array guest test
+                    // saw "did not stop" 14 s after a stop of an array its
+                    // writer held open, instead of "in use").
+                    self.mon.cancel_stop();
+                    self.settle();
+                    if stop.since.elapsed() > STOP_DRAIN {
+                        return Err(ManagedError::Failed(format!(
+                            "{name}: writes still in flight; not stopped"
+                        )));
+                    }
+                    return Ok(false);
+                }
                 let now = Instant::now();
                 stop.asked = Some(now);
                 now
